@@ -1,0 +1,276 @@
+//! Building an object in a temp dir and publishing it atomically.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::fsutil::{list_files, remove_tree, set_tree_mode, sync_dir, write_atomic};
+use crate::hash::hash_file;
+use crate::manifest::{BuildInfo, FileEntry, Manifest, MANIFEST_FORMAT, MANIFEST_NAME};
+use crate::{ObjectId, Store, StoreError};
+
+/// A temp dir a stage writes an object into. Dropping it unpublished removes it, so a
+/// failed stage (full disk included) leaves nothing behind.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    id: ObjectId,
+    published: bool,
+}
+
+/// The outcome of [`Staging::publish`].
+#[derive(Debug)]
+pub enum Published {
+    /// Our files are now the object.
+    New(Manifest),
+    /// Another builder published the same fingerprint first; ours was discarded.
+    AlreadyPresent,
+}
+
+impl Store {
+    /// Creates an empty temp dir for building `id`.
+    pub fn stage(&self, id: &ObjectId) -> Result<Staging, StoreError> {
+        let name = format!(
+            "{}.{}.{}",
+            self.identity.token(),
+            id.kind,
+            &id.fingerprint[..16.min(id.fingerprint.len())]
+        );
+        let dir = self.root().join("tmp").join(name);
+        remove_tree(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        Ok(Staging {
+            dir,
+            id: id.clone(),
+            published: false,
+        })
+    }
+}
+
+impl Staging {
+    /// The directory to write the object's files into.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Hashes and fsyncs every file, writes the manifest, and renames the directory to
+    /// `objects/<kind>/<fingerprint>`; then makes it read-only.
+    pub fn publish(
+        mut self,
+        store: &Store,
+        key: serde_json::Value,
+        stats: serde_json::Value,
+        seconds: f64,
+    ) -> Result<Published, StoreError> {
+        let files = self.hash_and_sync()?;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            kind: self.id.kind.clone(),
+            fingerprint: self.id.fingerprint.clone(),
+            key,
+            files,
+            stats,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            built: BuildInfo {
+                host: store.identity.host.clone(),
+                time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                seconds,
+            },
+        };
+        let text = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        write_atomic(&self.dir.join(MANIFEST_NAME), &text)?;
+        set_tree_mode(&self.dir, 0o755, 0o444)?;
+        let target = store.object_dir(&self.id);
+        let parent = target.parent().expect("object dirs have a parent");
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+        match std::fs::rename(&self.dir, &target) {
+            Ok(()) => {}
+            Err(_) if store.has_object(&self.id) => return Ok(Published::AlreadyPresent),
+            Err(e) => return Err(StoreError::io(&target, e)),
+        }
+        self.published = true;
+        sync_dir(parent)?;
+        set_tree_mode(&target, 0o555, 0o444)?;
+        Ok(Published::New(manifest))
+    }
+
+    fn hash_and_sync(&self) -> Result<Vec<FileEntry>, StoreError> {
+        let names = list_files(&self.dir)?;
+        if names.iter().any(|n| n == Path::new(MANIFEST_NAME)) {
+            return Err(StoreError::Unpublishable {
+                path: self.dir.join(MANIFEST_NAME),
+                reason: "a stage may not write its own manifest.json".into(),
+            });
+        }
+        let entries = names
+            .par_iter()
+            .map(|rel| {
+                let path = self.dir.join(rel);
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| StoreError::io(&path, e))?;
+                let (blake3, size) = hash_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                let name = rel.to_str().ok_or_else(|| StoreError::Unpublishable {
+                    path: path.clone(),
+                    reason: "file names must be UTF-8".into(),
+                })?;
+                Ok(FileEntry {
+                    name: name.to_string(),
+                    size,
+                    blake3,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        sync_dirs(&self.dir)?;
+        Ok(entries)
+    }
+}
+
+fn sync_dirs(dir: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| StoreError::io(dir, e))?
+        .flatten()
+    {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            sync_dirs(&entry.path())?;
+        }
+    }
+    sync_dir(dir)
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = remove_tree(&self.dir);
+        }
+    }
+}
+
+impl Store {
+    /// Removes an object (for `--force` rebuilds and `gc`): it is first renamed into
+    /// `tmp/`, so readers never see a half-deleted object.
+    pub fn remove_object(&self, id: &ObjectId) -> Result<(), StoreError> {
+        let dir = self.object_dir(id);
+        let trash = self.root().join("tmp").join(format!(
+            "{}.trash.{}",
+            self.identity.token(),
+            id.fingerprint
+        ));
+        match std::fs::rename(&dir, &trash) {
+            Ok(()) => remove_tree(&trash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&dir, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn id() -> ObjectId {
+        ObjectId {
+            kind: "k".into(),
+            fingerprint: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn publish_makes_a_complete_read_only_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let staging = store.stage(&id()).unwrap();
+        std::fs::write(staging.path().join("a.bin"), b"hello").unwrap();
+        std::fs::create_dir(staging.path().join("sub")).unwrap();
+        std::fs::write(staging.path().join("sub/b.bin"), b"x").unwrap();
+        let tmp_dir = staging.path().to_path_buf();
+        let Published::New(m) = staging
+            .publish(
+                &store,
+                serde_json::json!({"k": 1}),
+                serde_json::json!({}),
+                0.1,
+            )
+            .unwrap()
+        else {
+            panic!("expected a new object")
+        };
+        assert!(!tmp_dir.exists());
+        let names: Vec<_> = m.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a.bin", "sub/b.bin"]);
+        assert_eq!(
+            m.files[0].blake3,
+            blake3::hash(b"hello").to_hex().to_string()
+        );
+        let obj = store.object_dir(&id());
+        assert_eq!(Manifest::read(&obj).unwrap(), m);
+        let mode = std::fs::metadata(obj.join("a.bin"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o444);
+        assert_eq!(
+            std::fs::metadata(&obj).unwrap().permissions().mode() & 0o777,
+            0o555
+        );
+    }
+
+    #[test]
+    fn second_publisher_of_same_fingerprint_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.stage(&id()).unwrap();
+        std::fs::write(a.path().join("f"), b"1").unwrap();
+        let b_dir = store.root().join("tmp/other");
+        std::fs::create_dir_all(&b_dir).unwrap();
+        let b = Staging {
+            dir: b_dir.clone(),
+            id: id(),
+            published: false,
+        };
+        std::fs::write(b.path().join("f"), b"1").unwrap();
+        assert!(matches!(
+            a.publish(&store, serde_json::json!({}), serde_json::json!({}), 0.0)
+                .unwrap(),
+            Published::New(_)
+        ));
+        assert!(matches!(
+            b.publish(&store, serde_json::json!({}), serde_json::json!({}), 0.0)
+                .unwrap(),
+            Published::AlreadyPresent
+        ));
+        assert!(!b_dir.exists(), "the losing copy is removed");
+    }
+
+    #[test]
+    fn dropped_staging_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.stage(&id()).unwrap();
+        std::fs::write(s.path().join("partial"), b"...").unwrap();
+        drop(s);
+        assert_eq!(
+            std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+            0
+        );
+        assert!(!store.has_object(&id()));
+    }
+
+    #[test]
+    fn remove_object_deletes_read_only_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.stage(&id()).unwrap();
+        std::fs::write(s.path().join("f"), b"1").unwrap();
+        s.publish(&store, serde_json::json!({}), serde_json::json!({}), 0.0)
+            .unwrap();
+        store.remove_object(&id()).unwrap();
+        assert!(!store.object_dir(&id()).exists());
+        assert_eq!(
+            std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+}
