@@ -1,0 +1,102 @@
+//! Command-line arguments (clap). Parsing only: no work happens here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// ausa: build, share and inspect the artifact caches of AUSA experiments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ausa",
+    version,
+    about,
+    long_about = "ausa builds a DAG of fingerprinted stages (corpus, statistics, tokenizer, ...) \
+into a content-addressed store of immutable artifacts. A rebuild with nothing changed is a no-op; \
+a changed input or parameter always gives a new artifact.",
+    after_help = "Examples:\n  ausa build demo                 build the embedded demo DAG\n  \
+ausa build demo --set corpus.docs=500\n  ausa status demo                what is built, stale or missing\n  \
+ausa explain demo:doc_stats     why a stage would rebuild\n  ausa verify                     rehash every object in the store\n\n\
+Exit codes: 0 ok, 1 build or verify failure, 2 usage or config error."
+)]
+pub struct Cli {
+    /// Store directory [default: $AUSA_STORE, else $XDG_CACHE_HOME/ausa, else ~/.cache/ausa]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Print a machine-readable JSON document on stdout instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A `DAG[:STAGE]` target and the overrides that shape its fingerprints.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// An embedded DAG name (e.g. `demo`) or a path to a .toml file, optionally with
+    /// `:STAGE` to select one stage and its upstreams.
+    #[arg(value_name = "DAG[:STAGE]")]
+    pub target: String,
+    /// Override a stage parameter (repeatable), e.g. `--set corpus.docs=500`.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a DAG (or one stage and its upstreams) into the store.
+    Build {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Stages to build at once [default: number of cores].
+        #[arg(short, long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Say what would be built and why, without building.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rebuild the selected stages even if their objects exist (replaces damaged artifacts).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show each stage's fingerprint and state: up-to-date, stale or missing.
+    Status {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Explain why stages would rebuild: a field-by-field diff against their last build.
+    Explain {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Show a stage: parameters (with defaults), fingerprint, manifest and statistics.
+    Show {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Print the object directory of a built stage (for scripts).
+    Path {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// List the objects in the store with their sizes and the refs pointing at them.
+    Ls,
+    /// Rehash object files against their manifests and report every mismatch.
+    Verify {
+        /// Limit to the objects of this DAG (or stage); default: every object.
+        #[arg(value_name = "DAG[:STAGE]")]
+        target: Option<String>,
+        /// Override a stage parameter (repeatable), as for `build`.
+        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Remove objects no ref points to, and temp dirs of builds that died.
+    Gc {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}

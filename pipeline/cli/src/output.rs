@@ -1,0 +1,204 @@
+//! All terminal output goes through here: human text on a TTY, plain log lines when
+//! piped, JSON on stdout with `--json`, nothing but errors with `--quiet`. Progress
+//! bars go to stderr and only appear on a terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use ausa_dag::{PlannedStage, Progress, ProgressUnit};
+use ausa_engine::{Outcome, Reporter};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::diagnostics::CliError;
+
+/// The output mode of this invocation.
+pub struct Output {
+    json: bool,
+    quiet: bool,
+    tty: bool,
+}
+
+impl Output {
+    /// Chooses the mode from the global flags and whether stderr is a terminal.
+    pub fn new(json: bool, quiet: bool) -> Output {
+        Output {
+            json,
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Whether `--json` was given.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// A result line for humans on stdout (suppressed by `--json` and `--quiet`).
+    pub fn line(&self, text: &str) {
+        if !self.json && !self.quiet {
+            println!("{text}");
+        }
+    }
+
+    /// Data a script may want even with `--quiet` (e.g. `ausa path`).
+    pub fn data(&self, text: &str) {
+        if !self.json {
+            println!("{text}");
+        }
+    }
+
+    /// A log line on stderr (suppressed by `--quiet`).
+    pub fn log(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    /// Prints `value` as pretty JSON on stdout when `--json` was given.
+    pub fn json<T: serde::Serialize>(&self, value: &T) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("output serializes")
+            );
+        }
+    }
+
+    /// Prints an error and its hints on stderr (also as JSON with `--json`).
+    pub fn error(&self, e: &CliError) {
+        if self.json {
+            let doc =
+                serde_json::json!({"error": e.message, "hints": e.hints, "exit_code": e.code});
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("error serializes")
+            );
+        }
+        eprintln!("error: {}", e.message);
+        for hint in &e.hints {
+            eprintln!("  hint: {hint}");
+        }
+    }
+
+    /// The reporter for a build.
+    pub fn reporter(&self, dag: &str) -> BuildReporter<'_> {
+        let bars = (self.tty && !self.quiet && !self.json)
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        BuildReporter {
+            out: self,
+            dag: dag.to_string(),
+            bars,
+        }
+    }
+}
+
+/// Reports build events: progress bars on a terminal, log lines otherwise.
+pub struct BuildReporter<'a> {
+    out: &'a Output,
+    dag: String,
+    bars: Option<MultiProgress>,
+}
+
+impl BuildReporter<'_> {
+    fn say(&self, text: String) {
+        if self.out.quiet || self.out.json {
+            return;
+        }
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn label(&self, stage: &PlannedStage) -> String {
+        format!(
+            "{}:{} [{} {}]",
+            self.dag,
+            stage.name,
+            stage.kind,
+            &stage.fingerprint[..12]
+        )
+    }
+}
+
+impl Reporter for BuildReporter<'_> {
+    fn started(&self, stage: &PlannedStage) {
+        self.say(format!("{:>9} {}", "building", self.label(stage)));
+    }
+
+    fn waiting(&self, stage: &PlannedStage, holder: &str) {
+        self.say(format!(
+            "{:>9} {} (another build holds its lock: {holder})",
+            "waiting",
+            self.label(stage)
+        ));
+    }
+
+    fn finished(&self, stage: &PlannedStage, outcome: &Outcome) {
+        let label = self.label(stage);
+        let line = match outcome {
+            Outcome::UpToDate => return,
+            Outcome::Built { seconds, bytes } => format!(
+                "{:>9} {label} in {seconds:.2}s, {}",
+                "built",
+                HumanBytes(*bytes)
+            ),
+            Outcome::BuiltElsewhere => {
+                format!("{:>9} {label} (built by another process)", "reused")
+            }
+            Outcome::Failed { error, .. } => format!("{:>9} {label}: {error}", "FAILED"),
+            Outcome::Skipped { upstream } => {
+                format!("{:>9} {label} (upstream `{upstream}` failed)", "skipped")
+            }
+        };
+        self.say(line);
+    }
+
+    fn progress<'a>(&'a self, stage: &PlannedStage) -> Box<dyn Progress + 'a> {
+        match &self.bars {
+            Some(bars) => {
+                let bar = bars.add(ProgressBar::new_spinner());
+                bar.set_prefix(format!("{:>9} {}", stage.kind, stage.name));
+                bar.enable_steady_tick(Duration::from_millis(120));
+                Box::new(BarProgress { bar })
+            }
+            None => Box::new(ausa_dag::NoProgress),
+        }
+    }
+}
+
+/// A stage's progress bar; cleared when the stage finishes.
+struct BarProgress {
+    bar: ProgressBar,
+}
+
+impl Progress for BarProgress {
+    fn set_total(&self, total: u64, unit: ProgressUnit) {
+        let template = match unit {
+            ProgressUnit::Bytes => "{prefix} [{bar:30}] {bytes}/{total_bytes} ({binary_bytes_per_sec}, eta {eta})".to_string(),
+            ProgressUnit::Items(name) => format!("{{prefix}} [{{bar:30}}] {{human_pos}}/{{human_len}} {name} ({{per_sec}}, eta {{eta}})"),
+        };
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            self.bar.set_style(style.progress_chars("=> "));
+        }
+        self.bar.set_length(total);
+    }
+
+    fn advance(&self, n: u64) {
+        self.bar.inc(n);
+    }
+}
+
+impl Drop for BarProgress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Bytes for humans.
+pub fn bytes(n: u64) -> String {
+    HumanBytes(n).to_string()
+}

@@ -1,0 +1,161 @@
+//! Executes build plans against the object store.
+//!
+//! This crate owns the build loop: for every stage of a [`Plan`] it decides whether
+//! the object already exists, takes the build lock, verifies the inputs, runs the
+//! stage in a temp dir, publishes the result atomically and moves the DAG's ref.
+//! Independent stages run in parallel on `jobs` threads; each stage uses rayon inside.
+//! It also answers "what is the state of this stage and why would it rebuild?"
+//! ([`inspect`]).
+//!
+//! It must not know what any stage kind does (that is `ausa-stages`), how keys are
+//! made (`ausa-dag`) or how the store lays out files (`ausa-store`), and it prints
+//! nothing: progress and outcomes go to a [`Reporter`].
+//!
+//! ```no_run
+//! # fn demo(registry: &ausa_dag::Registry) -> Result<(), Box<dyn std::error::Error>> {
+//! let store = ausa_store::Store::open("/tmp/store")?;
+//! let source = ausa_dag::locate("demo")?;
+//! let dag = ausa_dag::DagSpec::load(&source, registry, &[])?;
+//! let plan = ausa_dag::Plan::resolve(&dag, None, registry, &ausa_engine::StoreHasher::new(&store))?;
+//! let report = ausa_engine::build(&store, &plan, registry, &ausa_engine::BuildOptions::default(), &ausa_engine::Silent);
+//! assert!(report.ok());
+//! # Ok(()) }
+//! ```
+
+pub mod inspect;
+mod run;
+
+use std::path::Path;
+
+use ausa_dag::{ContentHasher, PlannedStage, Progress};
+use ausa_store::{StatCache, Store};
+
+pub use inspect::{explain, stage_states, Explanation, StageState, StateKind};
+pub use run::build;
+
+/// Options of one build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Stages built at once (at least 1).
+    pub jobs: usize,
+    /// Rebuild every planned stage even if its object exists (replacing it).
+    pub force: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> BuildOptions {
+        let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+        BuildOptions { jobs, force: false }
+    }
+}
+
+/// How one stage of a build ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The object already existed.
+    UpToDate,
+    /// We built and published it.
+    Built {
+        /// Wall time of the stage.
+        seconds: f64,
+        /// Bytes of its files.
+        bytes: u64,
+    },
+    /// Another process published it while we waited for its lock.
+    BuiltElsewhere,
+    /// The stage (or its publication) failed; nothing was published.
+    Failed {
+        /// The error with its causes.
+        error: String,
+        /// What to do about it, when known.
+        hint: Option<String>,
+    },
+    /// Not attempted because an upstream stage failed.
+    Skipped {
+        /// The failed upstream stage.
+        upstream: String,
+    },
+}
+
+impl Outcome {
+    /// Whether the stage's object is available after the build.
+    pub fn is_ok(&self) -> bool {
+        matches!(
+            self,
+            Outcome::UpToDate | Outcome::Built { .. } | Outcome::BuiltElsewhere
+        )
+    }
+}
+
+/// The result of one stage of a build.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageReport {
+    /// Stage name.
+    pub stage: String,
+    /// Stage kind.
+    pub kind: String,
+    /// Fingerprint.
+    pub fingerprint: String,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The result of a build, stages in plan order.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildReport {
+    /// The DAG built.
+    pub dag: String,
+    /// One entry per planned stage.
+    pub stages: Vec<StageReport>,
+}
+
+impl BuildReport {
+    /// Whether every stage's object is available.
+    pub fn ok(&self) -> bool {
+        self.stages.iter().all(|s| s.outcome.is_ok())
+    }
+}
+
+/// Receives build events. Called from worker threads.
+pub trait Reporter: Sync {
+    /// A stage starts to build (after taking its lock).
+    fn started(&self, stage: &PlannedStage);
+    /// A stage waits for another process's lock.
+    fn waiting(&self, stage: &PlannedStage, holder: &str);
+    /// A stage finished, whatever the outcome.
+    fn finished(&self, stage: &PlannedStage, outcome: &Outcome);
+    /// The progress sink for a stage that is running.
+    fn progress<'a>(&'a self, stage: &PlannedStage) -> Box<dyn Progress + 'a>;
+}
+
+/// A [`Reporter`] that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn started(&self, _stage: &PlannedStage) {}
+    fn waiting(&self, _stage: &PlannedStage, _holder: &str) {}
+    fn finished(&self, _stage: &PlannedStage, _outcome: &Outcome) {}
+    fn progress<'a>(&'a self, _stage: &PlannedStage) -> Box<dyn Progress + 'a> {
+        Box::new(ausa_dag::NoProgress)
+    }
+}
+
+/// Hashes external inputs through the store's stat cache.
+#[derive(Debug, Clone)]
+pub struct StoreHasher(StatCache);
+
+impl StoreHasher {
+    /// The hasher of `store`.
+    pub fn new(store: &Store) -> StoreHasher {
+        StoreHasher(StatCache::new(store))
+    }
+}
+
+impl ContentHasher for StoreHasher {
+    fn digest(&self, path: &Path) -> std::io::Result<(String, u64)> {
+        self.0.digest(path)
+    }
+}

@@ -1,0 +1,278 @@
+//! The parallel build loop.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use ausa_dag::{fingerprint, InputArtifact, Plan, PlannedStage, Registry, StageContext};
+use ausa_store::{Acquired, ObjectId, Published, Ref, RefName, Store, StoreError, VerifyMode};
+
+use crate::{BuildOptions, BuildReport, Outcome, Reporter, StageReport};
+
+#[derive(Clone)]
+enum Slot {
+    Pending,
+    Running,
+    Done(Outcome),
+}
+
+/// Builds every stage of `plan` that is not in the store yet, `opts.jobs` stages at a
+/// time, and points the DAG's refs at the results. A failed stage does not stop
+/// independent ones; its downstream stages are skipped.
+pub fn build(
+    store: &Store,
+    plan: &Plan,
+    registry: &Registry,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> BuildReport {
+    // Leftovers of killed builds on this host; failing to clean is not fatal.
+    let _ = store.clean_dead_temp_dirs();
+    let slots = Mutex::new(vec![Slot::Pending; plan.stages.len()]);
+    let changed = Condvar::new();
+    std::thread::scope(|scope| {
+        for _ in 0..opts.jobs.max(1).min(plan.stages.len()) {
+            scope.spawn(|| worker(store, plan, registry, opts, reporter, &slots, &changed));
+        }
+    });
+    let slots = slots.into_inner().unwrap_or_else(|p| p.into_inner());
+    let stages = plan
+        .stages
+        .iter()
+        .zip(slots)
+        .map(|(stage, slot)| StageReport {
+            stage: stage.name.clone(),
+            kind: stage.kind.clone(),
+            fingerprint: stage.fingerprint.clone(),
+            outcome: match slot {
+                Slot::Done(o) => o,
+                _ => Outcome::Failed {
+                    error: "not run (internal error)".into(),
+                    hint: None,
+                },
+            },
+        })
+        .collect();
+    BuildReport {
+        dag: plan.dag.clone(),
+        stages,
+    }
+}
+
+/// Takes ready stages until none are left.
+fn worker(
+    store: &Store,
+    plan: &Plan,
+    registry: &Registry,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+    slots: &Mutex<Vec<Slot>>,
+    changed: &Condvar,
+) {
+    let lock = || slots.lock().unwrap_or_else(|p| p.into_inner());
+    let mut guard = lock();
+    loop {
+        let next = next_ready(plan, &mut guard);
+        let Some(idx) = next else {
+            if guard.iter().any(|s| matches!(s, Slot::Pending)) {
+                guard = changed.wait(guard).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            return;
+        };
+        drop(guard);
+        let stage = &plan.stages[idx];
+        let outcome = run_stage(store, plan, stage, registry, opts, reporter);
+        reporter.finished(stage, &outcome);
+        guard = lock();
+        guard[idx] = Slot::Done(outcome);
+        changed.notify_all();
+    }
+}
+
+/// Marks and returns the first pending stage whose inputs are all done, first marking
+/// stages with a failed input as skipped.
+fn next_ready(plan: &Plan, slots: &mut [Slot]) -> Option<usize> {
+    for (idx, stage) in plan.stages.iter().enumerate() {
+        if !matches!(slots[idx], Slot::Pending) {
+            continue;
+        }
+        let failed_input = stage.inputs.iter().find(|(_, up)| match &slots[*up] {
+            Slot::Done(o) => !o.is_ok(),
+            _ => false,
+        });
+        if let Some((_, up)) = failed_input {
+            slots[idx] = Slot::Done(Outcome::Skipped {
+                upstream: plan.stages[*up].name.clone(),
+            });
+            return next_ready(plan, slots);
+        }
+        if stage
+            .inputs
+            .iter()
+            .all(|(_, up)| matches!(&slots[*up], Slot::Done(o) if o.is_ok()))
+        {
+            slots[idx] = Slot::Running;
+            return Some(idx);
+        }
+    }
+    None
+}
+
+fn object_id(stage: &PlannedStage) -> ObjectId {
+    ObjectId {
+        kind: stage.kind.clone(),
+        fingerprint: stage.fingerprint.clone(),
+    }
+}
+
+fn run_stage(
+    store: &Store,
+    plan: &Plan,
+    stage: &PlannedStage,
+    registry: &Registry,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Outcome {
+    let result = build_or_reuse(store, plan, stage, registry, opts, reporter).and_then(|outcome| {
+        let name = RefName {
+            dag: plan.dag.clone(),
+            stage: stage.name.clone(),
+        };
+        let r = Ref {
+            kind: stage.kind.clone(),
+            fingerprint: stage.fingerprint.clone(),
+            key: stage.key.clone(),
+        };
+        store.write_ref(&name, &r).map_err(Failure::from)?;
+        Ok(outcome)
+    });
+    result.unwrap_or_else(|f| Outcome::Failed {
+        error: f.error,
+        hint: f.hint,
+    })
+}
+
+struct Failure {
+    error: String,
+    hint: Option<String>,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure {
+            error: e.to_string(),
+            hint: None,
+        }
+    }
+}
+
+fn corrupted(plan: &Plan, stage: &PlannedStage, e: StoreError) -> Failure {
+    let hint = e.is_corruption().then(|| {
+        format!(
+            "rebuild it with `ausa build {}:{} --force`, or run `ausa verify` to check the whole store",
+            plan.dag, stage.name
+        )
+    });
+    Failure {
+        error: e.to_string(),
+        hint,
+    }
+}
+
+fn build_or_reuse(
+    store: &Store,
+    plan: &Plan,
+    stage: &PlannedStage,
+    registry: &Registry,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<Outcome, Failure> {
+    let id = object_id(stage);
+    if opts.force {
+        store.remove_object(&id)?;
+    } else if store.has_object(&id) {
+        // A cheap stat check on every no-op build catches truncated files.
+        store
+            .check_object(&id, VerifyMode::Sizes, &fingerprint)
+            .map_err(|e| corrupted(plan, stage, e))?;
+        return Ok(Outcome::UpToDate);
+    }
+    let guard = match store.lock_object(&id, &mut |h| reporter.waiting(stage, &h.owner))? {
+        Acquired::Present => return Ok(Outcome::BuiltElsewhere),
+        Acquired::Locked(guard) => guard,
+    };
+    reporter.started(stage);
+    let inputs = verified_inputs(store, plan, stage)?;
+    let kind = registry.get(&stage.kind).ok_or_else(|| Failure {
+        error: format!("unknown stage kind `{}`", stage.kind),
+        hint: None,
+    })?;
+    let staging = store.stage(&id)?;
+    let started = Instant::now();
+    let progress = reporter.progress(stage);
+    let ctx = StageContext {
+        params: &stage.params,
+        inputs: &inputs,
+        external: &stage.external,
+        out_dir: staging.path(),
+        progress: progress.as_ref(),
+    };
+    let stats = kind.run(&ctx).map_err(|e| Failure {
+        error: error_chain(e.as_ref()),
+        hint: None,
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let published = staging.publish(
+        store,
+        stage.key.clone(),
+        serde_json::Value::Object(stats),
+        seconds,
+    )?;
+    drop(guard);
+    Ok(match published {
+        Published::New(m) => Outcome::Built {
+            seconds,
+            bytes: m.total_size(),
+        },
+        Published::AlreadyPresent => Outcome::BuiltElsewhere,
+    })
+}
+
+/// Fully re-hashes every input object before a stage reads it.
+fn verified_inputs(
+    store: &Store,
+    plan: &Plan,
+    stage: &PlannedStage,
+) -> Result<Vec<InputArtifact>, Failure> {
+    stage
+        .inputs
+        .iter()
+        .map(|(slot, idx)| {
+            let up = &plan.stages[*idx];
+            let id = object_id(up);
+            store
+                .check_object(&id, VerifyMode::Full, &fingerprint)
+                .map_err(|e| corrupted(plan, up, e))?;
+            Ok(InputArtifact {
+                slot,
+                kind: up.kind.clone(),
+                dir: store.object_dir(&id),
+            })
+        })
+        .collect()
+}
+
+/// `error: cause: cause`, one line.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
