@@ -120,7 +120,11 @@ pub fn explain(store: &Store, plan: &Plan, stage: &PlannedStage) -> Explanation 
         }
         (_, Ok(Some(r))) => {
             changes = diff_keys(&r.key, &stage.key);
-            reasons.extend(changes.iter().map(|c| describe_change(plan, stage, c)));
+            for reason in changes.iter().map(|c| describe_change(plan, stage, c)) {
+                if !reasons.contains(&reason) {
+                    reasons.push(reason);
+                }
+            }
             if reasons.is_empty() {
                 reasons.push("its key encoding changed (a new ausa version)".into());
             }
@@ -147,11 +151,19 @@ fn describe_change(plan: &Plan, stage: &PlannedStage, c: &KeyChange) -> String {
             "input `{slot}` changed: upstream stage `{upstream}` has a new fingerprint"
         );
     }
-    if c.field.starts_with("external.") {
-        return format!(
-            "external input {} changed content",
-            c.field.trim_start_matches("external.")
-        );
+    if let Some(rest) = c.field.strip_prefix("external.") {
+        // `train[1].blake3` and `train[1].size` are one file: report it once, by path.
+        let entry = rest
+            .split_once("].")
+            .map_or(rest.to_string(), |(e, _)| format!("{e}]"));
+        let path = external_path(stage, &entry)
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        return match (&c.old, &c.new) {
+            (None, _) => format!("external input {entry}{path} was added"),
+            (_, None) => format!("external input {entry} was removed"),
+            _ => format!("external input {entry}{path} changed content"),
+        };
     }
     if c.field == "salt" {
         return format!(
@@ -162,4 +174,14 @@ fn describe_change(plan: &Plan, stage: &PlannedStage, c: &KeyChange) -> String {
         );
     }
     format!("{} changed: {} -> {}", c.field, show(&c.old), show(&c.new))
+}
+
+/// The path of external file `param[i]` of a planned stage.
+fn external_path(stage: &PlannedStage, entry: &str) -> Option<String> {
+    let (param, index) = entry.strip_suffix(']')?.split_once('[')?;
+    let file = stage
+        .external
+        .get(param)?
+        .get(index.parse::<usize>().ok()?)?;
+    Some(file.path.display().to_string())
 }

@@ -1,0 +1,129 @@
+//! A test context: a fresh temp dir with a store, and the real `ausa` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temp dir holding a store and any DAG files a test writes.
+pub struct Ctx {
+    pub dir: tempfile::TempDir,
+}
+
+/// What one `ausa` run printed.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn code(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "unexpected exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ausa")
+}
+
+impl Ctx {
+    pub fn new() -> Ctx {
+        Ctx { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// An `ausa` command on this context's store, run in the temp dir.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args).arg("--store").arg(self.store()).current_dir(self.path());
+        c.env_remove("AUSA_STORE").env("AUSA_LOCK_LEASE_MS", "3000");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().expect("ausa runs").into()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Every file under the store's `objects/` with its bytes, sorted by path.
+    pub fn object_files(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        collect(&self.store().join("objects"), &self.store().join("objects"), &mut out);
+        out.sort();
+        out
+    }
+
+    pub fn fingerprint(&self, target: &str, extra: &[&str]) -> String {
+        let mut args = vec!["show", target, "--json"];
+        args.extend_from_slice(extra);
+        self.run(&args).ok().json()["fingerprint"].as_str().unwrap().to_string()
+    }
+
+    pub fn object_dir(&self, target: &str) -> PathBuf {
+        PathBuf::from(self.run(&["path", target]).ok().stdout.trim())
+    }
+
+    /// Names of entries in a store subdirectory.
+    pub fn entries(&self, sub: &str) -> Vec<String> {
+        match std::fs::read_dir(self.store().join(sub)) {
+            Ok(rd) => rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(root, &p, out);
+        } else {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.push((rel, std::fs::read(&p).unwrap()));
+        }
+    }
+}
+
+/// Makes a file writable so a test can damage it (objects are read-only).
+pub fn make_writable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    if let Some(parent) = p.parent() {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
