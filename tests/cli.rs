@@ -9,7 +9,12 @@ fn outcomes(run: &common::Run) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["stage"].as_str().unwrap().to_string(), s["outcome"].as_str().unwrap().to_string()))
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["outcome"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -18,11 +23,28 @@ fn demo_builds_then_is_a_no_op() {
     let ctx = Ctx::new();
     let first = ctx.run(&["build", "demo", "--json"]).ok();
     assert_eq!(first.json()["ok"], true);
-    assert_eq!(outcomes(&first), [("corpus".into(), "built".into()), ("doc_stats".into(), "built".into())]);
+    assert_eq!(
+        outcomes(&first),
+        [
+            ("corpus".into(), "built".into()),
+            ("doc_stats".into(), "built".into())
+        ]
+    );
     let second = ctx.run(&["build", "demo", "--json"]).ok();
-    assert_eq!(outcomes(&second), [("corpus".into(), "up-to-date".into()), ("doc_stats".into(), "up-to-date".into())]);
+    assert_eq!(
+        outcomes(&second),
+        [
+            ("corpus".into(), "up-to-date".into()),
+            ("doc_stats".into(), "up-to-date".into())
+        ]
+    );
     let status = ctx.run(&["status", "demo"]).ok();
-    assert_eq!(status.stdout.matches("up-to-date").count(), 2, "{}", status.stdout);
+    assert_eq!(
+        status.stdout.matches("up-to-date").count(),
+        2,
+        "{}",
+        status.stdout
+    );
     let corpus = ctx.object_dir("demo:corpus");
     assert!(corpus.join("manifest.json").is_file());
     assert!(corpus.join("documents.parquet").is_file());
@@ -45,22 +67,59 @@ fn set_override_changes_fingerprints_and_explain_names_the_field() {
     let before = ctx.fingerprint("demo:doc_stats", &[]);
     let after = ctx.fingerprint("demo:doc_stats", &["--set", "corpus.docs=300"]);
     assert_ne!(before, after);
-    let explain = ctx.run(&["explain", "demo", "--set", "corpus.docs=300"]).ok();
-    assert!(explain.stdout.contains("params.docs changed: 2000 -> 300"), "{}", explain.stdout);
-    assert!(explain.stdout.contains("upstream stage `corpus` has a new fingerprint"), "{}", explain.stdout);
-    let status = ctx.run(&["status", "demo", "--set", "corpus.docs=300", "--json"]).ok().json();
+    let explain = ctx
+        .run(&["explain", "demo", "--set", "corpus.docs=300"])
+        .ok();
+    assert!(
+        explain.stdout.contains("params.docs changed: 2000 -> 300"),
+        "{}",
+        explain.stdout
+    );
+    assert!(
+        explain
+            .stdout
+            .contains("upstream stage `corpus` has a new fingerprint"),
+        "{}",
+        explain.stdout
+    );
+    let status = ctx
+        .run(&["status", "demo", "--set", "corpus.docs=300", "--json"])
+        .ok()
+        .json();
     assert_eq!(status["stages"][0]["state"], "stale");
     // Only the downstream parameter changes: the corpus is reused.
-    let run = ctx.run(&["build", "demo", "--set", "doc_stats.histogram_bins=8", "--json"]).ok();
-    assert_eq!(outcomes(&run), [("corpus".into(), "up-to-date".into()), ("doc_stats".into(), "built".into())]);
+    let run = ctx
+        .run(&[
+            "build",
+            "demo",
+            "--set",
+            "doc_stats.histogram_bins=8",
+            "--json",
+        ])
+        .ok();
+    assert_eq!(
+        outcomes(&run),
+        [
+            ("corpus".into(), "up-to-date".into()),
+            ("doc_stats".into(), "built".into())
+        ]
+    );
 }
 
 #[test]
 fn dry_run_says_why_and_writes_nothing() {
     let ctx = Ctx::new();
     let run = ctx.run(&["build", "demo", "--dry-run"]).ok();
-    assert!(run.stdout.contains("would build demo:corpus"), "{}", run.stdout);
-    assert!(run.stdout.contains("never built in this store"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("would build demo:corpus"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("never built in this store"),
+        "{}",
+        run.stdout
+    );
     assert!(ctx.entries("objects").is_empty());
     assert!(ctx.entries("refs").is_empty());
 }
@@ -76,7 +135,10 @@ fn show_lists_parameters_with_defaults_and_statistics() {
     assert_eq!(show["state"], "up-to-date");
     assert_eq!(show["manifest"]["stats"]["documents"], 2000);
     let text = ctx.run(&["show", "demo:corpus"]).ok().stdout;
-    assert!(text.contains("vocab_size") && text.contains("(default)"), "{text}");
+    assert!(
+        text.contains("vocab_size") && text.contains("(default)"),
+        "{text}"
+    );
     assert!(text.contains("documents.parquet"), "{text}");
 }
 
@@ -84,28 +146,54 @@ fn show_lists_parameters_with_defaults_and_statistics() {
 fn path_of_an_unbuilt_stage_fails_with_the_fix() {
     let ctx = Ctx::new();
     let run = ctx.run(&["path", "demo:corpus"]).code(1);
-    assert!(run.stderr.contains("run `ausa build demo:corpus`"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("run `ausa build demo:corpus`"),
+        "{}",
+        run.stderr
+    );
     let run = ctx.run(&["path", "demo"]).code(2);
-    assert!(run.stderr.contains("stages of `demo`: corpus, doc_stats"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("stages of `demo`: corpus, doc_stats"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn ls_shows_refs_and_gc_removes_unreferenced_objects() {
     let ctx = Ctx::new();
     ctx.run(&["build", "demo", "--quiet"]).ok();
-    ctx.run(&["build", "demo", "--quiet", "--set", "corpus.docs=100"]).ok();
+    ctx.run(&["build", "demo", "--quiet", "--set", "corpus.docs=100"])
+        .ok();
     let ls = ctx.run(&["ls", "--json"]).ok().json();
     let objects = ls["objects"].as_array().unwrap();
     assert_eq!(objects.len(), 4);
-    let referenced = objects.iter().filter(|o| !o["refs"].as_array().unwrap().is_empty()).count();
+    let referenced = objects
+        .iter()
+        .filter(|o| !o["refs"].as_array().unwrap().is_empty())
+        .count();
     assert_eq!(referenced, 2, "refs follow the latest build");
     let dry = ctx.run(&["gc", "--dry-run", "--json"]).ok().json();
     assert_eq!(dry["report"]["objects"].as_array().unwrap().len(), 2);
-    assert_eq!(ctx.run(&["ls", "--json"]).ok().json()["objects"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        ctx.run(&["ls", "--json"]).ok().json()["objects"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
     ctx.run(&["gc"]).ok();
-    assert_eq!(ctx.run(&["ls", "--json"]).ok().json()["objects"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        ctx.run(&["ls", "--json"]).ok().json()["objects"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     ctx.run(&["verify"]).ok();
-    let run = ctx.run(&["build", "demo", "--set", "corpus.docs=100", "--json"]).ok();
+    let run = ctx
+        .run(&["build", "demo", "--set", "corpus.docs=100", "--json"])
+        .ok();
     assert_eq!(outcomes(&run)[0].1, "up-to-date");
 }
 
@@ -130,22 +218,39 @@ fn local_corpus_is_keyed_by_content_and_rebuilds_when_a_file_changes() {
     let ctx = Ctx::new();
     ctx.write("data/a.txt", "first document here\n\nsecond document\n");
     ctx.write("data/b.txt", "third document\n");
-    ctx.write("local.toml", "[stages.corpus]\nkind = \"corpus\"\nsource = \"local\"\ntrain = [\"data/*.txt\"]\n");
+    ctx.write(
+        "local.toml",
+        "[stages.corpus]\nkind = \"corpus\"\nsource = \"local\"\ntrain = [\"data/*.txt\"]\n",
+    );
     let run = ctx.run(&["build", "local.toml", "--json"]).ok();
     assert_eq!(outcomes(&run)[0].1, "built");
-    let show = ctx.run(&["show", "local.toml:corpus", "--json"]).ok().json();
+    let show = ctx
+        .run(&["show", "local.toml:corpus", "--json"])
+        .ok()
+        .json();
     assert_eq!(show["manifest"]["stats"]["documents"], 3);
     let key = show["key"].to_string();
-    assert!(!key.contains("a.txt") && !key.contains("data"), "paths must not enter keys: {key}");
+    assert!(
+        !key.contains("a.txt") && !key.contains("data"),
+        "paths must not enter keys: {key}"
+    );
     ctx.write("data/b.txt", "third document, edited\n");
     let explain = ctx.run(&["explain", "local.toml"]).ok();
-    assert!(explain.stdout.contains("external input train[1] (") && explain.stdout.contains("b.txt) changed content"), "{}", explain.stdout);
+    assert!(
+        explain.stdout.contains("external input train[1] (")
+            && explain.stdout.contains("b.txt) changed content"),
+        "{}",
+        explain.stdout
+    );
     let run = ctx.run(&["build", "local.toml", "--json"]).ok();
     assert_eq!(outcomes(&run)[0].1, "built");
     // The same content under another name and directory gives the same fingerprint.
     let fp = ctx.fingerprint("local.toml:corpus", &[]);
     std::fs::rename(ctx.path().join("data"), ctx.path().join("moved")).unwrap();
-    let moved = ctx.fingerprint("local.toml:corpus", &["--set", "corpus.train=[\"moved/*.txt\"]"]);
+    let moved = ctx.fingerprint(
+        "local.toml:corpus",
+        &["--set", "corpus.train=[\"moved/*.txt\"]"],
+    );
     assert_eq!(fp, moved);
 }
 
@@ -153,12 +258,30 @@ fn local_corpus_is_keyed_by_content_and_rebuilds_when_a_file_changes() {
 fn same_dag_gives_identical_bytes_whatever_the_parallelism() {
     let a = Ctx::new();
     let b = Ctx::new();
-    a.cmd(&["build", "demo", "--jobs", "1", "--quiet"]).env("RAYON_NUM_THREADS", "1").status().unwrap();
-    b.cmd(&["build", "demo", "--jobs", "4", "--quiet"]).env("RAYON_NUM_THREADS", "3").status().unwrap();
-    let files = |c: &Ctx| -> Vec<_> { c.object_files().into_iter().filter(|(p, _)| !p.ends_with("manifest.json")).collect() };
+    a.cmd(&["build", "demo", "--jobs", "1", "--quiet"])
+        .env("RAYON_NUM_THREADS", "1")
+        .status()
+        .unwrap();
+    b.cmd(&["build", "demo", "--jobs", "4", "--quiet"])
+        .env("RAYON_NUM_THREADS", "3")
+        .status()
+        .unwrap();
+    let files = |c: &Ctx| -> Vec<_> {
+        c.object_files()
+            .into_iter()
+            .filter(|(p, _)| !p.ends_with("manifest.json"))
+            .collect()
+    };
     let (fa, fb) = (files(&a), files(&b));
-    assert!(fa.len() >= 3, "expected the demo's data files, got {}", fa.len());
-    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert!(
+        fa.len() >= 3,
+        "expected the demo's data files, got {}",
+        fa.len()
+    );
+    assert_eq!(
+        fa.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        fb.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
     for ((path, x), (_, y)) in fa.iter().zip(&fb) {
         assert!(x == y, "{path} differs between --jobs 1 and --jobs 4");
     }
@@ -166,13 +289,32 @@ fn same_dag_gives_identical_bytes_whatever_the_parallelism() {
 
 #[test]
 fn help_and_version_work() {
-    let run = common::Run::from(std::process::Command::new(common::bin()).arg("--help").output().unwrap()).ok();
-    for cmd in ["build", "status", "explain", "ls", "show", "path", "verify", "gc"] {
+    let run = common::Run::from(
+        std::process::Command::new(common::bin())
+            .arg("--help")
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    for cmd in [
+        "build", "status", "explain", "ls", "show", "path", "verify", "gc",
+    ] {
         assert!(run.stdout.contains(cmd), "--help lacks {cmd}");
     }
-    let run = common::Run::from(std::process::Command::new(common::bin()).arg("--version").output().unwrap()).ok();
+    let run = common::Run::from(
+        std::process::Command::new(common::bin())
+            .arg("--version")
+            .output()
+            .unwrap(),
+    )
+    .ok();
     assert!(run.stdout.starts_with("ausa "));
-    let run = common::Run::from(std::process::Command::new(common::bin()).arg("frobnicate").output().unwrap());
+    let run = common::Run::from(
+        std::process::Command::new(common::bin())
+            .arg("frobnicate")
+            .output()
+            .unwrap(),
+    );
     assert_eq!(run.code, 2);
 }
 
@@ -198,21 +340,36 @@ mod bad_input {
     #[test]
     fn unknown_kind_lists_the_kinds() {
         let err = rejected("[stages.c]\nkind = \"corpse\"\n");
-        assert!(err.contains("bad.toml:2:8: stage `c`: unknown stage kind `corpse`"), "{err}");
-        assert!(err.contains("hint: valid kinds: corpus, doc_stats"), "{err}");
+        assert!(
+            err.contains("bad.toml:2:8: stage `c`: unknown stage kind `corpse`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("hint: valid kinds: corpus, doc_stats"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_parameter_lists_the_parameters() {
         let err = rejected("[stages.c]\nkind = \"corpus\"\ndoc = 3\n");
-        assert!(err.contains("bad.toml:3:1: stage `c`: unknown parameter `doc`"), "{err}");
-        assert!(err.contains("valid parameters: source, docs, seed"), "{err}");
+        assert!(
+            err.contains("bad.toml:3:1: stage `c`: unknown parameter `doc`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("valid parameters: source, docs, seed"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_type_names_the_expected_type() {
         let err = rejected("[stages.c]\nkind = \"corpus\"\ndocs = \"many\"\n");
-        assert!(err.contains("bad.toml:3:8") && err.contains("parameter `docs`: expected integer"), "{err}");
+        assert!(
+            err.contains("bad.toml:3:8") && err.contains("parameter `docs`: expected integer"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -225,8 +382,13 @@ mod bad_input {
 
     #[test]
     fn unreadable_input_files_are_usage_errors() {
-        let err = rejected("[stages.c]\nkind = \"corpus\"\nsource = \"local\"\ntrain = [\"nope/*.txt\"]\n");
-        assert!(err.contains("parameter `train`") && err.contains("matches no input files"), "{err}");
+        let err = rejected(
+            "[stages.c]\nkind = \"corpus\"\nsource = \"local\"\ntrain = [\"nope/*.txt\"]\n",
+        );
+        assert!(
+            err.contains("parameter `train`") && err.contains("matches no input files"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -235,10 +397,29 @@ mod bad_input {
         let run = ctx.run(&["build", "nodag"]).code(2);
         assert!(run.stderr.contains("embedded DAGs: demo"), "{}", run.stderr);
         let run = ctx.run(&["build", "demo:nostage"]).code(2);
-        assert!(run.stderr.contains("stages of `demo`: corpus, doc_stats"), "{}", run.stderr);
-        let run = ctx.run(&["build", "demo", "--set", "corpus.docs=-5"]).code(2);
-        assert!(run.stderr.contains("--set corpus.docs=-5") && run.stderr.contains("out of range"), "{}", run.stderr);
-        let run = ctx.run(&["build", "demo", "--set", "corpus.min_words=500", "--set", "corpus.max_words=10"]).code(2);
+        assert!(
+            run.stderr.contains("stages of `demo`: corpus, doc_stats"),
+            "{}",
+            run.stderr
+        );
+        let run = ctx
+            .run(&["build", "demo", "--set", "corpus.docs=-5"])
+            .code(2);
+        assert!(
+            run.stderr.contains("--set corpus.docs=-5") && run.stderr.contains("out of range"),
+            "{}",
+            run.stderr
+        );
+        let run = ctx
+            .run(&[
+                "build",
+                "demo",
+                "--set",
+                "corpus.min_words=500",
+                "--set",
+                "corpus.max_words=10",
+            ])
+            .code(2);
         assert!(run.stderr.contains("min_words"), "{}", run.stderr);
         let run = ctx.run(&["build", "demo", "--set", "nodot"]).code(2);
         assert!(run.stderr.contains("STAGE.PARAM=VALUE"), "{}", run.stderr);

@@ -18,18 +18,27 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 
     #[track_caller]
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn code(self, code: i32) -> Run {
-        assert_eq!(self.code, code, "unexpected exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -50,7 +59,9 @@ pub fn bin() -> &'static str {
 
 impl Ctx {
     pub fn new() -> Ctx {
-        Ctx { dir: tempfile::tempdir().unwrap() }
+        Ctx {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -64,7 +75,10 @@ impl Ctx {
     /// An `ausa` command on this context's store, run in the temp dir.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.args(args).arg("--store").arg(self.store()).current_dir(self.path());
+        c.args(args)
+            .arg("--store")
+            .arg(self.store())
+            .current_dir(self.path());
         c.env_remove("AUSA_STORE").env("AUSA_LOCK_LEASE_MS", "3000");
         c
     }
@@ -83,7 +97,11 @@ impl Ctx {
     /// Every file under the store's `objects/` with its bytes, sorted by path.
     pub fn object_files(&self) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
-        collect(&self.store().join("objects"), &self.store().join("objects"), &mut out);
+        collect(
+            &self.store().join("objects"),
+            &self.store().join("objects"),
+            &mut out,
+        );
         out.sort();
         out
     }
@@ -91,7 +109,10 @@ impl Ctx {
     pub fn fingerprint(&self, target: &str, extra: &[&str]) -> String {
         let mut args = vec!["show", target, "--json"];
         args.extend_from_slice(extra);
-        self.run(&args).ok().json()["fingerprint"].as_str().unwrap().to_string()
+        self.run(&args).ok().json()["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub fn object_dir(&self, target: &str) -> PathBuf {
@@ -101,7 +122,10 @@ impl Ctx {
     /// Names of entries in a store subdirectory.
     pub fn entries(&self, sub: &str) -> Vec<String> {
         match std::fs::read_dir(self.store().join(sub)) {
-            Ok(rd) => rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
             Err(_) => Vec::new(),
         }
     }

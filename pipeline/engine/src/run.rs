@@ -219,7 +219,8 @@ fn build_or_reuse(
     };
     let stats = kind.run(&ctx).map_err(|e| Failure {
         error: error_chain(e.as_ref()),
-        hint: None,
+        hint: disk_full(e.as_ref())
+            .then(|| "the disk is full: free space or use another --store".into()),
     })?;
     let seconds = started.elapsed().as_secs_f64();
     let published = staging.publish(
@@ -275,4 +276,22 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+/// Whether an error was caused by a full disk (ENOSPC or a disk quota), at any depth.
+fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let io = err.downcast_ref::<std::io::Error>();
+        if io.is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        }) {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
