@@ -108,8 +108,8 @@ fn diff_into(path: String, old: Option<&Value>, new: Option<&Value>, out: &mut V
         }
         (a, b) if a != b => out.push(KeyChange {
             field: path,
-            old: a.map(|v| canonical_json(v)),
-            new: b.map(|v| canonical_json(v)),
+            old: a.map(canonical_json),
+            new: b.map(canonical_json),
         }),
         _ => {}
     }

@@ -49,7 +49,7 @@ pub use hash::{hash_file, StatCache};
 pub use lock::{Acquired, LockHolder};
 pub use manifest::{BuildInfo, FileEntry, Manifest, MANIFEST_FORMAT, MANIFEST_NAME};
 pub use publish::{Published, Staging};
-pub use refs::{Ref, RefName};
+pub use refs::{Ref, RefEntry, RefName};
 pub use verify::{Problem, VerifyMode};
 
 /// Identifies an object: its stage kind and fingerprint.

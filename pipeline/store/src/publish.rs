@@ -22,7 +22,7 @@ pub struct Staging {
 #[derive(Debug)]
 pub enum Published {
     /// Our files are now the object.
-    New(Manifest),
+    New(Box<Manifest>),
     /// Another builder published the same fingerprint first; ours was discarded.
     AlreadyPresent,
 }
@@ -91,7 +91,7 @@ impl Staging {
         self.published = true;
         sync_dir(parent)?;
         set_tree_mode(&target, 0o555, 0o444)?;
-        Ok(Published::New(manifest))
+        Ok(Published::New(Box::new(manifest)))
     }
 
     fn hash_and_sync(&self) -> Result<Vec<FileEntry>, StoreError> {
@@ -204,7 +204,7 @@ mod tests {
             blake3::hash(b"hello").to_hex().to_string()
         );
         let obj = store.object_dir(&id());
-        assert_eq!(Manifest::read(&obj).unwrap(), m);
+        assert_eq!(Manifest::read(&obj).unwrap(), *m);
         let mode = std::fs::metadata(obj.join("a.bin"))
             .unwrap()
             .permissions()

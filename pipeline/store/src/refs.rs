@@ -31,6 +31,9 @@ impl Ref {
     }
 }
 
+/// A ref as listed by [`Store::list_refs`]: its name, and its content or why it is unreadable.
+pub type RefEntry = (RefName, Result<Ref, StoreError>);
+
 /// A ref's name: DAG and stage.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RefName {
@@ -74,7 +77,7 @@ impl Store {
 
     /// Every ref in the store, sorted by name. Unreadable refs are returned as errors
     /// in place so one bad file does not hide the others.
-    pub fn list_refs(&self) -> Result<Vec<(RefName, Result<Ref, StoreError>)>, StoreError> {
+    pub fn list_refs(&self) -> Result<Vec<RefEntry>, StoreError> {
         let refs = self.root().join("refs");
         let mut out = Vec::new();
         for dag in crate::fsutil::sorted_dir_names(&refs)? {

@@ -1,0 +1,34 @@
+//! On-disk artifact formats of ausa: writers and validated readers.
+//!
+//! This crate owns the bytes of every artifact file a stage writes and another stage
+//! (or a user) reads. Each format lives in one module whose documentation is the
+//! format's specification (columns, types, nullability, compression, row groups):
+//!
+//! - [`documents`]: `documents.parquet`, the corpus documents.
+//! - [`doc_stats`]: `doc_stats.parquet`, per-document word and character counts.
+//!
+//! Writers are deterministic: the same rows always give byte-identical files,
+//! whatever the machine, time or library version (`created_by` is fixed to `"ausa"`).
+//! Readers validate the schema and report errors naming the file and the column.
+//!
+//! This crate must not touch the object store, stage parameters, or the engine; it
+//! knows nothing about where files live beyond the path it is given.
+
+pub mod doc_stats;
+pub mod documents;
+mod error;
+mod split;
+mod table;
+
+pub use doc_stats::{
+    doc_stats_path, read_doc_stats, DocStat, DocStatsWriter, DOC_STATS_FILE, DOC_STATS_FORMAT,
+};
+pub use documents::{
+    document_batches, documents_path, read_documents, Document, DocumentBatch, DocumentBatches,
+    DocumentRef, DocumentsWriter, DOCUMENTS_FILE, DOCUMENTS_FORMAT,
+};
+pub use error::ArtifactError;
+pub use split::Split;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,44 @@
+//! The stage kinds of ausa and their registry.
+//!
+//! This crate owns what each stage kind *does*: one module per kind implementing
+//! [`ausa_dag::Stage`] ([`corpus`], [`doc_stats`]), the helpers they share (the
+//! synthetic text generator, local file readers, a hand-written RNG), and
+//! [`registry`], which lists every kind.
+//!
+//! It must not touch the object store, fingerprints, scheduling or the CLI (those
+//! belong to `ausa-store`, `ausa-dag`, `ausa-engine` and `ausa-cli`), and it must not
+//! define file formats: stages write and read artifacts only through
+//! `ausa-artifacts`. A stage writes only inside `ctx.out_dir`.
+
+use std::path::PathBuf;
+
+pub mod corpus;
+pub mod doc_stats;
+mod local;
+mod rng;
+mod synthetic;
+mod txt;
+mod wikitext;
+
+pub use corpus::CorpusStage;
+pub use doc_stats::DocStatsStage;
+
+/// Every stage kind, ready for the DAG loader and the engine.
+pub fn registry() -> ausa_dag::Registry {
+    let mut registry = ausa_dag::Registry::new();
+    registry.register(Box::new(CorpusStage));
+    registry.register(Box::new(DocStatsStage));
+    registry
+}
+
+/// An output file of a stage could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write `{}`", path.display())]
+pub(crate) struct WriteError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+#[cfg(test)]
+mod tests;
