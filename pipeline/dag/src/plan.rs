@@ -115,6 +115,27 @@ impl Plan {
                     }
                 }
             }
+            let fetched = kind.fetch_inputs(&stage.params).map_err(|e| DagError {
+                location: None,
+                message: format!("stage `{}`: cannot fetch its inputs: {e}", stage.name),
+                hint: None,
+            })?;
+            for (name, paths) in fetched {
+                let files = paths
+                    .into_iter()
+                    .map(|path| hash_external(path, hasher))
+                    .collect::<Result<Vec<_>, String>>()
+                    .map_err(|why| DagError {
+                        location: None,
+                        message: format!("stage `{}`: {why}", stage.name),
+                        hint: None,
+                    })?;
+                let digests = files
+                    .iter()
+                    .map(|f| json!({"blake3": f.blake3, "size": f.size}));
+                external_key.insert(name.clone(), Value::Array(digests.collect()));
+                external.insert(name, files);
+            }
             let key = json!({
                 "scheme": KEY_SCHEME,
                 "kind": stage.kind,
@@ -188,13 +209,15 @@ fn expand_paths(
     }
     files
         .into_iter()
-        .map(|path| {
-            let (blake3, size) = hasher
-                .digest(&path)
-                .map_err(|e| format!("cannot read input file {}: {e}", path.display()))?;
-            Ok(ExternalFile { path, blake3, size })
-        })
+        .map(|path| hash_external(path, hasher))
         .collect()
+}
+
+fn hash_external(path: PathBuf, hasher: &dyn ContentHasher) -> Result<ExternalFile, String> {
+    let (blake3, size) = hasher
+        .digest(&path)
+        .map_err(|e| format!("cannot read input file {}: {e}", path.display()))?;
+    Ok(ExternalFile { path, blake3, size })
 }
 
 fn walk_dir(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -122,6 +122,16 @@ pub trait Stage: Send + Sync {
     fn check(&self, _params: &Params) -> Result<(), String> {
         Ok(())
     }
+    /// Fetches external inputs that are not local paths (files from a dataset hub) and
+    /// returns the local files, keyed like `Paths` parameters (`"files"` -> paths).
+    ///
+    /// Called by the planner before fingerprints are computed: the returned files'
+    /// content digests enter the key under `external.<name>` and reach [`Stage::run`]
+    /// through [`StageContext::external_files`]. Must be idempotent and cheap when
+    /// the files are already cached.
+    fn fetch_inputs(&self, _params: &Params) -> Result<BTreeMap<String, Vec<PathBuf>>, StageError> {
+        Ok(BTreeMap::new())
+    }
     /// Produces the outputs in `ctx.out_dir` and returns statistics.
     fn run(&self, ctx: &StageContext<'_>) -> Result<Stats, StageError>;
 }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 /// Stage kinds whose artifacts hold a `documents.parquet`; a new producer of documents
 /// is added here.
-pub const DOCUMENT_PRODUCERS: &[&str] = &["corpus"];
+pub const DOCUMENT_PRODUCERS: &[&str] = &["corpus", "download", "subset"];
 
 /// The histogram written next to `doc_stats.parquet`.
 pub const HISTOGRAM_FILE: &str = "histogram.json";
