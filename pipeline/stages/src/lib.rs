@@ -16,6 +16,7 @@ pub mod corpus;
 pub mod doc_stats;
 mod local;
 mod rng;
+pub mod subset;
 mod synthetic;
 mod txt;
 mod wikitext;
@@ -28,6 +29,7 @@ pub fn registry() -> ausa_dag::Registry {
     let mut registry = ausa_dag::Registry::new();
     registry.register(Box::new(CorpusStage));
     registry.register(Box::new(DocStatsStage));
+    registry.register(Box::new(subset::SubsetStage));
     registry
 }
 
