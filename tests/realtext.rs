@@ -9,18 +9,25 @@ use std::path::PathBuf;
 use common::Ctx;
 
 fn valid_txt() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/wikitext-2/valid.txt");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/wikitext-2/valid.txt");
     if path.is_file() {
         Some(path.canonicalize().unwrap())
     } else {
-        eprintln!("SKIPPED: {} is absent (real-text checks need ../shared)", path.display());
+        eprintln!(
+            "SKIPPED: {} is absent (real-text checks need ../shared)",
+            path.display()
+        );
         None
     }
 }
 
 /// Word count the way WikiText counts: whitespace-separated tokens of the whole file.
 fn file_words(path: &PathBuf) -> u64 {
-    std::fs::read_to_string(path).unwrap().split_whitespace().count() as u64
+    std::fs::read_to_string(path)
+        .unwrap()
+        .split_whitespace()
+        .count() as u64
 }
 
 fn write_dag(ctx: &Ctx, valid: &std::path::Path) {
@@ -39,11 +46,24 @@ fn wikitext2_validation_builds_into_articles_and_a_half_subset() {
     let ctx = Ctx::new();
     write_dag(&ctx, &valid);
     ctx.run(&["build", "wt2valid.toml", "--quiet"]).ok();
-    let corpus = ctx.run(&["show", "wt2valid.toml:corpus", "--json"]).ok().json();
+    let corpus = ctx
+        .run(&["show", "wt2valid.toml:corpus", "--json"])
+        .ok()
+        .json();
     let stats = &corpus["manifest"]["stats"];
-    assert_eq!(stats["documents"], 60, "60 articles (level-1 headings) in WikiText-2 valid");
-    assert_eq!(stats["words"].as_u64().unwrap(), file_words(&valid), "no word lost or added");
-    let subset = ctx.run(&["show", "wt2valid.toml:subset", "--json"]).ok().json();
+    assert_eq!(
+        stats["documents"], 60,
+        "60 articles (level-1 headings) in WikiText-2 valid"
+    );
+    assert_eq!(
+        stats["words"].as_u64().unwrap(),
+        file_words(&valid),
+        "no word lost or added"
+    );
+    let subset = ctx
+        .run(&["show", "wt2valid.toml:subset", "--json"])
+        .ok()
+        .json();
     let s = &subset["manifest"]["stats"];
     assert!(s["relative_error"].as_f64().unwrap().abs() < 0.05, "{s}");
     assert!(s["histogram_divergence"].as_f64().unwrap() <= 0.05, "{s}");
