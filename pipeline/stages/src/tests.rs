@@ -85,7 +85,7 @@ fn paths(given: &[&str]) -> ParamValue {
 #[test]
 fn registry_lists_every_kind_with_consistent_schemas() {
     let registry = registry();
-    assert_eq!(registry.kinds(), ["corpus", "doc_stats"]);
+    assert_eq!(registry.kinds(), ["corpus", "doc_stats", "subset"]);
     for kind in registry.kinds() {
         let stage = registry.get(kind).unwrap();
         assert_eq!(stage.kind(), kind);
