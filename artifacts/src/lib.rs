@@ -6,6 +6,8 @@
 //!
 //! - [`documents`]: `documents.parquet`, the corpus documents.
 //! - [`doc_stats`]: `doc_stats.parquet`, per-document word and character counts.
+//! - [`tokens`]: `tokens-<split>.arrow`, token ids per split (Arrow IPC, read
+//!   zero-copy through a memory map).
 //!
 //! Writers are deterministic: the same rows always give byte-identical files,
 //! whatever the machine, time or library version (`created_by` is fixed to `"ausa"`).
@@ -17,8 +19,10 @@
 pub mod doc_stats;
 pub mod documents;
 mod error;
+mod mmap;
 mod split;
 mod table;
+pub mod tokens;
 
 pub use doc_stats::{
     doc_stats_path, read_doc_stats, DocStat, DocStatsWriter, DOC_STATS_FILE, DOC_STATS_FORMAT,
@@ -29,6 +33,10 @@ pub use documents::{
 };
 pub use error::ArtifactError;
 pub use split::Split;
+pub use tokens::{
+    tokens_file_name, tokens_path, IdWidth, TokenIds, TokensFile, TokensSummary, TokensWriter,
+    TOKENS_FORMAT,
+};
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,22 @@ use std::path::{Path, PathBuf};
 use crate::spec::{DagError, DagSource, Origin};
 
 /// `(name, text)` of every embedded DAG.
-pub const EMBEDDED: &[(&str, &str)] = &[("demo", include_str!("../../../dags/demo.toml"))];
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("demo", include_str!("../../../dags/demo.toml")),
+    ("wt2", include_str!("../../../dags/wt2.toml")),
+    (
+        "wt103-10pct",
+        include_str!("../../../dags/wt103-10pct.toml"),
+    ),
+    (
+        "wt103-25pct",
+        include_str!("../../../dags/wt103-25pct.toml"),
+    ),
+    (
+        "wt103-50pct",
+        include_str!("../../../dags/wt103-50pct.toml"),
+    ),
+];
 
 /// The names of the embedded DAGs.
 pub fn embedded_names() -> Vec<&'static str> {

@@ -14,10 +14,16 @@ use std::path::PathBuf;
 
 pub mod corpus;
 pub mod doc_stats;
+pub mod download;
 mod local;
 mod rng;
 pub mod subset;
 mod synthetic;
+pub mod tokenize;
+pub mod tokenizer;
+mod tokenizer_bpe;
+mod tokenizer_encode;
+mod tokenizer_pretok;
 mod txt;
 mod wikitext;
 
@@ -29,7 +35,10 @@ pub fn registry() -> ausa_dag::Registry {
     let mut registry = ausa_dag::Registry::new();
     registry.register(Box::new(CorpusStage));
     registry.register(Box::new(DocStatsStage));
+    registry.register(Box::new(download::DownloadStage::default()));
     registry.register(Box::new(subset::SubsetStage));
+    registry.register(Box::new(tokenize::TokenizeStage));
+    registry.register(Box::new(tokenizer::TokenizerStage));
     registry
 }
 

@@ -96,10 +96,10 @@ mod tests {
 
     #[test]
     fn auto_picks_wikitext_only_with_a_heading() {
-        let wiki = " = A = \n x \n\n y \n = B = \n z \n";
+        let wiki = " = A = \n\n x \n\n y \n\n = B = \n\n z \n";
         assert_eq!(
             split_documents(wiki, TextFormat::Auto),
-            ["= A = \n x \n\n y", "= B = \n z"]
+            ["= A = \n\n x \n\n y", "= B = \n\n z"]
         );
         assert_eq!(
             split_documents("p1\n\np2\n", TextFormat::Auto),

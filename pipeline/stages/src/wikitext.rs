@@ -23,11 +23,24 @@ pub(crate) fn has_article_heading(text: &str) -> bool {
     text.lines().any(is_article_heading)
 }
 
+/// Whether a line starts an article: a level-1 heading with a blank line (or the
+/// start) before it and a blank line (or the end) after it. The raw corpus also has
+/// heading-shaped lines inside articles (continued formulas, table rows); only real
+/// titles stand alone. The `download` stage's streaming splitter uses the same rule.
+pub(crate) fn starts_article(blank_before: bool, line: &str, blank_after: bool) -> bool {
+    blank_before && blank_after && is_article_heading(line)
+}
+
 /// The articles of `text`, trimmed, empty ones dropped.
 pub(crate) fn articles(text: &str) -> Vec<&str> {
-    let starts = line_spans(text)
-        .filter(|(_, line)| is_article_heading(line))
-        .map(|(at, _)| at);
+    let lines: Vec<(usize, &str)> = line_spans(text).collect();
+    let blank = |i: Option<usize>| {
+        i.and_then(|i| lines.get(i))
+            .is_none_or(|(_, l)| l.trim().is_empty())
+    };
+    let starts = (0..lines.len())
+        .filter(|&i| starts_article(blank(i.checked_sub(1)), lines[i].1, blank(Some(i + 1))))
+        .map(|i| lines[i].0);
     let mut docs = Vec::new();
     let mut start = 0;
     for end in starts.chain(std::iter::once(text.len())) {
@@ -44,7 +57,7 @@ pub(crate) fn articles(text: &str) -> Vec<&str> {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = " \n = Valkyria Chronicles III = \n \n Senjō no Valkyria 3 is a game . \n \n = = Gameplay = = \n \n Play it . \n = = = Sub = = = \n More . \n = Tower Building = \n \n The tower . \n";
+    const SAMPLE: &str = " \n = Valkyria Chronicles III = \n \n Senjō no Valkyria 3 is a game . \n \n = = Gameplay = = \n \n Play it . \n = = = Sub = = = \n More . \n \n = Tower Building = \n \n The tower . \n";
 
     #[test]
     fn headings_are_detected_with_surrounding_spaces() {
@@ -69,8 +82,14 @@ mod tests {
 
     #[test]
     fn text_before_first_heading_is_its_own_document() {
-        let docs = articles("preface line\n = Title = \nbody\n");
-        assert_eq!(docs, ["preface line", "= Title = \nbody"]);
+        let docs = articles("preface line\n\n = Title = \n\nbody\n");
+        assert_eq!(docs, ["preface line", "= Title = \n\nbody"]);
+        let inline = articles("x\n = 2 = \n\n = Real = \n\ny\n");
+        assert_eq!(
+            inline,
+            ["x\n = 2 =", "= Real = \n\ny"],
+            "a heading-shaped line inside text is not a title"
+        );
         assert!(has_article_heading(SAMPLE));
         assert!(!has_article_heading("plain\n\ntext = with = signs\n"));
     }

@@ -1,0 +1,545 @@
+//! [`TokensFile`]: the validating, zero-copy reader of token files.
+//!
+//! Opening parses the footer and the record batch message with the flatbuffer
+//! verifier, checks every offset and length against the file *before* Arrow's
+//! decoder slices anything (the decoder panics on out-of-range buffers), then lets
+//! the decoder build the arrays over the mapping with `require_alignment`, so a
+//! misaligned buffer is an error instead of a silent copy.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{Array, LargeListArray, RecordBatch, UInt16Array, UInt32Array, UInt64Array};
+use arrow_buffer::{Buffer, ScalarBuffer};
+use arrow_ipc::reader::FileDecoder;
+use arrow_ipc::{Block, Footer, MetadataVersion};
+use arrow_schema::{DataType, Schema, SchemaRef};
+
+use super::{
+    IdWidth, TokenIds, HEADER_LEN, ID_WIDTH_KEY, MAGIC, TOKENS_ALIGNMENT, TOKENS_FORMAT,
+    TRAILER_LEN, VOCAB_SIZE_KEY,
+};
+use crate::table::FORMAT_KEY;
+use crate::{mmap, ArtifactError};
+
+/// Bytes per sequential read when checking the id range at open.
+const CHECK_CHUNK: usize = 1 << 20;
+
+/// A validation failure, before the path is attached.
+type Check<T> = Result<T, String>;
+
+/// The ids of a token file at their stored width, inside the mapping.
+#[derive(Debug, Clone)]
+enum IdBuffer {
+    U16(ScalarBuffer<u16>),
+    U32(ScalarBuffer<u32>),
+}
+
+/// A memory-mapped, validated token file (see the [module docs](super) for the
+/// format). Slices it returns point into the mapping; nothing is copied.
+#[derive(Debug, Clone)]
+pub struct TokensFile {
+    path: PathBuf,
+    data: Buffer,
+    vocab_size: u32,
+    doc_ids: ScalarBuffer<u64>,
+    offsets: ScalarBuffer<u64>,
+    ids: IdBuffer,
+}
+
+/// What the schema says about the ids.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    vocab_size: u32,
+    width: IdWidth,
+}
+
+/// The record batch block, as checked byte positions in the file.
+#[derive(Debug, Clone, Copy)]
+struct BlockRange {
+    start: usize,
+    meta: usize,
+    body: usize,
+}
+
+impl TokensFile {
+    /// Maps and validates the token file at `path`.
+    ///
+    /// Every check of the [module docs](super) runs here, once; an error names the
+    /// file and what is wrong. Opening reads the ids sequentially once (to check
+    /// their range) without making the mapping resident.
+    pub fn open(path: impl AsRef<Path>) -> Result<TokensFile, ArtifactError> {
+        let path = path.as_ref();
+        let data = mmap::map_readonly(path)?;
+        let file = Self::validate(path, data).map_err(|detail| invalid(path, detail))?;
+        file.check_id_range()?;
+        Ok(file)
+    }
+
+    fn validate(path: &Path, data: Buffer) -> Check<TokensFile> {
+        let footer_at = footer_range(&data)?;
+        let footer = arrow_ipc::root_as_footer(&data[footer_at.clone()])
+            .map_err(|e| format!("the Arrow IPC footer does not parse ({e})"))?;
+        let (schema, layout) = read_schema(&footer)?;
+        let block = single_block(&footer)?;
+        let range = check_block(&block, footer_at.start)?;
+        let message = &data[range.start..range.start + range.meta];
+        check_message(message, range.body, layout.width)?;
+        let batch = decode(&data, &block, range, schema)?;
+        assemble(path, data, layout, &batch)
+    }
+
+    /// The file this was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every id is below this (`ausa.vocab_size`).
+    pub fn vocab_size(&self) -> u32 {
+        self.vocab_size
+    }
+
+    /// The stored id width.
+    pub fn id_width(&self) -> IdWidth {
+        self.ids().width()
+    }
+
+    /// Number of documents (rows).
+    pub fn num_documents(&self) -> usize {
+        self.doc_ids.len()
+    }
+
+    /// Number of ids, all documents together.
+    pub fn num_tokens(&self) -> usize {
+        self.ids().len()
+    }
+
+    /// The whole split's ids (documents concatenated in row order), in the mapping.
+    pub fn ids(&self) -> TokenIds<'_> {
+        match &self.ids {
+            IdBuffer::U16(b) => TokenIds::U16(b),
+            IdBuffer::U32(b) => TokenIds::U32(b),
+        }
+    }
+
+    /// `num_documents() + 1` offsets into [`TokensFile::ids`]: document `i` is
+    /// `ids[offsets[i]..offsets[i + 1]]`. Starts at 0, ends at `num_tokens()`.
+    pub fn doc_offsets(&self) -> &[u64] {
+        &self.offsets
+    }
+
+    /// The documents' ids in the documents table, in row order.
+    pub fn doc_ids(&self) -> &[u64] {
+        &self.doc_ids
+    }
+
+    /// The ids of document `i` (row order), or `None` past the last document.
+    pub fn document(&self, i: usize) -> Option<TokenIds<'_>> {
+        let start = usize::try_from(*self.offsets.get(i)?).ok()?;
+        let end = usize::try_from(*self.offsets.get(i + 1)?).ok()?;
+        self.ids().slice(start..end)
+    }
+
+    /// The whole file as mapped (every slice above lies inside it).
+    pub fn mapped_bytes(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
+    /// The ids' byte range in the file (they are inside the mapping by construction).
+    fn ids_file_range(&self) -> Range<usize> {
+        let base = self.data.as_ptr() as usize;
+        let ids = self.ids().as_ptr_range();
+        (ids.start as usize - base)..(ids.end as usize - base)
+    }
+
+    /// Checks that every id is below the vocabulary size by reading the file
+    /// sequentially (not through the mapping, which would make it all resident).
+    fn check_id_range(&self) -> Result<(), ArtifactError> {
+        if self.num_tokens() == 0 {
+            return Ok(());
+        }
+        let range = self.ids_file_range();
+        let width = self.id_width();
+        let mut file = File::open(&self.path).map_err(|e| ArtifactError::io(&self.path, e))?;
+        file.seek(SeekFrom::Start(range.start as u64))
+            .map_err(|e| ArtifactError::io(&self.path, e))?;
+        let mut chunk = vec![0u8; CHECK_CHUNK];
+        let mut position = 0usize;
+        let mut left = range.len();
+        while left > 0 {
+            let n = left.min(CHECK_CHUNK);
+            file.read_exact(&mut chunk[..n])
+                .map_err(|e| ArtifactError::io(&self.path, e))?;
+            if let Some((i, id)) = first_out_of_range(&chunk[..n], width, self.vocab_size) {
+                let detail = format!(
+                    "token id {id} at position {} is not below {VOCAB_SIZE_KEY} = {}",
+                    position + i,
+                    self.vocab_size
+                );
+                return Err(invalid(&self.path, detail));
+            }
+            position += n / width.bytes();
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+/// The error for a file that is not a valid token file.
+fn invalid(path: &Path, detail: String) -> ArtifactError {
+    ArtifactError::schema(
+        path,
+        format!(
+            "not a valid {TOKENS_FORMAT} token file: {detail}; rebuild it with the \
+             `tokenize` stage (`ausa verify` finds damaged store objects)"
+        ),
+    )
+}
+
+/// `(index, id)` of the first little-endian id in `bytes` that is `>= vocab_size`.
+fn first_out_of_range(bytes: &[u8], width: IdWidth, vocab_size: u32) -> Option<(usize, u32)> {
+    let ids: Box<dyn Iterator<Item = u32>> = match width {
+        IdWidth::U16 => Box::new(
+            bytes
+                .chunks_exact(2)
+                .map(|b| u32::from(u16::from_le_bytes([b[0], b[1]]))),
+        ),
+        IdWidth::U32 => Box::new(
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+    };
+    ids.enumerate().find(|&(_, id)| id >= vocab_size)
+}
+
+/// The byte range of the footer flatbuffer, after checking both magic numbers.
+fn footer_range(data: &[u8]) -> Check<Range<usize>> {
+    let len = data.len();
+    if len < HEADER_LEN + TRAILER_LEN || !data.starts_with(MAGIC) || !data.ends_with(MAGIC) {
+        return Err(format!(
+            "not an Arrow IPC file ({len} bytes; it must start and end with `ARROW1`): \
+             truncated, or a different format"
+        ));
+    }
+    let size_at = len - TRAILER_LEN;
+    let size = i32::from_le_bytes([
+        data[size_at],
+        data[size_at + 1],
+        data[size_at + 2],
+        data[size_at + 3],
+    ]);
+    match usize::try_from(size) {
+        Ok(size) if size > 0 && size <= size_at - HEADER_LEN => Ok(size_at - size..size_at),
+        _ => Err(format!(
+            "footer size {size} does not fit in a file of {len} bytes"
+        )),
+    }
+}
+
+/// The schema from the footer, checked against the format.
+fn read_schema(footer: &Footer<'_>) -> Check<(SchemaRef, Layout)> {
+    if footer.version() != MetadataVersion::V5 {
+        return Err(format!(
+            "metadata version {:?}, expected V5",
+            footer.version()
+        ));
+    }
+    let fb = footer.schema().ok_or("the footer has no schema")?;
+    if fb.endianness() != arrow_ipc::Endianness::Little || cfg!(target_endian = "big") {
+        return Err("only little-endian files on little-endian machines are supported".into());
+    }
+    let schema = arrow_ipc::convert::try_fb_to_schema(fb)
+        .map_err(|e| format!("the schema does not parse ({e})"))?;
+    let layout = check_schema(&schema)?;
+    Ok((Arc::new(schema), layout))
+}
+
+/// Checks the two fields and the metadata.
+fn check_schema(schema: &Schema) -> Check<Layout> {
+    let fields = schema.fields();
+    let width = match fields
+        .iter()
+        .map(|f| (f.name().as_str(), f.data_type(), f.is_nullable()))
+        .collect::<Vec<_>>()[..]
+    {
+        [("doc_id", DataType::UInt64, false), ("tokens", DataType::LargeList(item), false)]
+            if !item.is_nullable() =>
+        {
+            match item.data_type() {
+                DataType::UInt16 => IdWidth::U16,
+                DataType::UInt32 => IdWidth::U32,
+                other => {
+                    return Err(format!(
+                        "token items are {other}, expected UInt16 or UInt32"
+                    ))
+                }
+            }
+        }
+        _ => {
+            return Err(format!(
+                "columns are {:?}; expected non-null `doc_id: UInt64` and \
+                 `tokens: LargeList<UInt16 or UInt32>`",
+                fields
+                    .iter()
+                    .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                    .collect::<Vec<_>>()
+            ))
+        }
+    };
+    check_metadata(schema, width)
+}
+
+fn check_metadata(schema: &Schema, width: IdWidth) -> Check<Layout> {
+    let meta = |key: &str| schema.metadata().get(key).map(String::as_str);
+    if meta(FORMAT_KEY) != Some(TOKENS_FORMAT) {
+        return Err(format!(
+            "schema metadata {FORMAT_KEY} is {:?}, expected \"{TOKENS_FORMAT}\"",
+            meta(FORMAT_KEY)
+        ));
+    }
+    let vocab_size = meta(VOCAB_SIZE_KEY)
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&v| v > 0 && (width == IdWidth::U32 || v <= 1 << 16))
+        .ok_or_else(|| {
+            format!(
+                "schema metadata {VOCAB_SIZE_KEY} is {:?}, expected a positive integer \
+                 that fits the {}-bit ids",
+                meta(VOCAB_SIZE_KEY),
+                width.bits()
+            )
+        })?;
+    let bits = width.bits().to_string();
+    if meta(ID_WIDTH_KEY) != Some(bits.as_str()) {
+        return Err(format!(
+            "schema metadata {ID_WIDTH_KEY} is {:?} but the ids are {bits}-bit",
+            meta(ID_WIDTH_KEY)
+        ));
+    }
+    Ok(Layout { vocab_size, width })
+}
+
+/// The only record batch block; the format has no dictionaries.
+fn single_block(footer: &Footer<'_>) -> Check<Block> {
+    if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
+        return Err("the file has dictionary batches; the format has none".into());
+    }
+    let blocks = footer
+        .recordBatches()
+        .ok_or("the footer lists no record batch")?;
+    match blocks.len() {
+        1 => Ok(*blocks.get(0)),
+        n => Err(format!(
+            "the file has {n} record batches, expected exactly 1"
+        )),
+    }
+}
+
+/// Checks that the block lies between the header and the footer, aligned.
+fn check_block(block: &Block, footer_start: usize) -> Check<BlockRange> {
+    let fields = (
+        usize::try_from(block.offset()),
+        usize::try_from(block.metaDataLength()),
+        usize::try_from(block.bodyLength()),
+    );
+    let (Ok(start), Ok(meta), Ok(body)) = fields else {
+        return Err("the record batch block has a negative offset or length".into());
+    };
+    let end = start.checked_add(meta).and_then(|m| m.checked_add(body));
+    let inside = start >= HEADER_LEN && meta >= 8 && end.is_some_and(|e| e <= footer_start);
+    if !inside {
+        return Err(format!(
+            "the record batch block (offset {start}, metadata {meta}, body {body} bytes) \
+             does not lie between the header and the footer at {footer_start}"
+        ));
+    }
+    if start % TOKENS_ALIGNMENT != 0 || (start + meta) % TOKENS_ALIGNMENT != 0 {
+        return Err(format!(
+            "the record batch at offset {start} (body at {}) is not {TOKENS_ALIGNMENT}-byte aligned",
+            start + meta
+        ));
+    }
+    Ok(BlockRange { start, meta, body })
+}
+
+/// Checks the record batch message: no compression, three non-null nodes, six
+/// buffers inside the body and aligned.
+fn check_message(meta: &[u8], body_len: usize, width: IdWidth) -> Check<()> {
+    let flatbuffer = message_flatbuffer(meta)?;
+    let message = arrow_ipc::root_as_message(flatbuffer)
+        .map_err(|e| format!("the record batch message does not parse ({e})"))?;
+    let batch = message
+        .header_as_record_batch()
+        .ok_or("the block does not hold a record batch message")?;
+    if message.version() != MetadataVersion::V5 || batch.compression().is_some() {
+        return Err("the record batch is compressed or not metadata version V5".into());
+    }
+    if batch.variadicBufferCounts().is_some_and(|v| !v.is_empty()) {
+        return Err("the record batch has variadic buffers; the format has none".into());
+    }
+    let nodes: Vec<(i64, i64)> = batch
+        .nodes()
+        .map(|n| n.iter().map(|n| (n.length(), n.null_count())).collect())
+        .unwrap_or_default();
+    check_nodes(&nodes, batch.length(), body_len)?;
+    let buffers: Vec<(i64, i64)> = batch
+        .buffers()
+        .map(|b| b.iter().map(|b| (b.offset(), b.length())).collect())
+        .unwrap_or_default();
+    check_buffers(&buffers, body_len, width)
+}
+
+/// The flatbuffer inside an encapsulated message: `FF FF FF FF`, int32 size, bytes.
+fn message_flatbuffer(meta: &[u8]) -> Check<&[u8]> {
+    let size = match meta {
+        [0xFF, 0xFF, 0xFF, 0xFF, a, b, c, d, ..] => i32::from_le_bytes([*a, *b, *c, *d]),
+        _ => return Err("the record batch message has no continuation marker".into()),
+    };
+    usize::try_from(size)
+        .ok()
+        .and_then(|size| meta.get(8..8 + size))
+        .ok_or_else(|| format!("the record batch message size {size} exceeds its block"))
+}
+
+fn check_nodes(nodes: &[(i64, i64)], rows: i64, body_len: usize) -> Check<()> {
+    let sane = |len: i64| (0..=body_len as i64).contains(&len);
+    match nodes {
+        [(docs, 0), (lists, 0), (ids, 0)]
+            if *docs == rows && *lists == rows && sane(rows) && sane(*ids) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "the record batch has field nodes {nodes:?} (length, null count) for {rows} rows; \
+             expected three non-null nodes, the first two of {rows} rows"
+        )),
+    }
+}
+
+/// Checks the six buffers (validity and values of doc_id, tokens and the items).
+/// Arrow reinterprets value buffers as typed slices and panics when their length is
+/// not a whole number of elements, so that is checked here too.
+fn check_buffers(buffers: &[(i64, i64)], body_len: usize, width: IdWidth) -> Check<()> {
+    if buffers.len() != 6 {
+        return Err(format!(
+            "the record batch has {} buffers, expected 6",
+            buffers.len()
+        ));
+    }
+    let element = [1, 8, 1, 8, 1, width.bytes() as i64];
+    for (i, &(offset, length)) in buffers.iter().enumerate() {
+        let fits = offset >= 0
+            && length >= 0
+            && length % element[i] == 0
+            && offset
+                .checked_add(length)
+                .is_some_and(|end| end <= body_len as i64);
+        if !fits || offset % TOKENS_ALIGNMENT as i64 != 0 {
+            return Err(format!(
+                "buffer {i} (offset {offset}, length {length}) is not a {TOKENS_ALIGNMENT}-byte \
+                 aligned range of whole {}-byte values inside the {body_len}-byte body",
+                element[i]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the record batch over the mapping; Arrow validates lengths and offsets.
+fn decode(
+    data: &Buffer,
+    block: &Block,
+    range: BlockRange,
+    schema: SchemaRef,
+) -> Check<RecordBatch> {
+    let bytes = data.slice_with_length(range.start, range.meta + range.body);
+    FileDecoder::new(schema, MetadataVersion::V5)
+        .with_require_alignment(true)
+        .read_record_batch(block, &bytes)
+        .map_err(|e| format!("the record batch does not decode ({e})"))?
+        .ok_or_else(|| "the record batch message is empty".to_string())
+}
+
+/// Takes the typed buffers out of the batch and checks the offsets.
+fn assemble(path: &Path, data: Buffer, layout: Layout, batch: &RecordBatch) -> Check<TokensFile> {
+    let doc_ids = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .ok_or("column doc_id did not decode as UInt64")?
+        .values()
+        .clone();
+    let list = batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<LargeListArray>()
+        .ok_or("column tokens did not decode as a LargeList")?;
+    let ids = id_buffer(list.values().as_ref(), layout.width)?;
+    // LargeList offsets are int64; once checked non-negative they read as u64.
+    let offsets = ScalarBuffer::<u64>::from(list.offsets().inner().inner().clone());
+    let file = TokensFile {
+        path: path.to_path_buf(),
+        data,
+        vocab_size: layout.vocab_size,
+        doc_ids,
+        offsets,
+        ids,
+    };
+    check_offsets(file.doc_offsets(), file.num_tokens())?;
+    check_in_mapping(&file)?;
+    Ok(file)
+}
+
+fn id_buffer(values: &dyn Array, width: IdWidth) -> Check<IdBuffer> {
+    let any = values.as_any();
+    let buffer = match width {
+        IdWidth::U16 => any
+            .downcast_ref::<UInt16Array>()
+            .map(|a| IdBuffer::U16(a.values().clone())),
+        IdWidth::U32 => any
+            .downcast_ref::<UInt32Array>()
+            .map(|a| IdBuffer::U32(a.values().clone())),
+    };
+    buffer.ok_or_else(|| format!("token ids did not decode as {}-bit", width.bits()))
+}
+
+/// Offsets start at 0, never decrease and end at the number of ids.
+fn check_offsets(offsets: &[u64], ids: usize) -> Check<()> {
+    let first = offsets.first().copied();
+    let last = offsets.last().copied();
+    if first != Some(0) || last != Some(ids as u64) {
+        return Err(format!(
+            "document offsets run from {first:?} to {last:?}, expected 0 to {ids} (the number of ids)"
+        ));
+    }
+    match offsets.windows(2).position(|w| w[0] > w[1]) {
+        Some(i) => Err(format!("document offsets decrease after document {i}")),
+        None => Ok(()),
+    }
+}
+
+/// Every slice must point into the mapping: proof that nothing was copied.
+fn check_in_mapping(file: &TokensFile) -> Check<()> {
+    let map = file.data.as_slice().as_ptr_range();
+    let map = map.start as usize..map.end as usize;
+    let ids = file.ids().as_ptr_range();
+    let inside = |r: Range<usize>| r.is_empty() || (map.start <= r.start && r.end <= map.end);
+    let slices = [
+        ids.start as usize..ids.end as usize,
+        ptr_range(file.doc_offsets()),
+        ptr_range(file.doc_ids()),
+    ];
+    if slices.into_iter().all(inside) {
+        Ok(())
+    } else {
+        Err("a buffer was not read in place from the mapping".into())
+    }
+}
+
+fn ptr_range(slice: &[u64]) -> Range<usize> {
+    let r = slice.as_ptr_range();
+    r.start as usize..r.end as usize
+}
