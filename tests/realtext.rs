@@ -34,7 +34,9 @@ fn write_dag(ctx: &Ctx, valid: &std::path::Path) {
     let text = format!(
         "[stages.corpus]\nkind = \"corpus\"\nsource = \"local\"\ntrain = [\"{}\"]\ntext_format = \"wikitext\"\n\n\
          [stages.doc_stats]\nkind = \"doc_stats\"\ninputs = [\"corpus\"]\n\n\
-         [stages.subset]\nkind = \"subset\"\ninputs = {{ documents = \"corpus\", doc_stats = \"doc_stats\" }}\nfraction = 0.5\n",
+         [stages.subset]\nkind = \"subset\"\ninputs = {{ documents = \"corpus\", doc_stats = \"doc_stats\" }}\nfraction = 0.5\n\n\
+         [stages.tokenizer]\nkind = \"tokenizer\"\ninputs = [\"subset\"]\nvocab_size = 4096\n\n\
+         [stages.tokens]\nkind = \"tokenize\"\ninputs = {{ documents = \"corpus\", tokenizer = \"tokenizer\" }}\n",
         valid.display()
     );
     ctx.write("wt2valid.toml", &text);
@@ -67,5 +69,26 @@ fn wikitext2_validation_builds_into_articles_and_a_half_subset() {
     let s = &subset["manifest"]["stats"];
     assert!(s["relative_error"].as_f64().unwrap().abs() < 0.05, "{s}");
     assert!(s["histogram_divergence"].as_f64().unwrap() <= 0.05, "{s}");
+    let tokens = ctx
+        .run(&["show", "wt2valid.toml:tokens", "--json"])
+        .ok()
+        .json();
+    let t = &tokens["manifest"]["stats"];
+    let per_word = t["splits"]["train"]["tokens_per_word"].as_f64().unwrap();
+    assert!(
+        (1.0..2.0).contains(&per_word),
+        "a 4k BPE on English gives 1-2 tokens per word: {t}"
+    );
+    let files: Vec<_> = tokens["manifest"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].clone())
+        .collect();
+    assert_eq!(
+        files,
+        ["tokens-train.arrow"],
+        "only the train split has documents"
+    );
     ctx.run(&["verify"]).ok();
 }

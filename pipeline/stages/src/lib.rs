@@ -1,9 +1,10 @@
 //! The stage kinds of ausa and their registry.
 //!
 //! This crate owns what each stage kind *does*: one module per kind implementing
-//! [`ausa_dag::Stage`] ([`corpus`], [`doc_stats`]), the helpers they share (the
-//! synthetic text generator, local file readers, a hand-written RNG), and
-//! [`registry`], which lists every kind.
+//! [`ausa_dag::Stage`] ([`corpus`], [`download`], [`doc_stats`], [`subset`],
+//! [`tokenizer`], [`tokenize`]), the helpers they share (the synthetic text generator,
+//! local file readers, the WikiText article rule, the BPE trainer and encoder, a
+//! hand-written RNG), and [`registry`], which lists every kind.
 //!
 //! It must not touch the object store, fingerprints, scheduling or the CLI (those
 //! belong to `ausa-store`, `ausa-dag`, `ausa-engine` and `ausa-cli`), and it must not
