@@ -238,6 +238,17 @@ fn select(
             }
         }
     }
+    if train.iter().all(|&i| chosen[i]) {
+        // The whole split: its histogram is the full one by definition, so skip the
+        // word-frequency pass (the costliest part of this stage).
+        return Ok(Selection {
+            chosen,
+            strata,
+            divergence_before: 0.0,
+            divergence_after: 0.0,
+            swaps: 0,
+        });
+    }
     let classes = ClassHistograms::new(docs, train);
     let full = classes.total(train.iter().copied());
     let before = tv_distance(
