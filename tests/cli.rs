@@ -334,7 +334,7 @@ mod bad_input {
             "{err}"
         );
         assert!(
-            err.contains("hint: valid kinds: corpus, doc_stats"),
+            err.contains("hint: valid kinds: banks, corpus, doc_stats"),
             "{err}"
         );
     }
@@ -488,5 +488,43 @@ mod subset {
         );
         assert!(ctx.entries("objects/subset").is_empty());
         assert!(ctx.entries("tmp").is_empty());
+    }
+}
+
+mod sets {
+    //! The set-artifact stages (sequences, banks, minhash, routing) in the demo DAG.
+
+    use super::{outcomes, Ctx};
+
+    #[test]
+    fn window_override_rebuilds_only_sets_downstream() {
+        let ctx = Ctx::new();
+        ctx.run(&["build", "demo", "--quiet"]).ok();
+        let stages = ["banks", "minhash", "routing"];
+        let before: Vec<String> = stages
+            .iter()
+            .map(|s| ctx.fingerprint(&format!("demo:{s}"), &[]))
+            .collect();
+        let set = ["--set", "banks.window=32"];
+        for (stage, old) in stages.iter().zip(&before) {
+            assert_ne!(
+                &ctx.fingerprint(&format!("demo:{stage}"), &set),
+                old,
+                "{stage}"
+            );
+        }
+        let run = ctx
+            .run(&["build", "demo", "--json", "--set", "banks.window=32"])
+            .ok();
+        for (stage, outcome) in outcomes(&run) {
+            let expected = if stages.contains(&stage.as_str()) {
+                "built"
+            } else {
+                "up-to-date"
+            };
+            assert_eq!(outcome, expected, "{stage}");
+        }
+        let banks = ctx.object_dir("demo:banks");
+        assert!(banks.join("banks-train.arrow").is_file());
     }
 }

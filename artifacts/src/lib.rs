@@ -8,6 +8,10 @@
 //! - [`doc_stats`]: `doc_stats.parquet`, per-document word and character counts.
 //! - [`tokens`]: `tokens-<split>.arrow`, token ids per split (Arrow IPC, read
 //!   zero-copy through a memory map).
+//! - [`banks`]: `banks-<split>.arrow`, each sequence's sets as a two-level CSR.
+//! - [`signatures`]: `minhash-<split>.arrow`, k MinHash values and the size per set.
+//! - [`routing`]: `routing-<split>.arrow`, each token's candidate sets.
+//! - [`gather`]: one split's set artifacts opened together, gathered per batch.
 //!
 //! Writers are deterministic: the same rows always give byte-identical files,
 //! whatever the machine, time or library version (`created_by` is fixed to `"ausa"`).
@@ -16,14 +20,22 @@
 //! This crate must not touch the object store, stage parameters, or the engine; it
 //! knows nothing about where files live beyond the path it is given.
 
+pub mod banks;
 pub mod doc_stats;
 pub mod documents;
 mod error;
+pub mod gather;
+mod ipc;
 mod mmap;
+pub mod routing;
+pub mod signatures;
 mod split;
 mod table;
 pub mod tokens;
 
+pub use banks::{
+    banks_file_name, banks_path, BankShape, BanksFile, BanksSummary, BanksWriter, BANKS_FORMAT,
+};
 pub use doc_stats::{
     doc_stats_path, read_doc_stats, DocStat, DocStatsWriter, DOC_STATS_FILE, DOC_STATS_FORMAT,
 };
@@ -32,6 +44,13 @@ pub use documents::{
     DocumentRef, DocumentsWriter, DOCUMENTS_FILE, DOCUMENTS_FORMAT,
 };
 pub use error::ArtifactError;
+pub use gather::{SetArtifacts, SetBatch};
+pub use routing::{
+    routing_file_name, routing_path, write_routing, Routing, RoutingFile, ROUTING_FORMAT,
+};
+pub use signatures::{
+    minhash_file_name, minhash_path, write_signatures, SignaturesFile, MINHASH_FORMAT,
+};
 pub use split::Split;
 pub use tokens::{
     tokens_file_name, tokens_path, IdWidth, TokenIds, TokensFile, TokensSummary, TokensWriter,

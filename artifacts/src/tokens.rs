@@ -62,15 +62,12 @@
 //! [`TokensFile::document`] return slices that point into the mapping (no copy).
 
 use std::fs::File;
-use std::io::BufWriter;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, LargeListArray, RecordBatch, UInt16Array, UInt32Array, UInt64Array};
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
-use arrow_ipc::writer::{FileWriter, IpcWriteOptions};
-use arrow_ipc::MetadataVersion;
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use crate::table::FORMAT_KEY;
@@ -79,6 +76,7 @@ use crate::{ArtifactError, Split};
 mod reader;
 
 pub use reader::TokensFile;
+pub(crate) use reader::{id_buffer, IdBuffer};
 
 /// The `ausa.format` tag of token files.
 pub const TOKENS_FORMAT: &str = "tokens/1";
@@ -90,16 +88,7 @@ pub const VOCAB_SIZE_KEY: &str = "ausa.vocab_size";
 pub const ID_WIDTH_KEY: &str = "ausa.id_width";
 
 /// Alignment and padding of every message and buffer, in bytes.
-pub const TOKENS_ALIGNMENT: usize = 64;
-
-/// `"ARROW1"`, the magic at both ends of an Arrow IPC file.
-const MAGIC: &[u8; 6] = b"ARROW1";
-
-/// The trailer: int32 footer size, then the magic.
-const TRAILER_LEN: usize = 10;
-
-/// The start of the first message: the magic, zero-padded to the alignment.
-const HEADER_LEN: usize = TOKENS_ALIGNMENT;
+pub const TOKENS_ALIGNMENT: usize = crate::ipc::ALIGNMENT;
 
 /// The name of the token file of `split` (`tokens-train.arrow`, ...).
 pub fn tokens_file_name(split: Split) -> String {
@@ -142,7 +131,7 @@ impl IdWidth {
         self.bits() as usize / 8
     }
 
-    fn item_type(self) -> DataType {
+    pub(crate) fn item_type(self) -> DataType {
         match self {
             IdWidth::U16 => DataType::UInt16,
             IdWidth::U32 => DataType::UInt32,
@@ -236,7 +225,7 @@ fn tokens_schema(vocab_size: u32, width: IdWidth) -> Schema {
     .with_metadata(metadata)
 }
 
-fn item_field(width: IdWidth) -> Arc<Field> {
+pub(crate) fn item_field(width: IdWidth) -> Arc<Field> {
     Arc::new(Field::new("item", width.item_type(), false))
 }
 
@@ -244,14 +233,22 @@ fn list_type(width: IdWidth) -> DataType {
     DataType::LargeList(item_field(width))
 }
 
-/// Ids buffered by a [`TokensWriter`] at their stored width.
-enum IdVec {
+/// Ids buffered by a writer at their stored width.
+pub(crate) enum IdVec {
     U16(Vec<u16>),
     U32(Vec<u32>),
 }
 
 impl IdVec {
-    fn len(&self) -> usize {
+    /// An empty buffer at `width`.
+    pub(crate) fn new(width: IdWidth) -> IdVec {
+        match width {
+            IdWidth::U16 => IdVec::U16(Vec::new()),
+            IdWidth::U32 => IdVec::U32(Vec::new()),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
         match self {
             IdVec::U16(v) => v.len(),
             IdVec::U32(v) => v.len(),
@@ -259,14 +256,14 @@ impl IdVec {
     }
 
     /// Appends ids already checked to be below the vocabulary size (so they fit).
-    fn extend(&mut self, ids: &[u32]) {
+    pub(crate) fn extend(&mut self, ids: &[u32]) {
         match self {
             IdVec::U16(v) => v.extend(ids.iter().map(|&id| id as u16)),
             IdVec::U32(v) => v.extend_from_slice(ids),
         }
     }
 
-    fn into_array(self) -> ArrayRef {
+    pub(crate) fn into_array(self) -> ArrayRef {
         match self {
             IdVec::U16(v) => Arc::new(UInt16Array::new(ScalarBuffer::from(v), None)),
             IdVec::U32(v) => Arc::new(UInt32Array::new(ScalarBuffer::from(v), None)),
@@ -310,10 +307,7 @@ impl TokensWriter {
             ));
         }
         let file = File::create(path).map_err(|e| ArtifactError::io(path, e))?;
-        let ids = match IdWidth::for_vocab(vocab_size) {
-            IdWidth::U16 => IdVec::U16(Vec::new()),
-            IdWidth::U32 => IdVec::U32(Vec::new()),
-        };
+        let ids = IdVec::new(IdWidth::for_vocab(vocab_size));
         Ok(TokensWriter {
             path: path.to_path_buf(),
             file,
@@ -371,7 +365,7 @@ impl TokensWriter {
         let schema = Arc::new(tokens_schema(vocab_size, width));
         let to_error = |e| ArtifactError::io(&path, std::io::Error::other(e));
         let batch = build_batch(&schema, width, ids, offsets, doc_ids).map_err(to_error)?;
-        write_ipc(file, &schema, &batch).map_err(to_error)?;
+        crate::ipc::write_ipc(file, &schema, &batch).map_err(to_error)?;
         Ok(summary)
     }
 }
@@ -388,17 +382,4 @@ fn build_batch(
     let tokens = LargeListArray::try_new(item_field(width), offsets, ids.into_array(), None)?;
     let doc_ids = UInt64Array::new(ScalarBuffer::from(doc_ids), None);
     RecordBatch::try_new(schema.clone(), vec![Arc::new(doc_ids), Arc::new(tokens)])
-}
-
-/// Writes `batch` as the one record batch of an IPC file with 64-byte alignment.
-fn write_ipc(file: File, schema: &Schema, batch: &RecordBatch) -> Result<(), ArrowError> {
-    let options = IpcWriteOptions::try_new(TOKENS_ALIGNMENT, false, MetadataVersion::V5)?;
-    let mut writer = FileWriter::try_new_with_options(BufWriter::new(file), schema, options)?;
-    writer.write(batch)?;
-    writer.finish()?;
-    writer
-        .into_inner()?
-        .into_inner()
-        .map_err(|e| e.into_error())?;
-    Ok(())
 }

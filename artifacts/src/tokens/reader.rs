@@ -1,39 +1,30 @@
 //! [`TokensFile`]: the validating, zero-copy reader of token files.
 //!
-//! Opening parses the footer and the record batch message with the flatbuffer
-//! verifier, checks every offset and length against the file *before* Arrow's
-//! decoder slices anything (the decoder panics on out-of-range buffers), then lets
-//! the decoder build the arrays over the mapping with `require_alignment`, so a
-//! misaligned buffer is an error instead of a silent copy.
+//! Opening validates the file's structure through [`crate::ipc::open_batch`] (every
+//! offset and length checked against the file before Arrow's decoder slices
+//! anything, arrays built over the mapping with `require_alignment`), then checks
+//! the token schema, the document offsets and the range of every id.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow_array::{Array, LargeListArray, RecordBatch, UInt16Array, UInt32Array, UInt64Array};
 use arrow_buffer::{Buffer, ScalarBuffer};
-use arrow_ipc::reader::FileDecoder;
-use arrow_ipc::{Block, Footer, MetadataVersion};
-use arrow_schema::{DataType, Schema, SchemaRef};
+use arrow_schema::{DataType, Schema};
 
-use super::{
-    IdWidth, TokenIds, HEADER_LEN, ID_WIDTH_KEY, MAGIC, TOKENS_ALIGNMENT, TOKENS_FORMAT,
-    TRAILER_LEN, VOCAB_SIZE_KEY,
-};
+use super::{IdWidth, TokenIds, ID_WIDTH_KEY, TOKENS_FORMAT, VOCAB_SIZE_KEY};
+use crate::ipc::{self, Check};
 use crate::table::FORMAT_KEY;
 use crate::{mmap, ArtifactError};
 
 /// Bytes per sequential read when checking the id range at open.
 const CHECK_CHUNK: usize = 1 << 20;
 
-/// A validation failure, before the path is attached.
-type Check<T> = Result<T, String>;
-
-/// The ids of a token file at their stored width, inside the mapping.
+/// Ids at their stored width, inside a mapping (shared by every format holding ids).
 #[derive(Debug, Clone)]
-enum IdBuffer {
+pub(crate) enum IdBuffer {
     U16(ScalarBuffer<u16>),
     U32(ScalarBuffer<u32>),
 }
@@ -57,14 +48,6 @@ struct Layout {
     width: IdWidth,
 }
 
-/// The record batch block, as checked byte positions in the file.
-#[derive(Debug, Clone, Copy)]
-struct BlockRange {
-    start: usize,
-    meta: usize,
-    body: usize,
-}
-
 impl TokensFile {
     /// Maps and validates the token file at `path`.
     ///
@@ -80,16 +63,13 @@ impl TokensFile {
     }
 
     fn validate(path: &Path, data: Buffer) -> Check<TokensFile> {
-        let footer_at = footer_range(&data)?;
-        let footer = arrow_ipc::root_as_footer(&data[footer_at.clone()])
-            .map_err(|e| format!("the Arrow IPC footer does not parse ({e})"))?;
-        let (schema, layout) = read_schema(&footer)?;
-        let block = single_block(&footer)?;
-        let range = check_block(&block, footer_at.start)?;
-        let message = &data[range.start..range.start + range.meta];
-        check_message(message, range.body, layout.width)?;
-        let batch = decode(&data, &block, range, schema)?;
-        assemble(path, data, layout, &batch)
+        let mut layout = None;
+        let mapped = ipc::open_batch(data, |schema| {
+            layout = Some(check_schema(schema)?);
+            Ok(())
+        })?;
+        let layout = layout.ok_or("the schema was not checked (bug)")?;
+        assemble(path, mapped.data, layout, &mapped.batch)
     }
 
     /// The file this was opened from.
@@ -119,10 +99,7 @@ impl TokensFile {
 
     /// The whole split's ids (documents concatenated in row order), in the mapping.
     pub fn ids(&self) -> TokenIds<'_> {
-        match &self.ids {
-            IdBuffer::U16(b) => TokenIds::U16(b),
-            IdBuffer::U32(b) => TokenIds::U32(b),
-        }
+        self.ids.ids()
     }
 
     /// `num_documents() + 1` offsets into [`TokensFile::ids`]: document `i` is
@@ -216,48 +193,6 @@ fn first_out_of_range(bytes: &[u8], width: IdWidth, vocab_size: u32) -> Option<(
     ids.enumerate().find(|&(_, id)| id >= vocab_size)
 }
 
-/// The byte range of the footer flatbuffer, after checking both magic numbers.
-fn footer_range(data: &[u8]) -> Check<Range<usize>> {
-    let len = data.len();
-    if len < HEADER_LEN + TRAILER_LEN || !data.starts_with(MAGIC) || !data.ends_with(MAGIC) {
-        return Err(format!(
-            "not an Arrow IPC file ({len} bytes; it must start and end with `ARROW1`): \
-             truncated, or a different format"
-        ));
-    }
-    let size_at = len - TRAILER_LEN;
-    let size = i32::from_le_bytes([
-        data[size_at],
-        data[size_at + 1],
-        data[size_at + 2],
-        data[size_at + 3],
-    ]);
-    match usize::try_from(size) {
-        Ok(size) if size > 0 && size <= size_at - HEADER_LEN => Ok(size_at - size..size_at),
-        _ => Err(format!(
-            "footer size {size} does not fit in a file of {len} bytes"
-        )),
-    }
-}
-
-/// The schema from the footer, checked against the format.
-fn read_schema(footer: &Footer<'_>) -> Check<(SchemaRef, Layout)> {
-    if footer.version() != MetadataVersion::V5 {
-        return Err(format!(
-            "metadata version {:?}, expected V5",
-            footer.version()
-        ));
-    }
-    let fb = footer.schema().ok_or("the footer has no schema")?;
-    if fb.endianness() != arrow_ipc::Endianness::Little || cfg!(target_endian = "big") {
-        return Err("only little-endian files on little-endian machines are supported".into());
-    }
-    let schema = arrow_ipc::convert::try_fb_to_schema(fb)
-        .map_err(|e| format!("the schema does not parse ({e})"))?;
-    let layout = check_schema(&schema)?;
-    Ok((Arc::new(schema), layout))
-}
-
 /// Checks the two fields and the metadata.
 fn check_schema(schema: &Schema) -> Check<Layout> {
     let fields = schema.fields();
@@ -322,147 +257,6 @@ fn check_metadata(schema: &Schema, width: IdWidth) -> Check<Layout> {
     Ok(Layout { vocab_size, width })
 }
 
-/// The only record batch block; the format has no dictionaries.
-fn single_block(footer: &Footer<'_>) -> Check<Block> {
-    if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
-        return Err("the file has dictionary batches; the format has none".into());
-    }
-    let blocks = footer
-        .recordBatches()
-        .ok_or("the footer lists no record batch")?;
-    match blocks.len() {
-        1 => Ok(*blocks.get(0)),
-        n => Err(format!(
-            "the file has {n} record batches, expected exactly 1"
-        )),
-    }
-}
-
-/// Checks that the block lies between the header and the footer, aligned.
-fn check_block(block: &Block, footer_start: usize) -> Check<BlockRange> {
-    let fields = (
-        usize::try_from(block.offset()),
-        usize::try_from(block.metaDataLength()),
-        usize::try_from(block.bodyLength()),
-    );
-    let (Ok(start), Ok(meta), Ok(body)) = fields else {
-        return Err("the record batch block has a negative offset or length".into());
-    };
-    let end = start.checked_add(meta).and_then(|m| m.checked_add(body));
-    let inside = start >= HEADER_LEN && meta >= 8 && end.is_some_and(|e| e <= footer_start);
-    if !inside {
-        return Err(format!(
-            "the record batch block (offset {start}, metadata {meta}, body {body} bytes) \
-             does not lie between the header and the footer at {footer_start}"
-        ));
-    }
-    if start % TOKENS_ALIGNMENT != 0 || (start + meta) % TOKENS_ALIGNMENT != 0 {
-        return Err(format!(
-            "the record batch at offset {start} (body at {}) is not {TOKENS_ALIGNMENT}-byte aligned",
-            start + meta
-        ));
-    }
-    Ok(BlockRange { start, meta, body })
-}
-
-/// Checks the record batch message: no compression, three non-null nodes, six
-/// buffers inside the body and aligned.
-fn check_message(meta: &[u8], body_len: usize, width: IdWidth) -> Check<()> {
-    let flatbuffer = message_flatbuffer(meta)?;
-    let message = arrow_ipc::root_as_message(flatbuffer)
-        .map_err(|e| format!("the record batch message does not parse ({e})"))?;
-    let batch = message
-        .header_as_record_batch()
-        .ok_or("the block does not hold a record batch message")?;
-    if message.version() != MetadataVersion::V5 || batch.compression().is_some() {
-        return Err("the record batch is compressed or not metadata version V5".into());
-    }
-    if batch.variadicBufferCounts().is_some_and(|v| !v.is_empty()) {
-        return Err("the record batch has variadic buffers; the format has none".into());
-    }
-    let nodes: Vec<(i64, i64)> = batch
-        .nodes()
-        .map(|n| n.iter().map(|n| (n.length(), n.null_count())).collect())
-        .unwrap_or_default();
-    check_nodes(&nodes, batch.length(), body_len)?;
-    let buffers: Vec<(i64, i64)> = batch
-        .buffers()
-        .map(|b| b.iter().map(|b| (b.offset(), b.length())).collect())
-        .unwrap_or_default();
-    check_buffers(&buffers, body_len, width)
-}
-
-/// The flatbuffer inside an encapsulated message: `FF FF FF FF`, int32 size, bytes.
-fn message_flatbuffer(meta: &[u8]) -> Check<&[u8]> {
-    let size = match meta {
-        [0xFF, 0xFF, 0xFF, 0xFF, a, b, c, d, ..] => i32::from_le_bytes([*a, *b, *c, *d]),
-        _ => return Err("the record batch message has no continuation marker".into()),
-    };
-    usize::try_from(size)
-        .ok()
-        .and_then(|size| meta.get(8..8 + size))
-        .ok_or_else(|| format!("the record batch message size {size} exceeds its block"))
-}
-
-fn check_nodes(nodes: &[(i64, i64)], rows: i64, body_len: usize) -> Check<()> {
-    let sane = |len: i64| (0..=body_len as i64).contains(&len);
-    match nodes {
-        [(docs, 0), (lists, 0), (ids, 0)]
-            if *docs == rows && *lists == rows && sane(rows) && sane(*ids) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "the record batch has field nodes {nodes:?} (length, null count) for {rows} rows; \
-             expected three non-null nodes, the first two of {rows} rows"
-        )),
-    }
-}
-
-/// Checks the six buffers (validity and values of doc_id, tokens and the items).
-/// Arrow reinterprets value buffers as typed slices and panics when their length is
-/// not a whole number of elements, so that is checked here too.
-fn check_buffers(buffers: &[(i64, i64)], body_len: usize, width: IdWidth) -> Check<()> {
-    if buffers.len() != 6 {
-        return Err(format!(
-            "the record batch has {} buffers, expected 6",
-            buffers.len()
-        ));
-    }
-    let element = [1, 8, 1, 8, 1, width.bytes() as i64];
-    for (i, &(offset, length)) in buffers.iter().enumerate() {
-        let fits = offset >= 0
-            && length >= 0
-            && length % element[i] == 0
-            && offset
-                .checked_add(length)
-                .is_some_and(|end| end <= body_len as i64);
-        if !fits || offset % TOKENS_ALIGNMENT as i64 != 0 {
-            return Err(format!(
-                "buffer {i} (offset {offset}, length {length}) is not a {TOKENS_ALIGNMENT}-byte \
-                 aligned range of whole {}-byte values inside the {body_len}-byte body",
-                element[i]
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Builds the record batch over the mapping; Arrow validates lengths and offsets.
-fn decode(
-    data: &Buffer,
-    block: &Block,
-    range: BlockRange,
-    schema: SchemaRef,
-) -> Check<RecordBatch> {
-    let bytes = data.slice_with_length(range.start, range.meta + range.body);
-    FileDecoder::new(schema, MetadataVersion::V5)
-        .with_require_alignment(true)
-        .read_record_batch(block, &bytes)
-        .map_err(|e| format!("the record batch does not decode ({e})"))?
-        .ok_or_else(|| "the record batch message is empty".to_string())
-}
-
 /// Takes the typed buffers out of the batch and checks the offsets.
 fn assemble(path: &Path, data: Buffer, layout: Layout, batch: &RecordBatch) -> Check<TokensFile> {
     let doc_ids = batch
@@ -493,7 +287,18 @@ fn assemble(path: &Path, data: Buffer, layout: Layout, batch: &RecordBatch) -> C
     Ok(file)
 }
 
-fn id_buffer(values: &dyn Array, width: IdWidth) -> Check<IdBuffer> {
+impl IdBuffer {
+    /// Borrows the ids.
+    pub(crate) fn ids(&self) -> TokenIds<'_> {
+        match self {
+            IdBuffer::U16(b) => TokenIds::U16(b),
+            IdBuffer::U32(b) => TokenIds::U32(b),
+        }
+    }
+}
+
+/// The ids of a decoded `UInt16` or `UInt32` array, in place.
+pub(crate) fn id_buffer(values: &dyn Array, width: IdWidth) -> Check<IdBuffer> {
     let any = values.as_any();
     let buffer = match width {
         IdWidth::U16 => any

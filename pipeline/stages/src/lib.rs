@@ -2,7 +2,7 @@
 //!
 //! This crate owns what each stage kind *does*: one module per kind implementing
 //! [`ausa_dag::Stage`] ([`corpus`], [`download`], [`doc_stats`], [`subset`],
-//! [`tokenizer`], [`tokenize`]), the helpers they share (the synthetic text generator,
+//! [`tokenizer`], [`tokenize`], [`sequences`], [`banks`], [`minhash`], [`routing`]), the helpers they share (the synthetic text generator,
 //! local file readers, the WikiText article rule, the BPE trainer and encoder, a
 //! hand-written RNG), and [`registry`], which lists every kind.
 //!
@@ -13,11 +13,15 @@
 
 use std::path::PathBuf;
 
+pub mod banks;
 pub mod corpus;
 pub mod doc_stats;
 pub mod download;
 mod local;
+pub mod minhash;
 mod rng;
+pub mod routing;
+pub mod sequences;
 pub mod subset;
 mod synthetic;
 pub mod tokenize;
@@ -40,6 +44,10 @@ pub fn registry() -> ausa_dag::Registry {
     registry.register(Box::new(subset::SubsetStage));
     registry.register(Box::new(tokenize::TokenizeStage));
     registry.register(Box::new(tokenizer::TokenizerStage));
+    registry.register(Box::new(sequences::SequencesStage));
+    registry.register(Box::new(banks::BanksStage));
+    registry.register(Box::new(minhash::MinHashStage));
+    registry.register(Box::new(routing::RoutingStage));
     registry
 }
 

@@ -107,6 +107,7 @@ fn registry_lists_every_kind_with_consistent_schemas() {
                 (ParamType::Float { min, max }, ParamValue::Float(v)) => (min..=max).contains(v),
                 (ParamType::Choice(choices), ParamValue::Str(v)) => choices.contains(&v.as_str()),
                 (ParamType::Str, ParamValue::Str(_))
+                | (ParamType::Bool, ParamValue::Bool(_))
                 | (ParamType::Paths { .. }, ParamValue::Paths(_)) => true,
                 _ => false,
             };

@@ -1,0 +1,135 @@
+//! Round trips and corruption handling of the set-artifact formats (banks,
+//! signatures, routing).
+
+use std::path::Path;
+
+use ausa_artifacts::{
+    write_routing, write_signatures, BankShape, BanksFile, BanksWriter, Routing, RoutingFile,
+    SignaturesFile,
+};
+use proptest::prelude::*;
+
+/// A bank: sequences of sets, each set's atoms and `[start, end)` with growing ends.
+type Bank = Vec<Vec<(Vec<u32>, u32, u32)>>;
+
+fn bank_strategy(vocab: u32) -> impl Strategy<Value = Bank> {
+    let set = (prop::collection::btree_set(0..vocab, 1..8), 1u32..4);
+    prop::collection::vec(prop::collection::vec(set, 0..5), 0..6).prop_map(|seqs| {
+        seqs.into_iter()
+            .map(|sets| {
+                let mut end = 0;
+                sets.into_iter()
+                    .map(|(atoms, step)| {
+                        end += step;
+                        (atoms.into_iter().collect(), end - 1, end)
+                    })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+fn write_bank(path: &Path, vocab: u32, bank: &Bank) {
+    let shape = BankShape {
+        vocab_size: vocab,
+        window: 4,
+        stride: 2,
+    };
+    let mut writer = BanksWriter::new(path, shape);
+    for seq in bank {
+        for (atoms, start, end) in seq {
+            writer.push_set(atoms, *start, *end).unwrap();
+        }
+        writer.end_sequence();
+    }
+    writer.finish().unwrap();
+}
+
+fn read_bank(file: &BanksFile) -> Bank {
+    (0..file.num_sequences())
+        .map(|s| {
+            file.sets_of(s)
+                .unwrap()
+                .map(|i| {
+                    let span = &file.spans()[2 * i..2 * i + 2];
+                    (file.set(i).unwrap().to_vec(), span[0], span[1])
+                })
+                .collect()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn banks_round_trip_deterministically(bank in bank_strategy(70_000)) {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.arrow"), dir.path().join("b.arrow"));
+        write_bank(&a, 70_000, &bank);
+        write_bank(&b, 70_000, &bank);
+        prop_assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        let file = BanksFile::open(&a).unwrap();
+        prop_assert_eq!(read_bank(&file), bank);
+        let offsets = file.set_offsets();
+        prop_assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn damaged_banks_are_errors_not_panics(bank in bank_strategy(300), cut in 0.0f64..1.0, flip in any::<(usize, u8)>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("banks-train.arrow");
+        write_bank(&path, 300, &bank);
+        let bytes = std::fs::read(&path).unwrap();
+        let truncated = &bytes[..(bytes.len() as f64 * cut) as usize];
+        std::fs::write(&path, truncated).unwrap();
+        let err = BanksFile::open(&path).unwrap_err();
+        prop_assert!(err.to_string().contains("banks-train.arrow"), "{}", err);
+        let mut flipped = bytes.clone();
+        let at = flip.0 % flipped.len();
+        flipped[at] ^= flip.1.max(1);
+        std::fs::write(&path, &flipped).unwrap();
+        // Any outcome but a panic is fine: a flip in padding changes nothing.
+        let _ = BanksFile::open(&path).map(|f| read_bank(&f));
+    }
+}
+
+#[test]
+fn signatures_round_trip_and_reject_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("minhash-train.arrow");
+    let sigs: Vec<u32> = (0..5 * 32).collect();
+    write_signatures(&path, 32, 7, sigs.clone(), vec![1, 2, 3, 4, 5]).unwrap();
+    let file = SignaturesFile::open(&path).unwrap();
+    assert_eq!((file.k(), file.seed(), file.num_sets()), (32, 7, 5));
+    assert_eq!(file.signatures(), &sigs[..]);
+    assert_eq!(file.sizes(), &[1, 2, 3, 4, 5]);
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in (0..bytes.len()).step_by(7) {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let err = SignaturesFile::open(&path).unwrap_err();
+        assert!(err.to_string().contains("minhash-train.arrow"), "{err}");
+    }
+}
+
+#[test]
+fn routing_round_trips_and_rejects_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routing-train.arrow");
+    let routing = Routing {
+        seq_offsets: vec![0, 2, 3],
+        token_offsets: vec![0, 0, 1, 3],
+        sets: vec![0, 0, 1],
+    };
+    write_routing(&path, true, 0, routing.clone()).unwrap();
+    let file = RoutingFile::open(&path).unwrap();
+    assert!(file.causal());
+    assert_eq!(file.seq_offsets(), &routing.seq_offsets[..]);
+    assert_eq!(file.token_offsets(), &routing.token_offsets[..]);
+    assert_eq!(file.sets(), &routing.sets[..]);
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in (0..bytes.len()).step_by(5) {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        assert!(RoutingFile::open(&path).is_err());
+    }
+}
