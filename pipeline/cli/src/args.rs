@@ -15,7 +15,9 @@ into a content-addressed store of immutable artifacts. A rebuild with nothing ch
 a changed input or parameter always gives a new artifact.",
     after_help = "Examples:\n  ausa build demo                 build the embedded demo DAG\n  \
 ausa build demo --set corpus.docs=500\n  ausa status demo                what is built, stale or missing\n  \
-ausa explain demo:doc_stats     why a stage would rebuild\n  ausa verify                     rehash every object in the store\n\n\
+ausa explain demo:doc_stats     why a stage would rebuild\n  ausa verify                     rehash every object in the store\n  \
+ausa push demo --remote s3://bucket/ausa   share the built artifacts\n  \
+ausa pull demo --remote s3://bucket/ausa   fetch them on another machine\n\n\
 Exit codes: 0 ok, 1 build or verify failure, 2 usage or config error."
 )]
 pub struct Cli {
@@ -28,6 +30,10 @@ pub struct Cli {
     /// Print only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Remote store: s3://bucket/prefix or file:///path [default: $AUSA_REMOTE, else
+    /// `remote = "..."` in $XDG_CONFIG_HOME/ausa/config.toml]
+    #[arg(long, global = true, value_name = "URL")]
+    pub remote: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -61,8 +67,22 @@ pub enum Command {
         /// Rebuild the selected stages even if their objects exist (replaces damaged artifacts).
         #[arg(long)]
         force: bool,
+        /// Upload what the build produced (and its refs) to the remote afterwards.
+        #[arg(long)]
+        push: bool,
     },
-    /// Show each stage's fingerprint and state: up-to-date, stale or missing.
+    /// Upload a DAG's objects (files first, manifest last) and refs to the remote.
+    Push {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Download a DAG's objects the local store lacks, verifying every file's blake3.
+    Pull {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Show each stage's fingerprint and state: up-to-date, stale or missing (and,
+    /// with a remote, whether it is local, on the remote or missing).
     Status {
         #[command(flatten)]
         target: TargetArgs,

@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::args::{Cli, Command, TargetArgs};
 use crate::diagnostics::CliError;
 use crate::output::{bytes, Output};
+use crate::remote;
 
 /// Runs the command; returns the exit code for a completed command.
 pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
@@ -25,14 +26,43 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
             jobs,
             dry_run,
             force,
+            push,
         } => {
             let opts = BuildOptions {
                 jobs: jobs.unwrap_or(BuildOptions::default().jobs),
                 force: *force,
             };
-            build(&store()?, &registry, target, &opts, *dry_run, out)
+            let remote = match remote::remote_url(cli.remote.as_deref())? {
+                Some(_) if !*dry_run => Some(remote::open(cli.remote.as_deref(), "build")?),
+                _ if *push => return Err(CliError::usage(
+                    "`ausa build --push` needs a remote",
+                    Some(
+                        "pass --remote s3://bucket/prefix (or file:///path), or set AUSA_REMOTE"
+                            .into(),
+                    ),
+                )),
+                _ => None,
+            };
+            let remote = Remote {
+                remote: remote.as_ref(),
+                push: *push,
+            };
+            build(&store()?, &registry, target, &opts, *dry_run, remote, out)
         }
-        Command::Status { target } => status(&store()?, &registry, target, out),
+        Command::Push { target } => {
+            let remote = remote::open(cli.remote.as_deref(), "push")?;
+            remote::push(&store()?, &registry, target, &remote, out)
+        }
+        Command::Pull { target } => {
+            let remote = remote::open(cli.remote.as_deref(), "pull")?;
+            remote::pull(&store()?, &registry, target, &remote, out)
+        }
+        Command::Status { target } => {
+            let remote = remote::remote_url(cli.remote.as_deref())?
+                .map(|_| remote::open(cli.remote.as_deref(), "status"))
+                .transpose()?;
+            status(&store()?, &registry, target, remote.as_ref(), out)
+        }
         Command::Explain { target } => explain(&store()?, &registry, target, out),
         Command::Show { target } => show(&store()?, &registry, target, out),
         Command::Path { target } => path(&store()?, &registry, target, out),
@@ -49,13 +79,26 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
 }
 
 /// A loaded DAG, its plan, and the selected stage.
-struct Loaded {
+pub(crate) struct Loaded {
     dag: DagSpec,
-    plan: Plan,
+    /// The resolved plan.
+    pub plan: Plan,
     stage: Option<String>,
 }
 
-fn load(store: &Store, registry: &Registry, args: &TargetArgs) -> Result<Loaded, CliError> {
+/// The remote side of a build: read-through and `--push`.
+#[derive(Clone, Copy)]
+struct Remote<'a> {
+    remote: Option<&'a ausa_remote::Remote>,
+    push: bool,
+}
+
+/// Loads a DAG target with its overrides and resolves its plan.
+pub(crate) fn load(
+    store: &Store,
+    registry: &Registry,
+    args: &TargetArgs,
+) -> Result<Loaded, CliError> {
     let (dag_arg, stage) = match args.target.rsplit_once(':') {
         Some((d, s)) if !s.contains('/') && !d.is_empty() => (d, Some(s.to_string())),
         _ => (args.target.as_str(), None),
@@ -77,6 +120,7 @@ fn build(
     args: &TargetArgs,
     opts: &BuildOptions,
     dry_run: bool,
+    remote: Remote<'_>,
     out: &Output,
 ) -> Result<i32, CliError> {
     let loaded = load(store, registry, args)?;
@@ -85,7 +129,10 @@ fn build(
     }
     let started = Instant::now();
     let reporter = out.reporter(&loaded.plan.dag);
-    let report = ausa_engine::build(store, &loaded.plan, registry, opts, &reporter);
+    let source = remote.remote.map(remote::RemoteSource);
+    let source = source.as_ref().map(|s| s as &dyn ausa_engine::ObjectSource);
+    let report =
+        ausa_engine::build_with_source(store, &loaded.plan, registry, opts, &reporter, source);
     drop(reporter);
     out.json(
         &json!({"ok": report.ok(), "seconds": started.elapsed().as_secs_f64(), "report": report}),
@@ -95,13 +142,33 @@ fn build(
         .iter()
         .filter(|s| matches!(s.outcome, ausa_engine::Outcome::Built { .. }))
         .count();
+    let fetched = report
+        .stages
+        .iter()
+        .filter(|s| matches!(s.outcome, ausa_engine::Outcome::Fetched { .. }))
+        .count();
     if report.ok() {
-        let fresh = report.stages.len() - built;
+        let fresh = report.stages.len() - built - fetched;
+        let from_remote = if remote.remote.is_some() {
+            format!("{fetched} fetched, ")
+        } else {
+            String::new()
+        };
         out.log(&format!(
-            "{}: {built} built, {fresh} up to date ({:.2}s)",
+            "{}: {built} built, {from_remote}{fresh} up to date ({:.2}s)",
             loaded.plan.dag,
             started.elapsed().as_secs_f64()
         ));
+        if let (Some(r), true) = (remote.remote, remote.push) {
+            // With --json only the build's document goes to stdout.
+            let quiet = Output::new(false, true);
+            remote::push_plan(
+                store,
+                &loaded.plan,
+                r,
+                if out.is_json() { &quiet } else { out },
+            )?;
+        }
         return Ok(0);
     }
     let failed: Vec<_> = report
@@ -166,19 +233,34 @@ fn status(
     store: &Store,
     registry: &Registry,
     args: &TargetArgs,
+    remote: Option<&ausa_remote::Remote>,
     out: &Output,
 ) -> Result<i32, CliError> {
     let loaded = load(store, registry, args)?;
     let states = ausa_engine::stage_states(store, &loaded.plan);
-    out.json(&json!({"dag": loaded.plan.dag, "stages": states}));
+    let places = remote
+        .map(|r| remote::locations(store, &loaded.plan, r))
+        .transpose()?;
+    let mut doc = serde_json::to_value(&states).expect("states serialize");
+    if let (Some(places), Some(rows)) = (&places, doc.as_array_mut()) {
+        for (row, place) in rows.iter_mut().zip(places) {
+            row["location"] = json!(place);
+        }
+    }
+    out.json(&json!({"dag": loaded.plan.dag, "remote": remote.map(|r| r.url()), "stages": doc}));
+    let where_head = if places.is_some() { "  WHERE" } else { "" };
     out.line(&format!(
-        "{:<20} {:<12} {:<14} {:<11} {:>10}",
+        "{:<20} {:<12} {:<14} {:<11} {:>10}{where_head}",
         "STAGE", "KIND", "FINGERPRINT", "STATE", "SIZE"
     ));
-    for s in &states {
+    for (i, s) in states.iter().enumerate() {
         let size = s.bytes.map(bytes).unwrap_or_else(|| "-".into());
+        let place = places
+            .as_ref()
+            .map(|p| format!("  {}", p[i]))
+            .unwrap_or_default();
         out.line(&format!(
-            "{:<20} {:<12} {:<14} {:<11} {:>10}",
+            "{:<20} {:<12} {:<14} {:<11} {:>10}{place}",
             s.stage,
             s.kind,
             &s.fingerprint[..12],

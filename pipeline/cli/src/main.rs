@@ -6,6 +6,7 @@ mod args;
 mod commands;
 mod diagnostics;
 mod output;
+mod remote;
 
 use clap::Parser;
 

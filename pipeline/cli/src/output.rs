@@ -81,6 +81,21 @@ impl Output {
         }
     }
 
+    /// A byte progress bar with bytes/s for a push or pull (stderr, TTY only).
+    pub fn transfer_bar(&self, label: &str) -> TransferBar {
+        let bar = (self.tty && !self.quiet && !self.json).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let template =
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} ({binary_bytes_per_sec}, eta {eta})";
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(label.to_string());
+            bar
+        });
+        TransferBar { bar }
+    }
+
     /// The reporter for a build.
     pub fn reporter(&self, dag: &str) -> BuildReporter<'_> {
         let bars = (self.tty && !self.quiet && !self.json)
@@ -146,6 +161,11 @@ impl Reporter for BuildReporter<'_> {
                 "built",
                 HumanBytes(*bytes)
             ),
+            Outcome::Fetched { seconds, bytes } => format!(
+                "{:>9} {label} from the remote in {seconds:.2}s, {}",
+                "fetched",
+                HumanBytes(*bytes)
+            ),
             Outcome::BuiltElsewhere => {
                 format!("{:>9} {label} (built by another process)", "reused")
             }
@@ -155,6 +175,14 @@ impl Reporter for BuildReporter<'_> {
             }
         };
         self.say(line);
+    }
+
+    fn fetch_failed(&self, stage: &PlannedStage, error: &str) {
+        self.say(format!(
+            "{:>9} {}: fetching from the remote failed, building it here: {error}",
+            "warning",
+            self.label(stage)
+        ));
     }
 
     fn progress<'a>(&'a self, stage: &PlannedStage) -> Box<dyn Progress + 'a> {
@@ -195,6 +223,34 @@ impl Progress for BarProgress {
 impl Drop for BarProgress {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// The progress bar of a push or pull; cleared when dropped.
+pub struct TransferBar {
+    bar: Option<ProgressBar>,
+}
+
+impl ausa_remote::TransferProgress for TransferBar {
+    fn start(&self, total_bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total_bytes);
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+    }
+}
+
+impl Drop for TransferBar {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use ausa_dag::{ContentHasher, PlannedStage, Progress};
 use ausa_store::{StatCache, Store};
 
 pub use inspect::{explain, stage_states, Explanation, StageState, StateKind};
-pub use run::build;
+pub use run::{build, build_with_source};
 
 /// Options of one build.
 #[derive(Debug, Clone)]
@@ -64,6 +64,13 @@ pub enum Outcome {
     },
     /// Another process published it while we waited for its lock.
     BuiltElsewhere,
+    /// Downloaded from an [`ObjectSource`] (a remote cache) instead of built.
+    Fetched {
+        /// Wall time of the download and its verification.
+        seconds: f64,
+        /// Bytes of its files.
+        bytes: u64,
+    },
     /// The stage (or its publication) failed; nothing was published.
     Failed {
         /// The error with its causes.
@@ -83,7 +90,10 @@ impl Outcome {
     pub fn is_ok(&self) -> bool {
         matches!(
             self,
-            Outcome::UpToDate | Outcome::Built { .. } | Outcome::BuiltElsewhere
+            Outcome::UpToDate
+                | Outcome::Built { .. }
+                | Outcome::BuiltElsewhere
+                | Outcome::Fetched { .. }
         )
     }
 }
@@ -128,6 +138,20 @@ pub trait Reporter: Sync {
     fn finished(&self, stage: &PlannedStage, outcome: &Outcome);
     /// The progress sink for a stage that is running.
     fn progress<'a>(&'a self, stage: &PlannedStage) -> Box<dyn Progress + 'a>;
+    /// Fetching a stage's object from the [`ObjectSource`] failed; it is built instead.
+    fn fetch_failed(&self, _stage: &PlannedStage, _error: &str) {}
+}
+
+/// Somewhere a missing object may be copied from instead of built: a remote cache.
+///
+/// The engine stays free of network code; the CLI implements this with
+/// `ausa-remote`. An implementation must publish through the store's atomic publish
+/// (after verifying the content), so a failed fetch leaves nothing visible.
+pub trait ObjectSource: Sync {
+    /// Publishes `id` into `store` if the source has it: `Ok(Some(bytes))` when it
+    /// was copied, `Ok(None)` when the source lacks it, `Err` (a one-line reason) when
+    /// the copy failed or was rejected.
+    fn fetch(&self, store: &Store, id: &ausa_store::ObjectId) -> Result<Option<u64>, String>;
 }
 
 /// A [`Reporter`] that ignores everything.

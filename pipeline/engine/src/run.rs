@@ -6,7 +6,7 @@ use std::time::Instant;
 use ausa_dag::{fingerprint, InputArtifact, Plan, PlannedStage, Registry, StageContext};
 use ausa_store::{Acquired, ObjectId, Published, Ref, RefName, Store, StoreError, VerifyMode};
 
-use crate::{BuildOptions, BuildReport, Outcome, Reporter, StageReport};
+use crate::{BuildOptions, BuildReport, ObjectSource, Outcome, Reporter, StageReport};
 
 #[derive(Clone)]
 enum Slot {
@@ -25,13 +25,30 @@ pub fn build(
     opts: &BuildOptions,
     reporter: &dyn Reporter,
 ) -> BuildReport {
+    build_with_source(store, plan, registry, opts, reporter, None)
+}
+
+/// Like [`build`], but a stage whose object is missing locally is first asked of
+/// `source` (a remote cache) and built only when the source lacks it or fails.
+pub fn build_with_source(
+    store: &Store,
+    plan: &Plan,
+    registry: &Registry,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+    source: Option<&dyn ObjectSource>,
+) -> BuildReport {
     // Leftovers of killed builds on this host; failing to clean is not fatal.
     let _ = store.clean_dead_temp_dirs();
     let slots = Mutex::new(vec![Slot::Pending; plan.stages.len()]);
     let changed = Condvar::new();
     std::thread::scope(|scope| {
         for _ in 0..opts.jobs.max(1).min(plan.stages.len()) {
-            scope.spawn(|| worker(store, plan, registry, opts, reporter, &slots, &changed));
+            scope.spawn(|| {
+                worker(
+                    store, plan, registry, opts, reporter, source, &slots, &changed,
+                )
+            });
         }
     });
     let slots = slots.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -59,12 +76,14 @@ pub fn build(
 }
 
 /// Takes ready stages until none are left.
+#[allow(clippy::too_many_arguments)]
 fn worker(
     store: &Store,
     plan: &Plan,
     registry: &Registry,
     opts: &BuildOptions,
     reporter: &dyn Reporter,
+    source: Option<&dyn ObjectSource>,
     slots: &Mutex<Vec<Slot>>,
     changed: &Condvar,
 ) {
@@ -81,7 +100,7 @@ fn worker(
         };
         drop(guard);
         let stage = &plan.stages[idx];
-        let outcome = run_stage(store, plan, stage, registry, opts, reporter);
+        let outcome = run_stage(store, plan, stage, registry, opts, reporter, source);
         reporter.finished(stage, &outcome);
         guard = lock();
         guard[idx] = Slot::Done(outcome);
@@ -132,20 +151,22 @@ fn run_stage(
     registry: &Registry,
     opts: &BuildOptions,
     reporter: &dyn Reporter,
+    source: Option<&dyn ObjectSource>,
 ) -> Outcome {
-    let result = build_or_reuse(store, plan, stage, registry, opts, reporter).and_then(|outcome| {
-        let name = RefName {
-            dag: plan.dag.clone(),
-            stage: stage.name.clone(),
-        };
-        let r = Ref {
-            kind: stage.kind.clone(),
-            fingerprint: stage.fingerprint.clone(),
-            key: stage.key.clone(),
-        };
-        store.write_ref(&name, &r).map_err(Failure::from)?;
-        Ok(outcome)
-    });
+    let result =
+        build_or_reuse(store, plan, stage, registry, opts, reporter, source).and_then(|outcome| {
+            let name = RefName {
+                dag: plan.dag.clone(),
+                stage: stage.name.clone(),
+            };
+            let r = Ref {
+                kind: stage.kind.clone(),
+                fingerprint: stage.fingerprint.clone(),
+                key: stage.key.clone(),
+            };
+            store.write_ref(&name, &r).map_err(Failure::from)?;
+            Ok(outcome)
+        });
     result.unwrap_or_else(|f| Outcome::Failed {
         error: f.error,
         hint: f.hint,
@@ -186,6 +207,7 @@ fn build_or_reuse(
     registry: &Registry,
     opts: &BuildOptions,
     reporter: &dyn Reporter,
+    source: Option<&dyn ObjectSource>,
 ) -> Result<Outcome, Failure> {
     let id = object_id(stage);
     if opts.force {
@@ -201,6 +223,10 @@ fn build_or_reuse(
         Acquired::Present => return Ok(Outcome::BuiltElsewhere),
         Acquired::Locked(guard) => guard,
     };
+    // Under the lock, so two local builds do not both download the object.
+    if let Some(outcome) = fetch(store, stage, &id, opts, reporter, source) {
+        return Ok(outcome);
+    }
     reporter.started(stage);
     let inputs = verified_inputs(store, plan, stage)?;
     let kind = registry.get(&stage.kind).ok_or_else(|| Failure {
@@ -237,6 +263,31 @@ fn build_or_reuse(
         },
         Published::AlreadyPresent => Outcome::BuiltElsewhere,
     })
+}
+
+/// Asks `source` for the object (never with `--force`, which means "rebuild here").
+/// A failed fetch is reported and the stage is built locally instead.
+fn fetch(
+    store: &Store,
+    stage: &PlannedStage,
+    id: &ObjectId,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+    source: Option<&dyn ObjectSource>,
+) -> Option<Outcome> {
+    let source = source.filter(|_| !opts.force)?;
+    let started = Instant::now();
+    match source.fetch(store, id) {
+        Ok(Some(bytes)) => Some(Outcome::Fetched {
+            seconds: started.elapsed().as_secs_f64(),
+            bytes,
+        }),
+        Ok(None) => None,
+        Err(error) => {
+            reporter.fetch_failed(stage, &error);
+            None
+        }
+    }
 }
 
 /// Fully re-hashes every input object before a stage reads it.

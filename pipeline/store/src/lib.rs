@@ -47,7 +47,9 @@ pub use error::StoreError;
 pub use gc::GcReport;
 pub use hash::{hash_file, StatCache};
 pub use lock::{Acquired, LockHolder};
-pub use manifest::{BuildInfo, FileEntry, Manifest, MANIFEST_FORMAT, MANIFEST_NAME};
+pub use manifest::{
+    check_file_name, BuildInfo, FileEntry, Manifest, MANIFEST_FORMAT, MANIFEST_NAME,
+};
 pub use publish::{Published, Staging};
 pub use refs::{Ref, RefEntry, RefName};
 pub use verify::{Problem, VerifyMode};

@@ -86,20 +86,36 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
         let path = dir.join(MANIFEST_NAME);
         let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
-        let bad = |reason: String| StoreError::Manifest {
-            path: path.clone(),
-            reason,
-        };
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        if manifest.format != MANIFEST_FORMAT {
-            return Err(bad(format!("unknown format `{}`", manifest.format)));
-        }
         let dir_fp = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let dir_kind = dir
             .parent()
             .and_then(|p| p.file_name())
             .and_then(|n| n.to_str())
             .unwrap_or("");
+        let id = crate::ObjectId {
+            kind: dir_kind.to_string(),
+            fingerprint: dir_fp.to_string(),
+        };
+        Manifest::parse(&bytes, &id, &path)
+    }
+
+    /// Parses and validates manifest bytes that must describe `id` (the same rules as
+    /// [`Manifest::read`]). `origin` names the bytes in errors: a file, or a remote URL
+    /// for a manifest that was downloaded and is not trusted yet.
+    pub fn parse(
+        bytes: &[u8],
+        id: &crate::ObjectId,
+        origin: &Path,
+    ) -> Result<Manifest, StoreError> {
+        let bad = |reason: String| StoreError::Manifest {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(bad(format!("unknown format `{}`", manifest.format)));
+        }
+        let (dir_kind, dir_fp) = (id.kind.as_str(), id.fingerprint.as_str());
         if manifest.fingerprint != dir_fp || manifest.kind != dir_kind {
             return Err(bad(format!(
                 "it describes {}/{} but lies in {dir_kind}/{dir_fp}",
@@ -119,7 +135,7 @@ impl Manifest {
 }
 
 /// Accepts only plain relative paths that stay inside the object directory.
-pub(crate) fn check_file_name(name: &str) -> Result<(), &'static str> {
+pub fn check_file_name(name: &str) -> Result<(), &'static str> {
     let path = Path::new(name);
     if name.is_empty() || name.contains('\\') || name.contains('\0') {
         return Err("not a plain relative path");

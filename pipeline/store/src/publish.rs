@@ -56,7 +56,7 @@ impl Staging {
     /// Hashes and fsyncs every file, writes the manifest, and renames the directory to
     /// `objects/<kind>/<fingerprint>`; then makes it read-only.
     pub fn publish(
-        mut self,
+        self,
         store: &Store,
         key: serde_json::Value,
         stats: serde_json::Value,
@@ -78,7 +78,50 @@ impl Staging {
             },
         };
         let text = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-        write_atomic(&self.dir.join(MANIFEST_NAME), &text)?;
+        self.commit(store, &text, manifest)
+    }
+
+    /// Publishes an object copied from elsewhere (a remote) under its original
+    /// manifest, kept byte for byte so the copy is identical to the source.
+    ///
+    /// The bytes are untrusted: the manifest must pass [`Manifest::parse`] for this
+    /// staging's object (no unsafe paths), its key must hash to the fingerprint
+    /// (`fingerprint_of`, as in [`Store::verify_object`]), and the staged files must be
+    /// exactly the listed ones with the listed sizes and blake3. Anything else is a
+    /// [`StoreError::Corrupt`] or [`StoreError::Manifest`], and nothing is published.
+    pub fn publish_verbatim(
+        self,
+        store: &Store,
+        manifest_bytes: &[u8],
+        origin: &Path,
+        fingerprint_of: &dyn Fn(&serde_json::Value) -> String,
+    ) -> Result<Published, StoreError> {
+        let manifest = Manifest::parse(manifest_bytes, &self.id, origin)?;
+        if fingerprint_of(&manifest.key) != self.id.fingerprint {
+            return Err(StoreError::Manifest {
+                path: origin.to_path_buf(),
+                reason: "its key does not hash to the object's fingerprint".into(),
+            });
+        }
+        let found = self.hash_and_sync()?;
+        let problems = compare_files(&manifest.files, &found);
+        if !problems.is_empty() {
+            return Err(StoreError::Corrupt {
+                dir: origin.to_path_buf(),
+                problems,
+            });
+        }
+        self.commit(store, manifest_bytes, manifest)
+    }
+
+    /// Writes the manifest (the commit point) and renames the dir into `objects/`.
+    fn commit(
+        mut self,
+        store: &Store,
+        manifest_bytes: &[u8],
+        manifest: Manifest,
+    ) -> Result<Published, StoreError> {
+        write_atomic(&self.dir.join(MANIFEST_NAME), manifest_bytes)?;
         set_tree_mode(&self.dir, 0o755, 0o444)?;
         let target = store.object_dir(&self.id);
         let parent = target.parent().expect("object dirs have a parent");
@@ -124,6 +167,34 @@ impl Staging {
         sync_dirs(&self.dir)?;
         Ok(entries)
     }
+}
+
+/// One line per difference between the listed files and the staged ones.
+fn compare_files(listed: &[FileEntry], found: &[FileEntry]) -> Vec<String> {
+    let found: std::collections::BTreeMap<&str, &FileEntry> =
+        found.iter().map(|f| (f.name.as_str(), f)).collect();
+    let mut problems = Vec::new();
+    for want in listed {
+        match found.get(want.name.as_str()) {
+            None => problems.push(format!("{}: missing", want.name)),
+            Some(got) if got.size != want.size => problems.push(format!(
+                "{}: {} bytes, the manifest says {} (truncated?)",
+                want.name, got.size, want.size
+            )),
+            Some(got) if got.blake3 != want.blake3 => problems.push(format!(
+                "{}: blake3 {} does not match the manifest's {}",
+                want.name,
+                &got.blake3[..16],
+                &want.blake3[..16.min(want.blake3.len())]
+            )),
+            Some(_) => {}
+        }
+    }
+    let names: std::collections::BTreeSet<&str> = listed.iter().map(|f| f.name.as_str()).collect();
+    for name in found.keys().filter(|n| !names.contains(*n)) {
+        problems.push(format!("{name}: not in the manifest"));
+    }
+    problems
 }
 
 fn sync_dirs(dir: &Path) -> Result<(), StoreError> {
@@ -242,6 +313,83 @@ mod tests {
             Published::AlreadyPresent
         ));
         assert!(!b_dir.exists(), "the losing copy is removed");
+    }
+
+    fn key_hash(key: &serde_json::Value) -> String {
+        blake3::hash(key.to_string().as_bytes())
+            .to_hex()
+            .to_string()
+    }
+
+    fn verbatim_id() -> (ObjectId, serde_json::Value) {
+        let key = serde_json::json!({"k": 2});
+        let id = ObjectId {
+            kind: "k".into(),
+            fingerprint: key_hash(&key),
+        };
+        (id, key)
+    }
+
+    fn manifest_bytes(id: &ObjectId, key: &serde_json::Value, files: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "format": MANIFEST_FORMAT, "kind": id.kind, "fingerprint": id.fingerprint,
+            "key": key, "files": files, "stats": {}, "tool_version": "0",
+            "built": {"host": "h", "time": "t", "seconds": 0.0}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn publish_verbatim_keeps_manifest_bytes_and_rejects_mismatches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (id, key) = verbatim_id();
+        let digest = blake3::hash(b"hello").to_hex().to_string();
+        let good = manifest_bytes(
+            &id,
+            &key,
+            serde_json::json!([{"name": "a", "size": 5, "blake3": digest}]),
+        );
+        let origin = Path::new("remote");
+        for (content, bytes) in [
+            (&b"hellO"[..], good.clone()),
+            (&b"hell"[..], good.clone()),
+            (
+                &b"hello"[..],
+                manifest_bytes(
+                    &id,
+                    &key,
+                    serde_json::json!([{"name": "../a", "size": 5, "blake3": digest}]),
+                ),
+            ),
+            (
+                &b"hello"[..],
+                manifest_bytes(
+                    &id,
+                    &serde_json::json!({"k": 3}),
+                    serde_json::json!([{"name": "a", "size": 5, "blake3": digest}]),
+                ),
+            ),
+        ] {
+            let s = store.stage(&id).unwrap();
+            std::fs::write(s.path().join("a"), content).unwrap();
+            assert!(s
+                .publish_verbatim(&store, &bytes, origin, &key_hash)
+                .is_err());
+            assert!(!store.has_object(&id));
+        }
+        let s = store.stage(&id).unwrap();
+        std::fs::write(s.path().join("a"), b"hello").unwrap();
+        let published = s
+            .publish_verbatim(&store, &good, origin, &key_hash)
+            .unwrap();
+        assert!(matches!(published, Published::New(_)));
+        let obj = store.object_dir(&id);
+        assert_eq!(std::fs::read(obj.join(MANIFEST_NAME)).unwrap(), good);
+        assert_eq!(
+            std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
