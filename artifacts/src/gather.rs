@@ -1,28 +1,49 @@
-//! Batches for training: [`SetArtifacts`] opens one split's bank, signature and
-//! routing files together and [`SetArtifacts::gather`] copies the rows of a batch of
-//! sequences into one flat CSR ([`SetBatch`]) ready to become tensors.
+//! Batches for training: [`SetArtifacts`] opens one split's sequence, bank,
+//! signature and routing files together and [`SetArtifacts::gather`] copies the rows
+//! of a batch of sequences into flat arrays ([`SetBatch`]) ready to become tensors.
 //!
-//! Opening checks that the three files agree (same sequences, same sets). Gathering
-//! checks what opening skips to stay O(metadata + offsets): every gathered atom id
-//! is below the vocabulary size and every candidate index names a set of its
-//! sequence. Any batch size works, the last short batch included.
+//! Opening costs the metadata plus Arrow's pass over the list offsets (sequences,
+//! sets), never the values, so it stays in milliseconds for any corpus size; it
+//! checks that the four files agree (same sequences, same sets, same vocabulary).
+//! Gathering checks what opening skips: every gathered token and atom id is below the
+//! vocabulary size and each sequence's set layout has a routing table covering its
+//! tokens. Any batch size works, the last short batch included.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::banks::invalid;
-use crate::{ArtifactError, BanksFile, RoutingFile, SignaturesFile};
+use crate::{ArtifactError, BanksFile, RoutingFile, SignaturesFile, TokenIds, TokensFile};
 
-/// One split's banks, signatures and routing, opened and cross-checked.
+/// The four files of one split, as built by the `sequences`, `banks`, `minhash` and
+/// `routing` stages.
+#[derive(Debug, Clone)]
+pub struct SetPaths {
+    /// `sequences-<split>.arrow`.
+    pub sequences: PathBuf,
+    /// `banks-<split>.arrow`.
+    pub banks: PathBuf,
+    /// `minhash-<split>.arrow`.
+    pub signatures: PathBuf,
+    /// `routing-<split>.arrow`.
+    pub routing: PathBuf,
+}
+
+/// One split's set artifacts, opened and cross-checked.
 #[derive(Debug, Clone)]
 pub struct SetArtifacts {
+    sequences: TokensFile,
     banks: BanksFile,
     signatures: SignaturesFile,
     routing: RoutingFile,
 }
 
-/// One batch of sequences as flat arrays; set and token indices are batch-local.
+/// One batch of sequences as flat arrays; every index is batch-local.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetBatch {
+    /// Token ids of every sequence, concatenated.
+    pub tokens: Vec<u32>,
+    /// `Nseq + 1` pointers into `tokens` (and into `token_offsets`' tokens).
+    pub seq_tokens: Vec<u64>,
     /// Atom ids of every set, concatenated.
     pub values: Vec<u32>,
     /// `Nsets + 1` offsets into `values`, rebased to start at 0.
@@ -33,42 +54,56 @@ pub struct SetBatch {
     pub signatures: Vec<u32>,
     /// Exact size of every set.
     pub sizes: Vec<u32>,
-    /// `start, end` per set.
+    /// `start, end` per set, in positions of its sequence.
     pub spans: Vec<u32>,
-    /// `Nseq + 1` pointers into the tokens.
-    pub seq_tokens: Vec<u64>,
     /// `Ntokens + 1` offsets into `candidates`.
     pub token_offsets: Vec<u64>,
-    /// Candidate sets per token, as indices local to the token's sequence.
+    /// Candidate sets per token, as batch set indices (into `sizes`, `spans`, ...).
     pub candidates: Vec<u32>,
 }
 
 impl SetArtifacts {
-    /// Opens the three files of one split and checks that they describe the same sets.
-    pub fn open(
-        banks: &Path,
-        signatures: &Path,
-        routing: &Path,
-    ) -> Result<SetArtifacts, ArtifactError> {
+    /// Opens the four files of one split and checks that they describe the same
+    /// sequences and sets.
+    pub fn open(paths: &SetPaths) -> Result<SetArtifacts, ArtifactError> {
         let artifacts = SetArtifacts {
-            banks: BanksFile::open(banks)?,
-            signatures: SignaturesFile::open(signatures)?,
-            routing: RoutingFile::open(routing)?,
+            sequences: TokensFile::open_structure(&paths.sequences)?,
+            banks: BanksFile::open(&paths.banks)?,
+            signatures: SignaturesFile::open(&paths.signatures)?,
+            routing: RoutingFile::open(&paths.routing)?,
         };
-        if artifacts.signatures.num_sets() != artifacts.banks.num_sets() {
-            let detail = format!(
-                "it has {} sets but `{}` has {}",
-                artifacts.signatures.num_sets(),
-                banks.display(),
-                artifacts.banks.num_sets()
-            );
-            return Err(invalid(signatures, "minhash/1", "minhash", detail));
-        }
-        if artifacts.routing.num_sequences() != artifacts.banks.num_sequences() {
-            let detail = format!("its sequences differ from those of `{}`", banks.display());
-            return Err(invalid(routing, "routing/1", "routing", detail));
-        }
+        artifacts.cross_check(paths)?;
         Ok(artifacts)
+    }
+
+    fn cross_check(&self, paths: &SetPaths) -> Result<(), ArtifactError> {
+        let sequences = self.banks.num_sequences();
+        let sets = self.banks.num_sets();
+        let vocab = self.banks.shape().vocab_size;
+        let mismatch = |path: &Path, format, stage, what: String| {
+            let detail = format!("{what}, but `{}` has {sequences} sequences, {sets} sets and vocabulary {vocab}: the files come from different builds", paths.banks.display());
+            Err(invalid(path, format, stage, detail))
+        };
+        if self.sequences.num_documents() != sequences || self.sequences.vocab_size() != vocab {
+            let what = format!(
+                "it has {} sequences and vocabulary {}",
+                self.sequences.num_documents(),
+                self.sequences.vocab_size()
+            );
+            return mismatch(&paths.sequences, crate::TOKENS_FORMAT, "sequences", what);
+        }
+        if self.signatures.num_sets() != sets {
+            let what = format!("it has {} sets", self.signatures.num_sets());
+            return mismatch(&paths.signatures, crate::MINHASH_FORMAT, "minhash", what);
+        }
+        if self.routing.num_sequences() != sequences as u64 {
+            let what = format!(
+                "it was built for {} sequences",
+                self.routing.num_sequences()
+            );
+            return mismatch(&paths.routing, crate::ROUTING_FORMAT, "routing", what);
+        }
+        Ok(())
     }
 
     /// Number of sequences.
@@ -76,35 +111,57 @@ impl SetArtifacts {
         self.banks.num_sequences()
     }
 
-    /// The batch of sequences `seq_ids` (any order, any count).
+    /// MinHash values per set.
+    pub fn minhash_k(&self) -> u32 {
+        self.signatures.k()
+    }
+
+    /// The batch of sequences `seq_ids` (any order, any count, repeats allowed).
     pub fn gather(&self, seq_ids: &[usize]) -> Result<SetBatch, ArtifactError> {
         let mut batch = SetBatch {
+            seq_tokens: vec![0],
             set_offsets: vec![0],
             seq_sets: vec![0],
-            seq_tokens: vec![0],
             token_offsets: vec![0],
             ..SetBatch::default()
         };
         for &seq in seq_ids {
+            if seq >= self.num_sequences() {
+                let n = self.num_sequences();
+                return Err(self.bad_bank(format!("no sequence {seq}: it has {n}")));
+            }
+            let first_set = batch.sizes.len() as u32;
+            self.push_tokens(seq, &mut batch)?;
             self.push_sets(seq, &mut batch)?;
-            self.push_routing(seq, &mut batch)?;
+            self.push_routing(seq, first_set, &mut batch)?;
         }
         Ok(batch)
     }
 
+    fn push_tokens(&self, seq: usize, batch: &mut SetBatch) -> Result<(), ArtifactError> {
+        let ids = self.sequences.document(seq).unwrap_or(TokenIds::EMPTY);
+        let vocab = self.sequences.vocab_size();
+        if let Some(bad) = ids.iter().find(|&id| id >= vocab) {
+            let detail = format!("sequence {seq} has token id {bad}, not below {vocab}");
+            let path = self.sequences.path();
+            return Err(invalid(path, crate::TOKENS_FORMAT, "sequences", detail));
+        }
+        batch.tokens.extend(ids.iter());
+        batch.seq_tokens.push(batch.tokens.len() as u64);
+        Ok(())
+    }
+
     fn push_sets(&self, seq: usize, batch: &mut SetBatch) -> Result<(), ArtifactError> {
         let banks = &self.banks;
-        let sets = banks
-            .sets_of(seq)
-            .ok_or_else(|| self.bad_bank(format!("no sequence {seq}")))?;
         let k = self.signatures.k() as usize;
         let vocab = banks.shape().vocab_size;
-        for set in sets.clone() {
-            let atoms = banks
-                .set(set)
-                .ok_or_else(|| self.bad_bank(format!("no set {set}")))?;
+        // In range: `open` checked both offset levels and the signature count.
+        for set in banks.sets_of(seq).unwrap_or(0..0) {
+            let atoms = banks.set(set).unwrap_or(TokenIds::EMPTY);
             if let Some(bad) = atoms.iter().find(|&a| a >= vocab) {
-                return Err(self.bad_bank(format!("set {set} has atom id {bad} >= {vocab}")));
+                return Err(
+                    self.bad_bank(format!("set {set} has atom id {bad}, not below {vocab}"))
+                );
             }
             batch.values.extend(atoms.iter());
             batch.set_offsets.push(batch.values.len() as u64);
@@ -120,25 +177,38 @@ impl SetArtifacts {
         Ok(())
     }
 
-    fn push_routing(&self, seq: usize, batch: &mut SetBatch) -> Result<(), ArtifactError> {
-        let routing = &self.routing;
-        let local_sets = self.banks.sets_of(seq).map_or(0, |r| r.len()) as u32;
-        let (offsets, sets) = (routing.token_offsets(), routing.sets());
-        let tokens = routing.seq_offsets()[seq] as usize..routing.seq_offsets()[seq + 1] as usize;
-        for t in tokens {
-            let candidates = &sets[offsets[t] as usize..offsets[t + 1] as usize];
-            if let Some(bad) = candidates.iter().find(|&&j| j >= local_sets) {
-                let detail = format!("sequence {seq} routes to set {bad} of {local_sets}");
-                return Err(invalid(routing.path(), "routing/1", "routing", detail));
-            }
-            batch.candidates.extend_from_slice(candidates);
+    /// Appends the candidates of every token of `seq`, offset by `first_set` (the
+    /// sequence's first set in the batch).
+    fn push_routing(
+        &self,
+        seq: usize,
+        first_set: u32,
+        batch: &mut SetBatch,
+    ) -> Result<(), ArtifactError> {
+        let sets = self.banks.sets_of(seq).unwrap_or(0..0);
+        let ends: Vec<u32> = sets.map(|s| self.banks.spans()[2 * s + 1]).collect();
+        let tokens = self.sequences.document(seq).map_or(0, |ids| ids.len());
+        let table = self
+            .routing
+            .layout_of(&ends)
+            .filter(|table| table.num_tokens() == tokens);
+        let Some(table) = table else {
+            let detail = format!(
+                "no table for sequence {seq} ({tokens} tokens, sets ending at {ends:?}): it \
+                 was built from a different bank"
+            );
+            let path = self.routing.path();
+            return Err(invalid(path, crate::ROUTING_FORMAT, "routing", detail));
+        };
+        for t in 0..tokens {
+            let candidates = table.candidates(t).iter().map(|&j| first_set + j);
+            batch.candidates.extend(candidates);
             batch.token_offsets.push(batch.candidates.len() as u64);
         }
-        batch.seq_tokens.push(batch.token_offsets.len() as u64 - 1);
         Ok(())
     }
 
     fn bad_bank(&self, detail: String) -> ArtifactError {
-        invalid(self.banks.path(), "banks/1", "banks", detail)
+        invalid(self.banks.path(), crate::BANKS_FORMAT, "banks", detail)
     }
 }

@@ -10,7 +10,8 @@
 //!   zero-copy through a memory map).
 //! - [`banks`]: `banks-<split>.arrow`, each sequence's sets as a two-level CSR.
 //! - [`signatures`]: `minhash-<split>.arrow`, k MinHash values and the size per set.
-//! - [`routing`]: `routing-<split>.arrow`, each token's candidate sets.
+//! - [`routing`]: `routing-<split>.arrow`, each token position's candidate sets, per
+//!   set layout.
 //! - [`gather`]: one split's set artifacts opened together, gathered per batch.
 //!
 //! Writers are deterministic: the same rows always give byte-identical files,
@@ -44,9 +45,10 @@ pub use documents::{
     DocumentRef, DocumentsWriter, DOCUMENTS_FILE, DOCUMENTS_FORMAT,
 };
 pub use error::ArtifactError;
-pub use gather::{SetArtifacts, SetBatch};
+pub use gather::{SetArtifacts, SetBatch, SetPaths};
 pub use routing::{
-    routing_file_name, routing_path, write_routing, Routing, RoutingFile, ROUTING_FORMAT,
+    routing_file_name, routing_path, write_routing, LayoutTable, Routing, RoutingFile,
+    RoutingLayout, ROUTING_FORMAT,
 };
 pub use signatures::{
     minhash_file_name, minhash_path, write_signatures, SignaturesFile, MINHASH_FORMAT,

@@ -148,6 +148,11 @@ pub enum TokenIds<'a> {
     U32(&'a [u32]),
 }
 
+impl TokenIds<'static> {
+    /// No ids.
+    pub const EMPTY: TokenIds<'static> = TokenIds::U32(&[]);
+}
+
 impl<'a> TokenIds<'a> {
     /// Number of ids.
     pub fn len(&self) -> usize {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ausa_artifacts::{
     write_routing, write_signatures, BankShape, BanksFile, BanksWriter, Routing, RoutingFile,
-    SignaturesFile,
+    RoutingLayout, SignaturesFile,
 };
 use proptest::prelude::*;
 
@@ -112,24 +112,68 @@ fn signatures_round_trip_and_reject_truncation() {
     }
 }
 
+fn two_layouts() -> Routing {
+    Routing {
+        causal: true,
+        topk: 0,
+        sequences: 9,
+        layouts: vec![
+            RoutingLayout {
+                ends: vec![2, 3],
+                token_offsets: vec![0, 0, 1, 3],
+                sets: vec![0, 0, 1],
+            },
+            RoutingLayout {
+                ends: vec![1],
+                token_offsets: vec![0, 1],
+                sets: vec![0],
+            },
+        ],
+    }
+}
+
 #[test]
 fn routing_round_trips_and_rejects_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routing-train.arrow");
-    let routing = Routing {
-        seq_offsets: vec![0, 2, 3],
-        token_offsets: vec![0, 0, 1, 3],
-        sets: vec![0, 0, 1],
-    };
-    write_routing(&path, true, 0, routing.clone()).unwrap();
+    let routing = two_layouts();
+    write_routing(&path, &routing).unwrap();
     let file = RoutingFile::open(&path).unwrap();
     assert!(file.causal());
-    assert_eq!(file.seq_offsets(), &routing.seq_offsets[..]);
-    assert_eq!(file.token_offsets(), &routing.token_offsets[..]);
-    assert_eq!(file.sets(), &routing.sets[..]);
+    assert_eq!((file.num_sequences(), file.num_layouts()), (9, 2));
+    let table = file.layout_of(&[2, 3]).unwrap();
+    assert_eq!(table.num_tokens(), 3);
+    let rows: Vec<&[u32]> = (0..3).map(|t| table.candidates(t)).collect();
+    assert_eq!(rows, vec![&[][..], &[0][..], &[0, 1][..]]);
+    assert_eq!(file.layout_of(&[1]).unwrap().candidates(0), &[0]);
+    assert!(file.layout_of(&[2]).is_none());
     let bytes = std::fs::read(&path).unwrap();
     for cut in (0..bytes.len()).step_by(5) {
         std::fs::write(&path, &bytes[..cut]).unwrap();
         assert!(RoutingFile::open(&path).is_err());
+    }
+}
+
+#[test]
+fn routing_rejects_tables_that_break_causality_or_name_missing_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routing-train.arrow");
+    let mut future = two_layouts();
+    future.layouts[0].sets = vec![1, 0, 1];
+    let mut missing = two_layouts();
+    missing.layouts[1].sets = vec![4];
+    let mut short = two_layouts();
+    short.layouts[0].token_offsets.pop();
+    for (bad, want) in [
+        (future, "token 1 to set 1"),
+        (missing, "set 4"),
+        (short, "2 token positions"),
+    ] {
+        write_routing(&path, &bad).unwrap();
+        let err = RoutingFile::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("routing-train.arrow") && err.contains(want),
+            "{err}"
+        );
     }
 }

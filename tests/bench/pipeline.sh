@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Whole-build benchmark (issue 3): `ausa build` from an empty store of a ~140 MB synthetic
-# corpus (the size of WikiText-103 at 25%) through token ids: corpus, doc_stats, subset
-# (fraction 1.0, so the tokenizer sees all the text), tokenizer (vocab 16384), tokens.
+# Whole-build benchmark (issues 3 and 4): `ausa build` from an empty store of a ~140 MB
+# synthetic corpus (the size of WikiText-103 at 25%) through routing: corpus, doc_stats,
+# subset (fraction 1.0, so the tokenizer sees all the text), tokenizer (vocab 16384),
+# tokens, sequences (256), banks (window 64, stride 32), minhash (k 128), routing.
 # Reports wall time, peak RSS and per-stage times.
 # Usage: tests/bench/pipeline.sh [WORKDIR]
 set -euo pipefail
@@ -34,6 +35,26 @@ vocab_size = 16384
 [stages.tokens]
 kind = "tokenize"
 inputs = { documents = "subset", tokenizer = "tokenizer" }
+
+[stages.sequences]
+kind = "sequences"
+inputs = { tokens = "tokens" }
+seq_len = 256
+
+[stages.banks]
+kind = "banks"
+inputs = { sequences = "sequences" }
+window = 64
+stride = 32
+
+[stages.minhash]
+kind = "minhash"
+inputs = { banks = "banks" }
+minhash_k = 128
+
+[stages.routing]
+kind = "routing"
+inputs = { banks = "banks" }
 DAG
 rm -rf "$work/store"
 /usr/bin/time -f "whole build: %e s wall, peak RSS %M KiB" \

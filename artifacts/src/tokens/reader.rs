@@ -55,11 +55,21 @@ impl TokensFile {
     /// file and what is wrong. Opening reads the ids sequentially once (to check
     /// their range) without making the mapping resident.
     pub fn open(path: impl AsRef<Path>) -> Result<TokensFile, ArtifactError> {
-        let path = path.as_ref();
-        let data = mmap::map_readonly(path)?;
-        let file = Self::validate(path, data).map_err(|detail| invalid(path, detail))?;
+        let file = Self::open_structure(path)?;
         file.check_id_range()?;
         Ok(file)
+    }
+
+    /// Maps the file and validates its structure (metadata and document offsets)
+    /// but not the range of every id: O(documents), not O(tokens), for readers that
+    /// must open large files in milliseconds (training batches). Out-of-range ids
+    /// cannot cause unsafety here (every access is bounds-checked); callers that
+    /// index a vocabulary-sized table check the ids they read, as
+    /// [`crate::SetArtifacts::gather`] does.
+    pub fn open_structure(path: impl AsRef<Path>) -> Result<TokensFile, ArtifactError> {
+        let path = path.as_ref();
+        let data = mmap::map_readonly(path)?;
+        Self::validate(path, data).map_err(|detail| invalid(path, detail))
     }
 
     fn validate(path: &Path, data: Buffer) -> Check<TokensFile> {

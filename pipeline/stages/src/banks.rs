@@ -58,7 +58,7 @@ impl Stage for BanksStage {
     }
 
     fn salt(&self) -> &'static str {
-        "1"
+        "2"
     }
 
     fn doc(&self) -> &'static str {
@@ -204,15 +204,15 @@ fn ratio(a: u64, b: u64) -> Value {
     json!(((a as f64 / b as f64) * 1e3).round() / 1e3)
 }
 
-/// Counts per power-of-two bucket: key `"<=2^i"` (1, 2, 4, ...).
+/// Counts per power-of-two bucket, smallest first: `[{"le": 1, "count": n}, {"le": 2,
+/// ...}, {"le": 4, ...}]` (a list, so JSON readers keep the numeric order).
 fn histogram(values: &[u64]) -> Value {
     let mut buckets = std::collections::BTreeMap::<u64, u64>::new();
     for &v in values {
         *buckets.entry(v.max(1).next_power_of_two()).or_default() += 1;
     }
-    let map: serde_json::Map<String, Value> = buckets
+    buckets
         .into_iter()
-        .map(|(b, n)| (format!("<={b}"), json!(n)))
-        .collect();
-    Value::Object(map)
+        .map(|(le, count)| json!({ "le": le, "count": count }))
+        .collect()
 }

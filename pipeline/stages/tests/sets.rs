@@ -3,10 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use ausa_artifacts::{BankShape, BanksFile, BanksWriter, Routing};
+use ausa_artifacts::{BankShape, BanksFile, BanksWriter};
 use ausa_stages::banks::{bank, windows};
 use ausa_stages::minhash::{estimated_jaccard, sign_all, MinHasher};
-use ausa_stages::routing::route_sequence;
+use ausa_stages::routing::route_layout;
 use proptest::prelude::*;
 
 proptest! {
@@ -43,8 +43,7 @@ proptest! {
     ) {
         let stride = 1 + ((window - 1) as f64 * stride_frac) as u32;
         let ends: Vec<u32> = windows(len, window, stride).iter().map(|w| w.1).collect();
-        let mut routing = Routing { seq_offsets: vec![0], token_offsets: vec![0], sets: vec![] };
-        route_sequence(&ends, true, topk, &mut routing);
+        let routing = route_layout(&ends, true, topk);
         prop_assert_eq!(routing.token_offsets.len() - 1, len as usize);
         for t in 0..len as usize {
             let cands = &routing.sets[routing.token_offsets[t] as usize..routing.token_offsets[t + 1] as usize];
@@ -131,44 +130,103 @@ fn signatures_do_not_depend_on_the_thread_count() {
     assert_eq!(one.1.len(), banks.num_sets());
 }
 
-#[test]
-fn gather_returns_a_rebased_batch_and_a_short_last_batch() {
-    use ausa_artifacts::{write_routing, write_signatures, SetArtifacts};
-    let dir = tempfile::tempdir().unwrap();
-    let [b, m, r] = ["banks.arrow", "minhash.arrow", "routing.arrow"].map(|f| dir.path().join(f));
+/// Writes the four set files of `ids` cut into sequences of `len` tokens (window 8,
+/// stride 4, k 32) into `dir`; returns their paths.
+fn write_set_files(dir: &std::path::Path, ids: &[u32], len: usize) -> ausa_artifacts::SetPaths {
+    use ausa_artifacts::{write_routing, write_signatures, SetPaths, TokensWriter};
+    let paths = SetPaths {
+        sequences: dir.join("sequences.arrow"),
+        banks: dir.join("banks.arrow"),
+        signatures: dir.join("minhash.arrow"),
+        routing: dir.join("routing.arrow"),
+    };
+    let mut sequences = TokensWriter::create(&paths.sequences, 100).unwrap();
     let shape = BankShape {
         vocab_size: 100,
         window: 8,
         stride: 4,
     };
-    let mut writer = BanksWriter::new(&b, shape);
-    let ids: Vec<u32> = (0..32 * 5).map(|i| (i * 37 % 100) as u32).collect();
-    for seq in ids.chunks(32) {
+    let mut writer = BanksWriter::new(&paths.banks, shape);
+    for (i, seq) in ids.chunks(len).enumerate() {
+        sequences.push_document((i * len) as u64, seq).unwrap();
         for (atoms, start, end) in bank(seq, 8, 4) {
             writer.push_set(&atoms, start, end).unwrap();
         }
         writer.end_sequence();
     }
+    sequences.finish().unwrap();
     writer.finish().unwrap();
-    let banks = BanksFile::open(&b).unwrap();
+    let banks = BanksFile::open(&paths.banks).unwrap();
     let (sigs, sizes) = sign_all(&banks, &MinHasher::new(100, 32, 1));
-    write_signatures(&m, 32, 1, sigs, sizes).unwrap();
-    write_routing(
-        &r,
-        true,
-        0,
-        ausa_stages::routing::route_banks(&banks, true, 0),
-    )
-    .unwrap();
-    let sets = SetArtifacts::open(&b, &m, &r).unwrap();
+    write_signatures(&paths.signatures, 32, 1, sigs, sizes).unwrap();
+    let routing = ausa_stages::routing::route_banks(&banks, true, 0);
+    write_routing(&paths.routing, &routing).unwrap();
+    paths
+}
+
+#[test]
+fn gather_returns_a_rebased_batch_with_batch_set_indices() {
+    use ausa_artifacts::SetArtifacts;
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<u32> = (0..32 * 5).map(|i| (i * 37 % 100) as u32).collect();
+    let paths = write_set_files(dir.path(), &ids, 32);
+    let sets = SetArtifacts::open(&paths).unwrap();
     let batch = sets.gather(&[3, 4]).unwrap();
-    assert_eq!(batch.seq_sets.len(), 3);
-    assert_eq!(batch.set_offsets[0], 0);
-    assert_eq!(
-        *batch.set_offsets.last().unwrap() as usize,
-        batch.values.len()
-    );
-    assert_eq!(batch.signatures.len(), batch.sizes.len() * 32);
+    assert_eq!(batch.tokens, ids[3 * 32..5 * 32]);
     assert_eq!(batch.seq_tokens, vec![0, 32, 64]);
-    assert!(sets.gather(&[5]).is_err());
+    let expected: Vec<_> = [3, 4]
+        .iter()
+        .flat_map(|&s| bank(&ids[s * 32..(s + 1) * 32], 8, 4))
+        .collect();
+    assert_eq!(batch.sizes.len(), expected.len());
+    assert_eq!(batch.seq_sets, vec![0, 7, 14]);
+    for (j, (atoms, start, end)) in expected.iter().enumerate() {
+        let range = batch.set_offsets[j] as usize..batch.set_offsets[j + 1] as usize;
+        assert_eq!(&batch.values[range], &atoms[..]);
+        assert_eq!(batch.sizes[j] as usize, atoms.len());
+        assert_eq!(&batch.spans[2 * j..2 * j + 2], &[*start, *end]);
+    }
+    assert_eq!(batch.signatures.len(), batch.sizes.len() * 32);
+    assert_eq!(batch.token_offsets.len(), 65);
+    for t in 0..64 {
+        let seq = t / 32;
+        let own = batch.seq_sets[seq] as u32..batch.seq_sets[seq + 1] as u32;
+        let cands =
+            &batch.candidates[batch.token_offsets[t] as usize..batch.token_offsets[t + 1] as usize];
+        let visible = (own.start..own.end)
+            .filter(|&c| batch.spans[2 * c as usize + 1] as usize <= t % 32 + 1)
+            .collect::<Vec<_>>();
+        assert_eq!(cands, &visible[..], "token {t}");
+    }
+}
+
+#[test]
+fn gather_serves_a_short_last_batch_and_rejects_unknown_sequences() {
+    use ausa_artifacts::SetArtifacts;
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<u32> = (0..32 * 5).map(|i| (i * 11 % 100) as u32).collect();
+    let sets = SetArtifacts::open(&write_set_files(dir.path(), &ids, 32)).unwrap();
+    let batches: Vec<_> = [&[0usize, 1][..], &[2, 3], &[4]]
+        .iter()
+        .map(|b| sets.gather(b).unwrap())
+        .collect();
+    assert_eq!(batches[2].seq_tokens, vec![0, 32]);
+    assert_eq!(batches[2].tokens, ids[128..]);
+    let err = sets.gather(&[5]).unwrap_err().to_string();
+    assert!(err.contains("no sequence 5"), "{err}");
+}
+
+#[test]
+fn files_from_different_builds_are_rejected_at_open() {
+    use ausa_artifacts::SetArtifacts;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ids: Vec<u32> = (0..32 * 5).map(|i| (i * 13 % 100) as u32).collect();
+    let mut paths = write_set_files(a.path(), &ids, 32);
+    let other = write_set_files(b.path(), &ids[..32 * 4], 32);
+    paths.routing = other.routing;
+    let err = SetArtifacts::open(&paths).unwrap_err().to_string();
+    assert!(
+        err.contains("routing.arrow") && err.contains("different builds"),
+        "{err}"
+    );
 }

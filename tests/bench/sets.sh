@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set-artifact benchmarks (issue 4), on the store of tests/bench/pipeline.sh (built first
+# when WORKDIR has none):
+#  1. MinHash signing (k=128) of every set of banks-train.arrow: ausa's kernel against
+#     rensa (PyPI) signing the same sets in the same run; prints the ratio.
+#  2. Opening the four set files of the train split and gathering batches of 32 sequences.
+# Usage: tests/bench/sets.sh [WORKDIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+work=${1:-$(mktemp -d)}
+mkdir -p "$work"
+dag=$work/wt103-25pct-synthetic.toml
+[ -f "$dag" ] && [ -d "$work/store" ] || tests/bench/pipeline.sh "$work"
+ausa=$PWD/target/release/ausa
+dir() { "$ausa" path "$dag:$1" --store "$work/store"; }
+banks=$(dir banks)/banks-train.arrow
+
+venv=$work/venv
+[ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q rensa pyarrow numpy; }
+cargo build --release -q -p ausa-stages --example minhash_bench
+cargo build --release -q -p ausa-artifacts --example gather_bench
+
+echo "== MinHash signing, k=128, every set of $(basename "$banks") ($(nproc) cores)"
+ours=$(target/release/examples/minhash_bench "$banks" 128 3)
+theirs=$("$venv/bin/python" tests/bench/minhash_rensa.py "$banks" 128 3)
+echo "$ours"
+echo "$theirs"
+python3 - "$ours" "$theirs" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+assert a["sets"] == b["sets"], "both must sign the same sets"
+print(f"ausa {a['sets_per_s']/1e6:.2f} M sets/s, rensa {b['sets_per_s']/1e6:.2f} M sets/s: "
+      f"{a['sets_per_s']/b['sets_per_s']:.1f}x")
+PY
+
+echo "== open the train split's set artifacts and gather batches of 32 sequences"
+target/release/examples/gather_bench \
+  "$(dir sequences)/sequences-train.arrow" "$banks" \
+  "$(dir minhash)/minhash-train.arrow" "$(dir routing)/routing-train.arrow" 32 50
