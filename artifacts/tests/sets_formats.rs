@@ -177,3 +177,36 @@ fn routing_rejects_tables_that_break_causality_or_name_missing_sets() {
         );
     }
 }
+
+/// Flips every byte of `path` in turn (xor `mask`) and opens it with `open`: any
+/// outcome but a panic is fine (a flip in padding or a value changes nothing the
+/// reader can see), and an error names the file.
+fn flip_every_byte<T>(
+    path: &Path,
+    mask: u8,
+    open: impl Fn(&Path) -> Result<T, ausa_artifacts::ArtifactError>,
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let name = path.file_name().unwrap().to_str().unwrap();
+    for at in 0..bytes.len() {
+        let mut flipped = bytes.clone();
+        flipped[at] ^= mask;
+        std::fs::write(path, &flipped).unwrap();
+        if let Err(err) = open(path) {
+            assert!(err.to_string().contains(name), "byte {at}: {err}");
+        }
+    }
+}
+
+#[test]
+fn damaged_signatures_and_routing_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let sigs = dir.path().join("minhash-train.arrow");
+    write_signatures(&sigs, 32, 7, (0..3 * 32).collect(), vec![4, 5, 6]).unwrap();
+    let routing = dir.path().join("routing-train.arrow");
+    write_routing(&routing, &two_layouts()).unwrap();
+    for mask in [0x01, 0x80, 0xFF] {
+        flip_every_byte(&sigs, mask, |p| SignaturesFile::open(p).map(|_| ()));
+        flip_every_byte(&routing, mask, |p| RoutingFile::open(p).map(|_| ()));
+    }
+}
