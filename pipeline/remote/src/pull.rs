@@ -11,9 +11,6 @@ use tokio::io::AsyncWriteExt;
 use crate::push::store_io;
 use crate::{file_path, get_bytes, Remote, RemoteError, Transfer, TransferProgress};
 
-/// Objects downloaded at once (each with up to `FILE_CONCURRENCY` files).
-const OBJECT_CONCURRENCY: usize = 2;
-
 /// A manifest fetched from the remote and validated, with its original bytes.
 struct Fetched {
     id: ObjectId,
@@ -50,7 +47,7 @@ impl Remote {
         let copied = self.runtime.block_on(
             futures::stream::iter(&fetched)
                 .map(|f| self.pull_object(store, f, fingerprint_of, progress))
-                .buffer_unordered(OBJECT_CONCURRENCY)
+                .buffer_unordered(crate::OBJECT_CONCURRENCY)
                 .try_collect::<Vec<_>>(),
         )?;
         Ok(ids
