@@ -1,12 +1,14 @@
-//! Pull: validate the manifest, download into a staging dir while hashing, then
-//! publish through the store's atomic publish (which checks every file again).
+//! Pull: validate the manifest, download into a staging dir (checking sizes as bytes
+//! arrive, flushing to disk as it goes), then publish through the store's atomic
+//! publish, which hashes every file and rejects any that does not match.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use ausa_store::{FileEntry, Manifest, ObjectId, Published, Store, MANIFEST_NAME};
+use ausa_store::{FileEntry, Manifest, ObjectId, Published, Store, StoreError, MANIFEST_NAME};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
-use tokio::io::AsyncWriteExt;
 
 use crate::push::store_io;
 use crate::{file_path, get_bytes, Remote, RemoteError, Transfer, TransferProgress};
@@ -114,6 +116,10 @@ impl Remote {
         let published = staging
             .publish_verbatim(store, &f.bytes, &origin, fingerprint_of)
             .map_err(|e| match e {
+                StoreError::Corrupt { problems, .. } => RemoteError::Untrusted {
+                    location: self.location(&file_path(&f.id, "")),
+                    reason: problems.join("; "),
+                },
                 e if e.is_corruption() => RemoteError::Untrusted {
                     location: origin.display().to_string(),
                     reason: e.to_string(),
@@ -127,8 +133,10 @@ impl Remote {
         Ok((f.id.clone(), t))
     }
 
-    /// Streams one file into the staging dir, hashing as it goes; stops at the first
-    /// byte past the manifest's size and rejects short or mismatching content.
+    /// Streams one file into the staging dir. Stops at the first byte past the
+    /// manifest's size and rejects a short file; the content's blake3 is checked once,
+    /// by the store when it publishes the object (hashing here too would only repeat
+    /// that pass: a mismatch cannot show before the last byte either way).
     async fn download(
         &self,
         id: &ObjectId,
@@ -138,11 +146,6 @@ impl Remote {
     ) -> Result<(), RemoteError> {
         let path = file_path(id, &entry.name);
         let local = dir.join(&entry.name);
-        if let Some(parent) = local.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| RemoteError::Store(store_io(parent, e)))?;
-        }
         let untrusted = |reason: String| RemoteError::Untrusted {
             location: self.location(&path),
             reason,
@@ -154,10 +157,7 @@ impl Remote {
             }
             Err(e) => return Err(self.backend(&path, e)),
         };
-        let mut out = tokio::fs::File::create(&local)
-            .await
-            .map_err(|e| RemoteError::Store(store_io(&local, e)))?;
-        let mut hasher = blake3::Hasher::new();
+        let mut out = FileWriter::create(local).await?;
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.backend(&path, e))?;
@@ -168,29 +168,122 @@ impl Remote {
                     entry.size
                 )));
             }
-            hasher.update(&chunk);
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| RemoteError::Store(store_io(&local, e)))?;
             progress.advance(chunk.len() as u64);
+            out.write(chunk).await?;
         }
-        out.flush()
-            .await
-            .map_err(|e| RemoteError::Store(store_io(&local, e)))?;
+        out.finish().await?;
         if size != entry.size {
             return Err(untrusted(format!(
                 "truncated: {size} bytes, the manifest says {}",
                 entry.size
             )));
         }
-        let digest = hasher.finalize().to_hex().to_string();
-        if digest != entry.blake3 {
-            return Err(untrusted(format!(
-                "blake3 {} does not match the manifest's {}",
-                &digest[..16],
-                &entry.blake3[..16.min(entry.blake3.len())]
-            )));
+        Ok(())
+    }
+}
+
+/// Bytes collected before one write on a blocking thread.
+const WRITE_BATCH: usize = 4 << 20;
+/// Bytes written between two early flushes to disk.
+const SYNC_EVERY: u64 = 64 << 20;
+
+/// Writes a downloaded file on blocking threads, one batch in flight while the next
+/// arrives, and flushes it to disk as it goes (`fdatasync` on a second handle, so
+/// writing goes on meanwhile): the store's fsync at publish then finds little left,
+/// instead of the whole file, to write out.
+struct FileWriter {
+    path: PathBuf,
+    /// The file, while no write is in flight.
+    file: Option<std::fs::File>,
+    writing: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
+    batch: Vec<Bytes>,
+    batch_len: usize,
+    /// A second handle for early flushes.
+    syncer: Arc<std::fs::File>,
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    unsynced: u64,
+}
+
+impl FileWriter {
+    async fn create(path: PathBuf) -> Result<FileWriter, RemoteError> {
+        let io = |p: &Path, e| RemoteError::Store(store_io(p, e));
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io(parent, e))?;
+        }
+        let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+        let syncer = Arc::new(file.try_clone().map_err(|e| io(&path, e))?);
+        Ok(FileWriter {
+            path,
+            file: Some(file),
+            writing: None,
+            batch: Vec::new(),
+            batch_len: 0,
+            syncer,
+            syncing: None,
+            unsynced: 0,
+        })
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), RemoteError> {
+        self.batch_len += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_len >= WRITE_BATCH {
+            self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Starts writing the batch (after the previous write finished), and an early
+    /// flush to disk if enough was written since the last one finished.
+    async fn flush(&mut self) -> Result<(), RemoteError> {
+        let mut file = self.wait_write().await?;
+        let batch = std::mem::take(&mut self.batch);
+        self.unsynced += std::mem::take(&mut self.batch_len) as u64;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            batch.iter().try_for_each(|b| file.write_all(b))?;
+            Ok(file)
+        }));
+        let idle = self.syncing.as_ref().is_none_or(|s| s.is_finished());
+        if self.unsynced >= SYNC_EVERY && idle {
+            self.wait_sync().await?;
+            self.unsynced = 0;
+            let syncer = self.syncer.clone();
+            self.syncing = Some(tokio::task::spawn_blocking(move || syncer.sync_data()));
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and waits for every write and flush: an error of an early
+    /// flush must not be lost (a later fsync may not report it again).
+    async fn finish(mut self) -> Result<(), RemoteError> {
+        if !self.batch.is_empty() {
+            self.flush().await?;
+        }
+        self.wait_write().await?;
+        self.wait_sync().await
+    }
+
+    async fn wait_write(&mut self) -> Result<std::fs::File, RemoteError> {
+        match (self.writing.take(), self.file.take()) {
+            (Some(w), _) => w
+                .await
+                .expect("the write task does not panic")
+                .map_err(|e| RemoteError::Store(store_io(&self.path, e))),
+            (None, Some(file)) => Ok(file),
+            (None, None) => unreachable!("a FileWriter always has its file or a write"),
+        }
+    }
+
+    async fn wait_sync(&mut self) -> Result<(), RemoteError> {
+        match self.syncing.take() {
+            Some(s) => s
+                .await
+                .expect("the flush task does not panic")
+                .map_err(|e| RemoteError::Store(store_io(&self.path, e))),
+            None => Ok(()),
+        }
     }
 }
