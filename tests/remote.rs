@@ -479,3 +479,67 @@ fn copied_store_directory_verifies() {
     let run = b.run(&["build", "demo", "--json"]).ok();
     assert!(outcomes(&run).iter().all(|o| o == "up-to-date"));
 }
+
+/// The standard AWS variables, removed so that only the profile files can help.
+const AWS_VARS: [&str; 7] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT",
+];
+
+fn run_without_aws_vars(remote: &Remote, ctx: &Ctx, args: &[&str]) -> Run {
+    let mut c = remote.cmd(ctx, args);
+    for k in AWS_VARS {
+        c.env_remove(k);
+    }
+    c.output().expect("ausa runs").into()
+}
+
+#[test]
+fn s3_credentials_region_and_endpoint_from_aws_profile_files() {
+    let test = "s3_credentials_region_and_endpoint_from_aws_profile_files";
+    let Some(mut remote) = Remote::s3(test) else {
+        return;
+    };
+    let endpoint = remote
+        .env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let ctx = Ctx::new();
+    let credentials = ctx.write(
+        "aws/credentials",
+        "[default]\naws_access_key_id = wrong\n\n[lab]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    );
+    let config = ctx.write(
+        "aws/config",
+        &format!("[profile lab]\nregion = us-east-1\nendpoint_url = {endpoint}\ns3 =\n    max_concurrent_requests = 4\n"),
+    );
+    remote.env = vec![
+        ("AWS_PROFILE".into(), "lab".into()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            credentials.display().to_string(),
+        ),
+        ("AWS_CONFIG_FILE".into(), config.display().to_string()),
+    ];
+    ctx.run(&["build", "demo:corpus", "--quiet"]).ok();
+    let pushed = run_without_aws_vars(&remote, &ctx, &["push", "demo:corpus", "--json"]).ok();
+    assert_eq!(transfers(&pushed), ["pushed"], "{}", pushed.stdout);
+    let b = Ctx::new();
+    run_without_aws_vars(&remote, &b, &["pull", "demo:corpus", "--quiet"]).ok();
+    assert_eq!(ctx.object_files(), b.object_files());
+    // A profile asked for by name that the files lack is an error naming them.
+    remote.env[0].1 = "missing".into();
+    let run = run_without_aws_vars(&remote, &ctx, &["push", "demo:corpus"]).code(1);
+    assert!(
+        run.stderr.contains("AWS_PROFILE=missing") && run.stderr.contains("credentials"),
+        "{}",
+        run.stderr
+    );
+}

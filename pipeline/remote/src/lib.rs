@@ -3,10 +3,11 @@
 //!
 //! This crate owns the remote layout and the transfer protocol. It talks to remotes
 //! only through the `object_store` crate (no hand-written S3 client) and runs its async
-//! API on a small private tokio runtime, so callers see a plain blocking API. It must
-//! not touch the local store's files directly: objects enter the local store only
-//! through [`ausa_store::Staging::publish_verbatim`], the same atomic publish a build
-//! uses, and leave it only through [`ausa_store::Store::check_object`]'d reads.
+//! API on a small private tokio runtime, so callers see a plain blocking API. It never
+//! writes the local store's files directly: objects enter the local store only through
+//! [`ausa_store::Staging::publish_verbatim`], the same atomic publish a build uses, and
+//! leave it only after [`ausa_store::Store::check_object`] checked their sizes, with
+//! every byte hashed against the manifest as it is read for upload.
 //!
 //! # Remote layout
 //!
@@ -30,6 +31,7 @@
 //! ```
 
 mod error;
+mod profile;
 mod pull;
 mod push;
 
@@ -103,14 +105,16 @@ impl Remote {
     ///
     /// S3 credentials, region and endpoint come from the standard `AWS_*` environment
     /// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`,
-    /// `AWS_ENDPOINT_URL`); an `http://` endpoint (a local test server) is allowed.
+    /// `AWS_ENDPOINT_URL`), then from the profile `$AWS_PROFILE` (else `default`) of
+    /// `~/.aws/credentials` and `~/.aws/config`; an `http://` endpoint (a local test
+    /// server) is allowed.
     pub fn open(url: &str) -> Result<Remote, RemoteError> {
         let bad = |reason: &str| RemoteError::Url {
             url: url.to_string(),
             reason: reason.to_string(),
         };
         let objects: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
-            open_s3(url, rest).map_err(|e| bad(&e.to_string()))?
+            open_s3(url, rest).map_err(|e| bad(&e))?
         } else if let Some(path) = url.strip_prefix("file://") {
             open_dir(path).map_err(|e| bad(&e))?
         } else {
@@ -182,12 +186,15 @@ impl Remote {
     }
 }
 
-fn open_s3(url: &str, rest: &str) -> object_store::Result<Arc<dyn ObjectStore>> {
+fn open_s3(url: &str, rest: &str) -> Result<Arc<dyn ObjectStore>, String> {
     // reqwest is built without a default TLS provider; install ring's once per process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
-    let endpoint = std::env::var("AWS_ENDPOINT_URL")
-        .or_else(|_| std::env::var("AWS_ENDPOINT"))
+    if let Some(profile) = profile::Sources::from_env().load()? {
+        builder = profile.apply(builder);
+    }
+    let endpoint = builder
+        .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
         .unwrap_or_default();
     if endpoint.starts_with("http://") {
         builder = builder.with_allow_http(true);
@@ -200,7 +207,7 @@ fn open_s3(url: &str, rest: &str) -> object_store::Result<Arc<dyn ObjectStore>> 
     if std::env::var_os("AWS_CHECKSUM_ALGORITHM").is_none() {
         builder = builder.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
     }
-    let s3 = builder.build()?;
+    let s3 = builder.build().map_err(|e| e.to_string())?;
     let prefix = rest
         .split_once('/')
         .map_or("", |(_, p)| p)
