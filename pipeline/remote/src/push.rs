@@ -203,9 +203,12 @@ async fn upload_parts(
             drop(permit);
             acknowledged.map(|()| n)
         });
-        // A failed part fails the file at once, not after reading the rest.
-        if let Some(Err(e)) = next_acknowledged(&mut parts, progress, false).await {
-            return Ok(abort(upload, parts, e).await);
+        // Count what is done; a failed part fails the file at once, not after
+        // reading the rest.
+        while let Some(r) = next_acknowledged(&mut parts, progress, false).await {
+            if let Err(e) = r {
+                return Ok(abort(upload, parts, e).await);
+            }
         }
     };
     if let Err(e) = sent {
