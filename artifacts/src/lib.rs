@@ -46,6 +46,7 @@ pub use documents::{
 };
 pub use error::ArtifactError;
 pub use gather::{SetArtifacts, SetBatch, SetPaths};
+pub use mmap::filled_u32_buffer;
 pub use routing::{
     routing_file_name, routing_path, write_routing, LayoutTable, Routing, RoutingFile,
     RoutingLayout, ROUTING_FORMAT,

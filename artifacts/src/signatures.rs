@@ -66,11 +66,11 @@ pub fn write_signatures(
     path: impl AsRef<Path>,
     k: u32,
     seed: u64,
-    signatures: Vec<u32>,
+    signatures: impl Into<ScalarBuffer<u32>>,
     sizes: Vec<u32>,
 ) -> Result<(), ArtifactError> {
     let path = path.as_ref();
-    let batch = signature_batch(k, seed, signatures, sizes)
+    let batch = signature_batch(k, seed, signatures.into(), sizes)
         .map_err(|e| ArtifactError::io(path, std::io::Error::other(e)))?;
     ipc::write_batch(path, &batch)
 }
@@ -78,7 +78,7 @@ pub fn write_signatures(
 fn signature_batch(
     k: u32,
     seed: u64,
-    signatures: Vec<u32>,
+    signatures: ScalarBuffer<u32>,
     sizes: Vec<u32>,
 ) -> Result<RecordBatch, ArrowError> {
     let metadata = [
@@ -88,7 +88,7 @@ fn signature_batch(
     ];
     let metadata = ipc::metadata(&metadata);
     let schema = Arc::new(signature_fields(k).with_metadata(metadata));
-    let flat = UInt32Array::new(ScalarBuffer::from(signatures), None);
+    let flat = UInt32Array::new(signatures, None);
     let sigs = FixedSizeListArray::try_new(hash_field(), k as i32, Arc::new(flat), None)?;
     let sizes = UInt32Array::new(ScalarBuffer::from(sizes), None);
     RecordBatch::try_new(schema, vec![Arc::new(sigs), Arc::new(sizes)])

@@ -202,7 +202,14 @@ fn flip_every_byte<T>(
 fn damaged_signatures_and_routing_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let sigs = dir.path().join("minhash-train.arrow");
-    write_signatures(&sigs, 32, 7, (0..3 * 32).collect(), vec![4, 5, 6]).unwrap();
+    write_signatures(
+        &sigs,
+        32,
+        7,
+        (0..3 * 32).collect::<Vec<u32>>(),
+        vec![4, 5, 6],
+    )
+    .unwrap();
     let routing = dir.path().join("routing-train.arrow");
     write_routing(&routing, &two_layouts()).unwrap();
     for mask in [0x01, 0x80, 0xFF] {

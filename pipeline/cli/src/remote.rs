@@ -246,6 +246,10 @@ impl ausa_engine::ObjectSource for RemoteSource<'_> {
             Err(e) => Err(e.to_string()),
         }
     }
+
+    fn parallel_fetches(&self) -> usize {
+        ausa_remote::OBJECT_CONCURRENCY
+    }
 }
 
 /// Where each planned object is: `local`, `remote` or `missing`.

@@ -152,6 +152,12 @@ pub trait ObjectSource: Sync {
     /// was copied, `Ok(None)` when the source lacks it, `Err` (a one-line reason) when
     /// the copy failed or was rejected.
     fn fetch(&self, store: &Store, id: &ausa_store::ObjectId) -> Result<Option<u64>, String>;
+
+    /// How many objects [`fetch`](ObjectSource::fetch) may be asked for at once, from
+    /// different threads.
+    fn parallel_fetches(&self) -> usize {
+        1
+    }
 }
 
 /// A [`Reporter`] that ignores everything.

@@ -1,5 +1,6 @@
 //! The parallel build loop.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
@@ -28,8 +29,8 @@ pub fn build(
     build_with_source(store, plan, registry, opts, reporter, None)
 }
 
-/// Like [`build`], but a stage whose object is missing locally is first asked of
-/// `source` (a remote cache) and built only when the source lacks it or fails.
+/// Like [`build`], but missing objects are first asked of `source` (a remote cache);
+/// a stage is built only when the source lacks its object or the fetch fails.
 pub fn build_with_source(
     store: &Store,
     plan: &Plan,
@@ -40,15 +41,24 @@ pub fn build_with_source(
 ) -> BuildReport {
     // Leftovers of killed builds on this host; failing to clean is not fatal.
     let _ = store.clean_dead_temp_dirs();
+    // `--force` means "rebuild here", so it never fetches.
+    let fetched = match source.filter(|_| !opts.force) {
+        Some(source) => prefetch(store, plan, reporter, source),
+        None => vec![None; plan.stages.len()],
+    };
+    let build = Build {
+        store,
+        plan,
+        registry,
+        opts,
+        reporter,
+        fetched,
+    };
     let slots = Mutex::new(vec![Slot::Pending; plan.stages.len()]);
     let changed = Condvar::new();
     std::thread::scope(|scope| {
         for _ in 0..opts.jobs.max(1).min(plan.stages.len()) {
-            scope.spawn(|| {
-                worker(
-                    store, plan, registry, opts, reporter, source, &slots, &changed,
-                )
-            });
+            scope.spawn(|| build.worker(&slots, &changed));
         }
     });
     let slots = slots.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -75,36 +85,136 @@ pub fn build_with_source(
     }
 }
 
-/// Takes ready stages until none are left.
-#[allow(clippy::too_many_arguments)]
-fn worker(
+/// Fetches every missing object of `plan` that `source` has, `parallel_fetches()` at
+/// a time, before any stage runs: a fetch needs no inputs, so waiting for upstream
+/// stages, as a build must, would download one object after another.
+/// Returns the outcome of each stage that was fetched.
+fn prefetch(
     store: &Store,
     plan: &Plan,
-    registry: &Registry,
-    opts: &BuildOptions,
     reporter: &dyn Reporter,
-    source: Option<&dyn ObjectSource>,
-    slots: &Mutex<Vec<Slot>>,
-    changed: &Condvar,
-) {
-    let lock = || slots.lock().unwrap_or_else(|p| p.into_inner());
-    let mut guard = lock();
-    loop {
-        let next = next_ready(plan, &mut guard);
-        let Some(idx) = next else {
-            if guard.iter().any(|s| matches!(s, Slot::Pending)) {
-                guard = changed.wait(guard).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            return;
+    source: &dyn ObjectSource,
+) -> Vec<Option<Outcome>> {
+    let fetched = Mutex::new(vec![None; plan.stages.len()]);
+    let next = AtomicUsize::new(0);
+    let threads = source.parallel_fetches().clamp(1, plan.stages.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let idx = next.fetch_add(1, Ordering::Relaxed);
+                let Some(stage) = plan.stages.get(idx) else {
+                    return;
+                };
+                if let Some(outcome) = fetch(store, stage, reporter, source) {
+                    fetched.lock().unwrap_or_else(|p| p.into_inner())[idx] = Some(outcome);
+                }
+            });
+        }
+    });
+    fetched.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Fetches one stage's object under its build lock (so two local builds do not both
+/// download it). `None` when it is already here, the source lacks it, or the fetch
+/// failed (reported); the build loop then reuses or builds it as usual.
+fn fetch(
+    store: &Store,
+    stage: &PlannedStage,
+    reporter: &dyn Reporter,
+    source: &dyn ObjectSource,
+) -> Option<Outcome> {
+    let id = object_id(stage);
+    if store.has_object(&id) {
+        return None;
+    }
+    // A lock error is left to the build loop, which meets it again and reports it.
+    let Ok(Acquired::Locked(guard)) =
+        store.lock_object(&id, &mut |h| reporter.waiting(stage, &h.owner))
+    else {
+        return None;
+    };
+    let started = Instant::now();
+    let outcome = match source.fetch(store, &id) {
+        Ok(Some(bytes)) => Some(Outcome::Fetched {
+            seconds: started.elapsed().as_secs_f64(),
+            bytes,
+        }),
+        Ok(None) => None,
+        Err(error) => {
+            reporter.fetch_failed(stage, &error);
+            None
+        }
+    };
+    drop(guard);
+    outcome
+}
+
+/// What every worker of one build shares.
+struct Build<'a> {
+    store: &'a Store,
+    plan: &'a Plan,
+    registry: &'a Registry,
+    opts: &'a BuildOptions,
+    reporter: &'a dyn Reporter,
+    /// Per stage, the outcome of its fetch when [`prefetch`] downloaded it.
+    fetched: Vec<Option<Outcome>>,
+}
+
+impl Build<'_> {
+    /// Takes ready stages until none are left.
+    fn worker(&self, slots: &Mutex<Vec<Slot>>, changed: &Condvar) {
+        let lock = || slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock();
+        loop {
+            let next = next_ready(self.plan, &mut guard);
+            let Some(idx) = next else {
+                if guard.iter().any(|s| matches!(s, Slot::Pending)) {
+                    guard = changed.wait(guard).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                return;
+            };
+            drop(guard);
+            let stage = &self.plan.stages[idx];
+            let outcome = self.run_stage(idx);
+            self.reporter.finished(stage, &outcome);
+            guard = lock();
+            guard[idx] = Slot::Done(outcome);
+            changed.notify_all();
+        }
+    }
+
+    /// Fetched, reused or built, then the DAG's ref points at it.
+    fn run_stage(&self, idx: usize) -> Outcome {
+        let stage = &self.plan.stages[idx];
+        let outcome = match &self.fetched[idx] {
+            Some(fetched) => Ok(fetched.clone()),
+            None => build_or_reuse(
+                self.store,
+                self.plan,
+                stage,
+                self.registry,
+                self.opts,
+                self.reporter,
+            ),
         };
-        drop(guard);
-        let stage = &plan.stages[idx];
-        let outcome = run_stage(store, plan, stage, registry, opts, reporter, source);
-        reporter.finished(stage, &outcome);
-        guard = lock();
-        guard[idx] = Slot::Done(outcome);
-        changed.notify_all();
+        let result = outcome.and_then(|outcome| {
+            let name = RefName {
+                dag: self.plan.dag.clone(),
+                stage: stage.name.clone(),
+            };
+            let r = Ref {
+                kind: stage.kind.clone(),
+                fingerprint: stage.fingerprint.clone(),
+                key: stage.key.clone(),
+            };
+            self.store.write_ref(&name, &r).map_err(Failure::from)?;
+            Ok(outcome)
+        });
+        result.unwrap_or_else(|f| Outcome::Failed {
+            error: f.error,
+            hint: f.hint,
+        })
     }
 }
 
@@ -144,35 +254,6 @@ fn object_id(stage: &PlannedStage) -> ObjectId {
     }
 }
 
-fn run_stage(
-    store: &Store,
-    plan: &Plan,
-    stage: &PlannedStage,
-    registry: &Registry,
-    opts: &BuildOptions,
-    reporter: &dyn Reporter,
-    source: Option<&dyn ObjectSource>,
-) -> Outcome {
-    let result =
-        build_or_reuse(store, plan, stage, registry, opts, reporter, source).and_then(|outcome| {
-            let name = RefName {
-                dag: plan.dag.clone(),
-                stage: stage.name.clone(),
-            };
-            let r = Ref {
-                kind: stage.kind.clone(),
-                fingerprint: stage.fingerprint.clone(),
-                key: stage.key.clone(),
-            };
-            store.write_ref(&name, &r).map_err(Failure::from)?;
-            Ok(outcome)
-        });
-    result.unwrap_or_else(|f| Outcome::Failed {
-        error: f.error,
-        hint: f.hint,
-    })
-}
-
 struct Failure {
     error: String,
     hint: Option<String>,
@@ -207,7 +288,6 @@ fn build_or_reuse(
     registry: &Registry,
     opts: &BuildOptions,
     reporter: &dyn Reporter,
-    source: Option<&dyn ObjectSource>,
 ) -> Result<Outcome, Failure> {
     let id = object_id(stage);
     if opts.force {
@@ -223,10 +303,6 @@ fn build_or_reuse(
         Acquired::Present => return Ok(Outcome::BuiltElsewhere),
         Acquired::Locked(guard) => guard,
     };
-    // Under the lock, so two local builds do not both download the object.
-    if let Some(outcome) = fetch(store, stage, &id, opts, reporter, source) {
-        return Ok(outcome);
-    }
     reporter.started(stage);
     let inputs = verified_inputs(store, plan, stage)?;
     let kind = registry.get(&stage.kind).ok_or_else(|| Failure {
@@ -263,31 +339,6 @@ fn build_or_reuse(
         },
         Published::AlreadyPresent => Outcome::BuiltElsewhere,
     })
-}
-
-/// Asks `source` for the object (never with `--force`, which means "rebuild here").
-/// A failed fetch is reported and the stage is built locally instead.
-fn fetch(
-    store: &Store,
-    stage: &PlannedStage,
-    id: &ObjectId,
-    opts: &BuildOptions,
-    reporter: &dyn Reporter,
-    source: Option<&dyn ObjectSource>,
-) -> Option<Outcome> {
-    let source = source.filter(|_| !opts.force)?;
-    let started = Instant::now();
-    match source.fetch(store, id) {
-        Ok(Some(bytes)) => Some(Outcome::Fetched {
-            seconds: started.elapsed().as_secs_f64(),
-            bytes,
-        }),
-        Ok(None) => None,
-        Err(error) => {
-            reporter.fetch_failed(stage, &error);
-            None
-        }
-    }
 }
 
 /// Fully re-hashes every input object before a stage reads it.

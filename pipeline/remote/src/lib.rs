@@ -57,8 +57,10 @@ const FILE_CONCURRENCY: usize = 8;
 /// during a push, across all its files: the push holds at most this many times
 /// `PART_SIZE` in memory.
 const PUSH_BODIES: usize = 8;
-/// Objects transferred at once (each with up to `FILE_CONCURRENCY` files).
-const OBJECT_CONCURRENCY: usize = 2;
+/// Objects transferred at once (each with up to `FILE_CONCURRENCY` files) by one
+/// push or pull; also how many single-object pulls a read-through build should run
+/// at once.
+pub const OBJECT_CONCURRENCY: usize = 2;
 
 /// Receives transfer progress; called from several threads.
 pub trait TransferProgress: Sync {

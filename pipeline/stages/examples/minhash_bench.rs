@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..repeats {
         let start = Instant::now();
         let hasher = MinHasher::new(banks.shape().vocab_size, k, 0);
-        let (signatures, _) = sign_all(&banks, &hasher);
+        let (signatures, _) = sign_all(&banks, &hasher)?;
         best = best.min(start.elapsed().as_secs_f64());
         checksum = signatures.iter().map(|&v| u64::from(v)).sum();
     }

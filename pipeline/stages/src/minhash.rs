@@ -4,13 +4,17 @@
 //! The hash family is `h_i(u) = mix(seed, i, u)` (a SplitMix64 finalizer, top 32
 //! bits). Every atom's `k` values are computed once into a vocab x k table, so a
 //! set's signature is the element-wise minimum of its atoms' rows: a loop the
-//! compiler vectorizes, run in parallel over sets. Output rows are written in set
-//! order, so the bytes do not depend on the thread count. Parameters owned here:
+//! compiler vectorizes (compiled for AVX2 and SSE4.1 too, picked at run time), run
+//! in parallel over runs of sets. Output rows are written in set order, and integer
+//! minima are exact, so the bytes depend neither on the thread count nor on the CPU. Parameters owned here:
 //! `minhash_k` (32..=256) and `seed`.
 
 use std::path::Path;
 
-use ausa_artifacts::{banks_path, minhash_path, write_signatures, BanksFile, Split};
+use arrow_buffer::ScalarBuffer;
+use ausa_artifacts::{
+    banks_path, filled_u32_buffer, minhash_path, write_signatures, BanksFile, Split, TokenIds,
+};
 use ausa_dag::{
     InputSlot, ParamDefault, ParamSpec, ParamType, Stage, StageContext, StageError, Stats,
 };
@@ -42,7 +46,7 @@ static PARAMS: [ParamSpec; 2] = [
 ];
 
 /// Sets per parallel task.
-const CHUNK_SETS: usize = 1024;
+const CHUNK_SETS: usize = 256;
 
 /// The `minhash` stage kind (input `banks`; writes `minhash-<split>.arrow`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -91,19 +95,41 @@ impl Stage for MinHashStage {
     }
 }
 
-/// The hash family's table: `k` values per atom, row-major.
+/// Signature values computed together: an accumulator of this many `u32` fits in
+/// vector registers (4 with AVX-512, 8 with AVX2) for a whole set.
+const LANES: usize = 64;
+
+/// `LANES` consecutive hash values of one atom, aligned to whole cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Block([u32; LANES]);
+
+/// The hash family's table: per atom, `k` values padded to whole [`Block`]s, atom-major
+/// so one set's blocks are contiguous rows the prefetcher follows.
 pub struct MinHasher {
     k: usize,
-    table: Vec<u32>,
+    blocks_per_atom: usize,
+    blocks: Vec<Block>,
 }
 
 impl MinHasher {
     /// Hashes every atom below `vocab_size` once.
     pub fn new(vocab_size: u32, k: usize, seed: u64) -> MinHasher {
-        let table = (0..vocab_size as u64)
-            .flat_map(|u| (0..k as u64).map(move |i| hash(seed, i, u)))
+        let blocks_per_atom = k.div_ceil(LANES);
+        let blocks = (0..u64::from(vocab_size))
+            .flat_map(|u| {
+                (0..blocks_per_atom).map(move |b| {
+                    Block(std::array::from_fn(|l| {
+                        hash(seed, (b * LANES + l) as u64, u)
+                    }))
+                })
+            })
             .collect();
-        MinHasher { k, table }
+        MinHasher {
+            k,
+            blocks_per_atom,
+            blocks,
+        }
     }
 
     /// Hashes per signature.
@@ -113,13 +139,41 @@ impl MinHasher {
 
     /// Writes the signature of `atoms` (each below the vocabulary size) into `out`
     /// (`k` values); an empty set signs as all `u32::MAX`.
-    pub fn sign(&self, atoms: impl Iterator<Item = u32>, out: &mut [u32]) {
-        out.fill(u32::MAX);
-        for atom in atoms {
-            let start = atom as usize * self.k;
-            let row = &self.table[start..start + self.k];
-            for (o, &h) in out.iter_mut().zip(row) {
-                *o = (*o).min(h);
+    pub fn sign(&self, atoms: &[u32], out: &mut [u32]) {
+        sign_run(self, atoms, &[0, atoms.len() as u64], out);
+    }
+}
+
+/// Signs consecutive sets: set `j` is `atoms[offsets[j]..offsets[j + 1]]`, its `k`
+/// values go to `out[j * k..(j + 1) * k]`. Every atom must be below the hasher's
+/// vocabulary and every offset within `atoms`.
+///
+/// Compiled once per instruction set and dispatched at run time: x86-64's baseline
+/// (SSE2) has no unsigned 32-bit minimum, so without AVX2 or SSE4.1 each lane costs
+/// several instructions instead of a fraction of one.
+#[multiversion::multiversion(targets("x86_64+avx512f", "x86_64+avx2", "x86_64+sse4.1"))]
+fn sign_run<A: Copy + Into<u32>>(
+    hasher: &MinHasher,
+    atoms: &[A],
+    offsets: &[u64],
+    out: &mut [u32],
+) {
+    let (k, per_atom) = (hasher.k, hasher.blocks_per_atom);
+    for (bounds, signature) in offsets.windows(2).zip(out.chunks_exact_mut(k)) {
+        let set = &atoms[bounds[0] as usize..bounds[1] as usize];
+        for (b, values) in signature.chunks_mut(LANES).enumerate() {
+            // Held in registers across the set: the loop is loads and minima only.
+            let mut acc = [u32::MAX; LANES];
+            for &atom in set {
+                let block = &hasher.blocks[atom.into() as usize * per_atom + b].0;
+                for (a, &h) in acc.iter_mut().zip(block) {
+                    *a = (*a).min(h);
+                }
+            }
+            match values.len() {
+                // The common case as a fixed-size copy: vector stores, not a memcpy call.
+                LANES => values.copy_from_slice(&acc),
+                n => values.copy_from_slice(&acc[..n]),
             }
         }
     }
@@ -141,25 +195,30 @@ pub fn estimated_jaccard(a: &[u32], b: &[u32]) -> f64 {
     equal as f64 / a.len().max(1) as f64
 }
 
-/// Signs every set of `banks` in parallel; returns the signatures (row-major) and sizes.
-pub fn sign_all(banks: &BanksFile, hasher: &MinHasher) -> (Vec<u32>, Vec<u32>) {
+/// Signs every set of `banks` in parallel; returns the signatures (row-major, in a
+/// buffer that becomes the output array without a copy) and the set sizes.
+/// Every atom must be below the vocabulary of `hasher` (see `sign_split`).
+pub fn sign_all(
+    banks: &BanksFile,
+    hasher: &MinHasher,
+) -> std::io::Result<(ScalarBuffer<u32>, Vec<u32>)> {
     let k = hasher.k();
-    let n = banks.num_sets();
-    let mut signatures = vec![0u32; n * k];
-    signatures
-        .par_chunks_mut(CHUNK_SETS * k)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            for (j, out) in chunk.chunks_mut(k).enumerate() {
-                let set = banks
-                    .set(c * CHUNK_SETS + j)
-                    .unwrap_or(ausa_artifacts::TokenIds::U32(&[]));
-                hasher.sign(set.iter(), out);
-            }
-        });
     let offsets = banks.set_offsets();
+    let signatures = filled_u32_buffer(banks.num_sets() * k, |signatures| {
+        signatures
+            .par_chunks_mut(CHUNK_SETS * k)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let first = c * CHUNK_SETS;
+                let bounds = &offsets[first..=first + chunk.len() / k];
+                match banks.values() {
+                    TokenIds::U16(atoms) => sign_run(hasher, atoms, bounds, chunk),
+                    TokenIds::U32(atoms) => sign_run(hasher, atoms, bounds, chunk),
+                }
+            });
+    })?;
     let sizes = offsets.windows(2).map(|w| (w[1] - w[0]) as u32).collect();
-    (signatures, sizes)
+    Ok((signatures, sizes))
 }
 
 fn sign_split(path: &Path, out: &Path, k: usize, seed: u64) -> Result<Value, StageError> {
@@ -176,7 +235,7 @@ fn sign_split(path: &Path, out: &Path, k: usize, seed: u64) -> Result<Value, Sta
         )
         .into());
     }
-    let (signatures, sizes) = sign_all(&banks, &hasher);
+    let (signatures, sizes) = sign_all(&banks, &hasher)?;
     write_signatures(out, k as u32, seed, signatures, sizes)?;
     Ok(json!({ "sets": banks.num_sets() }))
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use ausa_artifacts::{BankShape, BanksFile, BanksWriter};
 use ausa_stages::banks::{bank, windows};
-use ausa_stages::minhash::{estimated_jaccard, sign_all, MinHasher};
+use ausa_stages::minhash::{estimated_jaccard, hash, sign_all, MinHasher};
 use ausa_stages::routing::route_layout;
 use proptest::prelude::*;
 
@@ -53,6 +53,42 @@ proptest! {
             prop_assert_eq!(cands.len(), want);
         }
     }
+
+    /// The vectorized kernel against the definition: value `i` of a set's signature
+    /// is the minimum of `hash(seed, i, atom)` over its atoms (`u32::MAX` when empty),
+    /// for 16- and 32-bit atom ids.
+    #[test]
+    fn signatures_match_the_plain_definition(
+        sets in prop::collection::vec(prop::collection::btree_set(0u32..70_000, 0..30), 1..20),
+        wide in any::<bool>(),
+        k in 32usize..70,
+        seed in any::<u64>(),
+    ) {
+        let vocab = if wide { 70_000 } else { 1 << 16 };
+        let sets: Vec<Vec<u32>> = sets
+            .into_iter()
+            .map(|s| s.into_iter().filter(|&a| a < vocab).collect())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("banks.arrow");
+        let shape = BankShape { vocab_size: vocab, window: 30, stride: 30 };
+        let mut writer = BanksWriter::new(&path, shape);
+        for (j, atoms) in sets.iter().enumerate() {
+            writer.push_set(atoms, j as u32, j as u32 + 1).unwrap();
+        }
+        writer.end_sequence();
+        writer.finish().unwrap();
+        let banks = BanksFile::open(&path).unwrap();
+        prop_assert_eq!(banks.values().width().bits(), if wide { 32 } else { 16 });
+        let (signatures, sizes) = sign_all(&banks, &MinHasher::new(vocab, k, seed)).unwrap();
+        for (j, atoms) in sets.iter().enumerate() {
+            prop_assert_eq!(sizes[j] as usize, atoms.len());
+            for i in 0..k {
+                let want = atoms.iter().map(|&a| hash(seed, i as u64, u64::from(a))).min();
+                prop_assert_eq!(signatures[j * k + i], want.unwrap_or(u32::MAX));
+            }
+        }
+    }
 }
 
 /// Exact Jaccard similarity of two sets.
@@ -83,8 +119,8 @@ fn estimated_jaccard_stays_within_the_binomial_bound() {
             .chain((0..40 - shared).map(|_| (next() % 4096) as u32))
             .collect();
         let (mut sa, mut sb) = (vec![0; k], vec![0; k]);
-        hasher.sign(a.iter().copied(), &mut sa);
-        hasher.sign(b.iter().copied(), &mut sb);
+        hasher.sign(&a.iter().copied().collect::<Vec<_>>(), &mut sa);
+        hasher.sign(&b.iter().copied().collect::<Vec<_>>(), &mut sb);
         let exact = jaccard(&a, &b);
         // The estimate is Binomial(k, J) / k: 4 standard deviations, plus 1/k slack.
         let bound = 4.0 * (exact * (1.0 - exact) / k as f64).sqrt() + 1.0 / k as f64;
@@ -108,7 +144,8 @@ fn signatures_do_not_depend_on_the_thread_count() {
         stride: 32,
     };
     let mut writer = BanksWriter::new(&path, shape);
-    let ids: Vec<u32> = (0..256 * 40).map(|i| (i * 7919 % 1000) as u32).collect();
+    // 400 sequences of 7 sets: several parallel runs of sets.
+    let ids: Vec<u32> = (0..256 * 400).map(|i| (i * 7919 % 1000) as u32).collect();
     for seq in ids.chunks(256) {
         for (atoms, start, end) in bank(seq, 64, 32) {
             writer.push_set(&atoms, start, end).unwrap();
@@ -123,11 +160,16 @@ fn signatures_do_not_depend_on_the_thread_count() {
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| sign_all(&banks, &hasher))
+        pool.install(|| sign_all(&banks, &hasher).unwrap())
     };
     let one = sign(1);
     assert_eq!(one, sign(2));
     assert_eq!(one.1.len(), banks.num_sets());
+    for (j, signature) in one.0.chunks(128).enumerate() {
+        let mut alone = vec![0; 128];
+        hasher.sign(&banks.set(j).unwrap().to_vec(), &mut alone);
+        assert_eq!(signature, alone, "set {j}");
+    }
 }
 
 /// Writes the four set files of `ids` cut into sequences of `len` tokens (window 8,
@@ -157,7 +199,7 @@ fn write_set_files(dir: &std::path::Path, ids: &[u32], len: usize) -> ausa_artif
     sequences.finish().unwrap();
     writer.finish().unwrap();
     let banks = BanksFile::open(&paths.banks).unwrap();
-    let (sigs, sizes) = sign_all(&banks, &MinHasher::new(100, 32, 1));
+    let (sigs, sizes) = sign_all(&banks, &MinHasher::new(100, 32, 1)).unwrap();
     write_signatures(&paths.signatures, 32, 1, sigs, sizes).unwrap();
     let routing = ausa_stages::routing::route_banks(&banks, true, 0);
     write_routing(&paths.routing, &routing).unwrap();
