@@ -21,8 +21,8 @@ cargo build --release -q -p ausa-stages --example minhash_bench
 cargo build --release -q -p ausa-artifacts --example gather_bench
 
 echo "== MinHash signing, k=128, every set of $(basename "$banks") ($(nproc) cores)"
-ours=$(target/release/examples/minhash_bench "$banks" 128 3)
-theirs=$("$venv/bin/python" tests/bench/minhash_rensa.py "$banks" 128 3)
+ours=$(target/release/examples/minhash_bench "$banks" 128 7)
+theirs=$("$venv/bin/python" tests/bench/minhash_rensa.py "$banks" 128 7)
 echo "$ours"
 echo "$theirs"
 python3 - "$ours" "$theirs" <<'PY'

@@ -113,18 +113,18 @@ pub struct MinHasher {
 }
 
 impl MinHasher {
-    /// Hashes every atom below `vocab_size` once.
+    /// Hashes every atom below `vocab_size` once, in parallel over atoms.
     pub fn new(vocab_size: u32, k: usize, seed: u64) -> MinHasher {
         let blocks_per_atom = k.div_ceil(LANES);
-        let blocks = (0..u64::from(vocab_size))
-            .flat_map(|u| {
-                (0..blocks_per_atom).map(move |b| {
-                    Block(std::array::from_fn(|l| {
-                        hash(seed, (b * LANES + l) as u64, u)
-                    }))
-                })
-            })
-            .collect();
+        let mut blocks = vec![Block([0; LANES]); vocab_size as usize * blocks_per_atom];
+        blocks
+            .par_chunks_mut(blocks_per_atom)
+            .enumerate()
+            .for_each(|(u, row)| {
+                for (b, block) in row.iter_mut().enumerate() {
+                    block.0 = std::array::from_fn(|l| hash(seed, (b * LANES + l) as u64, u as u64));
+                }
+            });
         MinHasher {
             k,
             blocks_per_atom,
