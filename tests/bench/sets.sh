@@ -3,7 +3,9 @@
 # when WORKDIR has none):
 #  1. MinHash signing (k=128) of every set of banks-train.arrow: ausa's kernel against
 #     rensa (PyPI) signing the same sets in the same run; prints the ratio.
-#  2. Opening the four set files of the train split and gathering batches of 32 sequences.
+#  2. Opening the four set files of the train split and gathering batches of 32 sequences,
+#     on that store and on the (much smaller) embedded demo DAG's, to show that opening
+#     does not grow with the artifacts' size.
 # Usage: tests/bench/sets.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,6 +15,7 @@ dag=$work/wt103-25pct-synthetic.toml
 [ -f "$dag" ] && [ -d "$work/store" ] || tests/bench/pipeline.sh "$work"
 ausa=$PWD/target/release/ausa
 dir() { "$ausa" path "$dag:$1" --store "$work/store"; }
+demo_dir() { "$ausa" path "demo:$1" --store "$work/demo-store"; }
 banks=$(dir banks)/banks-train.arrow
 
 venv=$work/venv
@@ -37,3 +40,9 @@ echo "== open the train split's set artifacts and gather batches of 32 sequences
 target/release/examples/gather_bench \
   "$(dir sequences)/sequences-train.arrow" "$banks" \
   "$(dir minhash)/minhash-train.arrow" "$(dir routing)/routing-train.arrow" 32 50
+
+echo "== the same on the embedded demo DAG"
+"$ausa" build demo --store "$work/demo-store" -q
+target/release/examples/gather_bench \
+  "$(demo_dir sequences)/sequences-train.arrow" "$(demo_dir banks)/banks-train.arrow" \
+  "$(demo_dir minhash)/minhash-train.arrow" "$(demo_dir routing)/routing-train.arrow" 32 50
