@@ -4,10 +4,10 @@
 //! The hash family is `h_i(u) = mix(seed, i, u)` (a SplitMix64 finalizer, top 32
 //! bits). Every atom's `k` values are computed once into a vocab x k table, so a
 //! set's signature is the element-wise minimum of its atoms' rows: a loop the
-//! compiler vectorizes (compiled for AVX2 and SSE4.1 too, picked at run time), run
-//! in parallel over runs of sets. Output rows are written in set order, and integer
-//! minima are exact, so the bytes depend neither on the thread count nor on the CPU. Parameters owned here:
-//! `minhash_k` (32..=256) and `seed`.
+//! compiler vectorizes (compiled for AVX-512, AVX2 and SSE4.1 too, picked at run time),
+//! run in parallel over runs of sets. Output rows are written in set order, and integer
+//! minima are exact, so the bytes depend neither on the thread count nor on the CPU.
+//! Parameters owned here: `minhash_k` (32..=256) and `seed`.
 
 use std::path::Path;
 
@@ -170,11 +170,7 @@ fn sign_run<A: Copy + Into<u32>>(
                     *a = (*a).min(h);
                 }
             }
-            match values.len() {
-                // The common case as a fixed-size copy: vector stores, not a memcpy call.
-                LANES => values.copy_from_slice(&acc),
-                n => values.copy_from_slice(&acc[..n]),
-            }
+            values.copy_from_slice(&acc[..values.len()]);
         }
     }
 }
