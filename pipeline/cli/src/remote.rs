@@ -231,12 +231,17 @@ fn report(
 pub struct RemoteSource<'a>(pub &'a Remote);
 
 impl ausa_engine::ObjectSource for RemoteSource<'_> {
-    fn fetch(&self, store: &Store, id: &ObjectId) -> Result<Option<u64>, String> {
+    fn fetch(
+        &self,
+        store: &Store,
+        id: &ObjectId,
+        progress: &dyn ausa_dag::Progress,
+    ) -> Result<Option<u64>, String> {
         match self.0.pull_objects(
             store,
             std::slice::from_ref(id),
             &ausa_dag::fingerprint,
-            &ausa_remote::NoProgress,
+            &StageBytes(progress),
         ) {
             Ok(done) => Ok(Some(match done.first().map(|(_, t)| *t) {
                 Some(Transfer::Copied(n)) => n,
@@ -249,6 +254,19 @@ impl ausa_engine::ObjectSource for RemoteSource<'_> {
 
     fn parallel_fetches(&self) -> usize {
         ausa_remote::OBJECT_CONCURRENCY
+    }
+}
+
+/// A fetch's bytes on the stage's progress bar.
+struct StageBytes<'a>(&'a dyn ausa_dag::Progress);
+
+impl ausa_remote::TransferProgress for StageBytes<'_> {
+    fn start(&self, total_bytes: u64) {
+        self.0.set_total(total_bytes, ausa_dag::ProgressUnit::Bytes);
+    }
+
+    fn advance(&self, n: u64) {
+        self.0.advance(n);
     }
 }
 

@@ -150,8 +150,13 @@ pub trait Reporter: Sync {
 pub trait ObjectSource: Sync {
     /// Publishes `id` into `store` if the source has it: `Ok(Some(bytes))` when it
     /// was copied, `Ok(None)` when the source lacks it, `Err` (a one-line reason) when
-    /// the copy failed or was rejected.
-    fn fetch(&self, store: &Store, id: &ausa_store::ObjectId) -> Result<Option<u64>, String>;
+    /// the copy failed or was rejected. Bytes copied go to `progress`.
+    fn fetch(
+        &self,
+        store: &Store,
+        id: &ausa_store::ObjectId,
+        progress: &dyn Progress,
+    ) -> Result<Option<u64>, String>;
 
     /// How many objects [`fetch`](ObjectSource::fetch) may be asked for at once, from
     /// different threads.

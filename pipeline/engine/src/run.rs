@@ -134,7 +134,8 @@ fn fetch(
         return None;
     };
     let started = Instant::now();
-    let outcome = match source.fetch(store, &id) {
+    let progress = reporter.progress(stage);
+    let outcome = match source.fetch(store, &id, progress.as_ref()) {
         Ok(Some(bytes)) => Some(Outcome::Fetched {
             seconds: started.elapsed().as_secs_f64(),
             bytes,
@@ -145,7 +146,7 @@ fn fetch(
             None
         }
     };
-    drop(guard);
+    drop((progress, guard));
     outcome
 }
 

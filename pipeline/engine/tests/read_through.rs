@@ -86,7 +86,12 @@ struct FakeSource<'a> {
 }
 
 impl ObjectSource for FakeSource<'_> {
-    fn fetch(&self, store: &Store, id: &ObjectId) -> Result<Option<u64>, String> {
+    fn fetch(
+        &self,
+        store: &Store,
+        id: &ObjectId,
+        progress: &dyn ausa_dag::Progress,
+    ) -> Result<Option<u64>, String> {
         self.events
             .lock()
             .unwrap()
@@ -106,8 +111,10 @@ impl ObjectSource for FakeSource<'_> {
             if name == ausa_store::MANIFEST_NAME {
                 continue;
             }
-            bytes += std::fs::copy(entry.path(), staging.path().join(&name))
+            let copied = std::fs::copy(entry.path(), staging.path().join(&name))
                 .map_err(|e| e.to_string())?;
+            progress.advance(copied);
+            bytes += copied;
         }
         let manifest = std::fs::read(from.join(ausa_store::MANIFEST_NAME)).unwrap();
         staging
@@ -130,14 +137,24 @@ impl Reporter for Events<'_> {
     }
     fn waiting(&self, _stage: &ausa_dag::PlannedStage, _holder: &str) {}
     fn finished(&self, _stage: &ausa_dag::PlannedStage, _outcome: &Outcome) {}
-    fn progress<'a>(&'a self, _stage: &ausa_dag::PlannedStage) -> Box<dyn ausa_dag::Progress + 'a> {
-        Box::new(ausa_dag::NoProgress)
+    fn progress<'a>(&'a self, stage: &ausa_dag::PlannedStage) -> Box<dyn ausa_dag::Progress + 'a> {
+        Box::new(Advances(self.0, stage.name.clone()))
     }
     fn fetch_failed(&self, stage: &ausa_dag::PlannedStage, error: &str) {
         self.0
             .lock()
             .unwrap()
             .push(format!("failed {}: {error}", stage.name));
+    }
+}
+
+/// Records every `advance` as `moved STAGE N`.
+struct Advances<'a>(&'a Mutex<Vec<String>>, String);
+
+impl ausa_dag::Progress for Advances<'_> {
+    fn set_total(&self, _total: u64, _unit: ausa_dag::ProgressUnit) {}
+    fn advance(&self, n: u64) {
+        self.0.lock().unwrap().push(format!("moved {} {n}", self.1));
     }
 }
 
@@ -207,6 +224,9 @@ fn downstream_objects_are_fetched_before_upstream_stages_are_built() {
         4,
         "{events:?}"
     );
+    // The copied bytes reach the stage's progress sink.
+    assert!(events.contains(&"moved b 5".to_string()), "{events:?}");
+    assert!(events.contains(&"moved c 5".to_string()), "{events:?}");
     // The fetched objects are the donor's, byte for byte, and the refs point at them.
     for stage in &plan.stages {
         let id = ObjectId {
