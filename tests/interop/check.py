@@ -5,7 +5,8 @@ Usage: python tests/interop/check.py AUSA_BINARY STORE DAG
 For every built stage of DAG it reads the artifacts with pyarrow (Parquet tables,
 Arrow IPC token files) and checks them against the manifests' statistics; where the
 DAG has a tokenizer, it loads tokenizer.json with the Python `tokenizers` package and
-checks that it encodes sample documents to exactly the ids we stored.
+checks that it encodes sample documents to exactly the ids we stored; the set artifacts
+are checked against a plain-Python reference of the method (sets_check.py).
 """
 import json
 import os
@@ -59,6 +60,15 @@ def main():
 
             tok_dir = ausa(binary, store, "show", f"{dag}:{inputs['tokenizer']}")["object"]
             tokenize_check.check(dir_, tok_dir, documents[inputs["documents"]])
+        elif kind == "routing":
+            import sets_check  # noqa: E402  (next to this file)
+
+            dirs = {s["kind"]: ausa(binary, store, "show", f"{dag}:{s['stage']}")["object"]
+                    for s in status["stages"]}
+            sets = sum(sets_check.check(dirs, split) for split in ("train", "validation", "test")
+                       if os.path.exists(os.path.join(dirs["banks"], f"banks-{split}.arrow")))
+            assert sets > 0, "no set checked"
+            kind = f"sequences, banks, minhash, routing; {sets} signatures recomputed"
         else:
             continue
         checked.append(f"{stage['stage']} ({kind})")
