@@ -158,13 +158,20 @@ impl ausa_dag::Progress for Advances<'_> {
     }
 }
 
+/// A store with every stage of [`DAG`] built: what the fake remote serves.
 fn donor() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("store")).unwrap();
-    let (registry, plan) = plan(&store);
+    let (dir, store, registry, plan) = empty_store();
     let report = ausa_engine::build(&store, &plan, &registry, &BuildOptions::default(), &Silent);
     assert!(report.ok(), "{report:?}");
     (dir, store)
+}
+
+/// An empty store and the plan of [`DAG`] for it.
+fn empty_store() -> (tempfile::TempDir, Store, Registry, Plan) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let (registry, plan) = plan(&store);
+    (dir, store, registry, plan)
 }
 
 fn fingerprints(plan: &Plan, names: &[&str]) -> BTreeSet<String> {
@@ -178,9 +185,7 @@ fn fingerprints(plan: &Plan, names: &[&str]) -> BTreeSet<String> {
 #[test]
 fn downstream_objects_are_fetched_before_upstream_stages_are_built() {
     let (_d, donor) = donor();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("store")).unwrap();
-    let (registry, plan) = plan(&store);
+    let (_dir, store, registry, plan) = empty_store();
     let events = Mutex::new(Vec::new());
     // The remote lacks the first two stages but has the last two.
     let source = FakeSource {
@@ -258,9 +263,7 @@ fn downstream_objects_are_fetched_before_upstream_stages_are_built() {
 #[test]
 fn a_failed_fetch_is_reported_and_the_stage_built_instead() {
     let (_d, donor) = donor();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("store")).unwrap();
-    let (registry, plan) = plan(&store);
+    let (_dir, store, registry, plan) = empty_store();
     let events = Mutex::new(Vec::new());
     let source = FakeSource {
         donor: &donor,
