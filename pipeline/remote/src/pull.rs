@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ausa_store::{FileEntry, Manifest, ObjectId, Published, Store, StoreError, MANIFEST_NAME};
+use ausa_store::{
+    FileEntry, Manifest, ObjectId, Published, StagedFile, Staging, Store, StoreError, MANIFEST_NAME,
+};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
@@ -105,9 +107,8 @@ impl Remote {
         progress: &dyn TransferProgress,
     ) -> Result<(ObjectId, Transfer), RemoteError> {
         let staging = store.stage(&f.id)?;
-        let dir = staging.path().to_path_buf();
         futures::stream::iter(&f.manifest.files)
-            .map(|file| self.download(&f.id, file, &dir, progress))
+            .map(|file| self.download(&f.id, file, &staging, progress))
             .buffer_unordered(crate::FILE_CONCURRENCY)
             .try_collect::<()>()
             .await?;
@@ -134,18 +135,17 @@ impl Remote {
     }
 
     /// Streams one file into the staging dir. Stops at the first byte past the
-    /// manifest's size and rejects a short file; the content's blake3 is checked once,
-    /// by the store when it publishes the object (hashing here too would only repeat
-    /// that pass: a mismatch cannot show before the last byte either way).
+    /// manifest's size and rejects a short file. The store hashes the bytes as they
+    /// are written ([`ausa_store::StagedFile`]) and checks the digest against the
+    /// manifest when it publishes the object, without reading the file again.
     async fn download(
         &self,
         id: &ObjectId,
         entry: &FileEntry,
-        dir: &Path,
+        staging: &Staging,
         progress: &dyn TransferProgress,
     ) -> Result<(), RemoteError> {
         let path = file_path(id, &entry.name);
-        let local = dir.join(&entry.name);
         let untrusted = |reason: String| RemoteError::Untrusted {
             location: self.location(&path),
             reason,
@@ -157,7 +157,7 @@ impl Remote {
             }
             Err(e) => return Err(self.backend(&path, e)),
         };
-        let mut out = FileWriter::create(local).await?;
+        let mut out = FileWriter::create(staging, &entry.name)?;
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.backend(&path, e))?;
@@ -194,8 +194,8 @@ const SYNC_EVERY: u64 = 64 << 20;
 struct FileWriter {
     path: PathBuf,
     /// The file, while no write is in flight.
-    file: Option<std::fs::File>,
-    writing: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
+    file: Option<StagedFile>,
+    writing: Option<tokio::task::JoinHandle<std::io::Result<StagedFile>>>,
     batch: Vec<Bytes>,
     batch_len: usize,
     /// A second handle for early flushes.
@@ -205,22 +205,19 @@ struct FileWriter {
 }
 
 impl FileWriter {
-    async fn create(path: PathBuf) -> Result<FileWriter, RemoteError> {
-        let io = |p: &Path, e| RemoteError::Store(store_io(p, e));
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| io(parent, e))?;
-        }
-        let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
-        let syncer = Arc::new(file.try_clone().map_err(|e| io(&path, e))?);
+    fn create(staging: &Staging, name: &str) -> Result<FileWriter, RemoteError> {
+        let file = staging.create_file(name)?;
+        let path = file.path().to_path_buf();
+        let syncer = file
+            .sync_handle()
+            .map_err(|e| RemoteError::Store(store_io(&path, e)))?;
         Ok(FileWriter {
             path,
             file: Some(file),
             writing: None,
             batch: Vec::new(),
             batch_len: 0,
-            syncer,
+            syncer: Arc::new(syncer),
             syncing: None,
             unsynced: 0,
         })
@@ -242,7 +239,6 @@ impl FileWriter {
         let batch = std::mem::take(&mut self.batch);
         self.unsynced += std::mem::take(&mut self.batch_len) as u64;
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            use std::io::Write;
             batch.iter().try_for_each(|b| file.write_all(b))?;
             Ok(file)
         }));
@@ -262,11 +258,13 @@ impl FileWriter {
         if !self.batch.is_empty() {
             self.flush().await?;
         }
-        self.wait_write().await?;
-        self.wait_sync().await
+        let file = self.wait_write().await?;
+        self.wait_sync().await?;
+        file.finish();
+        Ok(())
     }
 
-    async fn wait_write(&mut self) -> Result<std::fs::File, RemoteError> {
+    async fn wait_write(&mut self) -> Result<StagedFile, RemoteError> {
         match (self.writing.take(), self.file.take()) {
             (Some(w), _) => w
                 .await

@@ -50,7 +50,7 @@ pub use lock::{Acquired, LockHolder};
 pub use manifest::{
     check_file_name, BuildInfo, FileEntry, Manifest, MANIFEST_FORMAT, MANIFEST_NAME,
 };
-pub use publish::{Published, Staging};
+pub use publish::{Published, StagedFile, Staging};
 pub use refs::{Ref, RefEntry, RefName};
 pub use verify::{Problem, VerifyMode};
 
