@@ -190,14 +190,7 @@ impl Build<'_> {
         let stage = &self.plan.stages[idx];
         let outcome = match &self.fetched[idx] {
             Some(fetched) => Ok(fetched.clone()),
-            None => build_or_reuse(
-                self.store,
-                self.plan,
-                stage,
-                self.registry,
-                self.opts,
-                self.reporter,
-            ),
+            None => self.build_or_reuse(stage),
         };
         let result = outcome.and_then(|outcome| {
             let name = RefName {
@@ -282,64 +275,66 @@ fn corrupted(plan: &Plan, stage: &PlannedStage, e: StoreError) -> Failure {
     }
 }
 
-fn build_or_reuse(
-    store: &Store,
-    plan: &Plan,
-    stage: &PlannedStage,
-    registry: &Registry,
-    opts: &BuildOptions,
-    reporter: &dyn Reporter,
-) -> Result<Outcome, Failure> {
-    let id = object_id(stage);
-    if opts.force {
-        store.remove_object(&id)?;
-    } else if store.has_object(&id) {
-        // A cheap stat check on every no-op build catches truncated files.
-        store
-            .check_object(&id, VerifyMode::Sizes, &fingerprint)
-            .map_err(|e| corrupted(plan, stage, e))?;
-        return Ok(Outcome::UpToDate);
-    }
-    let guard = match store.lock_object(&id, &mut |h| reporter.waiting(stage, &h.owner))? {
-        Acquired::Present => return Ok(Outcome::BuiltElsewhere),
-        Acquired::Locked(guard) => guard,
-    };
-    reporter.started(stage);
-    let inputs = verified_inputs(store, plan, stage)?;
-    let kind = registry.get(&stage.kind).ok_or_else(|| Failure {
-        error: format!("unknown stage kind `{}`", stage.kind),
-        hint: None,
-    })?;
-    let staging = store.stage(&id)?;
-    let started = Instant::now();
-    let progress = reporter.progress(stage);
-    let ctx = StageContext {
-        params: &stage.params,
-        inputs: &inputs,
-        external: &stage.external,
-        out_dir: staging.path(),
-        progress: progress.as_ref(),
-    };
-    let stats = kind.run(&ctx).map_err(|e| Failure {
-        error: error_chain(e.as_ref()),
-        hint: disk_full(e.as_ref())
-            .then(|| "the disk is full: free space or use another --store".into()),
-    })?;
-    let seconds = started.elapsed().as_secs_f64();
-    let published = staging.publish(
-        store,
-        stage.key.clone(),
-        serde_json::Value::Object(stats),
-        seconds,
-    )?;
-    drop(guard);
-    Ok(match published {
-        Published::New(m) => Outcome::Built {
+impl Build<'_> {
+    fn build_or_reuse(&self, stage: &PlannedStage) -> Result<Outcome, Failure> {
+        let (store, plan, registry, opts, reporter) = (
+            self.store,
+            self.plan,
+            self.registry,
+            self.opts,
+            self.reporter,
+        );
+        let id = object_id(stage);
+        if opts.force {
+            store.remove_object(&id)?;
+        } else if store.has_object(&id) {
+            // A cheap stat check on every no-op build catches truncated files.
+            store
+                .check_object(&id, VerifyMode::Sizes, &fingerprint)
+                .map_err(|e| corrupted(plan, stage, e))?;
+            return Ok(Outcome::UpToDate);
+        }
+        let guard = match store.lock_object(&id, &mut |h| reporter.waiting(stage, &h.owner))? {
+            Acquired::Present => return Ok(Outcome::BuiltElsewhere),
+            Acquired::Locked(guard) => guard,
+        };
+        reporter.started(stage);
+        let inputs = verified_inputs(store, plan, stage)?;
+        let kind = registry.get(&stage.kind).ok_or_else(|| Failure {
+            error: format!("unknown stage kind `{}`", stage.kind),
+            hint: None,
+        })?;
+        let staging = store.stage(&id)?;
+        let started = Instant::now();
+        let progress = reporter.progress(stage);
+        let ctx = StageContext {
+            params: &stage.params,
+            inputs: &inputs,
+            external: &stage.external,
+            out_dir: staging.path(),
+            progress: progress.as_ref(),
+        };
+        let stats = kind.run(&ctx).map_err(|e| Failure {
+            error: error_chain(e.as_ref()),
+            hint: disk_full(e.as_ref())
+                .then(|| "the disk is full: free space or use another --store".into()),
+        })?;
+        let seconds = started.elapsed().as_secs_f64();
+        let published = staging.publish(
+            store,
+            stage.key.clone(),
+            serde_json::Value::Object(stats),
             seconds,
-            bytes: m.total_size(),
-        },
-        Published::AlreadyPresent => Outcome::BuiltElsewhere,
-    })
+        )?;
+        drop(guard);
+        Ok(match published {
+            Published::New(m) => Outcome::Built {
+                seconds,
+                bytes: m.total_size(),
+            },
+            Published::AlreadyPresent => Outcome::BuiltElsewhere,
+        })
+    }
 }
 
 /// Fully re-hashes every input object before a stage reads it.

@@ -228,14 +228,15 @@ impl Staging {
             .par_iter()
             .map(|rel| {
                 let path = self.dir.join(rel);
-                std::fs::File::open(&path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| StoreError::io(&path, e))?;
+                let size_now = std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all().and_then(|()| f.metadata()))
+                    .map_err(|e| StoreError::io(&path, e))?
+                    .len();
                 let name = rel.to_str().ok_or_else(|| StoreError::Unpublishable {
                     path: path.clone(),
                     reason: "file names must be UTF-8".into(),
                 })?;
-                if let Some(entry) = self.hashed_while_written(name, &path)? {
+                if let Some(entry) = self.hashed_while_written(name, size_now) {
                     return Ok(entry);
                 }
                 let (blake3, size) = hash_file(&path).map_err(|e| StoreError::io(&path, e))?;
@@ -249,24 +250,15 @@ impl Staging {
         sync_dirs(&self.dir)?;
         Ok(entries)
     }
-}
 
-impl Staging {
     /// The digest recorded by [`StagedFile::finish`] for `name`, if the file on disk
-    /// still has the size it was written with.
-    fn hashed_while_written(
-        &self,
-        name: &str,
-        path: &Path,
-    ) -> Result<Option<FileEntry>, StoreError> {
+    /// still has the size it was written with (`size_now`).
+    fn hashed_while_written(&self, name: &str, size_now: u64) -> Option<FileEntry> {
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = written.get(name) else {
-            return Ok(None);
-        };
-        let size = std::fs::metadata(path)
-            .map_err(|e| StoreError::io(path, e))?
-            .len();
-        Ok((size == entry.size).then(|| entry.clone()))
+        written
+            .get(name)
+            .filter(|entry| entry.size == size_now)
+            .cloned()
     }
 }
 
