@@ -55,6 +55,10 @@ pub struct TargetArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build a DAG (or one stage and its upstreams) into the store.
+    ///
+    /// With --remote, every missing object the remote has is first downloaded and
+    /// verified (two objects at a time, not waiting for upstream stages); only what
+    /// the remote lacks, or fails to deliver, is built here.
     Build {
         #[command(flatten)]
         target: TargetArgs,
