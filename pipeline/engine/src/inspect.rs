@@ -17,6 +17,9 @@ pub enum StateKind {
     Stale,
     /// Never built in this store (or its object was removed).
     Missing,
+    /// Its key cannot be computed now: its remote inputs (files on a dataset hub), or
+    /// an upstream stage's, are unknown offline (see [`ausa_dag::PlannedStage::pending`]).
+    NeedsHub,
 }
 
 impl StateKind {
@@ -26,6 +29,7 @@ impl StateKind {
             StateKind::UpToDate => "up-to-date",
             StateKind::Stale => "stale",
             StateKind::Missing => "missing",
+            StateKind::NeedsHub => "needs-hub",
         }
     }
 }
@@ -80,7 +84,9 @@ fn state_of(store: &Store, plan: &Plan, stage: &PlannedStage) -> StageState {
         .has_object(&id)
         .then(|| Manifest::read(&store.object_dir(&id)).ok())
         .flatten();
-    let state = if store.has_object(&id) {
+    let state = if stage.pending.is_some() {
+        StateKind::NeedsHub
+    } else if store.has_object(&id) {
         StateKind::UpToDate
     } else {
         let name = RefName {
@@ -113,6 +119,7 @@ pub fn explain(store: &Store, plan: &Plan, stage: &PlannedStage) -> Explanation 
     let mut changes = Vec::new();
     match (&state.state, previous) {
         (StateKind::UpToDate, _) => {}
+        (StateKind::NeedsHub, _) => reasons.extend(stage.pending.iter().map(|p| p.reason.clone())),
         (_, Err(e)) => reasons.push(format!("its ref cannot be read ({e})")),
         (_, Ok(None)) => reasons.push("never built in this store".into()),
         (_, Ok(Some(r))) if r.fingerprint == stage.fingerprint => {

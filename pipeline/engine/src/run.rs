@@ -124,7 +124,7 @@ fn fetch(
     source: &dyn ObjectSource,
 ) -> Option<Outcome> {
     let id = object_id(stage);
-    if store.has_object(&id) {
+    if stage.pending.is_some() || store.has_object(&id) {
         return None;
     }
     // A lock error is left to the build loop, which meets it again and reports it.
@@ -284,6 +284,13 @@ impl Build<'_> {
             self.opts,
             self.reporter,
         );
+        if let Some(pending) = &stage.pending {
+            // Its key is unknown (remote inputs unreachable at plan time): not buildable.
+            return Err(Failure {
+                error: pending.reason.clone(),
+                hint: pending.hint.clone(),
+            });
+        }
         let id = object_id(stage);
         if opts.force {
             store.remove_object(&id)?;
@@ -311,6 +318,7 @@ impl Build<'_> {
             params: &stage.params,
             inputs: &inputs,
             external: &stage.external,
+            remote: &stage.remote,
             out_dir: staging.path(),
             progress: progress.as_ref(),
         };
