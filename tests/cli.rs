@@ -1,10 +1,8 @@
 //! End-to-end tests of the `ausa` binary on temp stores.
 
-mod common;
+use crate::common::Ctx;
 
-use common::Ctx;
-
-fn outcomes(run: &common::Run) -> Vec<(String, String)> {
+fn outcomes(run: &crate::common::Run) -> Vec<(String, String)> {
     run.json()["report"]["stages"]
         .as_array()
         .unwrap()
@@ -198,7 +196,7 @@ fn embedded_dag_works_from_any_directory_and_file_dags_by_path() {
     assert!(ctx.store().join("refs/mini/c").is_file());
     let mut cmd = ctx.cmd(&["status", "demo"]);
     cmd.current_dir("/");
-    let out: common::Run = cmd.output().unwrap().into();
+    let out: crate::common::Run = cmd.output().unwrap().into();
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
@@ -287,8 +285,8 @@ fn same_dag_gives_identical_bytes_whatever_the_parallelism() {
 
 #[test]
 fn help_and_version_work() {
-    let run = common::Run::from(
-        std::process::Command::new(common::bin())
+    let run = crate::common::Run::from(
+        std::process::Command::new(crate::common::bin())
             .arg("--help")
             .output()
             .unwrap(),
@@ -299,16 +297,16 @@ fn help_and_version_work() {
     ] {
         assert!(run.stdout.contains(cmd), "--help lacks {cmd}");
     }
-    let run = common::Run::from(
-        std::process::Command::new(common::bin())
+    let run = crate::common::Run::from(
+        std::process::Command::new(crate::common::bin())
             .arg("--version")
             .output()
             .unwrap(),
     )
     .ok();
     assert!(run.stdout.starts_with("ausa "));
-    let run = common::Run::from(
-        std::process::Command::new(common::bin())
+    let run = crate::common::Run::from(
+        std::process::Command::new(crate::common::bin())
             .arg("frobnicate")
             .output()
             .unwrap(),
@@ -317,7 +315,7 @@ fn help_and_version_work() {
 }
 
 mod bad_input {
-    use super::common::Ctx;
+    use crate::common::Ctx;
 
     /// Builds a DAG file that must be rejected with exit 2 and nothing written.
     fn rejected(text: &str) -> String {
@@ -426,7 +424,7 @@ mod bad_input {
 }
 
 mod subset {
-    use super::common::Ctx;
+    use crate::common::Ctx;
 
     #[test]
     fn subset_meets_the_budget_by_strata_and_passes_other_splits_through() {

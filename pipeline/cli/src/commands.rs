@@ -207,7 +207,7 @@ fn status(
     }
     out.json(&json!({"dag": loaded.plan.dag, "remote": remote.map(|r| r.url()), "stages": doc}));
     let where_head = if places.is_some() { "  WHERE" } else { "" };
-    out.line(&format!(
+    out.data(&format!(
         "{:<20} {:<12} {:<14} {:<11} {:>10}{where_head}",
         "STAGE", "KIND", "FINGERPRINT", "STATE", "SIZE"
     ));
@@ -217,7 +217,7 @@ fn status(
             .as_ref()
             .map(|p| format!("  {}", p[i]))
             .unwrap_or_default();
-        out.line(&format!(
+        out.data(&format!(
             "{:<20} {:<12} {:<14} {:<11} {:>10}{place}",
             s.stage,
             s.kind,
@@ -236,19 +236,19 @@ fn explain(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, 
     for stage in loaded.targeted() {
         let e = ausa_engine::explain(store, &loaded.plan, stage);
         if e.reasons.is_empty() {
-            out.line(&format!(
+            out.data(&format!(
                 "{}: up to date ({})",
                 stage.name,
                 &stage.fingerprint[..12]
             ));
         } else {
-            out.line(&format!(
+            out.data(&format!(
                 "{}: would rebuild ({}):",
                 stage.name,
                 &stage.fingerprint[..12]
             ));
             for r in &e.reasons {
-                out.line(&format!("  {r}"));
+                out.data(&format!("  {r}"));
             }
         }
         entries.push(e);
@@ -261,14 +261,21 @@ fn explain(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, 
 fn selected_stage<'a>(
     loaded: &'a Resolved,
     args: &TargetArgs,
+    command: &str,
 ) -> Result<&'a ausa_dag::PlannedStage, CliError> {
-    loaded.selected().map_err(|e| CliError::from_build(e, args))
+    loaded.selected().map_err(|e| match e {
+        ausa_build::BuildError::NeedsStage { dag, stages } => CliError::usage(
+            format!("`ausa {command}` needs one stage: `{dag}:STAGE`"),
+            Some(format!("stages of `{dag}`: {}", stages.join(", "))),
+        ),
+        e => CliError::from_build(e, args),
+    })
 }
 
 fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
     let (store, registry) = (pipeline.store(), pipeline.registry());
     let loaded = resolve(pipeline, args)?;
-    let stage = selected_stage(&loaded, args)?;
+    let stage = selected_stage(&loaded, args, "show")?;
     let spec = loaded
         .dag
         .stage(&stage.name)
@@ -303,25 +310,25 @@ fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, Cli
         "state": state.as_ref().map(|s| s.state), "object": manifest.as_ref().map(|_| store.object_dir(&id)),
         "params": params, "inputs": inputs, "key": stage.key, "manifest": manifest,
     }));
-    out.line(&format!(
+    out.data(&format!(
         "{}:{}  (kind `{}`: {})",
         loaded.plan.dag,
         stage.name,
         stage.kind,
         kind.doc()
     ));
-    out.line(&format!("  fingerprint  {}", stage.fingerprint));
-    out.line(&format!(
+    out.data(&format!("  fingerprint  {}", stage.fingerprint));
+    out.data(&format!(
         "  state        {}",
         state.map_or("missing", |s| s.state.as_str())
     ));
     if manifest.is_some() {
-        out.line(&format!(
+        out.data(&format!(
             "  object       {}",
             store.object_dir(&id).display()
         ));
     }
-    out.line("parameters:");
+    out.data("parameters:");
     for p in kind.params() {
         let value = spec
             .params
@@ -333,29 +340,29 @@ fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, Cli
         } else {
             ""
         };
-        out.line(&format!("  {:<20} = {value}{mark}    # {}", p.name, p.doc));
+        out.data(&format!("  {:<20} = {value}{mark}    # {}", p.name, p.doc));
     }
     for (slot, up) in &spec.inputs {
-        out.line(&format!("input {slot} <- {up}"));
+        out.data(&format!("input {slot} <- {up}"));
     }
     if let Some(m) = manifest {
-        out.line("files:");
+        out.data("files:");
         for f in &m.files {
-            out.line(&format!(
+            out.data(&format!(
                 "  {:<28} {:>10}  blake3 {}",
                 f.name,
                 bytes(f.size),
                 &f.blake3[..16]
             ));
         }
-        out.line(&format!(
+        out.data(&format!(
             "built by {} at {} in {:.2}s (ausa {})",
             m.built.host, m.built.time, m.built.seconds, m.tool_version
         ));
-        out.line("stats:");
+        out.data("stats:");
         let stats = serde_json::to_string_pretty(&m.stats).unwrap_or_default();
         for l in stats.lines() {
-            out.line(&format!("  {l}"));
+            out.data(&format!("  {l}"));
         }
     }
     Ok(0)
@@ -363,7 +370,7 @@ fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, Cli
 
 fn path(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
     let loaded = resolve(pipeline, args)?;
-    let stage = selected_stage(&loaded, args)?;
+    let stage = selected_stage(&loaded, args, "path")?;
     let dirs = pipeline
         .object_dirs(&loaded)
         .map_err(|e| CliError::from_build(e, args))?;
@@ -393,7 +400,7 @@ fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
         );
     }
     out.json(&json!({"store": store.root(), "objects": rows}));
-    out.line(&format!(
+    out.data(&format!(
         "{:<12} {:<14} {:>10}  REFS",
         "KIND", "FINGERPRINT", "SIZE"
     ));
@@ -409,7 +416,7 @@ fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
             .filter_map(|v| v.as_str())
             .collect();
         let fp = r["fingerprint"].as_str().unwrap_or("");
-        out.line(&format!(
+        out.data(&format!(
             "{:<12} {:<14} {:>10}  {}",
             r["kind"].as_str().unwrap_or(""),
             &fp[..12.min(fp.len())],

@@ -41,7 +41,8 @@ impl Output {
         }
     }
 
-    /// Data a script may want even with `--quiet` (e.g. `ausa path`).
+    /// The answer of a read command (`status`, `show`, `ls`, `path`): printed even
+    /// with `--quiet`, which silences only progress and chatter.
     pub fn data(&self, text: &str) {
         if !self.json {
             println!("{text}");
