@@ -535,3 +535,26 @@ mod sets {
         assert!(banks.join("banks-train.arrow").is_file());
     }
 }
+
+/// `ausa path` with a relative `--store` printed a relative path, useless from any other
+/// directory.
+#[test]
+fn path_is_absolute_for_a_relative_store() {
+    let ctx = Ctx::new();
+    let run = |args: &[&str]| -> crate::common::Run {
+        std::process::Command::new(crate::common::bin())
+            .args(args)
+            .args(["--store", "rel-store"])
+            .current_dir(ctx.path())
+            .env_remove("AUSA_STORE")
+            .output()
+            .unwrap()
+            .into()
+    };
+    run(&["build", "demo:corpus", "-q", "--set", "corpus.docs=50"]).ok();
+    let out = run(&["path", "demo:corpus", "--set", "corpus.docs=50"]).ok();
+    let path = std::path::PathBuf::from(out.stdout.trim());
+    assert!(path.is_absolute(), "{}", path.display());
+    assert!(path.join("manifest.json").is_file());
+    assert!(path.starts_with(ctx.path().canonicalize().unwrap()) || path.starts_with(ctx.path()));
+}

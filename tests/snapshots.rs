@@ -106,6 +106,22 @@ fn dag_and_set_errors() {
     for (name, args) in cases {
         snap!(name, &ctx, run(&ctx, args));
     }
+    // Flags a command does not use are rejected, not ignored.
+    snap!(
+        "error_ls_remote",
+        &ctx,
+        run(&ctx, &["ls", "--remote", "file:///tmp/x"])
+    );
+    snap!(
+        "error_gc_remote",
+        &ctx,
+        run(&ctx, &["gc", "--remote", "file:///tmp/x"])
+    );
+    snap!(
+        "error_jobs_zero",
+        &ctx,
+        run(&ctx, &["build", "demo", "--jobs", "0"])
+    );
     ctx.write(
         "bad.toml",
         "[stages.corpus]\nkind = \"corpus\"\ndocs = 10\nseed = \"x\"\n",
