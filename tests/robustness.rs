@@ -1,12 +1,10 @@
 //! Concurrency, crashes, corruption and a full disk, against the real binary.
 #![allow(clippy::print_stderr)] // a skipped check says so on stderr
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{make_writable, Ctx, Run};
+use crate::common::{make_writable, Ctx, Run};
 
 /// A corpus big enough that a build takes a noticeable time.
 const BIG: &str = "corpus.docs=60000";
@@ -128,8 +126,10 @@ fn flipped_byte_is_reported_by_verify_and_blocks_downstream_builds() {
         .run(&["build", "demo", "--set", "doc_stats.histogram_bins=9"])
         .code(1);
     assert!(run.stderr.contains("documents.parquet"), "{}", run.stderr);
+    // The hint repeats the user's configuration, so it rebuilds the right object.
     assert!(
-        run.stderr.contains("ausa build demo:corpus --force"),
+        run.stderr
+            .contains("ausa build demo:corpus --set doc_stats.histogram_bins=9 --force"),
         "{}",
         run.stderr
     );
@@ -228,7 +228,7 @@ fn with_small_disk(script: &str) -> Option<Run> {
     );
     let out = std::process::Command::new("unshare")
         .args(["-rm", "sh", "-c", &full])
-        .env("AUSA", common::bin())
+        .env("AUSA", crate::common::bin())
         .output()
         .unwrap();
     Some(out.into())

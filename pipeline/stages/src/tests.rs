@@ -555,22 +555,11 @@ fn doc_stats_rejects_a_foreign_input_naming_the_file() {
     );
 }
 
-/// The real WikiText-2 validation text, or `None` (printed, by test name) on a fresh
-/// clone without `../shared`.
-#[allow(clippy::print_stderr)] // says why the test used synthetic text
+/// The real WikiText-2 validation text, or `None` after a visible skip of `test`'s
+/// real-text part on a fresh clone without `../shared`.
 fn real_wikitext(test: &str) -> Option<String> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/wikitext-2/valid.txt");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text),
-        Err(_) => {
-            eprintln!(
-                "SKIPPED {test} (real text): {} is absent; using synthetic text",
-                path.display()
-            );
-            None
-        }
-    }
+    let path = ausa_testkit::shared_file("data/wikitext-2/valid.txt", test)?;
+    Some(std::fs::read_to_string(path).unwrap())
 }
 
 /// WikiText-shaped synthetic text (articles, sections, `<unk>`).

@@ -593,15 +593,14 @@ fn bad_parameters_are_rejected_when_the_dag_loads() {
 /// The real WikiText-2 validation split, served as the hub serves it (one row per
 /// line, blank lines as empty rows), gives its 60 articles.
 #[test]
-#[allow(clippy::print_stderr)] // says why the test did nothing
 fn real_wikitext_validation_split_gives_60_articles() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/wikitext-2/valid.txt");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        // A fresh clone has no ../shared; the other tests use generated data.
-        eprintln!("skipped: {} is absent", path.display());
-        return;
+    let Some(path) = ausa_testkit::shared_file(
+        "data/wikitext-2/valid.txt",
+        "real_wikitext_validation_split_gives_60_articles",
+    ) else {
+        return; // a fresh clone has no ../shared; the other tests use generated data
     };
+    let text = std::fs::read_to_string(&path).unwrap();
     let rows: Vec<String> = text
         .lines()
         .map(|l| {

@@ -253,20 +253,19 @@ fn other_tokenizers_are_encoded_by_the_library() {
 /// validation text when `../shared` has it (the counts are printed), else a synthetic
 /// stand-in.
 #[test]
-#[allow(clippy::print_stderr)] // reports the counts, or why synthetic text was used
+#[allow(clippy::print_stderr)] // reports the counts
 fn wikitext_unk_markers_become_the_unk_token() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/wikitext-2/valid.txt");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        eprintln!(
-            "SKIPPED wikitext_unk_markers_become_the_unk_token (real text): {} is absent; \
-             using synthetic text",
-            path.display()
-        );
-        (0..60)
-            .map(|i| format!(" = T{i} = \n\n the <unk> of <unk> , </s> <s> {i} <pad> .\n\n"))
-            .collect()
-    });
+    let real = ausa_testkit::shared_file(
+        "data/wikitext-2/valid.txt",
+        "wikitext_unk_markers_become_the_unk_token (real text; synthetic used)",
+    );
+    let text = real
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap_or_else(|| {
+            (0..60)
+                .map(|i| format!(" = T{i} = \n\n the <unk> of <unk> , </s> <s> {i} <pad> .\n\n"))
+                .collect()
+        });
     let articles: Vec<(Split, &str)> = text
         .split("\n = ")
         .map(str::trim)
