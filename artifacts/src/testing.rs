@@ -46,13 +46,11 @@ impl Default for SetFixture {
 pub fn windows(len: u32, window: u32, stride: u32) -> Vec<(u32, u32)> {
     let mut spans = Vec::new();
     let mut start = 0;
-    while len > 0 {
-        let end = (start + window).min(len);
+    let mut end = 0;
+    while end < len {
+        end = (start + window).min(len);
         spans.push((start, end));
-        if end == len {
-            break;
-        }
-        start += stride;
+        start += stride.max(1);
     }
     spans
 }
