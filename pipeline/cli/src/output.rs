@@ -263,7 +263,7 @@ impl Drop for TransferBar {
 /// Bytes for humans, at most 8 characters (`1023 KiB`, `22.6 MiB`, `1.05 GiB`) so
 /// size columns stay aligned.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
         return format!("{n} B");
     }
