@@ -218,6 +218,9 @@ impl Progress for BarProgress {
         if let Ok(style) = ProgressStyle::with_template(&template) {
             self.bar.set_style(style.progress_chars("=> "));
         }
+        // A new total starts a new phase (the tokenizer counts docs, then merges): the
+        // position and rate restart with it, or the bar shows `1,658/764 merges`.
+        self.bar.reset();
         self.bar.set_length(total);
     }
 
@@ -286,7 +289,23 @@ pub fn bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::bytes;
+    use super::{bytes, BarProgress};
+    use ausa_dag::{Progress, ProgressUnit};
+
+    /// The tokenizer stage counts documents, then merges: the bar showed `1,658/764
+    /// merges` because a new total kept the old position.
+    #[test]
+    fn a_new_total_restarts_the_bar() {
+        let progress = BarProgress {
+            bar: indicatif::ProgressBar::hidden(),
+        };
+        progress.set_total(894, ProgressUnit::Items("docs"));
+        progress.advance(894);
+        progress.set_total(764, ProgressUnit::Items("merges"));
+        progress.advance(10);
+        assert_eq!(progress.bar.position(), 10);
+        assert_eq!(progress.bar.length(), Some(764));
+    }
 
     #[test]
     fn byte_sizes_fit_eight_columns() {
