@@ -1,0 +1,79 @@
+//! Test-only hooks: crash or pause the process at a named step, and log stage runs.
+//!
+//! Compiled in only with the `test-hooks` feature (enabled by `ausa-cli`'s
+//! dev-dependencies, so `cargo test` builds have it and release builds do not). Without
+//! the feature every function here is an empty inline function.
+//!
+//! - `AUSA_TEST_CRASH=<point>` aborts the process (like `kill -9`: no destructors, no
+//!   cleanup) when it reaches `<point>`.
+//! - `AUSA_TEST_PAUSE=<point>` makes the process create `$AUSA_TEST_PAUSE_DIR/<pid>` and
+//!   sleep forever at `<point>`, so a test can kill it there, knowing it is alive.
+//! - `AUSA_TEST_RUNLOG=<file>` appends `<kind> <fingerprint>` to `<file>` each time a
+//!   stage actually runs (not when it is reused), so a test can count executions.
+//!
+//! A point matches when it equals the variable or starts with it followed by `:` (so
+//! `stage` matches `stage:corpus`).
+
+/// The points of a publish and a ref update, in order (for tests that visit each).
+pub const PUBLISH_POINTS: [&str; 7] = [
+    "publish:data-written",
+    "publish:synced",
+    "publish:before-manifest",
+    "publish:after-manifest",
+    "publish:renamed",
+    "ref:before",
+    "ref:after",
+];
+
+#[cfg(feature = "test-hooks")]
+fn matches(var: &str, point: &str) -> bool {
+    std::env::var(var).is_ok_and(|want| {
+        !want.is_empty()
+            && (point == want
+                || point
+                    .strip_prefix(want.as_str())
+                    .is_some_and(|rest| rest.starts_with(':')))
+    })
+}
+
+/// Reached step `point`: crash or pause here if a test asked for it.
+#[inline]
+pub fn point(point: &str) {
+    #[cfg(feature = "test-hooks")]
+    {
+        if matches("AUSA_TEST_CRASH", point) {
+            std::process::abort();
+        }
+        if matches("AUSA_TEST_PAUSE", point) {
+            if let Some(dir) = std::env::var_os("AUSA_TEST_PAUSE_DIR") {
+                let marker = std::path::Path::new(&dir).join(std::process::id().to_string());
+                let _ = std::fs::write(marker, point);
+            }
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = point;
+}
+
+/// A stage of `kind` with `fingerprint` is about to run.
+#[inline]
+pub fn record_run(kind: &str, fingerprint: &str) {
+    #[cfg(feature = "test-hooks")]
+    if let Some(path) = std::env::var_os("AUSA_TEST_RUNLOG") {
+        use std::io::Write;
+        // One write(2) of a short line with O_APPEND: lines of concurrent processes do
+        // not interleave.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = f.write_all(format!("{kind} {fingerprint}\n").as_bytes());
+        }
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = (kind, fingerprint);
+}
