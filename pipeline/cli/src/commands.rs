@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use ausa_dag::{DagSpec, Override, Plan, Registry};
 use ausa_engine::{BuildOptions, StoreHasher};
-use ausa_store::{Manifest, ObjectId, Store, VerifyMode};
+use ausa_store::{Config, Health, Manifest, ObjectId, Store, VerifyMode};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -17,20 +17,26 @@ use crate::remote;
 /// Runs the command; returns the exit code for a completed command.
 pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
     let registry = ausa_stages::registry();
-    let store = || -> Result<Store, CliError> {
-        Ok(Store::open(Store::default_root(cli.store.as_deref()))?)
-    };
+    let root = Store::default_root(cli.store.as_deref());
+    // Only commands that write may create a store; the others say there is none.
+    let store = || -> Result<Store, CliError> { Ok(Store::open(&root)?) };
+    let writable_store = || -> Result<Store, CliError> { Ok(Store::create(&root)?) };
     match &cli.command {
         Command::Build {
             target,
             jobs,
             dry_run,
             force,
+            force_upstream,
             push,
         } => {
             let opts = BuildOptions {
                 jobs: jobs.unwrap_or(BuildOptions::default().jobs),
-                force: *force,
+                ..BuildOptions::default()
+            };
+            let force = Force {
+                stage: *force || *force_upstream,
+                upstream: *force_upstream,
             };
             let remote = match remote::remote_url(cli.remote.as_deref())? {
                 Some(_) if !*dry_run => Some(remote::open(cli.remote.as_deref(), "build")?),
@@ -47,7 +53,15 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
                 remote: remote.as_ref(),
                 push: *push,
             };
-            build(&store()?, &registry, target, &opts, *dry_run, remote, out)
+            // A dry run writes nothing: a missing store reads as an empty one.
+            let store = match dry_run {
+                true => Store::open(&root).or_else(|e| match e {
+                    ausa_store::StoreError::NoStore { .. } => Ok(Store::at(&root)),
+                    e => Err(e),
+                })?,
+                false => writable_store()?,
+            };
+            build(&store, &registry, target, &opts, force, *dry_run, remote, out)
         }
         Command::Push { target } => {
             let remote = remote::open(cli.remote.as_deref(), "push")?;
@@ -55,16 +69,16 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
         }
         Command::Pull { target } => {
             let remote = remote::open(cli.remote.as_deref(), "pull")?;
-            remote::pull(&store()?, &registry, target, &remote, out)
+            remote::pull(&writable_store()?, &registry, target, &remote, out)
         }
-        Command::Status { target } => {
+        Command::Status { target, verify } => {
             let remote = remote::remote_url(cli.remote.as_deref())?
                 .map(|_| remote::open(cli.remote.as_deref(), "status"))
                 .transpose()?;
-            status(&store()?, &registry, target, remote.as_ref(), out)
+            status(&store()?, &registry, target, *verify, remote.as_ref(), out)
         }
         Command::Explain { target } => explain(&store()?, &registry, target, out),
-        Command::Show { target } => show(&store()?, &registry, target, out),
+        Command::Show { target, verify } => show(&store()?, &registry, target, *verify, out),
         Command::Path { target } => path(&store()?, &registry, target, out),
         Command::Ls => ls(&store()?, out),
         Command::Verify { target, overrides } => {
@@ -74,8 +88,52 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
             });
             verify(&store()?, &registry, target.as_ref(), out)
         }
-        Command::Gc { dry_run } => gc(&store()?, *dry_run, out),
+        Command::Gc {
+            dry_run,
+            older_than,
+            keep_last,
+        } => {
+            let opts = ausa_store::GcOptions {
+                dry_run: *dry_run,
+                older_than: older_than.as_deref().map(parse_age).transpose()?,
+                keep_last: *keep_last,
+            };
+            gc(&store()?, &opts, out)
+        }
     }
+}
+
+/// What `--force` / `--force-upstream` asked for.
+#[derive(Clone, Copy)]
+struct Force {
+    /// Rebuild the named stage (or, for a whole DAG, every stage).
+    stage: bool,
+    /// Rebuild its upstream stages too.
+    upstream: bool,
+}
+
+/// The configuration a target names: its DAG and its canonical `--set` list (values as
+/// parsed, so `docs=0500` and `docs=500` are one configuration). The one place the CLI
+/// derives a configuration; [`Config::new`] sorts and dedups.
+pub(crate) fn config_of(dag: &str, args: &TargetArgs) -> Result<Config, CliError> {
+    let overrides = args
+        .overrides
+        .iter()
+        .map(|o| {
+            ausa_dag::Override::parse(o).map(|o| format!("{}.{}={}", o.stage, o.param, o.value))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Config::new(dag, &overrides))
+}
+
+/// `30d`, `12h`, `90m`, `45s` (humantime syntax).
+fn parse_age(text: &str) -> Result<std::time::Duration, CliError> {
+    humantime::parse_duration(text).map_err(|e| {
+        CliError::usage(
+            format!("invalid --older-than `{text}`: {e}"),
+            Some("write a duration such as 30d, 12h or 90m".into()),
+        )
+    })
 }
 
 /// A loaded DAG, its plan, and the selected stage.
@@ -114,16 +172,30 @@ pub(crate) fn load(
     Ok(Loaded { dag, plan, stage })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build(
     store: &Store,
     registry: &Registry,
     args: &TargetArgs,
     opts: &BuildOptions,
+    force: Force,
     dry_run: bool,
     remote: Remote<'_>,
     out: &Output,
 ) -> Result<i32, CliError> {
     let loaded = load(store, registry, args)?;
+    let opts = &BuildOptions {
+        force: match force.stage {
+            true => ausa_engine::forced_stages(
+                &loaded.plan,
+                loaded.stage.as_deref(),
+                force.upstream,
+            ),
+            false => Vec::new(),
+        },
+        config: Some(config_of(&loaded.plan.dag, args)?),
+        ..opts.clone()
+    };
     if dry_run {
         return dry_run_report(store, &loaded, opts, out);
     }
@@ -165,6 +237,7 @@ fn build(
             remote::push_plan(
                 store,
                 &loaded.plan,
+                opts.config.as_ref().expect("build sets the configuration"),
                 r,
                 if out.is_json() { &quiet } else { out },
             )?;
@@ -176,21 +249,25 @@ fn build(
         .iter()
         .filter(|s| !s.outcome.is_ok())
         .collect();
-    let mut hints = Vec::new();
+    // Each failure is printed once, here (the progress line only says FAILED), and even
+    // with --quiet.
+    let mut hints: Vec<String> = Vec::new();
+    let mut lines = Vec::new();
     for s in &failed {
         if let ausa_engine::Outcome::Failed { error, hint } = &s.outcome {
-            if !out.is_json() {
-                out.log(&format!("error: stage `{}` failed: {error}", s.stage));
-            }
-            hints.extend(hint.clone());
+            lines.push(format!("stage `{}` failed: {error}", s.stage));
+            hints.extend(hint.iter().filter(|h| !hints.contains(h)).cloned().collect::<Vec<_>>());
         }
     }
     Err(CliError {
         message: format!(
-            "build of `{}` failed ({} stage(s) not built)",
+            "build of `{}` failed ({} stage(s) not built)\n{}",
             loaded.plan.dag,
-            failed.len()
-        ),
+            failed.len(),
+            lines.join("\n")
+        )
+        .trim_end()
+        .to_string(),
         hints,
         code: 1,
     })
@@ -203,9 +280,10 @@ fn dry_run_report(
     out: &Output,
 ) -> Result<i32, CliError> {
     let mut entries = Vec::new();
+    let config = opts.config.clone().expect("build sets the configuration");
     for stage in &loaded.plan.stages {
-        let mut e = ausa_engine::explain(store, &loaded.plan, stage);
-        if opts.force && e.reasons.is_empty() {
+        let mut e = ausa_engine::explain(store, &loaded.plan, &config, stage);
+        if opts.force.contains(&stage.name) && e.reasons.is_empty() {
             e.reasons.push("--force".into());
         }
         let verb = if e.reasons.is_empty() {
@@ -229,15 +307,30 @@ fn dry_run_report(
     Ok(0)
 }
 
+/// Exit status of `status` when a stage is missing or stale (nothing damaged).
+const STATUS_NOT_BUILT: i32 = 3;
+/// Exit status of `status` when an object is damaged.
+const STATUS_DAMAGED: i32 = 4;
+
+fn check_mode(verify: bool) -> VerifyMode {
+    if verify {
+        VerifyMode::Full
+    } else {
+        VerifyMode::Sizes
+    }
+}
+
 fn status(
     store: &Store,
     registry: &Registry,
     args: &TargetArgs,
+    verify: bool,
     remote: Option<&ausa_remote::Remote>,
     out: &Output,
 ) -> Result<i32, CliError> {
     let loaded = load(store, registry, args)?;
-    let states = ausa_engine::stage_states(store, &loaded.plan);
+    let config = config_of(&loaded.plan.dag, args)?;
+    let states = ausa_engine::stage_states(store, &loaded.plan, &config, check_mode(verify));
     let places = remote
         .map(|r| remote::locations(store, &loaded.plan, r))
         .transpose()?;
@@ -249,7 +342,7 @@ fn status(
     }
     out.json(&json!({"dag": loaded.plan.dag, "remote": remote.map(|r| r.url()), "stages": doc}));
     let where_head = if places.is_some() { "  WHERE" } else { "" };
-    out.line(&format!(
+    out.data(&format!(
         "{:<20} {:<12} {:<14} {:<11} {:>10}{where_head}",
         "STAGE", "KIND", "FINGERPRINT", "STATE", "SIZE"
     ));
@@ -259,7 +352,7 @@ fn status(
             .as_ref()
             .map(|p| format!("  {}", p[i]))
             .unwrap_or_default();
-        out.line(&format!(
+        out.data(&format!(
             "{:<20} {:<12} {:<14} {:<11} {:>10}{place}",
             s.stage,
             s.kind,
@@ -267,8 +360,20 @@ fn status(
             s.state.as_str(),
             size
         ));
+        for p in &s.problems {
+            out.data(&format!("    {p}"));
+        }
     }
-    Ok(0)
+    use ausa_engine::StateKind;
+    let damaged = states.iter().any(|s| s.state == StateKind::Damaged);
+    let not_built = states.iter().any(|s| s.state != StateKind::UpToDate);
+    Ok(if damaged {
+        STATUS_DAMAGED
+    } else if not_built {
+        STATUS_NOT_BUILT
+    } else {
+        0
+    })
 }
 
 fn explain(
@@ -278,27 +383,28 @@ fn explain(
     out: &Output,
 ) -> Result<i32, CliError> {
     let loaded = load(store, registry, args)?;
+    let config = config_of(&loaded.plan.dag, args)?;
     let stages: Vec<_> = match &loaded.stage {
         Some(name) => loaded.plan.stage(name).into_iter().collect(),
         None => loaded.plan.stages.iter().collect(),
     };
     let mut entries = Vec::new();
     for stage in stages {
-        let e = ausa_engine::explain(store, &loaded.plan, stage);
+        let e = ausa_engine::explain(store, &loaded.plan, &config, stage);
         if e.reasons.is_empty() {
-            out.line(&format!(
+            out.data(&format!(
                 "{}: up to date ({})",
                 stage.name,
                 &stage.fingerprint[..12]
             ));
         } else {
-            out.line(&format!(
+            out.data(&format!(
                 "{}: would rebuild ({}):",
                 stage.name,
                 &stage.fingerprint[..12]
             ));
             for r in &e.reasons {
-                out.line(&format!("  {r}"));
+                out.data(&format!("  {r}"));
             }
         }
         entries.push(e);
@@ -332,9 +438,11 @@ fn show(
     store: &Store,
     registry: &Registry,
     args: &TargetArgs,
+    verify: bool,
     out: &Output,
 ) -> Result<i32, CliError> {
     let loaded = load(store, registry, args)?;
+    let config = config_of(&loaded.plan.dag, args)?;
     let stage = selected_stage(&loaded, "show")?;
     let spec = loaded
         .dag
@@ -347,11 +455,13 @@ fn show(
         kind: stage.kind.clone(),
         fingerprint: stage.fingerprint.clone(),
     };
-    let manifest = store
-        .has_object(&id)
-        .then(|| Manifest::read(&store.object_dir(&id)))
-        .transpose()?;
-    let state = ausa_engine::stage_states(store, &loaded.plan)
+    let manifest = match store.health(&id, check_mode(verify), &ausa_dag::fingerprint)? {
+        Health::Sound(m) => Some(*m),
+        // A damaged object's manifest is shown if it parses, marked damaged below.
+        Health::Damaged(_) => Manifest::read(&store.object_dir(&id)).ok(),
+        Health::Absent => None,
+    };
+    let state = ausa_engine::stage_states(store, &loaded.plan, &config, check_mode(verify))
         .into_iter()
         .find(|s| s.stage == stage.name);
     let params: serde_json::Map<_, _> = kind
@@ -372,25 +482,28 @@ fn show(
         "state": state.as_ref().map(|s| s.state), "object": manifest.as_ref().map(|_| store.object_dir(&id)),
         "params": params, "inputs": inputs, "key": stage.key, "manifest": manifest,
     }));
-    out.line(&format!(
+    out.data(&format!(
         "{}:{}  (kind `{}`: {})",
         loaded.plan.dag,
         stage.name,
         stage.kind,
         kind.doc()
     ));
-    out.line(&format!("  fingerprint  {}", stage.fingerprint));
-    out.line(&format!(
+    out.data(&format!("  fingerprint  {}", stage.fingerprint));
+    out.data(&format!(
         "  state        {}",
-        state.map_or("missing", |s| s.state.as_str())
+        state.as_ref().map_or("missing", |s| s.state.as_str())
     ));
+    for p in state.iter().flat_map(|s| &s.problems) {
+        out.data(&format!("               {p}"));
+    }
     if manifest.is_some() {
-        out.line(&format!(
+        out.data(&format!(
             "  object       {}",
             store.object_dir(&id).display()
         ));
     }
-    out.line("parameters:");
+    out.data("parameters:");
     for p in kind.params() {
         let value = spec
             .params
@@ -402,29 +515,29 @@ fn show(
         } else {
             ""
         };
-        out.line(&format!("  {:<20} = {value}{mark}    # {}", p.name, p.doc));
+        out.data(&format!("  {:<20} = {value}{mark}    # {}", p.name, p.doc));
     }
     for (slot, up) in &spec.inputs {
-        out.line(&format!("input {slot} <- {up}"));
+        out.data(&format!("input {slot} <- {up}"));
     }
     if let Some(m) = manifest {
-        out.line("files:");
+        out.data("files:");
         for f in &m.files {
-            out.line(&format!(
+            out.data(&format!(
                 "  {:<28} {:>10}  blake3 {}",
                 f.name,
                 bytes(f.size),
                 &f.blake3[..16]
             ));
         }
-        out.line(&format!(
+        out.data(&format!(
             "built by {} at {} in {:.2}s (ausa {})",
             m.built.host, m.built.time, m.built.seconds, m.tool_version
         ));
-        out.line("statistics:");
+        out.data("statistics:");
         let stats = serde_json::to_string_pretty(&m.stats).unwrap_or_default();
         for l in stats.lines() {
-            out.line(&format!("  {l}"));
+            out.data(&format!("  {l}"));
         }
     }
     Ok(0)
@@ -463,24 +576,35 @@ fn path(
 }
 
 fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
+    let configs = store.list_configs()?;
     let refs = store.list_refs()?;
     let mut rows = Vec::new();
     for id in store.list_objects()? {
-        let size = Manifest::read(&store.object_dir(&id))
-            .ok()
+        let valid = store.has_object(&id);
+        let size = valid
+            .then(|| Manifest::read(&store.object_dir(&id)).ok())
+            .flatten()
             .map(|m| m.total_size());
-        let names: Vec<String> = refs
+        let pointing: Vec<_> = refs
             .iter()
             .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.object() == id))
-            .map(|(n, _)| n.to_string())
+            .map(|(n, _)| n)
             .collect();
-        rows.push(
-            json!({"kind": id.kind, "fingerprint": id.fingerprint, "bytes": size, "refs": names}),
-        );
+        let names: Vec<String> = pointing.iter().map(|n| n.to_string()).collect();
+        let mut labels: Vec<String> = Vec::new();
+        for n in &pointing {
+            let info = configs.iter().find(|c| c.dag == n.dag && c.id == n.config);
+            let label = info.map_or_else(|| format!("{}@{}", n.dag, n.config), |c| c.label());
+            if !labels.contains(&label) {
+                labels.push(label);
+            }
+        }
+        rows.push(json!({"kind": id.kind, "fingerprint": id.fingerprint, "bytes": size,
+            "refs": names, "configs": labels}));
     }
     out.json(&json!({"store": store.root(), "objects": rows}));
-    out.line(&format!(
-        "{:<12} {:<14} {:>10}  REFS",
+    out.data(&format!(
+        "{:<12} {:<14} {:>10}  CONFIGURATIONS",
         "KIND", "FINGERPRINT", "SIZE"
     ));
     for r in &rows {
@@ -488,19 +612,23 @@ fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
             .as_u64()
             .map(bytes)
             .unwrap_or_else(|| "invalid".into());
-        let names: Vec<_> = r["refs"]
+        let labels: Vec<_> = r["configs"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|v| v.as_str())
             .collect();
         let fp = r["fingerprint"].as_str().unwrap_or("");
-        out.line(&format!(
+        out.data(&format!(
             "{:<12} {:<14} {:>10}  {}",
             r["kind"].as_str().unwrap_or(""),
             &fp[..12.min(fp.len())],
             size,
-            names.join(" ")
+            if labels.is_empty() {
+                "(none: gc removes it)".to_string()
+            } else {
+                labels.join(", ")
+            }
         ));
     }
     Ok(0)
@@ -573,21 +701,33 @@ fn verify(
     }
 }
 
-fn gc(store: &Store, dry_run: bool, out: &Output) -> Result<i32, CliError> {
-    let report = store.gc(dry_run)?;
+fn gc(store: &Store, opts: &ausa_store::GcOptions, out: &Output) -> Result<i32, CliError> {
+    let report = store.gc(opts)?;
+    let dry_run = opts.dry_run;
     out.json(&json!({"dry_run": dry_run, "report": report}));
     let verb = if dry_run { "would remove" } else { "removed" };
+    for c in &report.configs {
+        out.line(&format!("{verb} configuration {c}"));
+    }
     for id in &report.objects {
         out.line(&format!("{verb} object {id}"));
+    }
+    for id in &report.in_use {
+        out.line(&format!("kept object {id}: a running build uses it"));
     }
     for dir in &report.temp_dirs {
         out.line(&format!("{verb} temp dir {}", dir.display()));
     }
+    for lock in &report.stale_locks {
+        out.line(&format!("{verb} expired lock {}", lock.display()));
+    }
     out.line(&format!(
-        "{verb} {} object(s) ({}) and {} temp dir(s)",
+        "{verb} {} configuration(s), {} object(s) ({}), {} temp dir(s) and {} expired lock(s)",
+        report.configs.len(),
         report.objects.len(),
         bytes(report.object_bytes),
-        report.temp_dirs.len()
+        report.temp_dirs.len(),
+        report.stale_locks.len()
     ));
     Ok(0)
 }

@@ -47,21 +47,16 @@ impl From<DagError> for CliError {
 
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> CliError {
-        let hint = match &e {
-            StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
-                Some("the disk is full: free space or point --store at another disk".to_string())
-            }
-            StoreError::Io { source, .. }
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                Some("check the permissions of the store directory, or use --store DIR".to_string())
-            }
-            e if e.is_corruption() => Some(
-                "run `ausa verify` to list damaged objects, then `ausa build <DAG> --force`"
-                    .to_string(),
-            ),
-            _ => None,
-        };
-        CliError::failure(e.to_string(), hint)
+        let hint = e.hint().or_else(|| {
+            e.is_corruption().then(|| {
+                "run `ausa verify` to list damaged objects, then `ausa build <DAG>:<STAGE> --force`"
+                    .to_string()
+            })
+        });
+        if e.is_bad_store_path() {
+            CliError::usage(e.to_string(), hint)
+        } else {
+            CliError::failure(e.to_string(), hint)
+        }
     }
 }

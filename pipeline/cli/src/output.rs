@@ -169,7 +169,8 @@ impl Reporter for BuildReporter<'_> {
             Outcome::BuiltElsewhere => {
                 format!("{:>9} {label} (built by another process)", "reused")
             }
-            Outcome::Failed { error, .. } => format!("{:>9} {label}: {error}", "FAILED"),
+            // The error itself is printed once, with the build's final error.
+            Outcome::Failed { .. } => format!("{:>9} {label}", "FAILED"),
             Outcome::Skipped { upstream } => {
                 format!("{:>9} {label} (upstream `{upstream}` failed)", "skipped")
             }

@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use ausa_dag::{Plan, Registry};
 use ausa_remote::{Remote, RemoteError, Transfer};
-use ausa_store::{ObjectId, Ref, RefName, Store};
+use ausa_store::{Config, ObjectId, Ref, Store};
 use serde_json::json;
 
 use crate::args::TargetArgs;
-use crate::commands::load;
+use crate::commands::{config_of, load};
 use crate::diagnostics::CliError;
 use crate::output::{bytes, Output};
 
@@ -94,13 +94,15 @@ pub fn push(
     out: &Output,
 ) -> Result<i32, CliError> {
     let loaded = load(store, registry, args)?;
-    push_plan(store, &loaded.plan, remote, out)
+    let config = config_of(&loaded.plan.dag, args)?;
+    push_plan(store, &loaded.plan, &config, remote, out)
 }
 
 /// Pushes every object of `plan` (all must be built) and points the remote refs at them.
 pub fn push_plan(
     store: &Store,
     plan: &Plan,
+    config: &Config,
     remote: &Remote,
     out: &Output,
 ) -> Result<i32, CliError> {
@@ -133,11 +135,9 @@ pub fn push_plan(
             fingerprint: stage.fingerprint.clone(),
             key: stage.key.clone(),
         };
-        let name = RefName {
-            dag: plan.dag.clone(),
-            stage: stage.name.clone(),
-        };
-        remote.push_ref(&name, &r).map_err(remote_error)?;
+        remote
+            .push_ref(&config.ref_name(&stage.name), &r)
+            .map_err(remote_error)?;
     }
     report(plan, remote, &result, started, "pushed", out);
     Ok(0)
@@ -153,6 +153,7 @@ pub fn pull(
 ) -> Result<i32, CliError> {
     let loaded = load(store, registry, args)?;
     let plan = &loaded.plan;
+    let config = config_of(&plan.dag, args)?;
     let started = Instant::now();
     let bar = out.transfer_bar(&format!("pull {}", plan.dag));
     let result = remote
@@ -165,11 +166,18 @@ pub fn pull(
             fingerprint: stage.fingerprint.clone(),
             key: stage.key.clone(),
         };
-        let name = RefName {
-            dag: plan.dag.clone(),
-            stage: stage.name.clone(),
-        };
-        store.write_ref(&name, &r)?;
+        // Pinned so that a gc elsewhere cannot take the object before its ref exists.
+        let pin = store.pin(&ObjectId {
+            kind: stage.kind.clone(),
+            fingerprint: stage.fingerprint.clone(),
+        })?;
+        if !pin.present {
+            return Err(CliError::failure(
+                format!("{}:{} vanished from the store right after the pull", plan.dag, stage.name),
+                Some("run the pull again".into()),
+            ));
+        }
+        store.record_ref(&config, &stage.name, &r)?;
     }
     report(plan, remote, &result, started, "pulled", out);
     Ok(0)

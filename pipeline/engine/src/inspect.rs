@@ -4,8 +4,8 @@
 //! Like ninja's `-d explain`, every reason is one short line; a changed key yields one
 //! line per changed field.
 
-use ausa_dag::{diff_keys, KeyChange, Plan, PlannedStage};
-use ausa_store::{Manifest, ObjectId, RefName, Store};
+use ausa_dag::{diff_keys, fingerprint, KeyChange, Plan, PlannedStage};
+use ausa_store::{Config, Health, ObjectId, Store, VerifyMode};
 
 /// Whether a stage's object exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -17,6 +17,9 @@ pub enum StateKind {
     Stale,
     /// Never built in this store (or its object was removed).
     Missing,
+    /// The object exists but its bytes disagree with its manifest (a failed size
+    /// check, or with a full check a failed hash), or it is not a real object directory.
+    Damaged,
 }
 
 impl StateKind {
@@ -26,6 +29,7 @@ impl StateKind {
             StateKind::UpToDate => "up-to-date",
             StateKind::Stale => "stale",
             StateKind::Missing => "missing",
+            StateKind::Damaged => "damaged",
         }
     }
 }
@@ -41,8 +45,11 @@ pub struct StageState {
     pub fingerprint: String,
     /// The state.
     pub state: StateKind,
-    /// Bytes of the object's files, when it exists.
+    /// Bytes of the object's files, when it exists and is sound.
     pub bytes: Option<u64>,
+    /// What is wrong with a damaged object, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Why a stage would (or would not) rebuild.
@@ -66,53 +73,62 @@ fn object_id(stage: &PlannedStage) -> ObjectId {
     }
 }
 
-/// The state of every planned stage.
-pub fn stage_states(store: &Store, plan: &Plan) -> Vec<StageState> {
+/// The state of every planned stage in `config`. `mode` says how hard to look at
+/// existing objects: [`VerifyMode::Sizes`] (a few stats, as a no-op build does) or
+/// [`VerifyMode::Full`] (rehash every byte).
+pub fn stage_states(
+    store: &Store,
+    plan: &Plan,
+    config: &Config,
+    mode: VerifyMode,
+) -> Vec<StageState> {
     plan.stages
         .iter()
-        .map(|s| state_of(store, plan, s))
+        .map(|s| state_of(store, config, s, mode))
         .collect()
 }
 
-fn state_of(store: &Store, plan: &Plan, stage: &PlannedStage) -> StageState {
+fn state_of(store: &Store, config: &Config, stage: &PlannedStage, mode: VerifyMode) -> StageState {
     let id = object_id(stage);
-    let manifest = store
-        .has_object(&id)
-        .then(|| Manifest::read(&store.object_dir(&id)).ok())
-        .flatten();
-    let state = if store.has_object(&id) {
-        StateKind::UpToDate
-    } else {
-        let name = RefName {
-            dag: plan.dag.clone(),
-            stage: stage.name.clone(),
-        };
-        match store.read_ref(&name) {
-            Ok(Some(r)) if r.fingerprint != stage.fingerprint => StateKind::Stale,
-            _ => StateKind::Missing,
-        }
+    let (state, bytes, problems) = match store.health(&id, mode, &fingerprint) {
+        Ok(Health::Sound(m)) => (StateKind::UpToDate, Some(m.total_size()), Vec::new()),
+        Ok(Health::Damaged(problems)) => (
+            StateKind::Damaged,
+            None,
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path.display(), p.what))
+                .collect(),
+        ),
+        Err(e) => (StateKind::Damaged, None, vec![e.to_string()]),
+        Ok(Health::Absent) => match store.read_ref(&config.ref_name(&stage.name)) {
+            Ok(Some(r)) if r.fingerprint != stage.fingerprint => (StateKind::Stale, None, Vec::new()),
+            _ => (StateKind::Missing, None, Vec::new()),
+        },
     };
     StageState {
         stage: stage.name.clone(),
         kind: stage.kind.clone(),
         fingerprint: stage.fingerprint.clone(),
         state,
-        bytes: manifest.map(|m| m.total_size()),
+        bytes,
+        problems,
     }
 }
 
-/// Explains one planned stage against the ref of its last build.
-pub fn explain(store: &Store, plan: &Plan, stage: &PlannedStage) -> Explanation {
-    let state = state_of(store, plan, stage);
-    let name = RefName {
-        dag: plan.dag.clone(),
-        stage: stage.name.clone(),
-    };
+/// Explains one planned stage against the ref of its last build in `config`.
+pub fn explain(store: &Store, plan: &Plan, config: &Config, stage: &PlannedStage) -> Explanation {
+    let state = state_of(store, config, stage, VerifyMode::Sizes);
+    let name = config.ref_name(&stage.name);
     let previous = store.read_ref(&name);
     let mut reasons = Vec::new();
     let mut changes = Vec::new();
     match (&state.state, previous) {
         (StateKind::UpToDate, _) => {}
+        (StateKind::Damaged, _) => {
+            reasons.push("its object is damaged: `ausa build --force` replaces it".into());
+            reasons.extend(state.problems.iter().cloned());
+        }
         (_, Err(e)) => reasons.push(format!("its ref cannot be read ({e})")),
         (_, Ok(None)) => reasons.push("never built in this store".into()),
         (_, Ok(Some(r))) if r.fingerprint == stage.fingerprint => {

@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! # fn demo(registry: &ausa_dag::Registry) -> Result<(), Box<dyn std::error::Error>> {
-//! let store = ausa_store::Store::open("/tmp/store")?;
+//! let store = ausa_store::Store::create("/tmp/store")?;
 //! let source = ausa_dag::locate("demo")?;
 //! let dag = ausa_dag::DagSpec::load(&source, registry, &[])?;
 //! let plan = ausa_dag::Plan::resolve(&dag, None, registry, &ausa_engine::StoreHasher::new(&store))?;
@@ -31,6 +31,7 @@ use ausa_dag::{ContentHasher, PlannedStage, Progress};
 use ausa_store::{StatCache, Store};
 
 pub use inspect::{explain, stage_states, Explanation, StageState, StateKind};
+pub use ausa_store::Config;
 pub use run::{build, build_with_source};
 
 /// Options of one build.
@@ -38,14 +39,32 @@ pub use run::{build, build_with_source};
 pub struct BuildOptions {
     /// Stages built at once (at least 1).
     pub jobs: usize,
-    /// Rebuild every planned stage even if its object exists (replacing it).
-    pub force: bool,
+    /// Names of the stages to rebuild even though their objects exist (`--force`): the
+    /// rebuilt copy replaces the old one atomically. Other stages are reused as usual,
+    /// so `--force` on one stage rebuilds that stage only; see [`forced_stages`].
+    pub force: Vec<String>,
+    /// The configuration (DAG + overrides) whose refs the build writes; `None`: the
+    /// plan's DAG without overrides.
+    pub config: Option<ausa_store::Config>,
 }
 
 impl Default for BuildOptions {
     fn default() -> BuildOptions {
         let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
-        BuildOptions { jobs, force: false }
+        BuildOptions {
+            jobs,
+            force: Vec::new(),
+            config: None,
+        }
+    }
+}
+
+/// The stages `--force` rebuilds: the `target` stage alone, or with `upstream` also
+/// every stage it depends on; without a target (a whole DAG), every planned stage.
+pub fn forced_stages(plan: &ausa_dag::Plan, target: Option<&str>, upstream: bool) -> Vec<String> {
+    match target {
+        Some(stage) if !upstream => vec![stage.to_string()],
+        _ => plan.stages.iter().map(|s| s.name.clone()).collect(),
     }
 }
 
