@@ -5,7 +5,9 @@
 //! line per changed field.
 
 use ausa_dag::{diff_keys, fingerprint, KeyChange, Plan, PlannedStage};
-use ausa_store::{Config, Health, ObjectId, Store, VerifyMode};
+use ausa_store::{
+    Config, Health, ObjectId, Ref, RefName, Store, VerifyMode, DEFAULT_CONFIG, LEGACY_CONFIG,
+};
 
 /// Whether a stage's object exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -101,8 +103,10 @@ fn state_of(store: &Store, config: &Config, stage: &PlannedStage, mode: VerifyMo
                 .collect(),
         ),
         Err(e) => (StateKind::Damaged, None, vec![e.to_string()]),
-        Ok(Health::Absent) => match store.read_ref(&config.ref_name(&stage.name)) {
-            Ok(Some(r)) if r.fingerprint != stage.fingerprint => (StateKind::Stale, None, Vec::new()),
+        Ok(Health::Absent) => match previous_ref(store, config, &stage.name) {
+            Ok(Some((_, r))) if r.fingerprint != stage.fingerprint => {
+                (StateKind::Stale, None, Vec::new())
+            }
             _ => (StateKind::Missing, None, Vec::new()),
         },
     };
@@ -116,11 +120,38 @@ fn state_of(store: &Store, config: &Config, stage: &PlannedStage, mode: VerifyMo
     }
 }
 
-/// Explains one planned stage against the ref of its last build in `config`.
+/// The last build of `stage` to compare with: in `config`, else (a configuration never
+/// built here) in the DAG's default configuration, else in a store of the old layout.
+/// Returns the configuration id with the ref.
+fn previous_ref(
+    store: &Store,
+    config: &Config,
+    stage: &str,
+) -> Result<Option<(String, Ref)>, ausa_store::StoreError> {
+    let mut ids = vec![config.id()];
+    for fallback in [DEFAULT_CONFIG, LEGACY_CONFIG] {
+        if !ids.iter().any(|i| i == fallback) {
+            ids.push(fallback.to_string());
+        }
+    }
+    for id in ids {
+        let name = RefName {
+            dag: config.dag.clone(),
+            config: id.clone(),
+            stage: stage.to_string(),
+        };
+        if let Some(r) = store.read_ref(&name)? {
+            return Ok(Some((id, r)));
+        }
+    }
+    Ok(None)
+}
+
+/// Explains one planned stage against the ref of its last build in `config` (or, for a
+/// configuration never built, of the DAG's default configuration).
 pub fn explain(store: &Store, plan: &Plan, config: &Config, stage: &PlannedStage) -> Explanation {
     let state = state_of(store, config, stage, VerifyMode::Sizes);
-    let name = config.ref_name(&stage.name);
-    let previous = store.read_ref(&name);
+    let previous = previous_ref(store, config, &stage.name).map(|p| p.map(|(_, r)| r));
     let mut reasons = Vec::new();
     let mut changes = Vec::new();
     match (&state.state, previous) {
@@ -146,7 +177,10 @@ pub fn explain(store: &Store, plan: &Plan, config: &Config, stage: &PlannedStage
             }
         }
     }
-    let previous = store.read_ref(&name).ok().flatten().map(|r| r.fingerprint);
+    let previous = previous_ref(store, config, &stage.name)
+        .ok()
+        .flatten()
+        .map(|(_, r)| r.fingerprint);
     Explanation {
         state,
         previous,
