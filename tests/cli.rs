@@ -183,7 +183,11 @@ fn ls_shows_refs_and_gc_removes_unreferenced_objects() {
         "{ls}"
     );
     ctx.run(&["gc"]).ok();
-    assert_eq!(count(&ctx), 2 * stages, "gc keeps what any configuration uses");
+    assert_eq!(
+        count(&ctx),
+        2 * stages,
+        "gc keeps what any configuration uses"
+    );
     // A policy drops the older configuration (the default); a dry run removes nothing.
     let dry = ctx
         .run(&["gc", "--keep-last", "1", "--dry-run", "--json"])

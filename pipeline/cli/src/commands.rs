@@ -61,7 +61,9 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
                 })?,
                 false => writable_store()?,
             };
-            build(&store, &registry, target, &opts, force, *dry_run, remote, out)
+            build(
+                &store, &registry, target, &opts, force, *dry_run, remote, out,
+            )
         }
         Command::Push { target } => {
             let remote = remote::open(cli.remote.as_deref(), "push")?;
@@ -186,11 +188,9 @@ fn build(
     let loaded = load(store, registry, args)?;
     let opts = &BuildOptions {
         force: match force.stage {
-            true => ausa_engine::forced_stages(
-                &loaded.plan,
-                loaded.stage.as_deref(),
-                force.upstream,
-            ),
+            true => {
+                ausa_engine::forced_stages(&loaded.plan, loaded.stage.as_deref(), force.upstream)
+            }
             false => Vec::new(),
         },
         config: Some(config_of(&loaded.plan.dag, args)?),
@@ -256,7 +256,12 @@ fn build(
     for s in &failed {
         if let ausa_engine::Outcome::Failed { error, hint } = &s.outcome {
             lines.push(format!("stage `{}` failed: {error}", s.stage));
-            hints.extend(hint.iter().filter(|h| !hints.contains(h)).cloned().collect::<Vec<_>>());
+            hints.extend(
+                hint.iter()
+                    .filter(|h| !hints.contains(h))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
         }
     }
     Err(CliError {
@@ -599,8 +604,10 @@ fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
                 labels.push(label);
             }
         }
-        rows.push(json!({"kind": id.kind, "fingerprint": id.fingerprint, "bytes": size,
-            "refs": names, "configs": labels}));
+        rows.push(
+            json!({"kind": id.kind, "fingerprint": id.fingerprint, "bytes": size,
+            "refs": names, "configs": labels}),
+        );
     }
     out.json(&json!({"store": store.root(), "objects": rows}));
     out.data(&format!(

@@ -173,7 +173,10 @@ pub fn pull(
         })?;
         if !pin.present {
             return Err(CliError::failure(
-                format!("{}:{} vanished from the store right after the pull", plan.dag, stage.name),
+                format!(
+                    "{}:{} vanished from the store right after the pull",
+                    plan.dag, stage.name
+                ),
                 Some("run the pull again".into()),
             ));
         }

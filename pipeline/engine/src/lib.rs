@@ -30,8 +30,8 @@ use std::path::Path;
 use ausa_dag::{ContentHasher, PlannedStage, Progress};
 use ausa_store::{StatCache, Store};
 
-pub use inspect::{explain, stage_states, Explanation, StageState, StateKind};
 pub use ausa_store::Config;
+pub use inspect::{explain, stage_states, Explanation, StageState, StateKind};
 pub use run::{build, build_with_source};
 
 /// Options of one build.

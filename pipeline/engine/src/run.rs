@@ -197,7 +197,22 @@ impl Build<'_> {
             };
             drop(guard);
             let stage = &self.plan.stages[idx];
-            let outcome = self.run_stage(idx);
+            // A panic must not leave the slot running forever (the other workers would
+            // wait for it): it becomes this stage's failure.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run_stage(idx)
+            }))
+            .unwrap_or_else(|panic| Outcome::Failed {
+                error: format!(
+                    "internal error: {}",
+                    panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into())
+                ),
+                hint: Some("please report this as a bug".into()),
+            });
             self.reporter.finished(stage, &outcome);
             guard = lock();
             guard[idx] = Slot::Done(outcome);
@@ -254,7 +269,8 @@ impl Build<'_> {
         }
         self.ensure(idx, false)
     }
-}/// Marks and returns the first pending stage whose inputs are all done, first marking
+}
+/// Marks and returns the first pending stage whose inputs are all done, first marking
 /// stages with a failed input as skipped.
 fn next_ready(plan: &Plan, slots: &mut [Slot]) -> Option<usize> {
     for (idx, stage) in plan.stages.iter().enumerate() {
@@ -379,10 +395,12 @@ impl Build<'_> {
         } else {
             match store.lock_object(&id, &mut on_wait)? {
                 Acquired::Present => {
+                    // Our pin predates the object, so gc cannot have taken it since.
+                    out_pin.present = true;
                     return Ok(Ensured {
                         outcome: Outcome::BuiltElsewhere,
                         pin: Some(out_pin),
-                    })
+                    });
                 }
                 Acquired::Locked(guard) => guard,
             }

@@ -86,8 +86,7 @@ impl StoreError {
                 "check --store / $AUSA_STORE; `ausa build` or `ausa pull` creates a store".into(),
             ),
             StoreError::NotADirectory { .. } => Some(
-                "--store takes the store's directory (e.g. ~/.cache/ausa), not a file in it"
-                    .into(),
+                "--store takes the store's directory (e.g. ~/.cache/ausa), not a file in it".into(),
             ),
             _ => None,
         }

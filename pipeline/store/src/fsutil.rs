@@ -186,7 +186,9 @@ pub(crate) fn remove_tree(dir: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(StoreError::io(dir, e)),
         Ok(m) if !m.is_dir() => {
-            return std::fs::remove_file(dir).or_else(not_found_ok).map_err(|e| StoreError::io(dir, e))
+            return std::fs::remove_file(dir)
+                .or_else(not_found_ok)
+                .map_err(|e| StoreError::io(dir, e))
         }
         Ok(_) => {}
     }

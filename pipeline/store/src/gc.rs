@@ -169,7 +169,10 @@ fn swept(configs: &[ConfigInfo], opts: &GcOptions, now: std::time::SystemTime) -
             // Newest first; unknown times count as oldest.
             of_dag.sort_by(|a, b| b.last_built.cmp(&a.last_built));
             for c in of_dag.into_iter().skip(keep) {
-                if !dropped.iter().any(|d: &ConfigInfo| d.dag == c.dag && d.id == c.id) {
+                if !dropped
+                    .iter()
+                    .any(|d: &ConfigInfo| d.dag == c.dag && d.id == c.id)
+                {
                     dropped.push((**c).clone());
                 }
             }

@@ -8,6 +8,9 @@
 //!   cleanup) when it reaches `<point>`.
 //! - `AUSA_TEST_PAUSE=<point>` makes the process create `$AUSA_TEST_PAUSE_DIR/<pid>` and
 //!   sleep forever at `<point>`, so a test can kill it there, knowing it is alive.
+//! - `AUSA_TEST_BARRIER=<point>` makes the process create `$AUSA_TEST_BARRIER_DIR/<pid>`
+//!   at `<point>` and wait (at most 60 s) until `$AUSA_TEST_BARRIER_N` processes have:
+//!   proof that that many processes were at that point at the same time.
 //! - `AUSA_TEST_RUNLOG=<file>` appends `<kind> <fingerprint>` to `<file>` each time a
 //!   stage actually runs (not when it is reused), so a test can count executions.
 //!
@@ -44,6 +47,9 @@ pub fn point(point: &str) {
         if matches("AUSA_TEST_CRASH", point) {
             std::process::abort();
         }
+        if matches("AUSA_TEST_BARRIER", point) {
+            barrier();
+        }
         if matches("AUSA_TEST_PAUSE", point) {
             if let Some(dir) = std::env::var_os("AUSA_TEST_PAUSE_DIR") {
                 let marker = std::path::Path::new(&dir).join(std::process::id().to_string());
@@ -56,6 +62,25 @@ pub fn point(point: &str) {
     }
     #[cfg(not(feature = "test-hooks"))]
     let _ = point;
+}
+
+#[cfg(feature = "test-hooks")]
+fn barrier() {
+    let Some(dir) = std::env::var_os("AUSA_TEST_BARRIER_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let n: usize = std::env::var("AUSA_TEST_BARRIER_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let _ = std::fs::write(dir.join(std::process::id().to_string()), b"");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&dir).map_or(0, |d| d.count()) < n
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// A stage of `kind` with `fingerprint` is about to run.

@@ -255,7 +255,10 @@ mod tests {
     fn create_makes_the_layout_and_open_refuses_what_is_not_a_store() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("s");
-        assert!(matches!(Store::open(&missing), Err(StoreError::NoStore { .. })));
+        assert!(matches!(
+            Store::open(&missing),
+            Err(StoreError::NoStore { .. })
+        ));
         assert!(!missing.exists(), "open creates nothing");
         let store = Store::create(&missing).unwrap();
         for sub in SUBDIRS {
@@ -265,10 +268,19 @@ mod tests {
         Store::open(&missing).unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        assert!(matches!(Store::open(&file), Err(StoreError::NotADirectory { .. })));
-        assert!(matches!(Store::create(&file), Err(StoreError::NotADirectory { .. })));
+        assert!(matches!(
+            Store::open(&file),
+            Err(StoreError::NotADirectory { .. })
+        ));
+        assert!(matches!(
+            Store::create(&file),
+            Err(StoreError::NotADirectory { .. })
+        ));
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        assert!(matches!(Store::open(&empty), Err(StoreError::NoStore { .. })));
+        assert!(matches!(
+            Store::open(&empty),
+            Err(StoreError::NoStore { .. })
+        ));
     }
 }

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use crate::lock::{hold_new_file, read_holder, Held};
 use crate::fsutil::ProcessIdentity;
+use crate::lock::{hold_new_file, read_holder, Held};
 use crate::{ObjectId, Store, StoreError};
 
 /// A held pin; dropping it releases the object to gc.

@@ -276,9 +276,7 @@ impl Store {
                     .ok()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                     .and_then(|v| serde_json::from_value(v["overrides"].clone()).ok());
-                let last_built = std::fs::metadata(&record)
-                    .and_then(|m| m.modified())
-                    .ok();
+                let last_built = std::fs::metadata(&record).and_then(|m| m.modified()).ok();
                 let mut stages: Vec<String> = std::fs::read_dir(&cdir)
                     .map_err(|e| StoreError::io(&cdir, e))?
                     .filter_map(Result::ok)
@@ -340,11 +338,17 @@ mod tests {
     #[test]
     fn configurations_are_canonical_and_record_their_overrides() {
         let a = Config::new("demo", &["corpus.docs=500", "corpus.seed=1"]);
-        let b = Config::new("demo", &["corpus.seed=1", "corpus.docs=9", "corpus.docs=500"]);
+        let b = Config::new(
+            "demo",
+            &["corpus.seed=1", "corpus.docs=9", "corpus.docs=500"],
+        );
         assert_eq!(a, b);
         assert_eq!(a.id(), b.id());
         assert_ne!(a.id(), Config::new("demo", &["corpus.docs=501"]).id());
-        assert_ne!(a.id(), Config::new("other", &["corpus.docs=500", "corpus.seed=1"]).id());
+        assert_ne!(
+            a.id(),
+            Config::new("other", &["corpus.docs=500", "corpus.seed=1"]).id()
+        );
         assert_eq!(Config::new::<&str>("demo", &[]).id(), DEFAULT_CONFIG);
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path()).unwrap();
@@ -354,11 +358,17 @@ mod tests {
             key: serde_json::json!({}),
         };
         assert!(store.record_ref(&a, "corpus", &r).unwrap());
-        assert!(!store.record_ref(&a, "corpus", &r).unwrap(), "unchanged: no write");
+        assert!(
+            !store.record_ref(&a, "corpus", &r).unwrap(),
+            "unchanged: no write"
+        );
         let configs = store.list_configs().unwrap();
         assert_eq!(configs.len(), 1);
         assert_eq!(configs[0].overrides.as_ref(), Some(&a.overrides));
         assert_eq!(configs[0].stages, ["corpus"]);
-        assert_eq!(configs[0].label(), "demo --set corpus.docs=500 --set corpus.seed=1");
+        assert_eq!(
+            configs[0].label(),
+            "demo --set corpus.docs=500 --set corpus.seed=1"
+        );
     }
 }
