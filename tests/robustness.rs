@@ -8,7 +8,7 @@ use std::process::Stdio;
 use common::{crash_at, kill_at, make_writable, partial_objects, Ctx, Run};
 
 /// A corpus big enough that a build takes a noticeable time.
-const BIG: &str = "corpus.docs=60000";
+const BIG: &str = "corpus.docs=20000";
 /// A corpus small enough that a whole demo build takes a second or two.
 const SMALL: &str = "corpus.docs=500";
 

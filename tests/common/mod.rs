@@ -224,3 +224,45 @@ pub fn partial_objects(store: &Path) -> Vec<String> {
     }
     bad
 }
+
+/// An `ausa` process held at a test-hook point (see [`pause_at`]).
+pub struct Paused {
+    pub child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Paused {
+    /// Lets the process go on from its point; returns how it ended.
+    pub fn resume(mut self) -> Run {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "still paused before resuming"
+        );
+        std::fs::write(self.dir.path().join(format!("{}.go", self.child.id())), b"").unwrap();
+        self.child.wait_with_output().unwrap().into()
+    }
+}
+
+/// Starts `cmd` and waits until it is held at test-hook `point`, alive.
+pub fn pause_at(mut cmd: Command, point: &str) -> Paused {
+    let dir = tempfile::tempdir().unwrap();
+    cmd.env("AUSA_TEST_PAUSE", point)
+        .env("AUSA_TEST_PAUSE_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("ausa starts");
+    let marker = dir.path().join(child.id().to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out: Run = child.wait_with_output().unwrap().into();
+            panic!(
+                "{point}: exited ({status}) before the point\n{}",
+                out.stderr
+            );
+        }
+        assert!(std::time::Instant::now() < deadline, "{point}: not reached");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Paused { child, dir }
+}

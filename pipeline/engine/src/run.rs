@@ -199,20 +199,19 @@ impl Build<'_> {
             let stage = &self.plan.stages[idx];
             // A panic must not leave the slot running forever (the other workers would
             // wait for it): it becomes this stage's failure.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_stage(idx)
-            }))
-            .unwrap_or_else(|panic| Outcome::Failed {
-                error: format!(
-                    "internal error: {}",
-                    panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panic".into())
-                ),
-                hint: Some("please report this as a bug".into()),
-            });
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_stage(idx)))
+                    .unwrap_or_else(|panic| Outcome::Failed {
+                        error: format!(
+                            "internal error: {}",
+                            panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "panic".into())
+                        ),
+                        hint: Some("please report this as a bug".into()),
+                    });
             self.reporter.finished(stage, &outcome);
             guard = lock();
             guard[idx] = Slot::Done(outcome);

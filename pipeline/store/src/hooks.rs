@@ -7,10 +7,12 @@
 //! - `AUSA_TEST_CRASH=<point>` aborts the process (like `kill -9`: no destructors, no
 //!   cleanup) when it reaches `<point>`.
 //! - `AUSA_TEST_PAUSE=<point>` makes the process create `$AUSA_TEST_PAUSE_DIR/<pid>` and
-//!   sleep forever at `<point>`, so a test can kill it there, knowing it is alive.
+//!   wait at `<point>` until killed or until the test creates `<pid>.go` there, so a
+//!   test can kill it there knowing it is alive, or act while it holds its locks.
 //! - `AUSA_TEST_BARRIER=<point>` makes the process create `$AUSA_TEST_BARRIER_DIR/<pid>`
 //!   at `<point>` and wait (at most 60 s) until `$AUSA_TEST_BARRIER_N` processes have:
-//!   proof that that many processes were at that point at the same time.
+//!   proof that that many processes were at that point at the same time (it aborts
+//!   when they never meet).
 //! - `AUSA_TEST_RUNLOG=<file>` appends `<kind> <fingerprint>` to `<file>` each time a
 //!   stage actually runs (not when it is reused), so a test can count executions.
 //!
@@ -51,12 +53,20 @@ pub fn point(point: &str) {
             barrier();
         }
         if matches("AUSA_TEST_PAUSE", point) {
-            if let Some(dir) = std::env::var_os("AUSA_TEST_PAUSE_DIR") {
-                let marker = std::path::Path::new(&dir).join(std::process::id().to_string());
-                let _ = std::fs::write(marker, point);
+            let dir = std::env::var_os("AUSA_TEST_PAUSE_DIR").map(std::path::PathBuf::from);
+            let pid = std::process::id().to_string();
+            if let Some(dir) = &dir {
+                let _ = std::fs::write(dir.join(&pid), point);
             }
+            // Paused until killed, or until the test creates `<pid>.go`.
             loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
+                if dir
+                    .as_ref()
+                    .is_some_and(|d| d.join(format!("{pid}.go")).exists())
+                {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
     }
@@ -76,9 +86,11 @@ fn barrier() {
         .unwrap_or(2);
     let _ = std::fs::write(dir.join(std::process::id().to_string()), b"");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read_dir(&dir).map_or(0, |d| d.count()) < n
-        && std::time::Instant::now() < deadline
-    {
+    while std::fs::read_dir(&dir).map_or(0, |d| d.count()) < n {
+        if std::time::Instant::now() > deadline {
+            // The processes never met: fail loudly so the test does too.
+            std::process::abort();
+        }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
