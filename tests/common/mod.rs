@@ -232,6 +232,16 @@ pub struct Paused {
 }
 
 impl Paused {
+    /// Kills the paused process (SIGKILL), asserting it was still alive.
+    pub fn kill(mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "alive when killed"
+        );
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+
     /// Lets the process go on from its point; returns how it ended.
     pub fn resume(mut self) -> Run {
         assert!(

@@ -73,20 +73,30 @@ fn pid_alive(pid: u32) -> bool {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".tmp.{}.{n}", ProcessIdentity::current().token()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(StoreError::io(path, e));
+    // A gc dropping the configuration may remove the directory under us: create it
+    // again and retry (our write then revives the configuration, as it should).
+    let mut attempts = 0;
+    loop {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".tmp.{}.{n}", ProcessIdentity::current().token()));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        match result {
+            Ok(()) => return sync_dir(dir),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                attempts += 1;
+                if e.kind() != std::io::ErrorKind::NotFound || attempts >= 5 {
+                    return Err(StoreError::io(path, e));
+                }
+            }
+        }
     }
-    sync_dir(dir)
 }
 
 /// fsyncs a directory so a rename or create inside it survives a crash.

@@ -253,10 +253,10 @@ impl Staging {
     fn swap_in(&mut self, store: &Store, target: &Path) -> Result<(), StoreError> {
         let is_link = std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink());
         if !is_link {
-            // Moving the old copy out of objects/ updates its `..`: it must be writable.
+            // Moving the old copy out of objects/ updates its `..`: it must be writable
+            // (in a group store it is already, for members who do not own it).
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| StoreError::io(target, e))?;
+            let _ = std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755));
         }
         let trash = store.trash_path(&self.id);
         match crate::exchange::exchange(&self.dir, target) {
@@ -406,10 +406,10 @@ impl Store {
             Err(e) => return Err(StoreError::io(&dir, e)),
         };
         if meta.is_dir() {
-            // Moving a directory to another parent updates its `..`: make it writable.
+            // Moving a directory to another parent updates its `..`: make it writable
+            // (in a group store it is already, for members who do not own it).
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| StoreError::io(&dir, e))?;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
         }
         self.ensure_dir("tmp")?;
         let trash = self.trash_path(id);

@@ -300,7 +300,15 @@ impl Store {
     /// Removes a configuration's refs (a sweep policy of `gc`).
     pub(crate) fn remove_config(&self, info: &ConfigInfo) -> Result<(), StoreError> {
         let dir = self.root().join("refs").join(&info.dag).join(&info.id);
-        crate::fsutil::remove_tree(&dir)
+        match crate::fsutil::remove_tree(&dir) {
+            // A build of this configuration wrote a ref meanwhile: it is in use again.
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::DirectoryNotEmpty =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
