@@ -374,3 +374,34 @@ fn full_disk_fails_cleanly_and_leaves_nothing() {
         run.stderr
     );
 }
+
+/// With the disk already full, the very first writes of a build (its lock and pin
+/// files) fail: the same hint, nothing left behind.
+#[test]
+fn full_disk_at_lock_creation_gives_the_disk_full_hint() {
+    let script = "\"$AUSA\" build demo:corpus --store \"$T/s\" --set corpus.docs=50 -q || exit 98; \
+                  head -c 8M /dev/zero > \"$T/fill\" 2>/dev/null; \
+                  \"$AUSA\" build demo:corpus --store \"$T/s\" --set corpus.docs=51; echo \"rc=$?\"; \
+                  echo \"tmp=$(ls -A \"$T/s/tmp\" | wc -l) locks=$(ls -A \"$T/s/locks\" | wc -l)\"";
+    let Some(run) = with_small_disk(script) else {
+        return;
+    };
+    assert!(
+        run.stdout.contains("rc=1"),
+        "stdout: {}\nstderr: {}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.stdout.contains("tmp=0 locks=0"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("hint: the disk is full"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.to_lowercase().matches("no space left").count(),
+        1,
+        "printed once: {}",
+        run.stderr
+    );
+}

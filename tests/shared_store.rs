@@ -593,6 +593,18 @@ fn switchable(test: &str, dir: &Path) -> Option<PathBuf> {
     Some(bin)
 }
 
+/// The paths whose size or mtime differ between two snapshots (or exist in one only).
+fn changed(
+    a: &BTreeMap<PathBuf, (u64, SystemTime)>,
+    b: &BTreeMap<PathBuf, (u64, SystemTime)>,
+) -> Vec<PathBuf> {
+    let keys: BTreeSet<&PathBuf> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
 /// Every file under `dir` with its size and mtime: "nothing was written".
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
     let mut out = BTreeMap::new();
@@ -607,6 +619,29 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
         }
     }
     out
+}
+
+/// A no-op build of an up-to-date store writes nothing at all (not even a ref), even
+/// for its owner, so it works where the store cannot be written.
+#[test]
+fn no_op_build_writes_nothing() {
+    let ctx = Ctx::new();
+    ctx.run(&["build", "demo", "--quiet"]).ok();
+    ctx.run(&["build", "demo", "--quiet", "--set", SMALL]).ok();
+    let before = snapshot(&ctx.store());
+    std::thread::sleep(Duration::from_millis(20)); // a write would change an mtime
+    for set in [&[][..], &["--set", SMALL][..]] {
+        let mut args = vec!["build", "demo", "--json"];
+        args.extend_from_slice(set);
+        let run = ctx.run(&args).ok();
+        assert!(outcomes(&run).values().all(|o| o == "up-to-date"));
+    }
+    let after = snapshot(&ctx.store());
+    assert!(
+        changed(&before, &after).is_empty(),
+        "a no-op build wrote to the store: {:?}",
+        changed(&before, &after)
+    );
 }
 
 /// A store the user cannot write: read commands and a no-op build work and write
