@@ -222,7 +222,7 @@ impl Build<'_> {
     /// Fetched, reused or built, then the configuration's ref points at it.
     fn run_stage(&self, idx: usize) -> Outcome {
         let stage = &self.plan.stages[idx];
-        let force = self.opts.force.iter().any(|s| *s == stage.name);
+        let force = self.opts.force.contains(&stage.name);
         let ensured = match &self.fetched[idx] {
             Some(fetched) => self.pin_fetched(idx, fetched),
             None => self.ensure(idx, force),

@@ -167,7 +167,7 @@ fn swept(configs: &[ConfigInfo], opts: &GcOptions, now: std::time::SystemTime) -
             let mut of_dag: Vec<&&ConfigInfo> =
                 candidates.iter().filter(|c| c.dag == dag).collect();
             // Newest first; unknown times count as oldest.
-            of_dag.sort_by(|a, b| b.last_built.cmp(&a.last_built));
+            of_dag.sort_by_key(|c| std::cmp::Reverse(c.last_built));
             for c in of_dag.into_iter().skip(keep) {
                 if !dropped
                     .iter()
