@@ -1,10 +1,8 @@
 //! End-to-end tests of the `ausa` binary on temp stores.
 
-mod common;
+use crate::common::Ctx;
 
-use common::Ctx;
-
-fn outcomes(run: &common::Run) -> Vec<(String, String)> {
+fn outcomes(run: &crate::common::Run) -> Vec<(String, String)> {
     run.json()["report"]["stages"]
         .as_array()
         .unwrap()
@@ -217,7 +215,7 @@ fn embedded_dag_works_from_any_directory_and_file_dags_by_path() {
     assert!(ctx.store().join("refs/mini/default/c").is_file());
     let mut cmd = ctx.cmd(&["status", "demo"]);
     cmd.current_dir("/");
-    let out: common::Run = cmd.output().unwrap().into();
+    let out: crate::common::Run = cmd.output().unwrap().into();
     assert_eq!(out.code, 3, "demo is not built: {}", out.stderr);
     assert!(out.stdout.contains("missing"), "{}", out.stdout);
 }
@@ -307,8 +305,8 @@ fn same_dag_gives_identical_bytes_whatever_the_parallelism() {
 
 #[test]
 fn help_and_version_work() {
-    let run = common::Run::from(
-        std::process::Command::new(common::bin())
+    let run = crate::common::Run::from(
+        std::process::Command::new(crate::common::bin())
             .arg("--help")
             .output()
             .unwrap(),
@@ -319,16 +317,16 @@ fn help_and_version_work() {
     ] {
         assert!(run.stdout.contains(cmd), "--help lacks {cmd}");
     }
-    let run = common::Run::from(
-        std::process::Command::new(common::bin())
+    let run = crate::common::Run::from(
+        std::process::Command::new(crate::common::bin())
             .arg("--version")
             .output()
             .unwrap(),
     )
     .ok();
     assert!(run.stdout.starts_with("ausa "));
-    let run = common::Run::from(
-        std::process::Command::new(common::bin())
+    let run = crate::common::Run::from(
+        std::process::Command::new(crate::common::bin())
             .arg("frobnicate")
             .output()
             .unwrap(),
@@ -337,7 +335,7 @@ fn help_and_version_work() {
 }
 
 mod bad_input {
-    use super::common::Ctx;
+    use crate::common::Ctx;
 
     /// Builds a DAG file that must be rejected with exit 2 and nothing written.
     fn rejected(text: &str) -> String {
@@ -446,7 +444,7 @@ mod bad_input {
 }
 
 mod subset {
-    use super::common::Ctx;
+    use crate::common::Ctx;
 
     #[test]
     fn subset_meets_the_budget_by_strata_and_passes_other_splits_through() {
@@ -556,4 +554,27 @@ mod sets {
         let banks = ctx.object_dir("demo:banks");
         assert!(banks.join("banks-train.arrow").is_file());
     }
+}
+
+/// `ausa path` with a relative `--store` printed a relative path, useless from any other
+/// directory.
+#[test]
+fn path_is_absolute_for_a_relative_store() {
+    let ctx = Ctx::new();
+    let run = |args: &[&str]| -> crate::common::Run {
+        std::process::Command::new(crate::common::bin())
+            .args(args)
+            .args(["--store", "rel-store"])
+            .current_dir(ctx.path())
+            .env_remove("AUSA_STORE")
+            .output()
+            .unwrap()
+            .into()
+    };
+    run(&["build", "demo:corpus", "-q", "--set", "corpus.docs=50"]).ok();
+    let out = run(&["path", "demo:corpus", "--set", "corpus.docs=50"]).ok();
+    let path = std::path::PathBuf::from(out.stdout.trim());
+    assert!(path.is_absolute(), "{}", path.display());
+    assert!(path.join("manifest.json").is_file());
+    assert!(path.starts_with(ctx.path().canonicalize().unwrap()) || path.starts_with(ctx.path()));
 }

@@ -5,14 +5,12 @@
 // A skipped test says so on stderr: that is its only channel.
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kill_at, make_writable, partial_objects, Ctx, Run};
+use crate::common::{kill_at, make_writable, partial_objects, Ctx, Run};
 
 /// A remote URL plus the environment an `ausa` process needs to reach it.
 struct Remote {

@@ -1,16 +1,14 @@
 //! A store a whole lab shares (issue 10): gc and `--force` beside running builds, refs
 //! per configuration and sweep policies, read-only and group-shared stores, crashes on
 //! other hosts, what `verify` and `status` see, and store-path mistakes.
-#![allow(clippy::print_stderr)] // a skipped check says so on stderr
-
-mod common;
+#![allow(clippy::print_stderr)] // the stress test reports its counts on stderr
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{kill_at, make_writable, partial_objects, pause_at, Ctx, Run};
+use crate::common::{kill_at, make_writable, partial_objects, pause_at, Ctx, Run};
 
 /// Small configurations: a whole demo build takes about a second.
 const SMALL: &str = "corpus.docs=300";
@@ -537,7 +535,7 @@ fn commands_that_only_read_never_create_a_store() {
     assert!(dry.stdout.contains("would build"), "{}", dry.stdout);
     assert!(!ctx.store().exists(), "a dry run writes nothing");
     let file = ctx.write("not-a-store", "x");
-    let run: Run = Command::new(common::bin())
+    let run: Run = Command::new(crate::common::bin())
         .args(["status", "demo", "--store"])
         .arg(&file)
         .output()
@@ -582,13 +580,17 @@ fn switchable(test: &str, dir: &Path) -> Option<PathBuf> {
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
         .status();
     if !root || !probe.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED {test}: cannot switch to another user here (needs root and setpriv)");
+        ausa_testkit::skip(
+            ausa_testkit::Requirement::Namespaces,
+            test,
+            "cannot switch to another user here (needs root and setpriv)",
+        );
         return None;
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.join("ausa");
-    std::fs::copy(common::bin(), &bin).unwrap();
+    std::fs::copy(crate::common::bin(), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     Some(bin)
 }

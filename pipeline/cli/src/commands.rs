@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use ausa_dag::{DagSpec, Override, Plan, Registry};
-use ausa_engine::{BuildOptions, StoreHasher};
-use ausa_store::{Config, Health, Manifest, ObjectId, Store, VerifyMode};
+use ausa_build::{Outcome, Pipeline, Resolved, Target};
+use ausa_engine::BuildOptions;
+use ausa_store::{Health, Manifest, ObjectId, Store, StoreError, VerifyMode};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -16,11 +16,14 @@ use crate::remote;
 
 /// Runs the command; returns the exit code for a completed command.
 pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
-    let registry = ausa_stages::registry();
     let root = Store::default_root(cli.store.as_deref());
-    // Only commands that write may create a store; the others say there is none.
-    let store = || -> Result<Store, CliError> { Ok(Store::open(&root)?) };
-    let writable_store = || -> Result<Store, CliError> { Ok(Store::create(&root)?) };
+    // An absolute root, so `ausa path` and JSON output print paths that work from any
+    // directory.
+    let root = std::path::absolute(&root).unwrap_or(root);
+    // Only commands that write (build, pull) may create a store; the others say there
+    // is none rather than start an empty cache because of a typo.
+    let pipeline = || -> Result<Pipeline, CliError> { Ok(Pipeline::new(Store::open(&root)?)) };
+    let writing = || -> Result<Pipeline, CliError> { Ok(Pipeline::new(Store::create(&root)?)) };
     match &cli.command {
         Command::Build {
             target,
@@ -29,24 +32,25 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
             force,
             force_upstream,
             push,
+            remote,
         } => {
             let opts = BuildOptions {
-                jobs: jobs.unwrap_or(BuildOptions::default().jobs),
+                jobs: jobs.map_or(BuildOptions::default().jobs, |n| n as usize),
                 ..BuildOptions::default()
             };
             let force = Force {
-                stage: *force || *force_upstream,
+                stages: *force || *force_upstream,
                 upstream: *force_upstream,
             };
-            let remote = match remote::remote_url(cli.remote.as_deref())? {
-                Some(_) if !*dry_run => Some(remote::open(cli.remote.as_deref(), "build")?),
-                _ if *push => return Err(CliError::usage(
-                    "`ausa build --push` needs a remote",
-                    Some(
-                        "pass --remote s3://bucket/prefix (or file:///path), or set AUSA_REMOTE"
-                            .into(),
-                    ),
-                )),
+            let remote_flag = remote.remote.as_deref();
+            let remote = match remote::remote_url(remote_flag)? {
+                Some(_) if !*dry_run => Some(remote::open(remote_flag, "build")?),
+                _ if *push => {
+                    return Err(CliError::usage(
+                        "`ausa build --push` needs a remote",
+                        Some(remote::HOW_TO_NAME_A_REMOTE.into()),
+                    ))
+                }
                 _ => None,
             };
             let remote = Remote {
@@ -54,41 +58,49 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
                 push: *push,
             };
             // A dry run writes nothing: a missing store reads as an empty one.
-            let store = match dry_run {
-                true => Store::open(&root).or_else(|e| match e {
-                    ausa_store::StoreError::NoStore { .. } => Ok(Store::at(&root)),
-                    e => Err(e),
-                })?,
-                false => writable_store()?,
+            let pipeline = match dry_run {
+                true => match Store::open(&root) {
+                    Ok(store) => Pipeline::new(store),
+                    Err(StoreError::NoStore { .. }) => Pipeline::new(Store::at(&root)),
+                    Err(e) => return Err(e.into()),
+                },
+                false => writing()?,
             };
-            build(
-                &store, &registry, target, &opts, force, *dry_run, remote, out,
-            )
+            build(&pipeline, target, &opts, force, *dry_run, remote, out)
         }
-        Command::Push { target } => {
-            let remote = remote::open(cli.remote.as_deref(), "push")?;
-            remote::push(&store()?, &registry, target, &remote, out)
+        Command::Push { target, remote } => {
+            let remote = remote::open(remote.remote.as_deref(), "push")?;
+            let pipeline = pipeline()?;
+            let resolved = resolve(&pipeline, target)?;
+            remote::push_plan(pipeline.store(), &resolved, &remote, out)
         }
-        Command::Pull { target } => {
-            let remote = remote::open(cli.remote.as_deref(), "pull")?;
-            remote::pull(&writable_store()?, &registry, target, &remote, out)
+        Command::Pull { target, remote } => {
+            let remote = remote::open(remote.remote.as_deref(), "pull")?;
+            let pipeline = writing()?;
+            let resolved = resolve(&pipeline, target)?;
+            remote::pull(pipeline.store(), &resolved, &remote, out)
         }
-        Command::Status { target, verify } => {
-            let remote = remote::remote_url(cli.remote.as_deref())?
-                .map(|_| remote::open(cli.remote.as_deref(), "status"))
+        Command::Status {
+            target,
+            verify,
+            remote,
+        } => {
+            let remote_flag = remote.remote.as_deref();
+            let remote = remote::remote_url(remote_flag)?
+                .map(|_| remote::open(remote_flag, "status"))
                 .transpose()?;
-            status(&store()?, &registry, target, *verify, remote.as_ref(), out)
+            status(&pipeline()?, target, *verify, remote.as_ref(), out)
         }
-        Command::Explain { target } => explain(&store()?, &registry, target, out),
-        Command::Show { target, verify } => show(&store()?, &registry, target, *verify, out),
-        Command::Path { target } => path(&store()?, &registry, target, out),
-        Command::Ls => ls(&store()?, out),
+        Command::Explain { target } => explain(&pipeline()?, target, out),
+        Command::Show { target, verify } => show(&pipeline()?, &target.into(), *verify, out),
+        Command::Path { target } => path(&pipeline()?, &target.into(), out),
+        Command::Ls => ls(pipeline()?.store(), out),
         Command::Verify { target, overrides } => {
             let target = target.as_ref().map(|t| TargetArgs {
                 target: t.clone(),
                 overrides: overrides.clone(),
             });
-            verify(&store()?, &registry, target.as_ref(), out)
+            verify(&pipeline()?, target.as_ref(), out)
         }
         Command::Gc {
             dry_run,
@@ -100,7 +112,7 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
                 older_than: older_than.as_deref().map(parse_age).transpose()?,
                 keep_last: *keep_last,
             };
-            gc(&store()?, &opts, out)
+            gc(pipeline()?.store(), &opts, out)
         }
     }
 }
@@ -108,24 +120,10 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
 /// What `--force` / `--force-upstream` asked for.
 #[derive(Clone, Copy)]
 struct Force {
-    /// Rebuild the named stage (or, for a whole DAG, every stage).
-    stage: bool,
-    /// Rebuild its upstream stages too.
+    /// Rebuild the named stages (or, for a whole DAG, every stage).
+    stages: bool,
+    /// Rebuild their upstream stages too.
     upstream: bool,
-}
-
-/// The configuration a target names: its DAG and its canonical `--set` list (values as
-/// parsed, so `docs=0500` and `docs=500` are one configuration). The one place the CLI
-/// derives a configuration; [`Config::new`] sorts and dedups.
-pub(crate) fn config_of(dag: &str, args: &TargetArgs) -> Result<Config, CliError> {
-    let overrides = args
-        .overrides
-        .iter()
-        .map(|o| {
-            ausa_dag::Override::parse(o).map(|o| format!("{}.{}={}", o.stage, o.param, o.value))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Config::new(dag, &overrides))
 }
 
 /// `30d`, `12h`, `90m`, `45s` (humantime syntax).
@@ -138,12 +136,13 @@ fn parse_age(text: &str) -> Result<std::time::Duration, CliError> {
     })
 }
 
-/// A loaded DAG, its plan, and the selected stage.
-pub(crate) struct Loaded {
-    dag: DagSpec,
-    /// The resolved plan.
-    pub plan: Plan,
-    stage: Option<String>,
+/// How hard `status` and `show` look at existing objects.
+fn check_mode(verify: bool) -> VerifyMode {
+    if verify {
+        VerifyMode::Full
+    } else {
+        VerifyMode::Sizes
+    }
 }
 
 /// The remote side of a build: read-through and `--push`.
@@ -153,31 +152,16 @@ struct Remote<'a> {
     push: bool,
 }
 
-/// Loads a DAG target with its overrides and resolves its plan.
-pub(crate) fn load(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-) -> Result<Loaded, CliError> {
-    let (dag_arg, stage) = match args.target.rsplit_once(':') {
-        Some((d, s)) if !s.contains('/') && !d.is_empty() => (d, Some(s.to_string())),
-        _ => (args.target.as_str(), None),
-    };
-    let overrides = args
-        .overrides
-        .iter()
-        .map(|o| Override::parse(o))
-        .collect::<Result<Vec<_>, _>>()?;
-    let source = ausa_dag::locate(dag_arg)?;
-    let dag = DagSpec::load(&source, registry, &overrides)?;
-    let plan = Plan::resolve(&dag, stage.as_deref(), registry, &StoreHasher::new(store))?;
-    Ok(Loaded { dag, plan, stage })
+/// Resolves a `DAG[:STAGE]` argument with its `--set` overrides through the build API.
+fn resolve(pipeline: &Pipeline, args: &TargetArgs) -> Result<Resolved, CliError> {
+    let target = Target::parse(&args.target, &args.overrides)?;
+    pipeline
+        .resolve(&target)
+        .map_err(|e| CliError::from_build(e, args))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn build(
-    store: &Store,
-    registry: &Registry,
+    pipeline: &Pipeline,
     args: &TargetArgs,
     opts: &BuildOptions,
     force: Force,
@@ -185,40 +169,31 @@ fn build(
     remote: Remote<'_>,
     out: &Output,
 ) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
+    let resolved = resolve(pipeline, args)?;
+    let store = pipeline.store();
     let opts = &BuildOptions {
-        force: match force.stage {
-            true => {
-                ausa_engine::forced_stages(&loaded.plan, loaded.stage.as_deref(), force.upstream)
-            }
+        force: match force.stages {
+            true => ausa_engine::forced_stages(&resolved.plan, &resolved.stages, force.upstream),
             false => Vec::new(),
         },
-        config: Some(config_of(&loaded.plan.dag, args)?),
+        config: Some(resolved.config.clone()),
         ..opts.clone()
     };
     if dry_run {
-        return dry_run_report(store, &loaded, opts, out);
+        return dry_run_report(store, &resolved, opts, out);
     }
     let started = Instant::now();
-    let reporter = out.reporter(&loaded.plan.dag);
+    let reporter = out.reporter(&resolved.plan.dag);
     let source = remote.remote.map(remote::RemoteSource);
     let source = source.as_ref().map(|s| s as &dyn ausa_engine::ObjectSource);
-    let report =
-        ausa_engine::build_with_source(store, &loaded.plan, registry, opts, &reporter, source);
+    let report = pipeline.build(&resolved, opts, &reporter, source);
     drop(reporter);
     out.json(
         &json!({"ok": report.ok(), "seconds": started.elapsed().as_secs_f64(), "report": report}),
     );
-    let built = report
-        .stages
-        .iter()
-        .filter(|s| matches!(s.outcome, ausa_engine::Outcome::Built { .. }))
-        .count();
-    let fetched = report
-        .stages
-        .iter()
-        .filter(|s| matches!(s.outcome, ausa_engine::Outcome::Fetched { .. }))
-        .count();
+    let count = |f: fn(&Outcome) -> bool| report.stages.iter().filter(|s| f(&s.outcome)).count();
+    let built = count(|o| matches!(o, Outcome::Built { .. }));
+    let fetched = count(|o| matches!(o, Outcome::Fetched { .. }));
     if report.ok() {
         let fresh = report.stages.len() - built - fetched;
         let from_remote = if remote.remote.is_some() {
@@ -228,7 +203,7 @@ fn build(
         };
         out.log(&format!(
             "{}: {built} built, {from_remote}{fresh} up to date ({:.2}s)",
-            loaded.plan.dag,
+            resolved.plan.dag,
             started.elapsed().as_secs_f64()
         ));
         if let (Some(r), true) = (remote.remote, remote.push) {
@@ -236,58 +211,25 @@ fn build(
             let quiet = Output::new(false, true);
             remote::push_plan(
                 store,
-                &loaded.plan,
-                opts.config.as_ref().expect("build sets the configuration"),
+                &resolved,
                 r,
                 if out.is_json() { &quiet } else { out },
             )?;
         }
         return Ok(0);
     }
-    let failed: Vec<_> = report
-        .stages
-        .iter()
-        .filter(|s| !s.outcome.is_ok())
-        .collect();
-    // Each failure is printed once, here (the progress line only says FAILED), and even
-    // with --quiet.
-    let mut hints: Vec<String> = Vec::new();
-    let mut lines = Vec::new();
-    for s in &failed {
-        if let ausa_engine::Outcome::Failed { error, hint } = &s.outcome {
-            lines.push(format!("stage `{}` failed: {error}", s.stage));
-            hints.extend(
-                hint.iter()
-                    .filter(|h| !hints.contains(h))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            );
-        }
-    }
-    Err(CliError {
-        message: format!(
-            "build of `{}` failed ({} stage(s) not built)\n{}",
-            loaded.plan.dag,
-            failed.len(),
-            lines.join("\n")
-        )
-        .trim_end()
-        .to_string(),
-        hints,
-        code: 1,
-    })
+    Err(CliError::build_failed(&report, args, out))
 }
 
 fn dry_run_report(
     store: &Store,
-    loaded: &Loaded,
+    loaded: &Resolved,
     opts: &BuildOptions,
     out: &Output,
 ) -> Result<i32, CliError> {
     let mut entries = Vec::new();
-    let config = opts.config.clone().expect("build sets the configuration");
     for stage in &loaded.plan.stages {
-        let mut e = ausa_engine::explain(store, &loaded.plan, &config, stage);
+        let mut e = ausa_engine::explain(store, &loaded.plan, &loaded.config, stage);
         if opts.force.contains(&stage.name) && e.reasons.is_empty() {
             e.reasons.push("--force".into());
         }
@@ -317,25 +259,16 @@ const STATUS_NOT_BUILT: i32 = 3;
 /// Exit status of `status` when an object is damaged.
 const STATUS_DAMAGED: i32 = 4;
 
-fn check_mode(verify: bool) -> VerifyMode {
-    if verify {
-        VerifyMode::Full
-    } else {
-        VerifyMode::Sizes
-    }
-}
-
 fn status(
-    store: &Store,
-    registry: &Registry,
+    pipeline: &Pipeline,
     args: &TargetArgs,
     verify: bool,
     remote: Option<&ausa_remote::Remote>,
     out: &Output,
 ) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let config = config_of(&loaded.plan.dag, args)?;
-    let states = ausa_engine::stage_states(store, &loaded.plan, &config, check_mode(verify));
+    let store = pipeline.store();
+    let loaded = resolve(pipeline, args)?;
+    let states = pipeline.states_checked(&loaded, check_mode(verify));
     let places = remote
         .map(|r| remote::locations(store, &loaded.plan, r))
         .transpose()?;
@@ -370,32 +303,21 @@ fn status(
         }
     }
     use ausa_engine::StateKind;
-    let damaged = states.iter().any(|s| s.state == StateKind::Damaged);
-    let not_built = states.iter().any(|s| s.state != StateKind::UpToDate);
-    Ok(if damaged {
+    Ok(if states.iter().any(|s| s.state == StateKind::Damaged) {
         STATUS_DAMAGED
-    } else if not_built {
+    } else if states.iter().any(|s| s.state != StateKind::UpToDate) {
         STATUS_NOT_BUILT
     } else {
         0
     })
 }
 
-fn explain(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-    out: &Output,
-) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let config = config_of(&loaded.plan.dag, args)?;
-    let stages: Vec<_> = match &loaded.stage {
-        Some(name) => loaded.plan.stage(name).into_iter().collect(),
-        None => loaded.plan.stages.iter().collect(),
-    };
+fn explain(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
+    let store = pipeline.store();
+    let loaded = resolve(pipeline, args)?;
     let mut entries = Vec::new();
-    for stage in stages {
-        let e = ausa_engine::explain(store, &loaded.plan, &config, stage);
+    for stage in loaded.targeted() {
+        let e = ausa_engine::explain(store, &loaded.plan, &loaded.config, stage);
         if e.reasons.is_empty() {
             out.data(&format!(
                 "{}: up to date ({})",
@@ -418,37 +340,30 @@ fn explain(
     Ok(0)
 }
 
+/// The stage a single-stage command (`show`, `path`) works on.
 fn selected_stage<'a>(
-    loaded: &'a Loaded,
+    loaded: &'a Resolved,
+    args: &TargetArgs,
     command: &str,
 ) -> Result<&'a ausa_dag::PlannedStage, CliError> {
-    let name = loaded.stage.as_deref().ok_or_else(|| {
-        let names: Vec<_> = loaded.dag.stages.iter().map(|s| s.name.as_str()).collect();
-        CliError::usage(
-            format!("`ausa {command}` needs a stage: DAG:STAGE"),
-            Some(format!(
-                "stages of `{}`: {}",
-                loaded.dag.name,
-                names.join(", ")
-            )),
-        )
-    })?;
-    loaded
-        .plan
-        .stage(name)
-        .ok_or_else(|| loaded.dag.unknown_stage(name).into())
+    loaded.selected().map_err(|e| match e {
+        ausa_build::BuildError::NeedsStage { dag, stages } => CliError::usage(
+            format!("`ausa {command}` needs one stage: `{dag}:STAGE`"),
+            Some(format!("stages of `{dag}`: {}", stages.join(", "))),
+        ),
+        e => CliError::from_build(e, args),
+    })
 }
 
 fn show(
-    store: &Store,
-    registry: &Registry,
+    pipeline: &Pipeline,
     args: &TargetArgs,
     verify: bool,
     out: &Output,
 ) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let config = config_of(&loaded.plan.dag, args)?;
-    let stage = selected_stage(&loaded, "show")?;
+    let (store, registry) = (pipeline.store(), pipeline.registry());
+    let loaded = resolve(pipeline, args)?;
+    let stage = selected_stage(&loaded, args, "show")?;
     let spec = loaded
         .dag
         .stage(&stage.name)
@@ -456,17 +371,15 @@ fn show(
     let kind = registry
         .get(&stage.kind)
         .expect("validated kinds are registered");
-    let id = ObjectId {
-        kind: stage.kind.clone(),
-        fingerprint: stage.fingerprint.clone(),
-    };
+    let id = ausa_engine::object_id(stage);
     let manifest = match store.health(&id, check_mode(verify), &ausa_dag::fingerprint)? {
         Health::Sound(m) => Some(*m),
-        // A damaged object's manifest is shown if it parses, marked damaged below.
+        // A damaged object's manifest is shown if it parses, its state says damaged.
         Health::Damaged(_) => Manifest::read(&store.object_dir(&id)).ok(),
         Health::Absent => None,
     };
-    let state = ausa_engine::stage_states(store, &loaded.plan, &config, check_mode(verify))
+    let state = pipeline
+        .states_checked(&loaded, check_mode(verify))
         .into_iter()
         .find(|s| s.stage == stage.name);
     let params: serde_json::Map<_, _> = kind
@@ -539,7 +452,7 @@ fn show(
             "built by {} at {} in {:.2}s (ausa {})",
             m.built.host, m.built.time, m.built.seconds, m.tool_version
         ));
-        out.data("statistics:");
+        out.data("stats:");
         let stats = serde_json::to_string_pretty(&m.stats).unwrap_or_default();
         for l in stats.lines() {
             out.data(&format!("  {l}"));
@@ -548,33 +461,16 @@ fn show(
     Ok(0)
 }
 
-fn path(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-    out: &Output,
-) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let stage = selected_stage(&loaded, "path")?;
-    let id = ObjectId {
-        kind: stage.kind.clone(),
-        fingerprint: stage.fingerprint.clone(),
-    };
-    if !store.has_object(&id) {
-        return Err(CliError::failure(
-            format!(
-                "{}:{} is not built in {}",
-                loaded.plan.dag,
-                stage.name,
-                store.root().display()
-            ),
-            Some(format!(
-                "run `ausa build {}:{}`",
-                loaded.plan.dag, stage.name
-            )),
-        ));
-    }
-    let dir = store.object_dir(&id);
+fn path(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
+    let loaded = resolve(pipeline, args)?;
+    let stage = selected_stage(&loaded, args, "path")?;
+    let dirs = pipeline
+        .object_dirs(&loaded)
+        .map_err(|e| CliError::from_build(e, args))?;
+    let dir = &dirs
+        .stage(&stage.name)
+        .expect("object_dirs covers every planned stage")
+        .dir;
     out.json(&json!({"path": dir}));
     out.data(&dir.display().to_string());
     Ok(0)
@@ -585,8 +481,8 @@ fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
     let refs = store.list_refs()?;
     let mut rows = Vec::new();
     for id in store.list_objects()? {
-        let valid = store.has_object(&id);
-        let size = valid
+        let size = store
+            .has_object(&id)
             .then(|| Manifest::read(&store.object_dir(&id)).ok())
             .flatten()
             .map(|m| m.total_size());
@@ -641,20 +537,13 @@ fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
     Ok(0)
 }
 
-fn verify(
-    store: &Store,
-    registry: &Registry,
-    target: Option<&TargetArgs>,
-    out: &Output,
-) -> Result<i32, CliError> {
+fn verify(pipeline: &Pipeline, target: Option<&TargetArgs>, out: &Output) -> Result<i32, CliError> {
+    let store = pipeline.store();
     let ids: Vec<ObjectId> = match target {
         None => store.list_objects()?,
         Some(args) => {
-            let loaded = load(store, registry, args)?;
-            let ids = loaded.plan.stages.iter().map(|s| ObjectId {
-                kind: s.kind.clone(),
-                fingerprint: s.fingerprint.clone(),
-            });
+            let loaded = resolve(pipeline, args)?;
+            let ids = loaded.plan.stages.iter().map(ausa_engine::object_id);
             ids.filter(|id| store.has_object(id)).collect()
         }
     };
@@ -695,17 +584,50 @@ fn verify(
         problems.len()
     ));
     if problems.is_empty() {
-        Ok(0)
-    } else {
-        Err(CliError::failure(
-            format!(
-                "{} problem(s) found in the store {}",
-                problems.len(),
-                store.root().display()
-            ),
-            Some("rebuild damaged objects with `ausa build <DAG>:<STAGE> --force`".into()),
-        ))
+        return Ok(0);
     }
+    // Name the DAG:STAGE of each damaged object, from the refs that point at it.
+    let refs = store.list_refs().unwrap_or_default();
+    let mut hints = Vec::new();
+    for (id, result) in &results {
+        let damaged = match result {
+            Ok((_, found)) => !found.is_empty(),
+            Err(_) => true,
+        };
+        if !damaged {
+            continue;
+        }
+        let users: Vec<String> = refs
+            .iter()
+            .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.object() == **id))
+            .map(|(name, _)| {
+                let label = store
+                    .list_configs()
+                    .ok()
+                    .and_then(|c| {
+                        c.into_iter()
+                            .find(|c| c.dag == name.dag && c.id == name.config)
+                    })
+                    .and_then(|c| c.overrides)
+                    .map(|o| o.iter().map(|o| format!(" --set {o}")).collect::<String>())
+                    .unwrap_or_default();
+                format!("`ausa build {}:{} --force{label}`", name.dag, name.stage)
+            })
+            .collect();
+        hints.push(match users.is_empty() {
+            true => format!("{id} is referenced by no DAG: `ausa gc` removes it"),
+            false => format!("rebuild {id} with {}", users.join(" or ")),
+        });
+    }
+    Err(CliError {
+        message: format!(
+            "{} problem(s) found in the store {}",
+            problems.len(),
+            store.root().display()
+        ),
+        hints,
+        code: 1,
+    })
 }
 
 fn gc(store: &Store, opts: &ausa_store::GcOptions, out: &Output) -> Result<i32, CliError> {

@@ -3,13 +3,11 @@
 
 use std::time::Instant;
 
-use ausa_dag::{Plan, Registry};
+use ausa_dag::Plan;
 use ausa_remote::{Remote, RemoteError, Transfer};
-use ausa_store::{Config, ObjectId, Ref, Store};
+use ausa_store::{ObjectId, Store};
 use serde_json::json;
 
-use crate::args::TargetArgs;
-use crate::commands::{config_of, load};
 use crate::diagnostics::CliError;
 use crate::output::{bytes, Output};
 
@@ -45,12 +43,16 @@ fn config_remote() -> Result<Option<String>, CliError> {
         .map(String::from))
 }
 
+/// The hint for a command that needs a remote and got none.
+pub const HOW_TO_NAME_A_REMOTE: &str =
+    "pass --remote s3://bucket/prefix (or file:///path), or set AUSA_REMOTE";
+
 /// Opens the remote, or explains how to name one.
 pub fn open(flag: Option<&str>, command: &str) -> Result<Remote, CliError> {
     let url = remote_url(flag)?.ok_or_else(|| {
         CliError::usage(
             format!("`ausa {command}` needs a remote"),
-            Some("pass --remote s3://bucket/prefix (or file:///path), or set AUSA_REMOTE".into()),
+            Some(HOW_TO_NAME_A_REMOTE.into()),
         )
     })?;
     Remote::open(&url).map_err(remote_error)
@@ -76,42 +78,22 @@ pub fn remote_error(e: RemoteError) -> CliError {
 }
 
 fn ids(plan: &Plan) -> Vec<ObjectId> {
-    plan.stages
-        .iter()
-        .map(|s| ObjectId {
-            kind: s.kind.clone(),
-            fingerprint: s.fingerprint.clone(),
-        })
-        .collect()
+    plan.stages.iter().map(ausa_engine::object_id).collect()
 }
 
-/// `ausa push`: objects first, then refs.
-pub fn push(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-    remote: &Remote,
-    out: &Output,
-) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let config = config_of(&loaded.plan.dag, args)?;
-    push_plan(store, &loaded.plan, &config, remote, out)
-}
-
-/// Pushes every object of `plan` (all must be built) and points the remote refs at them.
+/// `ausa push`: pushes every object of `plan` (all must be built) and points the remote refs at them.
 pub fn push_plan(
     store: &Store,
-    plan: &Plan,
-    config: &Config,
+    resolved: &ausa_build::Resolved,
     remote: &Remote,
     out: &Output,
 ) -> Result<i32, CliError> {
-    if let Some(stage) = plan.stages.iter().find(|s| {
-        !store.has_object(&ObjectId {
-            kind: s.kind.clone(),
-            fingerprint: s.fingerprint.clone(),
-        })
-    }) {
+    let plan = &resolved.plan;
+    if let Some(stage) = plan
+        .stages
+        .iter()
+        .find(|s| !store.has_object(&ausa_engine::object_id(s)))
+    {
         return Err(CliError::failure(
             format!(
                 "{}:{} is not built, so it cannot be pushed",
@@ -130,13 +112,9 @@ pub fn push_plan(
         .map_err(remote_error)?;
     drop(bar);
     for stage in &plan.stages {
-        let r = Ref {
-            kind: stage.kind.clone(),
-            fingerprint: stage.fingerprint.clone(),
-            key: stage.key.clone(),
-        };
+        let name = ausa_engine::ref_name(&resolved.config, stage);
         remote
-            .push_ref(&config.ref_name(&stage.name), &r)
+            .push_ref(&name, &ausa_engine::planned_ref(stage))
             .map_err(remote_error)?;
     }
     report(plan, remote, &result, started, "pushed", out);
@@ -146,14 +124,11 @@ pub fn push_plan(
 /// `ausa pull`: objects the local store lacks, verified, then local refs.
 pub fn pull(
     store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
+    resolved: &ausa_build::Resolved,
     remote: &Remote,
     out: &Output,
 ) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let plan = &loaded.plan;
-    let config = config_of(&plan.dag, args)?;
+    let plan = &resolved.plan;
     let started = Instant::now();
     let bar = out.transfer_bar(&format!("pull {}", plan.dag));
     let result = remote
@@ -161,16 +136,8 @@ pub fn pull(
         .map_err(remote_error)?;
     drop(bar);
     for stage in &plan.stages {
-        let r = Ref {
-            kind: stage.kind.clone(),
-            fingerprint: stage.fingerprint.clone(),
-            key: stage.key.clone(),
-        };
         // Pinned so that a gc elsewhere cannot take the object before its ref exists.
-        let pin = store.pin(&ObjectId {
-            kind: stage.kind.clone(),
-            fingerprint: stage.fingerprint.clone(),
-        })?;
+        let pin = store.pin(&ausa_engine::object_id(stage))?;
         if !pin.present {
             return Err(CliError::failure(
                 format!(
@@ -180,7 +147,11 @@ pub fn pull(
                 Some("run the pull again".into()),
             ));
         }
-        store.record_ref(&config, &stage.name, &r)?;
+        store.record_ref(
+            &resolved.config,
+            &stage.name,
+            &ausa_engine::planned_ref(stage),
+        )?;
     }
     report(plan, remote, &result, started, "pulled", out);
     Ok(0)

@@ -5,9 +5,9 @@
 //! line per changed field.
 
 use ausa_dag::{diff_keys, fingerprint, KeyChange, Plan, PlannedStage};
-use ausa_store::{
-    Config, Health, ObjectId, Ref, RefName, Store, VerifyMode, DEFAULT_CONFIG, LEGACY_CONFIG,
-};
+use ausa_store::{Config, Health, Ref, RefName, Store, VerifyMode, DEFAULT_CONFIG, LEGACY_CONFIG};
+
+use crate::object_id;
 
 /// Whether a stage's object exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -68,13 +68,6 @@ pub struct Explanation {
     pub changes: Vec<KeyChange>,
 }
 
-fn object_id(stage: &PlannedStage) -> ObjectId {
-    ObjectId {
-        kind: stage.kind.clone(),
-        fingerprint: stage.fingerprint.clone(),
-    }
-}
-
 /// The state of every planned stage in `config`. `mode` says how hard to look at
 /// existing objects: [`VerifyMode::Sizes`] (a few stats, as a no-op build does) or
 /// [`VerifyMode::Full`] (rehash every byte).
@@ -121,34 +114,39 @@ fn state_of(store: &Store, config: &Config, stage: &PlannedStage, mode: VerifyMo
 }
 
 /// The last build of `stage` to compare with: in `config`, else (a configuration never
-/// built here) in the DAG's default configuration, else in a store of the old layout.
-/// Returns the configuration id with the ref.
+/// built here) in the DAG's configuration that built most recently, else in a store of
+/// the old layout. Returns the configuration id with the ref.
 fn previous_ref(
     store: &Store,
     config: &Config,
     stage: &str,
 ) -> Result<Option<(String, Ref)>, ausa_store::StoreError> {
-    let mut ids = vec![config.id()];
-    for fallback in [DEFAULT_CONFIG, LEGACY_CONFIG] {
-        if !ids.iter().any(|i| i == fallback) {
-            ids.push(fallback.to_string());
-        }
+    let name = |id: &str| RefName {
+        dag: config.dag.clone(),
+        config: id.to_string(),
+        stage: stage.to_string(),
+    };
+    let own = config.id();
+    if let Some(r) = store.read_ref(&name(&own))? {
+        return Ok(Some((own, r)));
     }
-    for id in ids {
-        let name = RefName {
-            dag: config.dag.clone(),
-            config: id.clone(),
-            stage: stage.to_string(),
-        };
-        if let Some(r) = store.read_ref(&name)? {
-            return Ok(Some((id, r)));
+    let mut others: Vec<_> = store
+        .list_configs()?
+        .into_iter()
+        .filter(|c| c.dag == config.dag && c.id != own && c.stages.iter().any(|s| s == stage))
+        .collect();
+    // Newest first; the legacy refs (no time) last.
+    others.sort_by_key(|c| std::cmp::Reverse((c.id != LEGACY_CONFIG, c.last_built)));
+    for c in others {
+        if let Some(r) = store.read_ref(&name(&c.id))? {
+            return Ok(Some((c.id, r)));
         }
     }
     Ok(None)
 }
 
 /// Explains one planned stage against the ref of its last build in `config` (or, for a
-/// configuration never built, of the DAG's default configuration).
+/// configuration never built, of the DAG's most recent configuration).
 pub fn explain(store: &Store, plan: &Plan, config: &Config, stage: &PlannedStage) -> Explanation {
     let state = state_of(store, config, stage, VerifyMode::Sizes);
     let previous = previous_ref(store, config, &stage.name).map(|p| p.map(|(_, r)| r));

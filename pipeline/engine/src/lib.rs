@@ -27,12 +27,35 @@ mod run;
 
 use std::path::Path;
 
-use ausa_dag::{ContentHasher, PlannedStage, Progress};
-use ausa_store::{StatCache, Store};
+use ausa_dag::{ContentHasher, Plan, PlannedStage, Progress};
+use ausa_store::{ObjectId, Ref, RefName, StatCache, Store};
 
 pub use ausa_store::Config;
 pub use inspect::{explain, stage_states, Explanation, StageState, StateKind};
 pub use run::{build, build_with_source};
+
+/// The store object a planned stage builds.
+pub fn object_id(stage: &PlannedStage) -> ObjectId {
+    ObjectId {
+        kind: stage.kind.clone(),
+        fingerprint: stage.fingerprint.clone(),
+    }
+}
+
+/// The ref that records which object `stage` last built in configuration `config`.
+pub fn ref_name(config: &Config, stage: &PlannedStage) -> RefName {
+    config.ref_name(&stage.name)
+}
+
+/// The ref a build of `stage` records: its object and the key it was built from
+/// (what `explain` diffs against later).
+pub fn planned_ref(stage: &PlannedStage) -> Ref {
+    Ref {
+        kind: stage.kind.clone(),
+        fingerprint: stage.fingerprint.clone(),
+        key: stage.key.clone(),
+    }
+}
 
 /// Options of one build.
 #[derive(Debug, Clone)]
@@ -59,12 +82,14 @@ impl Default for BuildOptions {
     }
 }
 
-/// The stages `--force` rebuilds: the `target` stage alone, or with `upstream` also
-/// every stage it depends on; without a target (a whole DAG), every planned stage.
-pub fn forced_stages(plan: &ausa_dag::Plan, target: Option<&str>, upstream: bool) -> Vec<String> {
-    match target {
-        Some(stage) if !upstream => vec![stage.to_string()],
-        _ => plan.stages.iter().map(|s| s.name.clone()).collect(),
+/// The stages `--force` rebuilds: the `targets` named, or with `upstream` also every
+/// stage they depend on (the whole plan, which is the targets and their upstreams);
+/// without targets (a whole DAG), every planned stage.
+pub fn forced_stages(plan: &Plan, targets: &[String], upstream: bool) -> Vec<String> {
+    if targets.is_empty() || upstream {
+        plan.stages.iter().map(|s| s.name.clone()).collect()
+    } else {
+        targets.to_vec()
     }
 }
 
@@ -92,16 +117,42 @@ pub enum Outcome {
     },
     /// The stage (or its publication) failed; nothing was published.
     Failed {
-        /// The error with its causes.
+        /// The error with its causes, one line.
         error: String,
-        /// What to do about it, when known.
-        hint: Option<String>,
+        /// What kind of failure it was; callers render advice from it.
+        cause: FailureCause,
     },
     /// Not attempted because an upstream stage failed.
     Skipped {
         /// The failed upstream stage.
         upstream: String,
     },
+}
+
+/// Why a stage failed, for callers that turn failures into advice (the CLI's hints,
+/// a trainer's message). The engine itself never writes advice.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "cause", rename_all = "kebab-case")]
+pub enum FailureCause {
+    /// The stage's own code returned an error.
+    Stage,
+    /// The disk (or a quota) was full while writing.
+    DiskFull,
+    /// The object of `stage` (this stage or an input) fails its manifest check.
+    Corrupted {
+        /// The stage whose object is damaged.
+        stage: String,
+    },
+    /// The store could not be read or written (I/O).
+    Store,
+    /// A directory of the store that this user may not write (a read-only or a
+    /// group store without group write access).
+    Unwritable {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
+    /// The engine or the plan is inconsistent (a bug).
+    Internal,
 }
 
 impl Outcome {

@@ -5,11 +5,12 @@ use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use ausa_dag::{fingerprint, InputArtifact, Plan, PlannedStage, Registry, StageContext};
-use ausa_store::{
-    Acquired, Config, Health, ObjectId, Pin, Published, Ref, Store, StoreError, VerifyMode,
-};
+use ausa_store::{Acquired, Config, Health, Pin, Published, Ref, Store, StoreError, VerifyMode};
 
-use crate::{BuildOptions, BuildReport, ObjectSource, Outcome, Reporter, StageReport};
+use crate::{
+    object_id, planned_ref, BuildOptions, BuildReport, FailureCause, ObjectSource, Outcome,
+    Reporter, StageReport,
+};
 
 #[derive(Clone)]
 enum Slot {
@@ -86,7 +87,7 @@ pub fn build_with_source(
                 Slot::Done(o) => o,
                 _ => Outcome::Failed {
                     error: "not run (internal error)".into(),
-                    hint: None,
+                    cause: FailureCause::Internal,
                 },
             },
         })
@@ -210,7 +211,7 @@ impl Build<'_> {
                                 .or_else(|| panic.downcast_ref::<String>().cloned())
                                 .unwrap_or_else(|| "panic".into())
                         ),
-                        hint: Some("please report this as a bug".into()),
+                        cause: FailureCause::Internal,
                     });
             self.reporter.finished(stage, &outcome);
             guard = lock();
@@ -239,16 +240,12 @@ impl Build<'_> {
         });
         result.unwrap_or_else(|f| Outcome::Failed {
             error: f.error,
-            hint: f.hint,
+            cause: f.cause,
         })
     }
 
     fn expected_ref(&self, stage: &PlannedStage) -> Ref {
-        Ref {
-            kind: stage.kind.clone(),
-            fingerprint: stage.fingerprint.clone(),
-            key: stage.key.clone(),
-        }
+        planned_ref(stage)
     }
 
     fn ref_is_current(&self, stage: &PlannedStage) -> bool {
@@ -298,34 +295,48 @@ fn next_ready(plan: &Plan, slots: &mut [Slot]) -> Option<usize> {
     None
 }
 
-fn object_id(stage: &PlannedStage) -> ObjectId {
-    ObjectId {
-        kind: stage.kind.clone(),
-        fingerprint: stage.fingerprint.clone(),
-    }
-}
-
 struct Failure {
     error: String,
-    hint: Option<String>,
+    cause: FailureCause,
 }
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Failure {
+        let cause = if disk_full(&e) {
+            FailureCause::DiskFull
+        } else if let Some(dir) = unwritable_dir(&e) {
+            FailureCause::Unwritable { dir }
+        } else {
+            FailureCause::Store
+        };
         Failure {
-            hint: e.hint(),
             error: e.to_string(),
+            cause,
         }
     }
 }
 
+/// The directory a permission error was about, for the caller's remedy.
+fn unwritable_dir(e: &StoreError) -> Option<std::path::PathBuf> {
+    match e {
+        StoreError::Io { path, source }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            Some(if path.is_dir() {
+                path.clone()
+            } else {
+                path.parent().unwrap_or(path).to_path_buf()
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The failure for an object whose bytes disagree with its manifest.
-fn damaged(
-    store: &Store,
-    plan: &Plan,
-    stage: &PlannedStage,
-    problems: &[ausa_store::Problem],
-) -> Failure {
+fn damaged(store: &Store, stage: &PlannedStage, problems: &[ausa_store::Problem]) -> Failure {
     let lines: Vec<String> = problems
         .iter()
         .map(|p| format!("{}: {}", p.path.display(), p.what))
@@ -336,10 +347,9 @@ fn damaged(
             store.object_dir(&object_id(stage)).display(),
             lines.join("; ")
         ),
-        hint: Some(format!(
-            "rebuild it with `ausa build {}:{} --force`, or run `ausa verify` to check the whole store",
-            plan.dag, stage.name
-        )),
+        cause: FailureCause::Corrupted {
+            stage: stage.name.clone(),
+        },
     }
 }
 
@@ -378,7 +388,7 @@ impl Build<'_> {
                     }
                     Err(e) => return Err(e.into()),
                 },
-                Health::Damaged(problems) => return Err(damaged(store, plan, stage, &problems)),
+                Health::Damaged(problems) => return Err(damaged(store, stage, &problems)),
                 Health::Absent => {}
             }
         }
@@ -408,7 +418,7 @@ impl Build<'_> {
         let (inputs, _input_pins) = self.pinned_inputs(stage)?;
         let kind = self.registry.get(&stage.kind).ok_or_else(|| Failure {
             error: format!("unknown stage kind `{}`", stage.kind),
-            hint: None,
+            cause: FailureCause::Internal,
         })?;
         let staging = if force {
             store.stage_replacement(&id)?
@@ -428,8 +438,11 @@ impl Build<'_> {
         ausa_store::hooks::point(&format!("stage:{}", stage.name));
         let stats = kind.run(&ctx).map_err(|e| Failure {
             error: error_chain(e.as_ref()),
-            hint: disk_full(e.as_ref())
-                .then(|| "the disk is full: free space or point --store at another disk".into()),
+            cause: if disk_full(e.as_ref()) {
+                FailureCause::DiskFull
+            } else {
+                FailureCause::Stage
+            },
         })?;
         let seconds = started.elapsed().as_secs_f64();
         let published = staging.publish(
@@ -472,9 +485,7 @@ impl Build<'_> {
                 if pin.present {
                     match store.health(&id, VerifyMode::Full, &fingerprint)? {
                         Health::Sound(_) => break,
-                        Health::Damaged(problems) => {
-                            return Err(damaged(store, plan, up, &problems))
-                        }
+                        Health::Damaged(problems) => return Err(damaged(store, up, &problems)),
                         Health::Absent => {}
                     }
                 }
@@ -482,10 +493,11 @@ impl Build<'_> {
                 if rebuilt > 3 {
                     return Err(Failure {
                         error: format!(
-                            "input `{}` of `{}` keeps disappearing from the store",
+                            "input `{}` of `{}` keeps disappearing from the store \
+                             (`ausa gc` never removes a pinned object: is something deleting objects by hand?)",
                             up.name, stage.name
                         ),
-                        hint: Some("is something deleting objects by hand? `ausa gc` never removes a pinned object".into()),
+                        cause: FailureCause::Store,
                     });
                 }
                 pin = match self.ensure(*idx, false)?.pin {
