@@ -56,7 +56,11 @@ pub fn point(point: &str) {
             let dir = std::env::var_os("AUSA_TEST_PAUSE_DIR").map(std::path::PathBuf::from);
             let pid = std::process::id().to_string();
             if let Some(dir) = &dir {
-                let _ = std::fs::write(dir.join(&pid), point);
+                // Written whole, then renamed: a test that sees the marker reads it all.
+                let tmp = dir.join(format!(".{pid}.tmp"));
+                if std::fs::write(&tmp, point).is_ok() {
+                    let _ = std::fs::rename(&tmp, dir.join(&pid));
+                }
             }
             // Paused until killed, or until the test creates `<pid>.go`.
             loop {
