@@ -5,7 +5,7 @@
 //! line per changed field.
 
 use ausa_dag::{diff_keys, fingerprint, KeyChange, Plan, PlannedStage};
-use ausa_store::{Config, Health, Ref, RefName, Store, VerifyMode, DEFAULT_CONFIG, LEGACY_CONFIG};
+use ausa_store::{Config, Health, Ref, RefName, Store, VerifyMode, LEGACY_CONFIG};
 
 use crate::object_id;
 
