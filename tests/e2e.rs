@@ -2,7 +2,7 @@
 //! store. One test binary: the shared `common` module is compiled and linked once.
 //!
 //! Run one group with `cargo test --test e2e cli::` (or `realtext::`, `remote::`,
-//! `robustness::`, `snapshots::`).
+//! `robustness::`, `shared_store::`, `snapshots::`).
 
 mod common;
 
@@ -10,4 +10,5 @@ mod cli;
 mod realtext;
 mod remote;
 mod robustness;
+mod shared_store;
 mod snapshots;

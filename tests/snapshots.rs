@@ -85,6 +85,8 @@ fn help_of_every_command() {
 #[test]
 fn dag_and_set_errors() {
     let ctx = Ctx::new();
+    // Read commands need a store (only build and pull create one): an empty one.
+    std::fs::create_dir_all(ctx.store().join("objects")).unwrap();
     let cases: [(&str, &[&str]); 7] = [
         ("error_unknown_dag", &["status", "no-such-dag"]),
         ("error_unknown_stage", &["status", "demo:nope"]),
@@ -152,6 +154,8 @@ fn small(ctx: &Ctx, args: &[&str]) -> Run {
 #[test]
 fn read_commands_before_and_after_a_build() {
     let ctx = Ctx::new();
+    // Read commands need a store (only build and pull create one): an empty one.
+    std::fs::create_dir_all(ctx.store().join("objects")).unwrap();
     snap!("status_missing", &ctx, small(&ctx, &["status", "demo"]));
     snap!(
         "explain_missing",
