@@ -2,19 +2,7 @@
 
 use crate::common::Ctx;
 
-fn outcomes(run: &crate::common::Run) -> Vec<(String, String)> {
-    run.json()["report"]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["stage"].as_str().unwrap().to_string(),
-                s["outcome"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
+use crate::common::outcomes;
 
 #[test]
 fn demo_builds_then_is_a_no_op() {

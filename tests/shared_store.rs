@@ -37,18 +37,9 @@ fn objects(ctx: &Ctx) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
+/// Stage -> outcome of a `build --json` run.
 fn outcomes(run: &Run) -> BTreeMap<String, String> {
-    run.json()["report"]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["stage"].as_str().unwrap().to_string(),
-                s["outcome"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    crate::common::outcomes(run).into_iter().collect()
 }
 
 #[track_caller]

@@ -276,3 +276,18 @@ pub fn pause_at(mut cmd: Command, point: &str) -> Paused {
     }
     Paused { child, dir }
 }
+
+/// `(stage, outcome)` of every stage of a `build --json` run, in plan order.
+pub fn outcomes(run: &Run) -> Vec<(String, String)> {
+    run.json()["report"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
