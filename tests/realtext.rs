@@ -1,6 +1,6 @@
 //! End-to-end checks on real text: WikiText-2's validation split from `../shared`
-//! (never copied into the repository). Skipped, saying so, when the file is absent.
-#![allow(clippy::print_stderr)] // the skip message
+//! (never copied into the repository). Skipped, visibly by name, when the file is
+//! absent.
 
 mod common;
 
@@ -8,18 +8,9 @@ use std::path::PathBuf;
 
 use common::Ctx;
 
-fn valid_txt() -> Option<PathBuf> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/wikitext-2/valid.txt");
-    if path.is_file() {
-        Some(path.canonicalize().unwrap())
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent (real-text checks need ../shared)",
-            path.display()
-        );
-        None
-    }
+/// The real file, or `None` after a visible skip of `test`.
+fn valid_txt(test: &str) -> Option<PathBuf> {
+    ausa_testkit::shared_file("data/wikitext-2/valid.txt", test).map(|p| p.canonicalize().unwrap())
 }
 
 /// Word count the way WikiText counts: whitespace-separated tokens of the whole file.
@@ -47,7 +38,10 @@ fn write_dag(ctx: &Ctx, valid: &std::path::Path) {
 
 #[test]
 fn wikitext2_validation_builds_into_articles_and_a_half_subset() {
-    let Some(valid) = valid_txt() else { return };
+    let Some(valid) = valid_txt("wikitext2_validation_builds_into_articles_and_a_half_subset")
+    else {
+        return;
+    };
     let ctx = Ctx::new();
     write_dag(&ctx, &valid);
     ctx.run(&["build", "wt2valid.toml", "--quiet"]).ok();
@@ -105,7 +99,9 @@ fn wikitext2_validation_builds_into_articles_and_a_half_subset() {
 fn minhash_estimates_jaccard_on_real_windows() {
     use ausa_artifacts::{banks_path, minhash_path, BanksFile, SignaturesFile, Split};
     use std::collections::BTreeSet;
-    let Some(valid) = valid_txt() else { return };
+    let Some(valid) = valid_txt("minhash_estimates_jaccard_on_real_windows") else {
+        return;
+    };
     let ctx = Ctx::new();
     write_dag(&ctx, &valid);
     ctx.run(&["build", "wt2valid.toml:minhash", "--quiet"]).ok();

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::banks::invalid;
-use crate::{ArtifactError, BanksFile, RoutingFile, SignaturesFile, TokenIds, TokensFile};
+use crate::{ArtifactError, BanksFile, RoutingFile, SignaturesFile, Split, TokenIds, TokensFile};
 
 /// The four files of one split, as built by the `sequences`, `banks`, `minhash` and
 /// `routing` stages.
@@ -26,6 +26,25 @@ pub struct SetPaths {
     pub signatures: PathBuf,
     /// `routing-<split>.arrow`.
     pub routing: PathBuf,
+}
+
+impl SetPaths {
+    /// The paths of `split`'s files in the object directories of the `sequences`,
+    /// `banks`, `minhash` and `routing` stages (file names are this crate's).
+    pub fn new(
+        split: Split,
+        sequences_dir: &Path,
+        banks_dir: &Path,
+        minhash_dir: &Path,
+        routing_dir: &Path,
+    ) -> SetPaths {
+        SetPaths {
+            sequences: crate::sequences_path(sequences_dir, split),
+            banks: crate::banks_path(banks_dir, split),
+            signatures: crate::minhash_path(minhash_dir, split),
+            routing: crate::routing_path(routing_dir, split),
+        }
+    }
 }
 
 /// One split's set artifacts, opened and cross-checked.

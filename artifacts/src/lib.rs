@@ -56,8 +56,8 @@ pub use signatures::{
 };
 pub use split::Split;
 pub use tokens::{
-    tokens_file_name, tokens_path, IdWidth, TokenIds, TokensFile, TokensSummary, TokensWriter,
-    TOKENS_FORMAT,
+    sequences_file_name, sequences_path, tokens_file_name, tokens_path, IdWidth, TokenIds,
+    TokensFile, TokensSummary, TokensWriter, TOKENS_FORMAT,
 };
 
 #[cfg(test)]

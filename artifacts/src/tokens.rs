@@ -100,6 +100,17 @@ pub fn tokens_path(dir: impl AsRef<Path>, split: Split) -> PathBuf {
     dir.as_ref().join(tokens_file_name(split))
 }
 
+/// The name of the sequence file of `split` (`sequences-train.arrow`, ...): the
+/// `sequences` stage writes fixed-length windows in the token file format.
+pub fn sequences_file_name(split: Split) -> String {
+    format!("sequences-{}.arrow", split.as_str())
+}
+
+/// The path of the sequence file of `split` inside artifact directory `dir`.
+pub fn sequences_path(dir: impl AsRef<Path>, split: Split) -> PathBuf {
+    dir.as_ref().join(sequences_file_name(split))
+}
+
 /// The stored width of token ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdWidth {

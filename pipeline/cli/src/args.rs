@@ -27,13 +27,9 @@ pub struct Cli {
     /// Print a machine-readable JSON document on stdout instead of human output.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Print only errors.
+    /// Print only errors (and the answers of read commands).
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Remote store: s3://bucket/prefix or file:///path [default: $AUSA_REMOTE, else
-    /// `remote = "..."` in $XDG_CONFIG_HOME/ausa/config.toml]
-    #[arg(long, global = true, value_name = "URL")]
-    pub remote: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -43,12 +39,41 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// An embedded DAG name (e.g. `demo`) or a path to a .toml file, optionally with
-    /// `:STAGE` to select one stage and its upstreams.
+    /// `:STAGE` (or `:STAGE,STAGE`) to select stages and their upstreams.
     #[arg(value_name = "DAG[:STAGE]")]
     pub target: String,
     /// Override a stage parameter (repeatable), e.g. `--set corpus.docs=500`.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub overrides: Vec<String>,
+}
+
+/// A `DAG:STAGE` target (one stage required) and its overrides.
+#[derive(Debug, Args)]
+pub struct StageTargetArgs {
+    /// An embedded DAG name (e.g. `demo`) or a path to a .toml file, and the stage.
+    #[arg(value_name = "DAG:STAGE")]
+    pub target: String,
+    /// Override a stage parameter (repeatable), e.g. `--set corpus.docs=500`.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+impl From<&StageTargetArgs> for TargetArgs {
+    fn from(a: &StageTargetArgs) -> TargetArgs {
+        TargetArgs {
+            target: a.target.clone(),
+            overrides: a.overrides.clone(),
+        }
+    }
+}
+
+/// The remote of commands that talk to one.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// Remote store: s3://bucket/prefix or file:///path [default: $AUSA_REMOTE, else
+    /// `remote = "..."` in $XDG_CONFIG_HOME/ausa/config.toml]
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
 }
 
 /// The subcommands.
@@ -62,9 +87,9 @@ pub enum Command {
     Build {
         #[command(flatten)]
         target: TargetArgs,
-        /// Stages to build at once [default: number of cores].
-        #[arg(short, long, value_name = "N")]
-        jobs: Option<usize>,
+        /// Stages to build at once, at least 1 [default: number of cores].
+        #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+        jobs: Option<u64>,
         /// Say what would be built and why, without building.
         #[arg(long)]
         dry_run: bool,
@@ -74,22 +99,30 @@ pub enum Command {
         /// Upload what the build produced (and its refs) to the remote afterwards.
         #[arg(long)]
         push: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Upload a DAG's objects (files first, manifest last) and refs to the remote.
     Push {
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Download a DAG's objects the local store lacks, verifying every file's blake3.
     Pull {
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Show each stage's fingerprint and state: up-to-date, stale or missing (and,
     /// with a remote, whether it is local, on the remote or missing).
     Status {
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Explain why stages would rebuild: a field-by-field diff against their last build.
     Explain {
@@ -99,12 +132,12 @@ pub enum Command {
     /// Show a stage: parameters (with defaults), fingerprint, manifest and statistics.
     Show {
         #[command(flatten)]
-        target: TargetArgs,
+        target: StageTargetArgs,
     },
     /// Print the object directory of a built stage (for scripts).
     Path {
         #[command(flatten)]
-        target: TargetArgs,
+        target: StageTargetArgs,
     },
     /// List the objects in the store with their sizes and the refs pointing at them.
     Ls,

@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use ausa_dag::{DagSpec, Override, Plan, Registry};
-use ausa_engine::{BuildOptions, StoreHasher};
+use ausa_build::{Outcome, Pipeline, Resolved, Target};
+use ausa_engine::BuildOptions;
 use ausa_store::{Manifest, ObjectId, Store, VerifyMode};
 use rayon::prelude::*;
 use serde_json::json;
@@ -16,9 +16,12 @@ use crate::remote;
 
 /// Runs the command; returns the exit code for a completed command.
 pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
-    let registry = ausa_stages::registry();
-    let store = || -> Result<Store, CliError> {
-        Ok(Store::open(Store::default_root(cli.store.as_deref()))?)
+    let pipeline = || -> Result<Pipeline, CliError> {
+        let root = Store::default_root(cli.store.as_deref());
+        // An absolute root, so `ausa path` and JSON output print paths that work
+        // from any directory.
+        let root = std::path::absolute(&root).unwrap_or(root);
+        Ok(Pipeline::new(Store::open(root)?))
     };
     match &cli.command {
         Command::Build {
@@ -27,63 +30,61 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
             dry_run,
             force,
             push,
+            remote,
         } => {
             let opts = BuildOptions {
-                jobs: jobs.unwrap_or(BuildOptions::default().jobs),
+                jobs: jobs.map_or(BuildOptions::default().jobs, |n| n as usize),
                 force: *force,
             };
-            let remote = match remote::remote_url(cli.remote.as_deref())? {
-                Some(_) if !*dry_run => Some(remote::open(cli.remote.as_deref(), "build")?),
-                _ if *push => return Err(CliError::usage(
-                    "`ausa build --push` needs a remote",
-                    Some(
-                        "pass --remote s3://bucket/prefix (or file:///path), or set AUSA_REMOTE"
-                            .into(),
-                    ),
-                )),
+            let remote_flag = remote.remote.as_deref();
+            let remote = match remote::remote_url(remote_flag)? {
+                Some(_) if !*dry_run => Some(remote::open(remote_flag, "build")?),
+                _ if *push => {
+                    return Err(CliError::usage(
+                        "`ausa build --push` needs a remote",
+                        Some(remote::HOW_TO_NAME_A_REMOTE.into()),
+                    ))
+                }
                 _ => None,
             };
             let remote = Remote {
                 remote: remote.as_ref(),
                 push: *push,
             };
-            build(&store()?, &registry, target, &opts, *dry_run, remote, out)
+            build(&pipeline()?, target, &opts, *dry_run, remote, out)
         }
-        Command::Push { target } => {
-            let remote = remote::open(cli.remote.as_deref(), "push")?;
-            remote::push(&store()?, &registry, target, &remote, out)
+        Command::Push { target, remote } => {
+            let remote = remote::open(remote.remote.as_deref(), "push")?;
+            let pipeline = pipeline()?;
+            let resolved = resolve(&pipeline, target)?;
+            remote::push_plan(pipeline.store(), &resolved.plan, &remote, out)
         }
-        Command::Pull { target } => {
-            let remote = remote::open(cli.remote.as_deref(), "pull")?;
-            remote::pull(&store()?, &registry, target, &remote, out)
+        Command::Pull { target, remote } => {
+            let remote = remote::open(remote.remote.as_deref(), "pull")?;
+            let pipeline = pipeline()?;
+            let resolved = resolve(&pipeline, target)?;
+            remote::pull(pipeline.store(), &resolved.plan, &remote, out)
         }
-        Command::Status { target } => {
-            let remote = remote::remote_url(cli.remote.as_deref())?
-                .map(|_| remote::open(cli.remote.as_deref(), "status"))
+        Command::Status { target, remote } => {
+            let remote_flag = remote.remote.as_deref();
+            let remote = remote::remote_url(remote_flag)?
+                .map(|_| remote::open(remote_flag, "status"))
                 .transpose()?;
-            status(&store()?, &registry, target, remote.as_ref(), out)
+            status(&pipeline()?, target, remote.as_ref(), out)
         }
-        Command::Explain { target } => explain(&store()?, &registry, target, out),
-        Command::Show { target } => show(&store()?, &registry, target, out),
-        Command::Path { target } => path(&store()?, &registry, target, out),
-        Command::Ls => ls(&store()?, out),
+        Command::Explain { target } => explain(&pipeline()?, target, out),
+        Command::Show { target } => show(&pipeline()?, &target.into(), out),
+        Command::Path { target } => path(&pipeline()?, &target.into(), out),
+        Command::Ls => ls(pipeline()?.store(), out),
         Command::Verify { target, overrides } => {
             let target = target.as_ref().map(|t| TargetArgs {
                 target: t.clone(),
                 overrides: overrides.clone(),
             });
-            verify(&store()?, &registry, target.as_ref(), out)
+            verify(&pipeline()?, target.as_ref(), out)
         }
-        Command::Gc { dry_run } => gc(&store()?, *dry_run, out),
+        Command::Gc { dry_run } => gc(pipeline()?.store(), *dry_run, out),
     }
-}
-
-/// A loaded DAG, its plan, and the selected stage.
-pub(crate) struct Loaded {
-    dag: DagSpec,
-    /// The resolved plan.
-    pub plan: Plan,
-    stage: Option<String>,
 }
 
 /// The remote side of a build: read-through and `--push`.
@@ -93,60 +94,39 @@ struct Remote<'a> {
     push: bool,
 }
 
-/// Loads a DAG target with its overrides and resolves its plan.
-pub(crate) fn load(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-) -> Result<Loaded, CliError> {
-    let (dag_arg, stage) = match args.target.rsplit_once(':') {
-        Some((d, s)) if !s.contains('/') && !d.is_empty() => (d, Some(s.to_string())),
-        _ => (args.target.as_str(), None),
-    };
-    let overrides = args
-        .overrides
-        .iter()
-        .map(|o| Override::parse(o))
-        .collect::<Result<Vec<_>, _>>()?;
-    let source = ausa_dag::locate(dag_arg)?;
-    let dag = DagSpec::load(&source, registry, &overrides)?;
-    let plan = Plan::resolve(&dag, stage.as_deref(), registry, &StoreHasher::new(store))?;
-    Ok(Loaded { dag, plan, stage })
+/// Resolves a `DAG[:STAGE]` argument with its `--set` overrides through the build API.
+fn resolve(pipeline: &Pipeline, args: &TargetArgs) -> Result<Resolved, CliError> {
+    let target = Target::parse(&args.target, &args.overrides)?;
+    pipeline
+        .resolve(&target)
+        .map_err(|e| CliError::from_build(e, args))
 }
 
 fn build(
-    store: &Store,
-    registry: &Registry,
+    pipeline: &Pipeline,
     args: &TargetArgs,
     opts: &BuildOptions,
     dry_run: bool,
     remote: Remote<'_>,
     out: &Output,
 ) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
+    let resolved = resolve(pipeline, args)?;
+    let store = pipeline.store();
     if dry_run {
-        return dry_run_report(store, &loaded, opts, out);
+        return dry_run_report(store, &resolved, opts, out);
     }
     let started = Instant::now();
-    let reporter = out.reporter(&loaded.plan.dag);
+    let reporter = out.reporter(&resolved.plan.dag);
     let source = remote.remote.map(remote::RemoteSource);
     let source = source.as_ref().map(|s| s as &dyn ausa_engine::ObjectSource);
-    let report =
-        ausa_engine::build_with_source(store, &loaded.plan, registry, opts, &reporter, source);
+    let report = pipeline.build(&resolved, opts, &reporter, source);
     drop(reporter);
     out.json(
         &json!({"ok": report.ok(), "seconds": started.elapsed().as_secs_f64(), "report": report}),
     );
-    let built = report
-        .stages
-        .iter()
-        .filter(|s| matches!(s.outcome, ausa_engine::Outcome::Built { .. }))
-        .count();
-    let fetched = report
-        .stages
-        .iter()
-        .filter(|s| matches!(s.outcome, ausa_engine::Outcome::Fetched { .. }))
-        .count();
+    let count = |f: fn(&Outcome) -> bool| report.stages.iter().filter(|s| f(&s.outcome)).count();
+    let built = count(|o| matches!(o, Outcome::Built { .. }));
+    let fetched = count(|o| matches!(o, Outcome::Fetched { .. }));
     if report.ok() {
         let fresh = report.stages.len() - built - fetched;
         let from_remote = if remote.remote.is_some() {
@@ -156,7 +136,7 @@ fn build(
         };
         out.log(&format!(
             "{}: {built} built, {from_remote}{fresh} up to date ({:.2}s)",
-            loaded.plan.dag,
+            resolved.plan.dag,
             started.elapsed().as_secs_f64()
         ));
         if let (Some(r), true) = (remote.remote, remote.push) {
@@ -164,41 +144,19 @@ fn build(
             let quiet = Output::new(false, true);
             remote::push_plan(
                 store,
-                &loaded.plan,
+                &resolved.plan,
                 r,
                 if out.is_json() { &quiet } else { out },
             )?;
         }
         return Ok(0);
     }
-    let failed: Vec<_> = report
-        .stages
-        .iter()
-        .filter(|s| !s.outcome.is_ok())
-        .collect();
-    let mut hints = Vec::new();
-    for s in &failed {
-        if let ausa_engine::Outcome::Failed { error, hint } = &s.outcome {
-            if !out.is_json() {
-                out.log(&format!("error: stage `{}` failed: {error}", s.stage));
-            }
-            hints.extend(hint.clone());
-        }
-    }
-    Err(CliError {
-        message: format!(
-            "build of `{}` failed ({} stage(s) not built)",
-            loaded.plan.dag,
-            failed.len()
-        ),
-        hints,
-        code: 1,
-    })
+    Err(CliError::build_failed(&report, args, out))
 }
 
 fn dry_run_report(
     store: &Store,
-    loaded: &Loaded,
+    loaded: &Resolved,
     opts: &BuildOptions,
     out: &Output,
 ) -> Result<i32, CliError> {
@@ -230,14 +188,14 @@ fn dry_run_report(
 }
 
 fn status(
-    store: &Store,
-    registry: &Registry,
+    pipeline: &Pipeline,
     args: &TargetArgs,
     remote: Option<&ausa_remote::Remote>,
     out: &Output,
 ) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let states = ausa_engine::stage_states(store, &loaded.plan);
+    let store = pipeline.store();
+    let loaded = resolve(pipeline, args)?;
+    let states = pipeline.states(&loaded);
     let places = remote
         .map(|r| remote::locations(store, &loaded.plan, r))
         .transpose()?;
@@ -271,19 +229,11 @@ fn status(
     Ok(0)
 }
 
-fn explain(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-    out: &Output,
-) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let stages: Vec<_> = match &loaded.stage {
-        Some(name) => loaded.plan.stage(name).into_iter().collect(),
-        None => loaded.plan.stages.iter().collect(),
-    };
+fn explain(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
+    let store = pipeline.store();
+    let loaded = resolve(pipeline, args)?;
     let mut entries = Vec::new();
-    for stage in stages {
+    for stage in loaded.targeted() {
         let e = ausa_engine::explain(store, &loaded.plan, stage);
         if e.reasons.is_empty() {
             out.line(&format!(
@@ -307,35 +257,18 @@ fn explain(
     Ok(0)
 }
 
+/// The stage a single-stage command (`show`, `path`) works on.
 fn selected_stage<'a>(
-    loaded: &'a Loaded,
-    command: &str,
+    loaded: &'a Resolved,
+    args: &TargetArgs,
 ) -> Result<&'a ausa_dag::PlannedStage, CliError> {
-    let name = loaded.stage.as_deref().ok_or_else(|| {
-        let names: Vec<_> = loaded.dag.stages.iter().map(|s| s.name.as_str()).collect();
-        CliError::usage(
-            format!("`ausa {command}` needs a stage: DAG:STAGE"),
-            Some(format!(
-                "stages of `{}`: {}",
-                loaded.dag.name,
-                names.join(", ")
-            )),
-        )
-    })?;
-    loaded
-        .plan
-        .stage(name)
-        .ok_or_else(|| loaded.dag.unknown_stage(name).into())
+    loaded.selected().map_err(|e| CliError::from_build(e, args))
 }
 
-fn show(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-    out: &Output,
-) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let stage = selected_stage(&loaded, "show")?;
+fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
+    let (store, registry) = (pipeline.store(), pipeline.registry());
+    let loaded = resolve(pipeline, args)?;
+    let stage = selected_stage(&loaded, args)?;
     let spec = loaded
         .dag
         .stage(&stage.name)
@@ -343,15 +276,13 @@ fn show(
     let kind = registry
         .get(&stage.kind)
         .expect("validated kinds are registered");
-    let id = ObjectId {
-        kind: stage.kind.clone(),
-        fingerprint: stage.fingerprint.clone(),
-    };
+    let id = ausa_engine::object_id(stage);
     let manifest = store
         .has_object(&id)
         .then(|| Manifest::read(&store.object_dir(&id)))
         .transpose()?;
-    let state = ausa_engine::stage_states(store, &loaded.plan)
+    let state = pipeline
+        .states(&loaded)
         .into_iter()
         .find(|s| s.stage == stage.name);
     let params: serde_json::Map<_, _> = kind
@@ -421,7 +352,7 @@ fn show(
             "built by {} at {} in {:.2}s (ausa {})",
             m.built.host, m.built.time, m.built.seconds, m.tool_version
         ));
-        out.line("statistics:");
+        out.line("stats:");
         let stats = serde_json::to_string_pretty(&m.stats).unwrap_or_default();
         for l in stats.lines() {
             out.line(&format!("  {l}"));
@@ -430,33 +361,16 @@ fn show(
     Ok(0)
 }
 
-fn path(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-    out: &Output,
-) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let stage = selected_stage(&loaded, "path")?;
-    let id = ObjectId {
-        kind: stage.kind.clone(),
-        fingerprint: stage.fingerprint.clone(),
-    };
-    if !store.has_object(&id) {
-        return Err(CliError::failure(
-            format!(
-                "{}:{} is not built in {}",
-                loaded.plan.dag,
-                stage.name,
-                store.root().display()
-            ),
-            Some(format!(
-                "run `ausa build {}:{}`",
-                loaded.plan.dag, stage.name
-            )),
-        ));
-    }
-    let dir = store.object_dir(&id);
+fn path(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
+    let loaded = resolve(pipeline, args)?;
+    let stage = selected_stage(&loaded, args)?;
+    let dirs = pipeline
+        .object_dirs(&loaded)
+        .map_err(|e| CliError::from_build(e, args))?;
+    let dir = &dirs
+        .stage(&stage.name)
+        .expect("object_dirs covers every planned stage")
+        .dir;
     out.json(&json!({"path": dir}));
     out.data(&dir.display().to_string());
     Ok(0)
@@ -506,20 +420,13 @@ fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
     Ok(0)
 }
 
-fn verify(
-    store: &Store,
-    registry: &Registry,
-    target: Option<&TargetArgs>,
-    out: &Output,
-) -> Result<i32, CliError> {
+fn verify(pipeline: &Pipeline, target: Option<&TargetArgs>, out: &Output) -> Result<i32, CliError> {
+    let store = pipeline.store();
     let ids: Vec<ObjectId> = match target {
         None => store.list_objects()?,
         Some(args) => {
-            let loaded = load(store, registry, args)?;
-            let ids = loaded.plan.stages.iter().map(|s| ObjectId {
-                kind: s.kind.clone(),
-                fingerprint: s.fingerprint.clone(),
-            });
+            let loaded = resolve(pipeline, args)?;
+            let ids = loaded.plan.stages.iter().map(ausa_engine::object_id);
             ids.filter(|id| store.has_object(id)).collect()
         }
     };
@@ -560,17 +467,38 @@ fn verify(
         problems.len()
     ));
     if problems.is_empty() {
-        Ok(0)
-    } else {
-        Err(CliError::failure(
-            format!(
-                "{} problem(s) found in the store {}",
-                problems.len(),
-                store.root().display()
-            ),
-            Some("rebuild damaged objects with `ausa build <DAG>:<STAGE> --force`".into()),
-        ))
+        return Ok(0);
     }
+    // Name the DAG:STAGE of each damaged object, from the refs that point at it.
+    let refs = store.list_refs().unwrap_or_default();
+    let mut hints = Vec::new();
+    for (id, result) in &results {
+        let damaged = match result {
+            Ok((_, found)) => !found.is_empty(),
+            Err(_) => true,
+        };
+        if !damaged {
+            continue;
+        }
+        let users: Vec<String> = refs
+            .iter()
+            .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.object() == **id))
+            .map(|(name, _)| format!("`ausa build {}:{} --force`", name.dag, name.stage))
+            .collect();
+        hints.push(match users.is_empty() {
+            true => format!("{id} is referenced by no DAG: `ausa gc` removes it"),
+            false => format!("rebuild {id} with {}", users.join(" or ")),
+        });
+    }
+    Err(CliError {
+        message: format!(
+            "{} problem(s) found in the store {}",
+            problems.len(),
+            store.root().display()
+        ),
+        hints,
+        code: 1,
+    })
 }
 
 fn gc(store: &Store, dry_run: bool, out: &Output) -> Result<i32, CliError> {

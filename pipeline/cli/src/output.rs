@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ausa_dag::{PlannedStage, Progress, ProgressUnit};
 use ausa_engine::{Outcome, Reporter};
-use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::diagnostics::CliError;
 
@@ -156,20 +156,19 @@ impl Reporter for BuildReporter<'_> {
         let label = self.label(stage);
         let line = match outcome {
             Outcome::UpToDate => return,
-            Outcome::Built { seconds, bytes } => format!(
-                "{:>9} {label} in {seconds:.2}s, {}",
-                "built",
-                HumanBytes(*bytes)
-            ),
-            Outcome::Fetched { seconds, bytes } => format!(
+            Outcome::Built { seconds, bytes: n } => {
+                format!("{:>9} {label} in {seconds:.2}s, {}", "built", bytes(*n))
+            }
+            Outcome::Fetched { seconds, bytes: n } => format!(
                 "{:>9} {label} from the remote in {seconds:.2}s, {}",
                 "fetched",
-                HumanBytes(*bytes)
+                bytes(*n)
             ),
             Outcome::BuiltElsewhere => {
                 format!("{:>9} {label} (built by another process)", "reused")
             }
-            Outcome::Failed { error, .. } => format!("{:>9} {label}: {error}", "FAILED"),
+            // The error itself is printed once, in the final message.
+            Outcome::Failed { .. } => format!("{:>9} {label}", "FAILED"),
             Outcome::Skipped { upstream } => {
                 format!("{:>9} {label} (upstream `{upstream}` failed)", "skipped")
             }
@@ -189,7 +188,13 @@ impl Reporter for BuildReporter<'_> {
         match &self.bars {
             Some(bars) => {
                 let bar = bars.add(ProgressBar::new_spinner());
-                bar.set_prefix(format!("{:>9} {}", stage.kind, stage.name));
+                // `tokens tokens` says nothing twice: the kind only when it differs.
+                let prefix = if stage.kind == stage.name {
+                    format!("{:>9}", stage.name)
+                } else {
+                    format!("{:>9} {}", stage.kind, stage.name)
+                };
+                bar.set_prefix(prefix);
                 bar.enable_steady_tick(Duration::from_millis(120));
                 Box::new(BarProgress { bar })
             }
@@ -254,7 +259,43 @@ impl Drop for TransferBar {
     }
 }
 
-/// Bytes for humans.
+/// Bytes for humans, at most 8 characters (`1023 KiB`, `22.6 MiB`, `1.05 GiB`) so
+/// size columns stay aligned.
 pub fn bytes(n: u64) -> String {
-    HumanBytes(n).to_string()
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    // Rounding may reach 1024 (1023.97 KiB prints as 1024 KiB): still 8 characters.
+    let digits = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.digits$} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes;
+
+    #[test]
+    fn byte_sizes_fit_eight_columns() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.00 KiB");
+        assert_eq!(bytes(1013 * 1024 + 100), "1013 KiB");
+        assert_eq!(bytes(22_600_000), "21.6 MiB");
+        for n in [1u64, 999, 1 << 20, (1 << 30) - 1, u64::MAX] {
+            assert!(bytes(n).len() <= 8, "{} is wider than 8", bytes(n));
+        }
+    }
 }

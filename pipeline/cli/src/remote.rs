@@ -3,13 +3,11 @@
 
 use std::time::Instant;
 
-use ausa_dag::{Plan, Registry};
+use ausa_dag::Plan;
 use ausa_remote::{Remote, RemoteError, Transfer};
-use ausa_store::{ObjectId, Ref, RefName, Store};
+use ausa_store::{ObjectId, Store};
 use serde_json::json;
 
-use crate::args::TargetArgs;
-use crate::commands::load;
 use crate::diagnostics::CliError;
 use crate::output::{bytes, Output};
 
@@ -45,12 +43,16 @@ fn config_remote() -> Result<Option<String>, CliError> {
         .map(String::from))
 }
 
+/// The hint for a command that needs a remote and got none.
+pub const HOW_TO_NAME_A_REMOTE: &str =
+    "pass --remote s3://bucket/prefix (or file:///path), or set AUSA_REMOTE";
+
 /// Opens the remote, or explains how to name one.
 pub fn open(flag: Option<&str>, command: &str) -> Result<Remote, CliError> {
     let url = remote_url(flag)?.ok_or_else(|| {
         CliError::usage(
             format!("`ausa {command}` needs a remote"),
-            Some("pass --remote s3://bucket/prefix (or file:///path), or set AUSA_REMOTE".into()),
+            Some(HOW_TO_NAME_A_REMOTE.into()),
         )
     })?;
     Remote::open(&url).map_err(remote_error)
@@ -76,40 +78,21 @@ pub fn remote_error(e: RemoteError) -> CliError {
 }
 
 fn ids(plan: &Plan) -> Vec<ObjectId> {
-    plan.stages
-        .iter()
-        .map(|s| ObjectId {
-            kind: s.kind.clone(),
-            fingerprint: s.fingerprint.clone(),
-        })
-        .collect()
+    plan.stages.iter().map(ausa_engine::object_id).collect()
 }
 
-/// `ausa push`: objects first, then refs.
-pub fn push(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-    remote: &Remote,
-    out: &Output,
-) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    push_plan(store, &loaded.plan, remote, out)
-}
-
-/// Pushes every object of `plan` (all must be built) and points the remote refs at them.
+/// `ausa push`: pushes every object of `plan` (all must be built) and points the remote refs at them.
 pub fn push_plan(
     store: &Store,
     plan: &Plan,
     remote: &Remote,
     out: &Output,
 ) -> Result<i32, CliError> {
-    if let Some(stage) = plan.stages.iter().find(|s| {
-        !store.has_object(&ObjectId {
-            kind: s.kind.clone(),
-            fingerprint: s.fingerprint.clone(),
-        })
-    }) {
+    if let Some(stage) = plan
+        .stages
+        .iter()
+        .find(|s| !store.has_object(&ausa_engine::object_id(s)))
+    {
         return Err(CliError::failure(
             format!(
                 "{}:{} is not built, so it cannot be pushed",
@@ -128,31 +111,17 @@ pub fn push_plan(
         .map_err(remote_error)?;
     drop(bar);
     for stage in &plan.stages {
-        let r = Ref {
-            kind: stage.kind.clone(),
-            fingerprint: stage.fingerprint.clone(),
-            key: stage.key.clone(),
-        };
-        let name = RefName {
-            dag: plan.dag.clone(),
-            stage: stage.name.clone(),
-        };
-        remote.push_ref(&name, &r).map_err(remote_error)?;
+        let name = ausa_engine::ref_name(plan, stage);
+        remote
+            .push_ref(&name, &ausa_engine::planned_ref(stage))
+            .map_err(remote_error)?;
     }
     report(plan, remote, &result, started, "pushed", out);
     Ok(0)
 }
 
 /// `ausa pull`: objects the local store lacks, verified, then local refs.
-pub fn pull(
-    store: &Store,
-    registry: &Registry,
-    args: &TargetArgs,
-    remote: &Remote,
-    out: &Output,
-) -> Result<i32, CliError> {
-    let loaded = load(store, registry, args)?;
-    let plan = &loaded.plan;
+pub fn pull(store: &Store, plan: &Plan, remote: &Remote, out: &Output) -> Result<i32, CliError> {
     let started = Instant::now();
     let bar = out.transfer_bar(&format!("pull {}", plan.dag));
     let result = remote
@@ -160,16 +129,10 @@ pub fn pull(
         .map_err(remote_error)?;
     drop(bar);
     for stage in &plan.stages {
-        let r = Ref {
-            kind: stage.kind.clone(),
-            fingerprint: stage.fingerprint.clone(),
-            key: stage.key.clone(),
-        };
-        let name = RefName {
-            dag: plan.dag.clone(),
-            stage: stage.name.clone(),
-        };
-        store.write_ref(&name, &r)?;
+        store.write_ref(
+            &ausa_engine::ref_name(plan, stage),
+            &ausa_engine::planned_ref(stage),
+        )?;
     }
     report(plan, remote, &result, started, "pulled", out);
     Ok(0)

@@ -5,7 +5,9 @@
 //! line per changed field.
 
 use ausa_dag::{diff_keys, KeyChange, Plan, PlannedStage};
-use ausa_store::{Manifest, ObjectId, RefName, Store};
+use ausa_store::{Manifest, Store};
+
+use crate::{object_id, ref_name};
 
 /// Whether a stage's object exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -59,13 +61,6 @@ pub struct Explanation {
     pub changes: Vec<KeyChange>,
 }
 
-fn object_id(stage: &PlannedStage) -> ObjectId {
-    ObjectId {
-        kind: stage.kind.clone(),
-        fingerprint: stage.fingerprint.clone(),
-    }
-}
-
 /// The state of every planned stage.
 pub fn stage_states(store: &Store, plan: &Plan) -> Vec<StageState> {
     plan.stages
@@ -83,11 +78,7 @@ fn state_of(store: &Store, plan: &Plan, stage: &PlannedStage) -> StageState {
     let state = if store.has_object(&id) {
         StateKind::UpToDate
     } else {
-        let name = RefName {
-            dag: plan.dag.clone(),
-            stage: stage.name.clone(),
-        };
-        match store.read_ref(&name) {
+        match store.read_ref(&ref_name(plan, stage)) {
             Ok(Some(r)) if r.fingerprint != stage.fingerprint => StateKind::Stale,
             _ => StateKind::Missing,
         }
@@ -104,10 +95,7 @@ fn state_of(store: &Store, plan: &Plan, stage: &PlannedStage) -> StageState {
 /// Explains one planned stage against the ref of its last build.
 pub fn explain(store: &Store, plan: &Plan, stage: &PlannedStage) -> Explanation {
     let state = state_of(store, plan, stage);
-    let name = RefName {
-        dag: plan.dag.clone(),
-        stage: stage.name.clone(),
-    };
+    let name = ref_name(plan, stage);
     let previous = store.read_ref(&name);
     let mut reasons = Vec::new();
     let mut changes = Vec::new();

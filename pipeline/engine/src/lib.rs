@@ -27,11 +27,37 @@ mod run;
 
 use std::path::Path;
 
-use ausa_dag::{ContentHasher, PlannedStage, Progress};
-use ausa_store::{StatCache, Store};
+use ausa_dag::{ContentHasher, Plan, PlannedStage, Progress};
+use ausa_store::{ObjectId, Ref, RefName, StatCache, Store};
 
 pub use inspect::{explain, stage_states, Explanation, StageState, StateKind};
 pub use run::{build, build_with_source};
+
+/// The store object a planned stage builds.
+pub fn object_id(stage: &PlannedStage) -> ObjectId {
+    ObjectId {
+        kind: stage.kind.clone(),
+        fingerprint: stage.fingerprint.clone(),
+    }
+}
+
+/// The ref that records which object `stage` of `plan`'s DAG last built.
+pub fn ref_name(plan: &Plan, stage: &PlannedStage) -> RefName {
+    RefName {
+        dag: plan.dag.clone(),
+        stage: stage.name.clone(),
+    }
+}
+
+/// The ref a build of `stage` records: its object and the key it was built from
+/// (what `explain` diffs against later).
+pub fn planned_ref(stage: &PlannedStage) -> Ref {
+    Ref {
+        kind: stage.kind.clone(),
+        fingerprint: stage.fingerprint.clone(),
+        key: stage.key.clone(),
+    }
+}
 
 /// Options of one build.
 #[derive(Debug, Clone)]
@@ -73,16 +99,36 @@ pub enum Outcome {
     },
     /// The stage (or its publication) failed; nothing was published.
     Failed {
-        /// The error with its causes.
+        /// The error with its causes, one line.
         error: String,
-        /// What to do about it, when known.
-        hint: Option<String>,
+        /// What kind of failure it was; callers render advice from it.
+        cause: FailureCause,
     },
     /// Not attempted because an upstream stage failed.
     Skipped {
         /// The failed upstream stage.
         upstream: String,
     },
+}
+
+/// Why a stage failed, for callers that turn failures into advice (the CLI's hints,
+/// a trainer's message). The engine itself never writes advice.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "cause", rename_all = "kebab-case")]
+pub enum FailureCause {
+    /// The stage's own code returned an error.
+    Stage,
+    /// The disk (or a quota) was full while writing.
+    DiskFull,
+    /// The object of `stage` (this stage or an input) fails its manifest check.
+    Corrupted {
+        /// The stage whose object is damaged.
+        stage: String,
+    },
+    /// The store could not be read or written (I/O, permissions).
+    Store,
+    /// The engine or the plan is inconsistent (a bug).
+    Internal,
 }
 
 impl Outcome {

@@ -5,9 +5,12 @@ use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use ausa_dag::{fingerprint, InputArtifact, Plan, PlannedStage, Registry, StageContext};
-use ausa_store::{Acquired, ObjectId, Published, Ref, RefName, Store, StoreError, VerifyMode};
+use ausa_store::{Acquired, Published, Store, StoreError, VerifyMode};
 
-use crate::{BuildOptions, BuildReport, ObjectSource, Outcome, Reporter, StageReport};
+use crate::{
+    object_id, planned_ref, ref_name, BuildOptions, BuildReport, FailureCause, ObjectSource,
+    Outcome, Reporter, StageReport,
+};
 
 #[derive(Clone)]
 enum Slot {
@@ -74,7 +77,7 @@ pub fn build_with_source(
                 Slot::Done(o) => o,
                 _ => Outcome::Failed {
                     error: "not run (internal error)".into(),
-                    hint: None,
+                    cause: FailureCause::Internal,
                 },
             },
         })
@@ -193,21 +196,15 @@ impl Build<'_> {
             None => self.build_or_reuse(stage),
         };
         let result = outcome.and_then(|outcome| {
-            let name = RefName {
-                dag: self.plan.dag.clone(),
-                stage: stage.name.clone(),
-            };
-            let r = Ref {
-                kind: stage.kind.clone(),
-                fingerprint: stage.fingerprint.clone(),
-                key: stage.key.clone(),
-            };
-            self.store.write_ref(&name, &r).map_err(Failure::from)?;
+            let name = ref_name(self.plan, stage);
+            self.store
+                .write_ref(&name, &planned_ref(stage))
+                .map_err(Failure::from)?;
             Ok(outcome)
         });
         result.unwrap_or_else(|f| Outcome::Failed {
             error: f.error,
-            hint: f.hint,
+            cause: f.cause,
         })
     }
 }
@@ -241,37 +238,37 @@ fn next_ready(plan: &Plan, slots: &mut [Slot]) -> Option<usize> {
     None
 }
 
-fn object_id(stage: &PlannedStage) -> ObjectId {
-    ObjectId {
-        kind: stage.kind.clone(),
-        fingerprint: stage.fingerprint.clone(),
-    }
-}
-
 struct Failure {
     error: String,
-    hint: Option<String>,
+    cause: FailureCause,
 }
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Failure {
+        let cause = if disk_full(&e) {
+            FailureCause::DiskFull
+        } else {
+            FailureCause::Store
+        };
         Failure {
             error: e.to_string(),
-            hint: None,
+            cause,
         }
     }
 }
 
-fn corrupted(plan: &Plan, stage: &PlannedStage, e: StoreError) -> Failure {
-    let hint = e.is_corruption().then(|| {
-        format!(
-            "rebuild it with `ausa build {}:{} --force`, or run `ausa verify` to check the whole store",
-            plan.dag, stage.name
-        )
-    });
-    Failure {
-        error: e.to_string(),
-        hint,
+/// A failure to read `stage`'s object: corruption is reported as such, naming the
+/// stage, so the caller can say how to rebuild it.
+fn corrupted(stage: &PlannedStage, e: StoreError) -> Failure {
+    if e.is_corruption() {
+        Failure {
+            error: e.to_string(),
+            cause: FailureCause::Corrupted {
+                stage: stage.name.clone(),
+            },
+        }
+    } else {
+        Failure::from(e)
     }
 }
 
@@ -291,7 +288,7 @@ impl Build<'_> {
             // A cheap stat check on every no-op build catches truncated files.
             store
                 .check_object(&id, VerifyMode::Sizes, &fingerprint)
-                .map_err(|e| corrupted(plan, stage, e))?;
+                .map_err(|e| corrupted(stage, e))?;
             return Ok(Outcome::UpToDate);
         }
         let guard = match store.lock_object(&id, &mut |h| reporter.waiting(stage, &h.owner))? {
@@ -302,7 +299,7 @@ impl Build<'_> {
         let inputs = verified_inputs(store, plan, stage)?;
         let kind = registry.get(&stage.kind).ok_or_else(|| Failure {
             error: format!("unknown stage kind `{}`", stage.kind),
-            hint: None,
+            cause: FailureCause::Internal,
         })?;
         let staging = store.stage(&id)?;
         let started = Instant::now();
@@ -316,8 +313,11 @@ impl Build<'_> {
         };
         let stats = kind.run(&ctx).map_err(|e| Failure {
             error: error_chain(e.as_ref()),
-            hint: disk_full(e.as_ref())
-                .then(|| "the disk is full: free space or use another --store".into()),
+            cause: if disk_full(e.as_ref()) {
+                FailureCause::DiskFull
+            } else {
+                FailureCause::Stage
+            },
         })?;
         let seconds = started.elapsed().as_secs_f64();
         let published = staging.publish(
@@ -351,7 +351,7 @@ fn verified_inputs(
             let id = object_id(up);
             store
                 .check_object(&id, VerifyMode::Full, &fingerprint)
-                .map_err(|e| corrupted(plan, up, e))?;
+                .map_err(|e| corrupted(up, e))?;
             Ok(InputArtifact {
                 slot,
                 kind: up.kind.clone(),
