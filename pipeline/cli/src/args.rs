@@ -156,4 +156,7 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Train a model on a DAG's artifacts (built with the `train` feature).
+    #[cfg(feature = "train")]
+    Train(crate::train::TrainArgs),
 }

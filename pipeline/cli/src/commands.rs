@@ -84,6 +84,8 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
             verify(&pipeline()?, target.as_ref(), out)
         }
         Command::Gc { dry_run } => gc(pipeline()?.store(), *dry_run, out),
+        #[cfg(feature = "train")]
+        Command::Train(args) => crate::train::run(cli.store.as_deref(), args, out),
     }
 }
 

@@ -22,6 +22,9 @@ use crate::train::{
 static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    // One intra-op thread: tests already run in parallel, and an oversubscribed OpenMP
+    // pool spin-waits (10x slower on a busy 2-core machine).
+    tch::set_num_threads(1);
     TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
