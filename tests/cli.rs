@@ -1,10 +1,8 @@
 //! End-to-end tests of the `ausa` binary on temp stores.
 
-mod common;
+use crate::common::Ctx;
 
-use common::Ctx;
-
-fn outcomes(run: &common::Run) -> Vec<(String, String)> {
+fn outcomes(run: &crate::common::Run) -> Vec<(String, String)> {
     run.json()["report"]["stages"]
         .as_array()
         .unwrap()
@@ -46,7 +44,8 @@ fn build_selects_a_stage_and_its_upstreams() {
     let ctx = Ctx::new();
     let run = ctx.run(&["build", "demo:corpus", "--json"]).ok();
     assert_eq!(outcomes(&run), [("corpus".into(), "built".into())]);
-    let status = ctx.run(&["status", "demo", "--json"]).ok().json();
+    // Exit 3: something is missing (documented in `ausa status --help`).
+    let status = ctx.run(&["status", "demo", "--json"]).code(3).json();
     assert_eq!(status["stages"][0]["state"], "up-to-date");
     assert_eq!(status["stages"][1]["state"], "missing");
 }
@@ -75,7 +74,7 @@ fn set_override_changes_fingerprints_and_explain_names_the_field() {
     );
     let status = ctx
         .run(&["status", "demo", "--set", "corpus.docs=300", "--json"])
-        .ok()
+        .code(3)
         .json();
     assert_eq!(status["stages"][0]["state"], "stale");
     // Only the downstream parameter changes: the corpus is reused.
@@ -136,9 +135,10 @@ fn show_lists_parameters_with_defaults_and_statistics() {
 #[test]
 fn path_of_an_unbuilt_stage_fails_with_the_fix() {
     let ctx = Ctx::new();
-    let run = ctx.run(&["path", "demo:corpus"]).code(1);
+    ctx.run(&["build", "demo:corpus", "--quiet"]).ok();
+    let run = ctx.run(&["path", "demo:doc_stats"]).code(1);
     assert!(
-        run.stderr.contains("run `ausa build demo:corpus`"),
+        run.stderr.contains("run `ausa build demo:doc_stats`"),
         "{}",
         run.stderr
     );
@@ -171,13 +171,30 @@ fn ls_shows_refs_and_gc_removes_unreferenced_objects() {
     );
     let referenced = objects
         .iter()
-        .filter(|o| !o["refs"].as_array().unwrap().is_empty())
+        .filter(|o| !o["configs"].as_array().unwrap().is_empty())
         .count();
-    assert_eq!(referenced, stages, "refs follow the latest build");
-    let dry = ctx.run(&["gc", "--dry-run", "--json"]).ok().json();
-    assert_eq!(dry["report"]["objects"].as_array().unwrap().len(), stages);
-    assert_eq!(count(&ctx), 2 * stages, "a dry run removes nothing");
+    assert_eq!(referenced, 2 * stages, "each configuration keeps its refs");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["configs"] == serde_json::json!(["demo --set corpus.docs=100"])),
+        "{ls}"
+    );
     ctx.run(&["gc"]).ok();
+    assert_eq!(
+        count(&ctx),
+        2 * stages,
+        "gc keeps what any configuration uses"
+    );
+    // A policy drops the older configuration (the default); a dry run removes nothing.
+    let dry = ctx
+        .run(&["gc", "--keep-last", "1", "--dry-run", "--json"])
+        .ok()
+        .json();
+    assert_eq!(dry["report"]["objects"].as_array().unwrap().len(), stages);
+    assert_eq!(dry["report"]["configs"], serde_json::json!(["demo"]));
+    assert_eq!(count(&ctx), 2 * stages, "a dry run removes nothing");
+    ctx.run(&["gc", "--keep-last", "1"]).ok();
     assert_eq!(count(&ctx), stages);
     ctx.run(&["verify"]).ok();
     let run = ctx
@@ -195,11 +212,12 @@ fn embedded_dag_works_from_any_directory_and_file_dags_by_path() {
     );
     let run = ctx.run(&["build", "sub/mini.toml", "--json"]).ok();
     assert_eq!(run.json()["report"]["dag"], "mini");
-    assert!(ctx.store().join("refs/mini/c").is_file());
+    assert!(ctx.store().join("refs/mini/default/c").is_file());
     let mut cmd = ctx.cmd(&["status", "demo"]);
     cmd.current_dir("/");
-    let out: common::Run = cmd.output().unwrap().into();
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out: crate::common::Run = cmd.output().unwrap().into();
+    assert_eq!(out.code, 3, "demo is not built: {}", out.stderr);
+    assert!(out.stdout.contains("missing"), "{}", out.stdout);
 }
 
 #[test]
@@ -258,7 +276,7 @@ fn same_dag_gives_identical_bytes_whatever_the_parallelism() {
     let files = |c: &Ctx| -> Vec<_> {
         c.object_files()
             .into_iter()
-            .filter(|(p, _)| !p.ends_with("manifest.json"))
+            .filter(|(p, _)| !p.ends_with("manifest.json") && !p.ends_with("manifest.blake3"))
             .collect()
     };
     let (fa, fb) = (files(&a), files(&b));
@@ -287,8 +305,8 @@ fn same_dag_gives_identical_bytes_whatever_the_parallelism() {
 
 #[test]
 fn help_and_version_work() {
-    let run = common::Run::from(
-        std::process::Command::new(common::bin())
+    let run = crate::common::Run::from(
+        std::process::Command::new(crate::common::bin())
             .arg("--help")
             .output()
             .unwrap(),
@@ -299,16 +317,16 @@ fn help_and_version_work() {
     ] {
         assert!(run.stdout.contains(cmd), "--help lacks {cmd}");
     }
-    let run = common::Run::from(
-        std::process::Command::new(common::bin())
+    let run = crate::common::Run::from(
+        std::process::Command::new(crate::common::bin())
             .arg("--version")
             .output()
             .unwrap(),
     )
     .ok();
     assert!(run.stdout.starts_with("ausa "));
-    let run = common::Run::from(
-        std::process::Command::new(common::bin())
+    let run = crate::common::Run::from(
+        std::process::Command::new(crate::common::bin())
             .arg("frobnicate")
             .output()
             .unwrap(),
@@ -317,7 +335,7 @@ fn help_and_version_work() {
 }
 
 mod bad_input {
-    use super::common::Ctx;
+    use crate::common::Ctx;
 
     /// Builds a DAG file that must be rejected with exit 2 and nothing written.
     fn rejected(text: &str) -> String {
@@ -426,7 +444,7 @@ mod bad_input {
 }
 
 mod subset {
-    use super::common::Ctx;
+    use crate::common::Ctx;
 
     #[test]
     fn subset_meets_the_budget_by_strata_and_passes_other_splits_through() {
@@ -536,4 +554,27 @@ mod sets {
         let banks = ctx.object_dir("demo:banks");
         assert!(banks.join("banks-train.arrow").is_file());
     }
+}
+
+/// `ausa path` with a relative `--store` printed a relative path, useless from any other
+/// directory.
+#[test]
+fn path_is_absolute_for_a_relative_store() {
+    let ctx = Ctx::new();
+    let run = |args: &[&str]| -> crate::common::Run {
+        std::process::Command::new(crate::common::bin())
+            .args(args)
+            .args(["--store", "rel-store"])
+            .current_dir(ctx.path())
+            .env_remove("AUSA_STORE")
+            .output()
+            .unwrap()
+            .into()
+    };
+    run(&["build", "demo:corpus", "-q", "--set", "corpus.docs=50"]).ok();
+    let out = run(&["path", "demo:corpus", "--set", "corpus.docs=50"]).ok();
+    let path = std::path::PathBuf::from(out.stdout.trim());
+    assert!(path.is_absolute(), "{}", path.display());
+    assert!(path.join("manifest.json").is_file());
+    assert!(path.starts_with(ctx.path().canonicalize().unwrap()) || path.starts_with(ctx.path()));
 }

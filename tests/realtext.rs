@@ -2,11 +2,9 @@
 //! (never copied into the repository). Skipped, visibly by name, when the file is
 //! absent.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::Ctx;
+use crate::common::Ctx;
 
 /// The real file, or `None` after a visible skip of `test`.
 fn valid_txt(test: &str) -> Option<PathBuf> {

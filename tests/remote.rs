@@ -5,14 +5,12 @@
 // A skipped test says so on stderr: that is its only channel.
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{make_writable, Ctx, Run};
+use crate::common::{kill_at, make_writable, partial_objects, Ctx, Run};
 
 /// A remote URL plus the environment an `ausa` process needs to reach it.
 struct Remote {
@@ -214,7 +212,11 @@ fn read_through_build_fetches(remote: &Remote) {
     let a = Ctx::new();
     a.run(&["build", "demo", "--quiet"]).ok();
     let b = Ctx::new();
-    let status = remote.run(&b, &["status", "demo", "--json"]).ok().json();
+    // Only build and pull create a store.
+    let none = remote.run(&b, &["status", "demo"]).code(2);
+    assert!(none.stderr.contains("no store at"), "{}", none.stderr);
+    std::fs::create_dir_all(b.store().join("objects")).unwrap();
+    let status = remote.run(&b, &["status", "demo", "--json"]).code(3).json();
     assert!(status["stages"]
         .as_array()
         .unwrap()
@@ -223,7 +225,7 @@ fn read_through_build_fetches(remote: &Remote) {
     // --push uploads what the build made.
     let built = remote.run(&a, &["build", "demo", "--push", "--json"]).ok();
     assert!(outcomes(&built).iter().all(|o| o == "up-to-date"));
-    let status = remote.run(&b, &["status", "demo", "--json"]).ok().json();
+    let status = remote.run(&b, &["status", "demo", "--json"]).code(3).json();
     assert!(
         status["stages"]
             .as_array()
@@ -247,58 +249,70 @@ fn read_through_build_fetches(remote: &Remote) {
 fn concurrent_pushes_succeed(remote: &Remote) {
     let a = Ctx::new();
     a.run(&["build", "demo", "--quiet"]).ok();
+    // Both pushes wait for each other after uploading an object's files and before
+    // its manifest (a test-build hook): they provably overlap, which a 30 ms push
+    // started twice would not.
+    let barrier = tempfile::tempdir().unwrap();
     let children: Vec<_> = (0..2)
         .map(|_| {
             remote
                 .cmd(&a, &["push", "demo", "--quiet"])
+                .env("AUSA_TEST_BARRIER", "push:before-manifest")
+                .env("AUSA_TEST_BARRIER_DIR", barrier.path())
+                .env("AUSA_TEST_BARRIER_N", "2")
                 .spawn()
                 .unwrap()
         })
         .collect();
+    let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
     for c in children {
         assert!(c.wait_with_output().unwrap().status.success());
     }
+    let mut met: Vec<String> = std::fs::read_dir(barrier.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    met.sort();
+    let mut want = pids;
+    want.sort();
+    assert_eq!(met, want, "both pushes were inside a push at the same time");
     let b = Ctx::new();
     remote.run(&b, &["pull", "demo", "--quiet"]).ok();
     assert_eq!(a.object_files(), b.object_files());
 }
 
-/// Kills push and pull clients at several points; whatever was left, the puller never
-/// sees a partial object, and running again completes.
+/// Kills push and pull clients in the middle of a transfer (the test waits until the
+/// victim is there and alive): whatever was left, the puller never sees a partial
+/// object, and running again completes.
 fn interrupted_transfers_resume(remote: &Remote) {
     let a = Ctx::new();
     a.run(&["build", "demo", "--quiet"]).ok();
-    for delay_ms in [30, 120, 400] {
-        let mut push = remote
-            .cmd(&a, &["push", "demo", "--quiet"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = push.kill();
-        let _ = push.wait();
-        let b = Ctx::new();
-        let partial = remote.run(&b, &["pull", "demo", "--quiet"]);
-        assert!(
-            partial.code == 0 || partial.stderr.contains("the remote has no object"),
-            "{}",
-            partial.stderr
-        );
-        b.run(&["verify"]).ok();
-        let mut pull = remote
-            .cmd(&b, &["pull", "demo", "--quiet"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms / 2));
-        let _ = pull.kill();
-        let _ = pull.wait();
-        b.run(&["verify"]).ok();
-    }
-    remote.run(&a, &["push", "demo", "--quiet"]).ok();
+    // A push killed after an object's files and before its manifest: the remote has
+    // files but no commit point, so a pull sees no object (and publishes nothing).
+    kill_at(remote.cmd(&a, &["push", "demo"]), "push:before-manifest");
     let b = Ctx::new();
+    let partial = remote.run(&b, &["pull", "demo"]).code(1);
+    assert!(
+        partial.stderr.contains("the remote has no object"),
+        "{}",
+        partial.stderr
+    );
+    assert!(partial_objects(&b.store()).is_empty());
+    b.run(&["verify"]).ok();
+    // The next push completes (files already there are not sent again).
+    remote.run(&a, &["push", "demo", "--quiet"]).ok();
+    // A pull killed after downloading an object and before publishing it.
+    kill_at(remote.cmd(&b, &["pull", "demo"]), "pull:before-publish");
+    assert!(partial_objects(&b.store()).is_empty());
+    assert!(
+        !b.entries("tmp").is_empty(),
+        "the killed pull left its temp dir"
+    );
+    b.run(&["verify"]).ok();
     remote.run(&b, &["pull", "demo", "--quiet"]).ok();
     assert_eq!(a.object_files(), b.object_files());
+    assert!(b.entries("tmp").is_empty(), "{:?}", b.entries("tmp"));
+    b.run(&["status", "demo"]).ok();
 }
 
 #[test]
@@ -389,16 +403,26 @@ fn tampered_remote_file_is_rejected_and_nothing_published() {
         .iter()
         .any(|(p, _)| p.contains(object.to_str().unwrap())));
     assert!(b.entries("tmp").is_empty(), "{:?}", b.entries("tmp"));
-    // A read-through build does not trust it either: it builds that stage itself.
-    let built = remote.run(&b, &["build", "demo", "--json"]).ok();
+    // A read-through build does not trust it either: it says so and builds that stage
+    // itself (and only that one: the others are fetched).
+    let built = remote.run(&b, &["build", "demo"]).ok();
+    let warned: Vec<&str> = built
+        .stderr
+        .lines()
+        .filter(|l| l.contains("fetching from the remote failed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", built.stderr);
+    assert!(warned[0].contains("blake3"), "{}", warned[0]);
+    let stage = warned[0].split_whitespace().nth(1).unwrap();
     assert!(
-        outcomes(&built).iter().any(|o| o == "built"),
-        "{}",
-        built.stdout
+        built
+            .stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("built") && l.contains(stage)),
+        "{stage} is built here: {}",
+        built.stderr
     );
-    assert!(
-        built.stderr.contains("fetching from the remote failed") || built.stdout.contains("built")
-    );
+    assert!(built.stderr.contains("fetched"), "{}", built.stderr);
     b.run(&["verify"]).ok();
 }
 
@@ -459,6 +483,7 @@ fn push_without_remote_is_a_usage_error_with_a_hint() {
 fn push_of_an_unbuilt_dag_says_build_first() {
     let remote = Remote::file();
     let ctx = Ctx::new();
+    ctx.run(&["build", "demo:corpus", "--quiet"]).ok();
     let run = remote.run(&ctx, &["push", "demo"]).code(1);
     assert!(run.stderr.contains("ausa build demo"), "{}", run.stderr);
 }

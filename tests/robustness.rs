@@ -1,24 +1,24 @@
 //! Concurrency, crashes, corruption and a full disk, against the real binary.
 #![allow(clippy::print_stderr)] // a skipped check says so on stderr
 
-mod common;
-
 use std::process::Stdio;
-use std::time::Duration;
 
-use common::{make_writable, Ctx, Run};
+use crate::common::{crash_at, kill_at, make_writable, partial_objects, Ctx, Run};
 
 /// A corpus big enough that a build takes a noticeable time.
-const BIG: &str = "corpus.docs=60000";
-/// A corpus whose build takes about two seconds.
-const MEDIUM: &str = "corpus.docs=20000";
+const BIG: &str = "corpus.docs=20000";
+/// A corpus small enough that a whole demo build takes a second or two.
+const SMALL: &str = "corpus.docs=500";
 
 #[test]
 fn concurrent_builds_build_each_artifact_once() {
     let ctx = Ctx::new();
+    // Every stage execution, by any process, appends a line here (test builds only).
+    let runlog = ctx.path().join("runs.log");
     let children: Vec<_> = (0..4)
         .map(|_| {
             ctx.cmd(&["build", "demo", "--json", "--set", BIG])
+                .env("AUSA_TEST_RUNLOG", &runlog)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -46,6 +46,18 @@ fn concurrent_builds_build_each_artifact_once() {
         built.values().all(|n| *n == 1),
         "each stage built by exactly one process: {built:?}"
     );
+    // The outcomes alone would pass even if every process ran every stage (the atomic
+    // rename makes only one "built"): count the executions themselves.
+    let log = std::fs::read_to_string(&runlog).unwrap();
+    let mut ran = std::collections::BTreeMap::<&str, usize>::new();
+    for line in log.lines() {
+        *ran.entry(line).or_default() += 1;
+    }
+    assert_eq!(ran.len(), stages, "every stage ran: {log}");
+    assert!(
+        ran.values().all(|n| *n == 1),
+        "each stage ran exactly once across 4 processes: {ran:?}"
+    );
     let objects = ctx.run(&["ls", "--json"]).ok().json()["objects"]
         .as_array()
         .unwrap()
@@ -62,43 +74,141 @@ fn concurrent_builds_build_each_artifact_once() {
         "locks left: {:?}",
         ctx.entries("locks")
     );
+    assert!(
+        ctx.entries("pins").is_empty(),
+        "pins left: {:?}",
+        ctx.entries("pins")
+    );
 }
 
-#[test]
-fn kill_9_at_random_points_never_leaves_a_visible_partial_artifact() {
-    let ctx = Ctx::new();
-    // Deterministic "random" kill points spread over the whole build (about 2 s long:
-    // generation, statistics, hashing and publishing).
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for round in 0..8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let delay = Duration::from_millis(20 + x % 2000);
-        let seed = format!("corpus.seed={}", round % 3);
-        let mut child = ctx
-            .cmd(&["build", "demo", "--quiet", "--set", MEDIUM, "--set", &seed])
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        // Whatever is visible must be complete and correct.
+/// The stage names of the demo DAG, in build order.
+fn demo_stages(ctx: &Ctx) -> Vec<String> {
+    let dry = ctx
+        .run(&["build", "demo", "--dry-run", "--json"])
+        .ok()
+        .json();
+    dry["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// After a crash: nothing partial is visible, everything visible verifies, and gc
+/// leaves no lock, pin or temp dir behind.
+#[track_caller]
+fn assert_clean_after_crash(ctx: &Ctx, what: &str) {
+    assert!(
+        partial_objects(&ctx.store()).is_empty(),
+        "{what}: partial objects visible: {:?}",
+        partial_objects(&ctx.store())
+    );
+    if ctx.store().join("objects").is_dir() {
         ctx.run(&["verify"]).ok();
     }
-    for seed in 0..3 {
-        let seed = format!("corpus.seed={seed}");
-        ctx.run(&["build", "demo", "--quiet", "--set", MEDIUM, "--set", &seed])
-            .ok();
+}
+
+#[track_caller]
+fn assert_no_leftovers_after_gc(ctx: &Ctx) {
+    ctx.run(&["gc", "--quiet"]).ok();
+    for sub in ["tmp", "locks", "pins"] {
+        assert!(
+            ctx.entries(sub).is_empty(),
+            "{sub} left after gc: {:?}",
+            ctx.entries(sub)
+        );
+    }
+}
+
+/// kill -9 while each stage of the demo runs (the test waits until the victim is in
+/// the stage, checks it is alive, then kills it), and at two steps of a publish.
+#[test]
+fn kill_9_in_every_stage_and_in_the_publish_never_leaves_a_partial_artifact() {
+    let ctx = Ctx::new();
+    let stages = demo_stages(&ctx);
+    assert!(stages.len() >= 5, "{stages:?}");
+    for stage in &stages {
+        let point = format!("stage:{stage}");
+        // One stage at a time: with two workers, the other one could build a later
+        // stage while this one is held, and its kill would never land.
+        let at = kill_at(
+            ctx.cmd(&["build", "demo", "--jobs", "1", "--set", SMALL]),
+            &point,
+        );
+        assert_eq!(at, point);
+        assert_clean_after_crash(&ctx, &point);
+    }
+    ctx.run(&["build", "demo", "--quiet", "--set", SMALL]).ok();
+    for (seed, point) in ["publish:synced", "publish:renamed"].iter().enumerate() {
+        let seed = format!("corpus.seed={}", seed + 10);
+        kill_at(
+            ctx.cmd(&["build", "demo:corpus", "--set", SMALL, "--set", &seed]),
+            point,
+        );
+        assert_clean_after_crash(&ctx, point);
+        ctx.run(&[
+            "build",
+            "demo:corpus",
+            "--quiet",
+            "--set",
+            SMALL,
+            "--set",
+            &seed,
+        ])
+        .ok();
     }
     ctx.run(&["verify"]).ok();
-    assert!(
-        ctx.entries("tmp").is_empty(),
-        "leftover temp dirs: {:?}",
-        ctx.entries("tmp")
+    assert_no_leftovers_after_gc(&ctx);
+    // Exit 0: every stage up to date after the kills.
+    ctx.run(&["status", "demo", "--set", SMALL]).ok();
+}
+
+/// A deterministic abort at every step of a publish and of a ref update: after each,
+/// nothing partial is visible and the next build succeeds (and says up to date).
+#[test]
+fn crash_at_every_publish_and_ref_step_leaves_the_store_consistent() {
+    let ctx = Ctx::new();
+    let points = [
+        "publish:data-written",
+        "publish:synced",
+        "publish:before-manifest",
+        "publish:after-manifest",
+        "publish:renamed",
+        "ref:before",
+        "ref:after",
+    ];
+    for (i, point) in points.iter().enumerate() {
+        let seed = format!("corpus.seed={i}");
+        let args = [
+            "build",
+            "demo:corpus",
+            "--set",
+            "corpus.docs=300",
+            "--set",
+            &seed,
+        ];
+        crash_at(ctx.cmd(&args), point);
+        assert_clean_after_crash(&ctx, point);
+        let run = ctx.run(&args).ok();
+        assert!(!run.stderr.contains("corrupt"), "{point}: {}", run.stderr);
+        let status = ctx.run(&[
+            "status",
+            "demo:corpus",
+            "--set",
+            "corpus.docs=300",
+            "--set",
+            &seed,
+        ]);
+        assert_eq!(status.code, 0, "{point}: {}", status.stdout);
+    }
+    assert_no_leftovers_after_gc(&ctx);
+    let ls = ctx.run(&["ls", "--json"]).ok().json();
+    assert_eq!(
+        ls["objects"].as_array().unwrap().len(),
+        points.len(),
+        "one corpus per configuration, each still referenced: {ls}"
     );
-    let gc = ctx.run(&["gc", "--json"]).ok().json();
-    assert!(gc["report"]["temp_dirs"].as_array().unwrap().is_empty());
 }
 
 fn built_demo() -> (Ctx, std::path::PathBuf) {
@@ -129,7 +239,8 @@ fn flipped_byte_is_reported_by_verify_and_blocks_downstream_builds() {
         .code(1);
     assert!(run.stderr.contains("documents.parquet"), "{}", run.stderr);
     assert!(
-        run.stderr.contains("ausa build demo:corpus --force"),
+        run.stderr
+            .contains("ausa build demo:corpus --set doc_stats.histogram_bins=9 --force"),
         "{}",
         run.stderr
     );
@@ -159,8 +270,16 @@ fn truncated_file_is_caught_even_by_a_no_op_build() {
         .set_len(len / 3)
         .unwrap();
     let run = ctx.run(&["build", "demo"]).code(1);
-    assert!(run.stderr.contains("truncated"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("truncated").count(),
+        1,
+        "each failure printed once: {}",
+        run.stderr
+    );
     assert!(run.stderr.contains("--force"), "{}", run.stderr);
+    // Quiet keeps the error.
+    let quiet = ctx.run(&["build", "demo", "-q"]).code(1);
+    assert!(quiet.stderr.contains("truncated"), "{}", quiet.stderr);
     let run = ctx.run(&["verify", "demo"]).code(1);
     assert!(run.stderr.contains("documents.parquet"), "{}", run.stderr);
 }
@@ -228,7 +347,7 @@ fn with_small_disk(script: &str) -> Option<Run> {
     );
     let out = std::process::Command::new("unshare")
         .args(["-rm", "sh", "-c", &full])
-        .env("AUSA", common::bin())
+        .env("AUSA", crate::common::bin())
         .output()
         .unwrap();
     Some(out.into())
@@ -256,6 +375,37 @@ fn full_disk_fails_cleanly_and_leaves_nothing() {
     assert!(
         run.stderr.contains("hint: the disk is full"),
         "{}",
+        run.stderr
+    );
+}
+
+/// With the disk already full, the very first writes of a build (its lock and pin
+/// files) fail: the same hint, nothing left behind.
+#[test]
+fn full_disk_at_lock_creation_gives_the_disk_full_hint() {
+    let script = "\"$AUSA\" build demo:corpus --store \"$T/s\" --set corpus.docs=50 -q || exit 98; \
+                  head -c 8M /dev/zero > \"$T/fill\" 2>/dev/null; \
+                  \"$AUSA\" build demo:corpus --store \"$T/s\" --set corpus.docs=51; echo \"rc=$?\"; \
+                  echo \"tmp=$(ls -A \"$T/s/tmp\" | wc -l) locks=$(ls -A \"$T/s/locks\" | wc -l)\"";
+    let Some(run) = with_small_disk(script) else {
+        return;
+    };
+    assert!(
+        run.stdout.contains("rc=1"),
+        "stdout: {}\nstderr: {}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.stdout.contains("tmp=0 locks=0"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("hint: the disk is full"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.to_lowercase().matches("no space left").count(),
+        1,
+        "printed once: {}",
         run.stderr
     );
 }

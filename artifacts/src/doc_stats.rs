@@ -180,6 +180,14 @@ fn decode(
     Ok(())
 }
 
+/// The word-count histogram (JSON) the `doc_stats` stage writes next to the table.
+pub const HISTOGRAM_FILE: &str = "histogram.json";
+
+/// The path of the histogram inside artifact directory `dir`.
+pub fn histogram_path(dir: impl AsRef<Path>) -> PathBuf {
+    dir.as_ref().join(HISTOGRAM_FILE)
+}
+
 /// The path of the doc stats table inside artifact directory `dir`.
 pub fn doc_stats_path(dir: impl AsRef<Path>) -> PathBuf {
     dir.as_ref().join(DOC_STATS_FILE)

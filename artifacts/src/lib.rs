@@ -32,13 +32,16 @@ pub mod routing;
 pub mod signatures;
 mod split;
 mod table;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tokens;
 
 pub use banks::{
     banks_file_name, banks_path, BankShape, BanksFile, BanksSummary, BanksWriter, BANKS_FORMAT,
 };
 pub use doc_stats::{
-    doc_stats_path, read_doc_stats, DocStat, DocStatsWriter, DOC_STATS_FILE, DOC_STATS_FORMAT,
+    doc_stats_path, histogram_path, read_doc_stats, DocStat, DocStatsWriter, DOC_STATS_FILE,
+    DOC_STATS_FORMAT, HISTOGRAM_FILE,
 };
 pub use documents::{
     document_batches, documents_path, read_documents, Document, DocumentBatch, DocumentBatches,
@@ -56,8 +59,8 @@ pub use signatures::{
 };
 pub use split::Split;
 pub use tokens::{
-    sequences_file_name, sequences_path, tokens_file_name, tokens_path, IdWidth, TokenIds,
-    TokensFile, TokensSummary, TokensWriter, TOKENS_FORMAT,
+    sequences_file_name, sequences_path, tokenizer_path, tokens_file_name, tokens_path, IdWidth,
+    TokenIds, TokensFile, TokensSummary, TokensWriter, TOKENIZER_FILE, TOKENS_FORMAT,
 };
 
 #[cfg(test)]

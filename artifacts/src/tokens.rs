@@ -100,8 +100,9 @@ pub fn tokens_path(dir: impl AsRef<Path>, split: Split) -> PathBuf {
     dir.as_ref().join(tokens_file_name(split))
 }
 
-/// The name of the sequence file of `split` (`sequences-train.arrow`, ...): the
-/// `sequences` stage writes fixed-length windows in the token file format.
+/// The name of the sequence file of `split` (`sequences-train.arrow`, ...): fixed-length
+/// sequences, stored in this token file format (one row per sequence, `doc_id` = its start
+/// position in the split's token stream).
 pub fn sequences_file_name(split: Split) -> String {
     format!("sequences-{}.arrow", split.as_str())
 }
@@ -109,6 +110,15 @@ pub fn sequences_file_name(split: Split) -> String {
 /// The path of the sequence file of `split` inside artifact directory `dir`.
 pub fn sequences_path(dir: impl AsRef<Path>, split: Split) -> PathBuf {
     dir.as_ref().join(sequences_file_name(split))
+}
+
+/// The tokenizer file of a `tokenizer` artifact: the Hugging Face `tokenizers`
+/// library's `tokenizer.json` (that library defines its format, not this crate).
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// The path of the tokenizer file inside artifact directory `dir`.
+pub fn tokenizer_path(dir: impl AsRef<Path>) -> PathBuf {
+    dir.as_ref().join(TOKENIZER_FILE)
 }
 
 /// The stored width of token ids.

@@ -172,8 +172,9 @@ fn truncation_anywhere_is_an_error() {
     }
 }
 
-/// Flips every byte in turn: the reader must either reject the file or return data
-/// that still satisfies every invariant (a flip in padding or doc ids is harmless).
+/// Flips every byte in turn: the reader must either reject the file with an error
+/// naming it, or return data that still satisfies every invariant (a flip in padding
+/// or doc ids is harmless).
 #[test]
 fn corrupted_bytes_never_panic() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,11 +185,21 @@ fn corrupted_bytes_never_panic() {
             let mut damaged = bytes.clone();
             damaged[pos] ^= mask;
             std::fs::write(&bad, &damaged).unwrap();
-            if let Ok(file) = TokensFile::open(&bad) {
-                assert_invariants(&file);
+            match TokensFile::open(&bad) {
+                Ok(file) => assert_invariants(&file),
+                Err(err) => assert!(
+                    err.to_string().contains("bad.arrow"),
+                    "byte {pos}: the error must name the file: {err}"
+                ),
             }
         }
     }
+    // The magic bytes are always checked.
+    let mut damaged = bytes.clone();
+    damaged[0] ^= 0xFF;
+    std::fs::write(&bad, &damaged).unwrap();
+    let err = TokensFile::open(&bad).unwrap_err().to_string();
+    assert!(err.contains("bad.arrow"), "{err}");
 }
 
 fn assert_invariants(file: &TokensFile) {

@@ -4,18 +4,19 @@
 # subset (fraction 1.0, so the tokenizer sees all the text), tokenizer (vocab 16384),
 # tokens, sequences (256), banks (window 64, stride 32), minhash (k 128), routing.
 # Reports wall time, peak RSS and per-stage times.
-# Usage: tests/bench/pipeline.sh [WORKDIR]
+# Usage: tests/bench/pipeline.sh [WORKDIR] [DOCS=43000] (smoke.sh passes a tiny DOCS)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-$(mktemp -d)}
+docs=${2:-43000}
 mkdir -p "$work"
 cargo build --release -q -p ausa-cli
 ausa=$PWD/target/release/ausa
 # 43,000 synthetic documents average 3,256 bytes: about 140 MB of text.
-cat > "$work/wt103-25pct-synthetic.toml" <<'DAG'
+cat > "$work/wt103-25pct-synthetic.toml" <<DAG
 [stages.corpus]
 kind = "corpus"
-docs = 43000
+docs = $docs
 seed = 1
 
 [stages.doc_stats]

@@ -6,13 +6,15 @@
 #  2. Opening the four set files of the train split and gathering batches of 32 sequences,
 #     on that store and on the (much smaller) embedded demo DAG's, to show that opening
 #     does not grow with the artifacts' size.
-# Usage: tests/bench/sets.sh [WORKDIR]
+# Usage: tests/bench/sets.sh [WORKDIR] [RUNS=7] [DOCS=43000] (smoke.sh passes tiny sizes)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-$(mktemp -d)}
+runs=${2:-7}
+docs=${3:-43000}
 mkdir -p "$work"
 dag=$work/wt103-25pct-synthetic.toml
-[ -f "$dag" ] && [ -d "$work/store" ] || tests/bench/pipeline.sh "$work"
+[ -f "$dag" ] && [ -d "$work/store" ] || tests/bench/pipeline.sh "$work" "$docs"
 ausa=$PWD/target/release/ausa
 dir() { "$ausa" path "$dag:$1" --store "$work/store"; }
 demo_dir() { "$ausa" path "demo:$1" --store "$work/demo-store"; }
@@ -24,8 +26,8 @@ cargo build --release -q -p ausa-stages --example minhash_bench
 cargo build --release -q -p ausa-artifacts --example gather_bench
 
 echo "== MinHash signing, k=128, every set of $(basename "$banks") ($(nproc) cores)"
-ours=$(target/release/examples/minhash_bench "$banks" 128 7)
-theirs=$("$venv/bin/python" tests/bench/minhash_rensa.py "$banks" 128 7)
+ours=$(target/release/examples/minhash_bench "$banks" 128 "$runs")
+theirs=$("$venv/bin/python" tests/bench/minhash_rensa.py "$banks" 128 "$runs")
 echo "$ours"
 echo "$theirs"
 python3 - "$ours" "$theirs" <<'PY'
@@ -39,10 +41,10 @@ PY
 echo "== open the train split's set artifacts and gather batches of 32 sequences"
 target/release/examples/gather_bench \
   "$(dir sequences)/sequences-train.arrow" "$banks" \
-  "$(dir minhash)/minhash-train.arrow" "$(dir routing)/routing-train.arrow" 32 50
+  "$(dir minhash)/minhash-train.arrow" "$(dir routing)/routing-train.arrow" 32 "$((runs * 7))"
 
 echo "== the same on the embedded demo DAG"
 "$ausa" build demo --store "$work/demo-store" -q
 target/release/examples/gather_bench \
   "$(demo_dir sequences)/sequences-train.arrow" "$(demo_dir banks)/banks-train.arrow" \
-  "$(demo_dir minhash)/minhash-train.arrow" "$(demo_dir routing)/routing-train.arrow" 32 50
+  "$(demo_dir minhash)/minhash-train.arrow" "$(demo_dir routing)/routing-train.arrow" 32 "$((runs * 7))"

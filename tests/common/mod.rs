@@ -151,3 +151,128 @@ pub fn make_writable(p: &Path) {
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
+
+/// Runs `cmd` until it pauses at test-hook `point` (`AUSA_TEST_PAUSE`, a test build of
+/// the binary only), asserts that it is alive there, and kills it with SIGKILL.
+/// Returns the exact point it paused at. Panics if the process exits first or does not
+/// get there within 60 s: a kill that lands nowhere must not pass as a test.
+pub fn kill_at(mut cmd: Command, point: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    cmd.env("AUSA_TEST_PAUSE", point)
+        .env("AUSA_TEST_PAUSE_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("ausa starts");
+    let marker = dir.path().join(child.id().to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{point}: the process exited ({status}) before reaching the point");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{point}: not reached within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{point}: the victim must be alive when killed"
+    );
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{point}: killed by SIGKILL");
+    std::fs::read_to_string(&marker).unwrap_or_default()
+}
+
+/// Runs `cmd` with the test hook that aborts it at `point` (`AUSA_TEST_CRASH`) and
+/// asserts that it did die there (SIGABRT), not before and not by finishing.
+pub fn crash_at(mut cmd: Command, point: &str) {
+    let out = cmd.env("AUSA_TEST_CRASH", point).output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigabrt()),
+        "{point}: expected an abort at the point, got {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const fn libc_sigabrt() -> i32 {
+    6
+}
+
+/// Every entry under `objects/<kind>/` that is not a complete object (a real directory
+/// with its manifest and the manifest's digest): what no reader may ever see.
+pub fn partial_objects(store: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    let objects = store.join("objects");
+    for kind in std::fs::read_dir(&objects).into_iter().flatten().flatten() {
+        for obj in std::fs::read_dir(kind.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = obj.path();
+            let real = std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir());
+            if !real || !p.join("manifest.json").is_file() || !p.join("manifest.blake3").is_file() {
+                bad.push(p.display().to_string());
+            }
+        }
+    }
+    bad
+}
+
+/// An `ausa` process held at a test-hook point (see [`pause_at`]).
+pub struct Paused {
+    pub child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Paused {
+    /// Kills the paused process (SIGKILL), asserting it was still alive.
+    pub fn kill(mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "alive when killed"
+        );
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+
+    /// Lets the process go on from its point; returns how it ended.
+    pub fn resume(mut self) -> Run {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "still paused before resuming"
+        );
+        std::fs::write(self.dir.path().join(format!("{}.go", self.child.id())), b"").unwrap();
+        self.child.wait_with_output().unwrap().into()
+    }
+}
+
+/// Starts `cmd` and waits until it is held at test-hook `point`, alive.
+pub fn pause_at(mut cmd: Command, point: &str) -> Paused {
+    let dir = tempfile::tempdir().unwrap();
+    cmd.env("AUSA_TEST_PAUSE", point)
+        .env("AUSA_TEST_PAUSE_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("ausa starts");
+    let marker = dir.path().join(child.id().to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out: Run = child.wait_with_output().unwrap().into();
+            panic!(
+                "{point}: exited ({status}) before the point\n{}",
+                out.stderr
+            );
+        }
+        assert!(std::time::Instant::now() < deadline, "{point}: not reached");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Paused { child, dir }
+}

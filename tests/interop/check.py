@@ -58,8 +58,19 @@ def main():
         elif kind == "tokenize":
             import tokenize_check  # noqa: E402  (next to this file)
 
-            tok_dir = ausa(binary, store, "show", f"{dag}:{inputs['tokenizer']}")["object"]
-            tokenize_check.check(dir_, tok_dir, documents[inputs["documents"]])
+            tok_show = ausa(binary, store, "show", f"{dag}:{inputs['tokenizer']}")
+            tok_dir, tok_stats = tok_show["object"], tok_show["manifest"]["stats"]
+            if "python_encode" in tok_stats:
+                # The call the tokenizer documents is the one this check makes.
+                assert "tok.encode_special_tokens = True" in tok_stats["python_encode"], tok_stats
+                assert "add_special_tokens=False" in tok_stats["python_encode"], tok_stats
+            sample = None if os.environ.get("AUSA_INTEROP_ALL") else 25
+            n, unk_ids, unk_strings = tokenize_check.check(
+                dir_, tok_dir, documents[inputs["documents"]], sample)
+            markers = tok_stats.get("unknown_markers") or []
+            if "<unk>" in markers:
+                assert unk_ids == unk_strings, (unk_ids, unk_strings)
+            kind = f"tokenize; {n} documents match tokenizers' encode, {unk_ids} <unk> ids for {unk_strings} <unk> markers"
         elif kind == "routing":
             import sets_check  # noqa: E402  (next to this file)
 

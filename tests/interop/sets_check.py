@@ -17,6 +17,13 @@ def mix(seed, i, u):
     return (z ^ (z >> 31)) >> 32
 
 
+# Known values, also pinned by the Rust test `the_minhash_family_matches_known_vectors`.
+VECTORS = [((0, 0, 1), 2181674112), ((0, 1, 0), 3793791033), ((7, 3, 12345), 390360134),
+           ((1 << 63, 255, (1 << 32) - 1), 1301945997), ((123456789, 127, 65535), 2112175662)]
+for (s_, i_, u_), want_ in VECTORS:
+    assert mix(s_, i_, u_) == want_, (s_, i_, u_, mix(s_, i_, u_), want_)
+
+
 def read(path):
     table = ipc.open_file(path).read_all()
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}

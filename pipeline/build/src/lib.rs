@@ -15,7 +15,7 @@
 //! ```no_run
 //! # fn demo() -> Result<(), ausa_build::BuildError> {
 //! use ausa_build::{Pipeline, Target};
-//! let pipeline = Pipeline::new(ausa_store::Store::open("/tmp/ausa-store")?);
+//! let pipeline = Pipeline::new(ausa_store::Store::create("/tmp/ausa-store")?);
 //! let target = Target::parse("demo:minhash,routing", &["corpus.docs=500"])?;
 //! let resolved = pipeline.resolve(&target)?;
 //! let dirs = pipeline.ensure_built(&resolved, &Default::default(), &ausa_engine::Silent)?;
@@ -98,6 +98,20 @@ pub struct Resolved {
     pub plan: Plan,
     /// The stages named in the target; empty for the whole DAG.
     pub stages: Vec<String>,
+    /// The configuration (DAG + canonical overrides) whose refs builds of this target
+    /// write and whose state `status` reports.
+    pub config: ausa_store::Config,
+}
+
+/// The configuration of `dag` with `overrides`: values rendered from their parsed form,
+/// so `docs=0500` and `docs=500` are one configuration ([`ausa_store::Config::new`]
+/// sorts and dedups). The one place a target's configuration is derived.
+pub fn config_of(dag: &str, overrides: &[Override]) -> ausa_store::Config {
+    let canonical: Vec<String> = overrides
+        .iter()
+        .map(|o| format!("{}.{}={}", o.stage, o.param, o.value))
+        .collect();
+    ausa_store::Config::new(dag, &canonical)
 }
 
 impl Resolved {
@@ -167,16 +181,29 @@ impl Pipeline {
             [one] => Plan::resolve(&dag, Some(one), &self.registry, &hasher)?,
             several => plan_of_stages(&dag, several, &self.registry, &hasher)?,
         };
+        let config = config_of(&plan.dag, &target.overrides);
         Ok(Resolved {
             dag,
             plan,
             stages: target.stages.clone(),
+            config,
         })
     }
 
-    /// The state of every planned stage (up to date, stale, missing).
+    /// The state of every planned stage in the target's configuration (up to date,
+    /// stale, missing, damaged), checking existing objects' sizes and manifest digests.
     pub fn states(&self, resolved: &Resolved) -> Vec<StageState> {
-        ausa_engine::stage_states(&self.store, &resolved.plan)
+        self.states_checked(resolved, ausa_store::VerifyMode::Sizes)
+    }
+
+    /// Like [`Pipeline::states`]; with [`ausa_store::VerifyMode::Full`] every byte of
+    /// the existing objects is rehashed (`status --verify`).
+    pub fn states_checked(
+        &self,
+        resolved: &Resolved,
+        mode: ausa_store::VerifyMode,
+    ) -> Vec<StageState> {
+        ausa_engine::stage_states(&self.store, &resolved.plan, &resolved.config, mode)
     }
 
     /// Builds every stage of the plan that is not in the store, reporting to
@@ -189,11 +216,19 @@ impl Pipeline {
         reporter: &dyn Reporter,
         source: Option<&dyn ObjectSource>,
     ) -> BuildReport {
+        // The refs go to the target's configuration unless the caller chose one.
+        let opts = BuildOptions {
+            config: opts
+                .config
+                .clone()
+                .or_else(|| Some(resolved.config.clone())),
+            ..opts.clone()
+        };
         ausa_engine::build_with_source(
             &self.store,
             &resolved.plan,
             &self.registry,
-            opts,
+            &opts,
             reporter,
             source,
         )

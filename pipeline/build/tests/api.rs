@@ -11,7 +11,7 @@ const SMALL: [&str; 2] = ["corpus.docs=300", "tokenizer.vocab_size=300"];
 
 fn pipeline() -> (tempfile::TempDir, Pipeline) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path().join("store")).expect("store");
+    let store = Store::create(dir.path().join("store")).expect("store");
     (dir, Pipeline::new(store))
 }
 
@@ -75,7 +75,7 @@ fn trainer_resolves_builds_and_opens_demo_routing_without_naming_files() {
 
     let opts = BuildOptions {
         jobs: 2,
-        force: false,
+        ..BuildOptions::default()
     };
     let dirs = pipeline
         .ensure_built(&resolved, &opts, &Silent)
@@ -188,7 +188,7 @@ fn a_failed_build_is_a_typed_error_with_the_report() {
         "[stages.corpus]\nkind = \"corpus\"\nsource = \"local\"\ntrain = [\"bad.txt\"]\n",
     )
     .expect("write dag");
-    let pipeline = Pipeline::new(Store::open(dir.path().join("store")).expect("store"));
+    let pipeline = Pipeline::new(Store::create(dir.path().join("store")).expect("store"));
     let target = Target::parse(dag.to_str().expect("utf-8"), &[] as &[&str]).expect("parses");
     let resolved = pipeline.resolve(&target).expect("plans: the file exists");
     match pipeline.ensure_built(&resolved, &BuildOptions::default(), &Silent) {

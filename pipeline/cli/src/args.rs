@@ -18,7 +18,8 @@ ausa build demo --set corpus.docs=500\n  ausa status demo                what is
 ausa explain demo:doc_stats     why a stage would rebuild\n  ausa verify                     rehash every object in the store\n  \
 ausa push demo --remote s3://bucket/ausa   share the built artifacts\n  \
 ausa pull demo --remote s3://bucket/ausa   fetch them on another machine\n\n\
-Exit codes: 0 ok, 1 build or verify failure, 2 usage or config error."
+Exit codes: 0 ok, 1 build or verify failure, 2 usage or config error \
+(`ausa status`: 3 missing or stale, 4 damaged)."
 )]
 pub struct Cli {
     /// Store directory [default: $AUSA_STORE, else $XDG_CACHE_HOME/ausa, else ~/.cache/ausa]
@@ -93,9 +94,14 @@ pub enum Command {
         /// Say what would be built and why, without building.
         #[arg(long)]
         dry_run: bool,
-        /// Rebuild the selected stages even if their objects exist (replaces damaged artifacts).
+        /// Rebuild the named stage(s) even if their objects exist (replaces a damaged
+        /// artifact atomically); their upstream stages are reused. For a whole DAG,
+        /// every stage.
         #[arg(long)]
         force: bool,
+        /// Like --force, and rebuild every upstream stage of the named ones too.
+        #[arg(long)]
+        force_upstream: bool,
         /// Upload what the build produced (and its refs) to the remote afterwards.
         #[arg(long)]
         push: bool,
@@ -116,11 +122,17 @@ pub enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
-    /// Show each stage's fingerprint and state: up-to-date, stale or missing (and,
-    /// with a remote, whether it is local, on the remote or missing).
+    /// Show each stage's fingerprint and state: up-to-date, stale, missing or damaged
+    /// (and, with a remote, whether it is local, on the remote or missing).
+    ///
+    /// Exit status: 0 when every stage is up to date, 3 when any is missing or stale,
+    /// 4 when any object is damaged (fails its size check, or with --verify its hash).
     Status {
         #[command(flatten)]
         target: TargetArgs,
+        /// Rehash every byte of the existing objects, not only check their sizes.
+        #[arg(long)]
+        verify: bool,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -133,13 +145,17 @@ pub enum Command {
     Show {
         #[command(flatten)]
         target: StageTargetArgs,
+        /// Rehash every byte of the object, not only check its sizes.
+        #[arg(long)]
+        verify: bool,
     },
     /// Print the object directory of a built stage (for scripts).
     Path {
         #[command(flatten)]
         target: StageTargetArgs,
     },
-    /// List the objects in the store with their sizes and the refs pointing at them.
+    /// List the objects in the store with their sizes and the configurations (DAG +
+    /// overrides) whose refs point at them.
     Ls,
     /// Rehash object files against their manifests and report every mismatch.
     Verify {
@@ -150,11 +166,21 @@ pub enum Command {
         #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
         overrides: Vec<String>,
     },
-    /// Remove objects no ref points to, and temp dirs of builds that died.
+    /// Remove objects no configuration references, temp dirs of builds that died, and
+    /// locks whose lease expired. Safe beside running builds, on any host.
+    ///
+    /// Every configuration built (DAG + --set overrides) keeps its objects until a
+    /// policy drops it: --older-than and --keep-last, for parameter sweeps.
     Gc {
         /// Only list what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Drop configurations that last built anything longer ago than this (e.g. 30d).
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// Per DAG, keep only the N configurations that built most recently.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
     },
     /// Train a model on a DAG's artifacts (built with the `train` feature).
     #[cfg(feature = "train")]

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use ausa_build::{Outcome, Pipeline, Resolved, Target};
 use ausa_engine::BuildOptions;
-use ausa_store::{Manifest, ObjectId, Store, VerifyMode};
+use ausa_store::{Health, Manifest, ObjectId, Store, StoreError, VerifyMode};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -16,25 +16,31 @@ use crate::remote;
 
 /// Runs the command; returns the exit code for a completed command.
 pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
-    let pipeline = || -> Result<Pipeline, CliError> {
-        let root = Store::default_root(cli.store.as_deref());
-        // An absolute root, so `ausa path` and JSON output print paths that work
-        // from any directory.
-        let root = std::path::absolute(&root).unwrap_or(root);
-        Ok(Pipeline::new(Store::open(root)?))
-    };
+    let root = Store::default_root(cli.store.as_deref());
+    // An absolute root, so `ausa path` and JSON output print paths that work from any
+    // directory.
+    let root = std::path::absolute(&root).unwrap_or(root);
+    // Only commands that write (build, pull) may create a store; the others say there
+    // is none rather than start an empty cache because of a typo.
+    let pipeline = || -> Result<Pipeline, CliError> { Ok(Pipeline::new(Store::open(&root)?)) };
+    let writing = || -> Result<Pipeline, CliError> { Ok(Pipeline::new(Store::create(&root)?)) };
     match &cli.command {
         Command::Build {
             target,
             jobs,
             dry_run,
             force,
+            force_upstream,
             push,
             remote,
         } => {
             let opts = BuildOptions {
                 jobs: jobs.map_or(BuildOptions::default().jobs, |n| n as usize),
-                force: *force,
+                ..BuildOptions::default()
+            };
+            let force = Force {
+                stages: *force || *force_upstream,
+                upstream: *force_upstream,
             };
             let remote_flag = remote.remote.as_deref();
             let remote = match remote::remote_url(remote_flag)? {
@@ -51,29 +57,42 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
                 remote: remote.as_ref(),
                 push: *push,
             };
-            build(&pipeline()?, target, &opts, *dry_run, remote, out)
+            // A dry run writes nothing: a missing store reads as an empty one.
+            let pipeline = match dry_run {
+                true => match Store::open(&root) {
+                    Ok(store) => Pipeline::new(store),
+                    Err(StoreError::NoStore { .. }) => Pipeline::new(Store::at(&root)),
+                    Err(e) => return Err(e.into()),
+                },
+                false => writing()?,
+            };
+            build(&pipeline, target, &opts, force, *dry_run, remote, out)
         }
         Command::Push { target, remote } => {
             let remote = remote::open(remote.remote.as_deref(), "push")?;
             let pipeline = pipeline()?;
             let resolved = resolve(&pipeline, target)?;
-            remote::push_plan(pipeline.store(), &resolved.plan, &remote, out)
+            remote::push_plan(pipeline.store(), &resolved, &remote, out)
         }
         Command::Pull { target, remote } => {
             let remote = remote::open(remote.remote.as_deref(), "pull")?;
-            let pipeline = pipeline()?;
+            let pipeline = writing()?;
             let resolved = resolve(&pipeline, target)?;
-            remote::pull(pipeline.store(), &resolved.plan, &remote, out)
+            remote::pull(pipeline.store(), &resolved, &remote, out)
         }
-        Command::Status { target, remote } => {
+        Command::Status {
+            target,
+            verify,
+            remote,
+        } => {
             let remote_flag = remote.remote.as_deref();
             let remote = remote::remote_url(remote_flag)?
                 .map(|_| remote::open(remote_flag, "status"))
                 .transpose()?;
-            status(&pipeline()?, target, remote.as_ref(), out)
+            status(&pipeline()?, target, *verify, remote.as_ref(), out)
         }
         Command::Explain { target } => explain(&pipeline()?, target, out),
-        Command::Show { target } => show(&pipeline()?, &target.into(), out),
+        Command::Show { target, verify } => show(&pipeline()?, &target.into(), *verify, out),
         Command::Path { target } => path(&pipeline()?, &target.into(), out),
         Command::Ls => ls(pipeline()?.store(), out),
         Command::Verify { target, overrides } => {
@@ -83,9 +102,48 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
             });
             verify(&pipeline()?, target.as_ref(), out)
         }
-        Command::Gc { dry_run } => gc(pipeline()?.store(), *dry_run, out),
+        Command::Gc {
+            dry_run,
+            older_than,
+            keep_last,
+        } => {
+            let opts = ausa_store::GcOptions {
+                dry_run: *dry_run,
+                older_than: older_than.as_deref().map(parse_age).transpose()?,
+                keep_last: *keep_last,
+            };
+            gc(pipeline()?.store(), &opts, out)
+        }
         #[cfg(feature = "train")]
         Command::Train(args) => crate::train::run(cli.store.as_deref(), args, out),
+    }
+}
+
+/// What `--force` / `--force-upstream` asked for.
+#[derive(Clone, Copy)]
+struct Force {
+    /// Rebuild the named stages (or, for a whole DAG, every stage).
+    stages: bool,
+    /// Rebuild their upstream stages too.
+    upstream: bool,
+}
+
+/// `30d`, `12h`, `90m`, `45s` (humantime syntax).
+fn parse_age(text: &str) -> Result<std::time::Duration, CliError> {
+    humantime::parse_duration(text).map_err(|e| {
+        CliError::usage(
+            format!("invalid --older-than `{text}`: {e}"),
+            Some("write a duration such as 30d, 12h or 90m".into()),
+        )
+    })
+}
+
+/// How hard `status` and `show` look at existing objects.
+fn check_mode(verify: bool) -> VerifyMode {
+    if verify {
+        VerifyMode::Full
+    } else {
+        VerifyMode::Sizes
     }
 }
 
@@ -108,12 +166,21 @@ fn build(
     pipeline: &Pipeline,
     args: &TargetArgs,
     opts: &BuildOptions,
+    force: Force,
     dry_run: bool,
     remote: Remote<'_>,
     out: &Output,
 ) -> Result<i32, CliError> {
     let resolved = resolve(pipeline, args)?;
     let store = pipeline.store();
+    let opts = &BuildOptions {
+        force: match force.stages {
+            true => ausa_engine::forced_stages(&resolved.plan, &resolved.stages, force.upstream),
+            false => Vec::new(),
+        },
+        config: Some(resolved.config.clone()),
+        ..opts.clone()
+    };
     if dry_run {
         return dry_run_report(store, &resolved, opts, out);
     }
@@ -146,7 +213,7 @@ fn build(
             let quiet = Output::new(false, true);
             remote::push_plan(
                 store,
-                &resolved.plan,
+                &resolved,
                 r,
                 if out.is_json() { &quiet } else { out },
             )?;
@@ -164,8 +231,8 @@ fn dry_run_report(
 ) -> Result<i32, CliError> {
     let mut entries = Vec::new();
     for stage in &loaded.plan.stages {
-        let mut e = ausa_engine::explain(store, &loaded.plan, stage);
-        if opts.force && e.reasons.is_empty() {
+        let mut e = ausa_engine::explain(store, &loaded.plan, &loaded.config, stage);
+        if opts.force.contains(&stage.name) && e.reasons.is_empty() {
             e.reasons.push("--force".into());
         }
         let verb = if e.reasons.is_empty() {
@@ -189,15 +256,21 @@ fn dry_run_report(
     Ok(0)
 }
 
+/// Exit status of `status` when a stage is missing or stale (nothing damaged).
+const STATUS_NOT_BUILT: i32 = 3;
+/// Exit status of `status` when an object is damaged.
+const STATUS_DAMAGED: i32 = 4;
+
 fn status(
     pipeline: &Pipeline,
     args: &TargetArgs,
+    verify: bool,
     remote: Option<&ausa_remote::Remote>,
     out: &Output,
 ) -> Result<i32, CliError> {
     let store = pipeline.store();
     let loaded = resolve(pipeline, args)?;
-    let states = pipeline.states(&loaded);
+    let states = pipeline.states_checked(&loaded, check_mode(verify));
     let places = remote
         .map(|r| remote::locations(store, &loaded.plan, r))
         .transpose()?;
@@ -209,7 +282,7 @@ fn status(
     }
     out.json(&json!({"dag": loaded.plan.dag, "remote": remote.map(|r| r.url()), "stages": doc}));
     let where_head = if places.is_some() { "  WHERE" } else { "" };
-    out.line(&format!(
+    out.data(&format!(
         "{:<20} {:<12} {:<14} {:<11} {:>10}{where_head}",
         "STAGE", "KIND", "FINGERPRINT", "STATE", "SIZE"
     ));
@@ -219,7 +292,7 @@ fn status(
             .as_ref()
             .map(|p| format!("  {}", p[i]))
             .unwrap_or_default();
-        out.line(&format!(
+        out.data(&format!(
             "{:<20} {:<12} {:<14} {:<11} {:>10}{place}",
             s.stage,
             s.kind,
@@ -227,8 +300,18 @@ fn status(
             s.state.as_str(),
             size
         ));
+        for p in &s.problems {
+            out.data(&format!("    {p}"));
+        }
     }
-    Ok(0)
+    use ausa_engine::StateKind;
+    Ok(if states.iter().any(|s| s.state == StateKind::Damaged) {
+        STATUS_DAMAGED
+    } else if states.iter().any(|s| s.state != StateKind::UpToDate) {
+        STATUS_NOT_BUILT
+    } else {
+        0
+    })
 }
 
 fn explain(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
@@ -236,21 +319,21 @@ fn explain(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, 
     let loaded = resolve(pipeline, args)?;
     let mut entries = Vec::new();
     for stage in loaded.targeted() {
-        let e = ausa_engine::explain(store, &loaded.plan, stage);
+        let e = ausa_engine::explain(store, &loaded.plan, &loaded.config, stage);
         if e.reasons.is_empty() {
-            out.line(&format!(
+            out.data(&format!(
                 "{}: up to date ({})",
                 stage.name,
                 &stage.fingerprint[..12]
             ));
         } else {
-            out.line(&format!(
+            out.data(&format!(
                 "{}: would rebuild ({}):",
                 stage.name,
                 &stage.fingerprint[..12]
             ));
             for r in &e.reasons {
-                out.line(&format!("  {r}"));
+                out.data(&format!("  {r}"));
             }
         }
         entries.push(e);
@@ -263,14 +346,26 @@ fn explain(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, 
 fn selected_stage<'a>(
     loaded: &'a Resolved,
     args: &TargetArgs,
+    command: &str,
 ) -> Result<&'a ausa_dag::PlannedStage, CliError> {
-    loaded.selected().map_err(|e| CliError::from_build(e, args))
+    loaded.selected().map_err(|e| match e {
+        ausa_build::BuildError::NeedsStage { dag, stages } => CliError::usage(
+            format!("`ausa {command}` needs one stage: `{dag}:STAGE`"),
+            Some(format!("stages of `{dag}`: {}", stages.join(", "))),
+        ),
+        e => CliError::from_build(e, args),
+    })
 }
 
-fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
+fn show(
+    pipeline: &Pipeline,
+    args: &TargetArgs,
+    verify: bool,
+    out: &Output,
+) -> Result<i32, CliError> {
     let (store, registry) = (pipeline.store(), pipeline.registry());
     let loaded = resolve(pipeline, args)?;
-    let stage = selected_stage(&loaded, args)?;
+    let stage = selected_stage(&loaded, args, "show")?;
     let spec = loaded
         .dag
         .stage(&stage.name)
@@ -279,12 +374,14 @@ fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, Cli
         .get(&stage.kind)
         .expect("validated kinds are registered");
     let id = ausa_engine::object_id(stage);
-    let manifest = store
-        .has_object(&id)
-        .then(|| Manifest::read(&store.object_dir(&id)))
-        .transpose()?;
+    let manifest = match store.health(&id, check_mode(verify), &ausa_dag::fingerprint)? {
+        Health::Sound(m) => Some(*m),
+        // A damaged object's manifest is shown if it parses, its state says damaged.
+        Health::Damaged(_) => Manifest::read(&store.object_dir(&id)).ok(),
+        Health::Absent => None,
+    };
     let state = pipeline
-        .states(&loaded)
+        .states_checked(&loaded, check_mode(verify))
         .into_iter()
         .find(|s| s.stage == stage.name);
     let params: serde_json::Map<_, _> = kind
@@ -305,25 +402,28 @@ fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, Cli
         "state": state.as_ref().map(|s| s.state), "object": manifest.as_ref().map(|_| store.object_dir(&id)),
         "params": params, "inputs": inputs, "key": stage.key, "manifest": manifest,
     }));
-    out.line(&format!(
+    out.data(&format!(
         "{}:{}  (kind `{}`: {})",
         loaded.plan.dag,
         stage.name,
         stage.kind,
         kind.doc()
     ));
-    out.line(&format!("  fingerprint  {}", stage.fingerprint));
-    out.line(&format!(
+    out.data(&format!("  fingerprint  {}", stage.fingerprint));
+    out.data(&format!(
         "  state        {}",
-        state.map_or("missing", |s| s.state.as_str())
+        state.as_ref().map_or("missing", |s| s.state.as_str())
     ));
+    for p in state.iter().flat_map(|s| &s.problems) {
+        out.data(&format!("               {p}"));
+    }
     if manifest.is_some() {
-        out.line(&format!(
+        out.data(&format!(
             "  object       {}",
             store.object_dir(&id).display()
         ));
     }
-    out.line("parameters:");
+    out.data("parameters:");
     for p in kind.params() {
         let value = spec
             .params
@@ -335,29 +435,29 @@ fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, Cli
         } else {
             ""
         };
-        out.line(&format!("  {:<20} = {value}{mark}    # {}", p.name, p.doc));
+        out.data(&format!("  {:<20} = {value}{mark}    # {}", p.name, p.doc));
     }
     for (slot, up) in &spec.inputs {
-        out.line(&format!("input {slot} <- {up}"));
+        out.data(&format!("input {slot} <- {up}"));
     }
     if let Some(m) = manifest {
-        out.line("files:");
+        out.data("files:");
         for f in &m.files {
-            out.line(&format!(
+            out.data(&format!(
                 "  {:<28} {:>10}  blake3 {}",
                 f.name,
                 bytes(f.size),
                 &f.blake3[..16]
             ));
         }
-        out.line(&format!(
+        out.data(&format!(
             "built by {} at {} in {:.2}s (ausa {})",
             m.built.host, m.built.time, m.built.seconds, m.tool_version
         ));
-        out.line("stats:");
+        out.data("stats:");
         let stats = serde_json::to_string_pretty(&m.stats).unwrap_or_default();
         for l in stats.lines() {
-            out.line(&format!("  {l}"));
+            out.data(&format!("  {l}"));
         }
     }
     Ok(0)
@@ -365,7 +465,7 @@ fn show(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, Cli
 
 fn path(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, CliError> {
     let loaded = resolve(pipeline, args)?;
-    let stage = selected_stage(&loaded, args)?;
+    let stage = selected_stage(&loaded, args, "path")?;
     let dirs = pipeline
         .object_dirs(&loaded)
         .map_err(|e| CliError::from_build(e, args))?;
@@ -379,24 +479,37 @@ fn path(pipeline: &Pipeline, args: &TargetArgs, out: &Output) -> Result<i32, Cli
 }
 
 fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
+    let configs = store.list_configs()?;
     let refs = store.list_refs()?;
     let mut rows = Vec::new();
     for id in store.list_objects()? {
-        let size = Manifest::read(&store.object_dir(&id))
-            .ok()
+        let size = store
+            .has_object(&id)
+            .then(|| Manifest::read(&store.object_dir(&id)).ok())
+            .flatten()
             .map(|m| m.total_size());
-        let names: Vec<String> = refs
+        let pointing: Vec<_> = refs
             .iter()
             .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.object() == id))
-            .map(|(n, _)| n.to_string())
+            .map(|(n, _)| n)
             .collect();
+        let names: Vec<String> = pointing.iter().map(|n| n.to_string()).collect();
+        let mut labels: Vec<String> = Vec::new();
+        for n in &pointing {
+            let info = configs.iter().find(|c| c.dag == n.dag && c.id == n.config);
+            let label = info.map_or_else(|| format!("{}@{}", n.dag, n.config), |c| c.label());
+            if !labels.contains(&label) {
+                labels.push(label);
+            }
+        }
         rows.push(
-            json!({"kind": id.kind, "fingerprint": id.fingerprint, "bytes": size, "refs": names}),
+            json!({"kind": id.kind, "fingerprint": id.fingerprint, "bytes": size,
+            "refs": names, "configs": labels}),
         );
     }
     out.json(&json!({"store": store.root(), "objects": rows}));
-    out.line(&format!(
-        "{:<12} {:<14} {:>10}  REFS",
+    out.data(&format!(
+        "{:<12} {:<14} {:>10}  CONFIGURATIONS",
         "KIND", "FINGERPRINT", "SIZE"
     ));
     for r in &rows {
@@ -404,19 +517,23 @@ fn ls(store: &Store, out: &Output) -> Result<i32, CliError> {
             .as_u64()
             .map(bytes)
             .unwrap_or_else(|| "invalid".into());
-        let names: Vec<_> = r["refs"]
+        let labels: Vec<_> = r["configs"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|v| v.as_str())
             .collect();
         let fp = r["fingerprint"].as_str().unwrap_or("");
-        out.line(&format!(
+        out.data(&format!(
             "{:<12} {:<14} {:>10}  {}",
             r["kind"].as_str().unwrap_or(""),
             &fp[..12.min(fp.len())],
             size,
-            names.join(" ")
+            if labels.is_empty() {
+                "(none: gc removes it)".to_string()
+            } else {
+                labels.join(", ")
+            }
         ));
     }
     Ok(0)
@@ -485,7 +602,19 @@ fn verify(pipeline: &Pipeline, target: Option<&TargetArgs>, out: &Output) -> Res
         let users: Vec<String> = refs
             .iter()
             .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.object() == **id))
-            .map(|(name, _)| format!("`ausa build {}:{} --force`", name.dag, name.stage))
+            .map(|(name, _)| {
+                let label = store
+                    .list_configs()
+                    .ok()
+                    .and_then(|c| {
+                        c.into_iter()
+                            .find(|c| c.dag == name.dag && c.id == name.config)
+                    })
+                    .and_then(|c| c.overrides)
+                    .map(|o| o.iter().map(|o| format!(" --set {o}")).collect::<String>())
+                    .unwrap_or_default();
+                format!("`ausa build {}:{} --force{label}`", name.dag, name.stage)
+            })
             .collect();
         hints.push(match users.is_empty() {
             true => format!("{id} is referenced by no DAG: `ausa gc` removes it"),
@@ -503,21 +632,33 @@ fn verify(pipeline: &Pipeline, target: Option<&TargetArgs>, out: &Output) -> Res
     })
 }
 
-fn gc(store: &Store, dry_run: bool, out: &Output) -> Result<i32, CliError> {
-    let report = store.gc(dry_run)?;
+fn gc(store: &Store, opts: &ausa_store::GcOptions, out: &Output) -> Result<i32, CliError> {
+    let report = store.gc(opts)?;
+    let dry_run = opts.dry_run;
     out.json(&json!({"dry_run": dry_run, "report": report}));
     let verb = if dry_run { "would remove" } else { "removed" };
+    for c in &report.configs {
+        out.line(&format!("{verb} configuration {c}"));
+    }
     for id in &report.objects {
         out.line(&format!("{verb} object {id}"));
+    }
+    for id in &report.in_use {
+        out.line(&format!("kept object {id}: a running build uses it"));
     }
     for dir in &report.temp_dirs {
         out.line(&format!("{verb} temp dir {}", dir.display()));
     }
+    for lock in &report.stale_locks {
+        out.line(&format!("{verb} expired lock {}", lock.display()));
+    }
     out.line(&format!(
-        "{verb} {} object(s) ({}) and {} temp dir(s)",
+        "{verb} {} configuration(s), {} object(s) ({}), {} temp dir(s) and {} expired lock(s)",
+        report.configs.len(),
         report.objects.len(),
         bytes(report.object_bytes),
-        report.temp_dirs.len()
+        report.temp_dirs.len(),
+        report.stale_locks.len()
     ));
     Ok(0)
 }

@@ -128,6 +128,8 @@ fn failure_hints(report: &BuildReport, args: &TargetArgs) -> Vec<String> {
                 build_command(args, Some(stage), " --force")
             )),
             FailureCause::Store => Some(PERMISSIONS.to_string()),
+            FailureCause::NeedsHub { hint } => hint.clone(),
+            FailureCause::Unwritable { dir } => Some(unwritable(dir)),
             FailureCause::Stage | FailureCause::Internal => None,
         };
         if let Some(h) = hint.filter(|h| !hints.contains(h)) {
@@ -140,6 +142,15 @@ fn failure_hints(report: &BuildReport, args: &TargetArgs) -> Vec<String> {
 const DISK_FULL: &str = "the disk is full: free space or point --store at another disk";
 const PERMISSIONS: &str =
     "check that the store directory exists and is writable, or use --store DIR";
+
+/// The remedy for a store directory this user may not write.
+fn unwritable(dir: &std::path::Path) -> String {
+    format!(
+        "you cannot write {}: ask the store's owner for group write access (docs/store.md, \
+         \"Sharing a store\"), or use a store of your own with --store DIR",
+        dir.display()
+    )
+}
 
 /// The DAG part of the user's target (`demo` of `demo:tokens`, or a path).
 fn dag_arg(args: &TargetArgs) -> String {
@@ -181,21 +192,16 @@ impl From<DagError> for CliError {
 
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> CliError {
-        let hint = match &e {
-            StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
-                Some(DISK_FULL.to_string())
-            }
-            StoreError::Io { source, .. }
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                Some(PERMISSIONS.to_string())
-            }
-            e if e.is_corruption() => Some(
-                "run `ausa verify` to list damaged objects, then `ausa build <DAG> --force`"
-                    .to_string(),
-            ),
-            _ => None,
-        };
-        CliError::failure(e.to_string(), hint)
+        let hint = e.hint().or_else(|| {
+            e.is_corruption().then(|| {
+                "run `ausa verify` to list damaged objects, then `ausa build <DAG>:<STAGE> --force`"
+                    .to_string()
+            })
+        });
+        if e.is_bad_store_path() {
+            CliError::usage(e.to_string(), hint)
+        } else {
+            CliError::failure(e.to_string(), hint)
+        }
     }
 }

@@ -41,7 +41,8 @@ impl Output {
         }
     }
 
-    /// Data a script may want even with `--quiet` (e.g. `ausa path`).
+    /// The answer of a read command (`status`, `show`, `ls`, `path`): printed even
+    /// with `--quiet`, which silences only progress and chatter.
     pub fn data(&self, text: &str) {
         if !self.json {
             println!("{text}");
@@ -217,6 +218,9 @@ impl Progress for BarProgress {
         if let Ok(style) = ProgressStyle::with_template(&template) {
             self.bar.set_style(style.progress_chars("=> "));
         }
+        // A new total starts a new phase (the tokenizer counts docs, then merges): the
+        // position and rate restart with it, or the bar shows `1,658/764 merges`.
+        self.bar.reset();
         self.bar.set_length(total);
     }
 
@@ -262,7 +266,7 @@ impl Drop for TransferBar {
 /// Bytes for humans, at most 8 characters (`1023 KiB`, `22.6 MiB`, `1.05 GiB`) so
 /// size columns stay aligned.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
         return format!("{n} B");
     }
@@ -285,7 +289,23 @@ pub fn bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::bytes;
+    use super::{bytes, BarProgress};
+    use ausa_dag::{Progress, ProgressUnit};
+
+    /// The tokenizer stage counts documents, then merges: the bar showed `1,658/764
+    /// merges` because a new total kept the old position.
+    #[test]
+    fn a_new_total_restarts_the_bar() {
+        let progress = BarProgress {
+            bar: indicatif::ProgressBar::hidden(),
+        };
+        progress.set_total(894, ProgressUnit::Items("docs"));
+        progress.advance(894);
+        progress.set_total(764, ProgressUnit::Items("merges"));
+        progress.advance(10);
+        assert_eq!(progress.bar.position(), 10);
+        assert_eq!(progress.bar.length(), Some(764));
+    }
 
     #[test]
     fn byte_sizes_fit_eight_columns() {

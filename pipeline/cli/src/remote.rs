@@ -84,10 +84,11 @@ fn ids(plan: &Plan) -> Vec<ObjectId> {
 /// `ausa push`: pushes every object of `plan` (all must be built) and points the remote refs at them.
 pub fn push_plan(
     store: &Store,
-    plan: &Plan,
+    resolved: &ausa_build::Resolved,
     remote: &Remote,
     out: &Output,
 ) -> Result<i32, CliError> {
+    let plan = &resolved.plan;
     if let Some(stage) = plan
         .stages
         .iter()
@@ -111,7 +112,7 @@ pub fn push_plan(
         .map_err(remote_error)?;
     drop(bar);
     for stage in &plan.stages {
-        let name = ausa_engine::ref_name(plan, stage);
+        let name = ausa_engine::ref_name(&resolved.config, stage);
         remote
             .push_ref(&name, &ausa_engine::planned_ref(stage))
             .map_err(remote_error)?;
@@ -121,7 +122,13 @@ pub fn push_plan(
 }
 
 /// `ausa pull`: objects the local store lacks, verified, then local refs.
-pub fn pull(store: &Store, plan: &Plan, remote: &Remote, out: &Output) -> Result<i32, CliError> {
+pub fn pull(
+    store: &Store,
+    resolved: &ausa_build::Resolved,
+    remote: &Remote,
+    out: &Output,
+) -> Result<i32, CliError> {
+    let plan = &resolved.plan;
     let started = Instant::now();
     let bar = out.transfer_bar(&format!("pull {}", plan.dag));
     let result = remote
@@ -129,8 +136,20 @@ pub fn pull(store: &Store, plan: &Plan, remote: &Remote, out: &Output) -> Result
         .map_err(remote_error)?;
     drop(bar);
     for stage in &plan.stages {
-        store.write_ref(
-            &ausa_engine::ref_name(plan, stage),
+        // Pinned so that a gc elsewhere cannot take the object before its ref exists.
+        let pin = store.pin(&ausa_engine::object_id(stage))?;
+        if !pin.present {
+            return Err(CliError::failure(
+                format!(
+                    "{}:{} vanished from the store right after the pull",
+                    plan.dag, stage.name
+                ),
+                Some("run the pull again".into()),
+            ));
+        }
+        store.record_ref(
+            &resolved.config,
+            &stage.name,
             &ausa_engine::planned_ref(stage),
         )?;
     }

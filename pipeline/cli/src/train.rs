@@ -281,7 +281,18 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
     if let Some(n) = args.threads {
         tch::set_num_threads(n.max(1));
     }
-    let store = ausa_store::Store::open(ausa_store::Store::default_root(store))?;
+    let root = ausa_store::Store::default_root(store);
+    // Only a run that may build creates a store; reading needs an existing one.
+    let store = if args.precache || args.cache_only {
+        ausa_store::Store::create(&root)?
+    } else {
+        ausa_store::Store::open(&root).map_err(|e| {
+            let mut err = CliError::from(e);
+            err.hints
+                .push("or pass --precache to build the artifacts into a new store".into());
+            err
+        })?
+    };
     let pipeline = Pipeline::new(store);
     let plain_args = TargetArgs {
         target: args.dag.clone(),

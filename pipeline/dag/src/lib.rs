@@ -17,13 +17,15 @@ pub mod params;
 pub mod plan;
 pub mod spec;
 pub mod stage;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use embedded::{embedded_names, locate};
 pub use key::{canonical_json, diff_keys, fingerprint, KeyChange};
-pub use params::{ParamDefault, ParamSpec, ParamType, ParamValue, Params};
-pub use plan::{ContentHasher, PlainHasher, Plan, PlannedStage};
+pub use params::{FromParams, ParamDefault, ParamField, ParamSpec, ParamType, ParamValue, Params};
+pub use plan::{ContentHasher, PlainHasher, Plan, PlannedStage, UNKNOWN_FINGERPRINT};
 pub use spec::{DagError, DagSource, DagSpec, Location, Origin, Override, StageSpec};
 pub use stage::{
-    ExternalFile, InputArtifact, InputSlot, NoProgress, Progress, ProgressUnit, Registry, Stage,
-    StageContext, StageError, Stats,
+    ExternalFile, InputArtifact, InputSlot, NoProgress, Pending, Progress, ProgressUnit, Registry,
+    RemoteFile, RemoteInputs, Stage, StageContext, StageError, Stats, TypedStage,
 };

@@ -3,7 +3,12 @@
 //! A stage kind lists its parameters as [`ParamSpec`]s. The DAG loader checks every
 //! parameter of a DAG file (and every `--set` override) against that list, fills in
 //! defaults, and hands the stage a [`Params`] map whose values are known to have the
-//! declared type and range. Stages read them with the typed getters.
+//! declared type and range.
+//!
+//! A stage kind declares its parameters once, with [`stage_params!`](crate::stage_params):
+//! one line per parameter gives the field of a typed struct and its schema entry, and
+//! the generated [`FromParams`] impl turns a [`Params`] map into that struct. Stages
+//! use the struct, never string lookups.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +36,8 @@ pub enum ParamType {
     Str,
     /// One of a fixed set of strings.
     Choice(&'static [&'static str]),
+    /// A list of strings (default: empty).
+    Strings,
     /// A list of files, directories or glob patterns naming **external inputs**.
     ///
     /// The planner expands them to files (directories recursively, keeping only the
@@ -51,6 +58,7 @@ impl ParamType {
             ParamType::Bool => "boolean".to_string(),
             ParamType::Str => "string".to_string(),
             ParamType::Choice(choices) => format!("one of {}", choices.join(", ")),
+            ParamType::Strings => "list of strings".to_string(),
             ParamType::Paths { .. } => "list of files, directories or globs".to_string(),
         }
     }
@@ -71,6 +79,8 @@ pub enum ParamDefault {
     Str(&'static str),
     /// An empty path list.
     NoPaths,
+    /// An empty string list.
+    NoStrings,
 }
 
 impl ParamDefault {
@@ -83,6 +93,7 @@ impl ParamDefault {
             ParamDefault::Bool(v) => ParamValue::Bool(v),
             ParamDefault::Str(v) => ParamValue::Str(v.to_string()),
             ParamDefault::NoPaths => ParamValue::Paths(Vec::new()),
+            ParamDefault::NoStrings => ParamValue::Strings(Vec::new()),
         })
     }
 }
@@ -98,6 +109,96 @@ pub struct ParamSpec {
     pub default: ParamDefault,
     /// One line shown by `ausa show`.
     pub doc: &'static str,
+    /// `Some((other, value))`: the parameter matters only when parameter `other` is
+    /// the string `value` (`docs` only for `source = "synthetic"`). Otherwise it is
+    /// left out of the stage's key, and a `Paths` parameter is not even expanded.
+    pub only_if: Option<(&'static str, &'static str)>,
+}
+
+/// Constructors, one per type, so that a schema entry fits on one line (the name is
+/// set by [`stage_params!`](crate::stage_params) from the field name).
+impl ParamSpec {
+    const fn new(ty: ParamType, default: ParamDefault, doc: &'static str) -> ParamSpec {
+        ParamSpec {
+            name: "",
+            ty,
+            default,
+            doc,
+            only_if: None,
+        }
+    }
+
+    /// An integer in `min..=max`, default `default`.
+    pub const fn int(min: i64, max: i64, default: i64, doc: &'static str) -> ParamSpec {
+        ParamSpec::new(ParamType::Int { min, max }, ParamDefault::Int(default), doc)
+    }
+
+    /// A float in `min..=max`, default `default`.
+    pub const fn float(min: f64, max: f64, default: f64, doc: &'static str) -> ParamSpec {
+        ParamSpec::new(
+            ParamType::Float { min, max },
+            ParamDefault::Float(default),
+            doc,
+        )
+    }
+
+    /// A boolean, default `default`.
+    pub const fn bool(default: bool, doc: &'static str) -> ParamSpec {
+        ParamSpec::new(ParamType::Bool, ParamDefault::Bool(default), doc)
+    }
+
+    /// A string, default `default`.
+    pub const fn string(default: &'static str, doc: &'static str) -> ParamSpec {
+        ParamSpec::new(ParamType::Str, ParamDefault::Str(default), doc)
+    }
+
+    /// A string the DAG must give.
+    pub const fn required_string(doc: &'static str) -> ParamSpec {
+        ParamSpec::new(ParamType::Str, ParamDefault::Required, doc)
+    }
+
+    /// One of `choices`, default `default`.
+    pub const fn choice(
+        choices: &'static [&'static str],
+        default: &'static str,
+        doc: &'static str,
+    ) -> ParamSpec {
+        ParamSpec::new(ParamType::Choice(choices), ParamDefault::Str(default), doc)
+    }
+
+    /// A list of strings, default empty.
+    pub const fn strings(doc: &'static str) -> ParamSpec {
+        ParamSpec::new(ParamType::Strings, ParamDefault::NoStrings, doc)
+    }
+
+    /// External input paths (directories keep files ending in `extensions`), default
+    /// none.
+    pub const fn paths(extensions: &'static [&'static str], doc: &'static str) -> ParamSpec {
+        ParamSpec::new(ParamType::Paths { extensions }, ParamDefault::NoPaths, doc)
+    }
+
+    /// This spec named `name`.
+    pub const fn named(mut self, name: &'static str) -> ParamSpec {
+        self.name = name;
+        self
+    }
+
+    /// This spec, mattering only when parameter `other` is `value` (see
+    /// [`ParamSpec::only_if`]).
+    pub const fn only_if(mut self, other: &'static str, value: &'static str) -> ParamSpec {
+        self.only_if = Some((other, value));
+        self
+    }
+
+    /// Whether the parameter matters for the given values (see [`ParamSpec::only_if`]).
+    pub fn applies(&self, params: &Params) -> bool {
+        match self.only_if {
+            None => true,
+            Some((other, value)) => {
+                matches!(params.get(other), Some(ParamValue::Str(v)) if v == value)
+            }
+        }
+    }
 }
 
 /// A resolved parameter value.
@@ -111,6 +212,8 @@ pub enum ParamValue {
     Bool(bool),
     /// A string or a choice.
     Str(String),
+    /// A list of strings.
+    Strings(Vec<String>),
     /// External input paths, as written (relative ones are resolved by the planner).
     Paths(Vec<String>),
 }
@@ -123,7 +226,7 @@ impl ParamValue {
             ParamValue::Float(v) => serde_json::Value::from(*v),
             ParamValue::Bool(v) => serde_json::Value::from(*v),
             ParamValue::Str(v) => serde_json::Value::from(v.as_str()),
-            ParamValue::Paths(v) => serde_json::Value::from(v.clone()),
+            ParamValue::Strings(v) | ParamValue::Paths(v) => serde_json::Value::from(v.clone()),
         }
     }
 
@@ -172,17 +275,25 @@ impl ParamValue {
             (ParamType::Paths { .. }, toml::Value::String(v)) => {
                 Ok(ParamValue::Paths(vec![v.clone()]))
             }
-            (ParamType::Paths { .. }, toml::Value::Array(items)) => items
-                .iter()
-                .map(|item| match item {
-                    toml::Value::String(s) => Ok(s.clone()),
-                    other => Err(format!(
-                        "expected a list of path strings, found {} `{other}` in the list",
-                        other.type_str()
-                    )),
+            (ParamType::Strings, toml::Value::String(v)) => {
+                Ok(ParamValue::Strings(vec![v.clone()]))
+            }
+            (ParamType::Paths { .. } | ParamType::Strings, toml::Value::Array(items)) => {
+                let strings = items
+                    .iter()
+                    .map(|item| match item {
+                        toml::Value::String(s) => Ok(s.clone()),
+                        other => Err(format!(
+                            "expected a list of strings, found {} `{other}` in the list",
+                            other.type_str()
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(match ty {
+                    ParamType::Strings => ParamValue::Strings(strings),
+                    _ => ParamValue::Paths(strings),
                 })
-                .collect::<Result<Vec<_>, _>>()
-                .map(ParamValue::Paths),
+            }
             (ty, _) => Err(format!("expected {}, {}", ty.describe(), found())),
         }
     }
@@ -229,52 +340,138 @@ impl Params {
         self.values.insert(name.to_string(), value);
     }
 
-    fn typed<'a, T>(
-        &'a self,
-        name: &str,
-        wanted: &'static str,
-        pick: impl FnOnce(&'a ParamValue) -> Option<T>,
-    ) -> Result<T, ParamAccessError> {
+    /// The value of `name` as a `T` (what [`stage_params!`](crate::stage_params)
+    /// generates calls to).
+    pub fn field<T: ParamField>(&self, name: &str) -> Result<T, ParamAccessError> {
         self.values
             .get(name)
-            .and_then(pick)
+            .and_then(T::from_value)
             .ok_or_else(|| ParamAccessError {
                 name: name.to_string(),
-                wanted,
+                wanted: T::WANTED,
             })
     }
+}
 
-    /// An integer parameter.
-    pub fn int(&self, name: &str) -> Result<i64, ParamAccessError> {
-        self.typed(name, "integer", |v| match v {
-            ParamValue::Int(i) => Some(*i),
-            _ => None,
-        })
-    }
+/// A Rust type a parameter value converts to (the field types of a
+/// [`stage_params!`](crate::stage_params) struct).
+pub trait ParamField: Sized {
+    /// What the type is called in [`ParamAccessError`].
+    const WANTED: &'static str;
+    /// The converted value, or `None` for a value of another type (or out of range).
+    fn from_value(value: &ParamValue) -> Option<Self>;
+}
 
-    /// A float parameter.
-    pub fn float(&self, name: &str) -> Result<f64, ParamAccessError> {
-        self.typed(name, "float", |v| match v {
+macro_rules! int_field {
+    ($($t:ty),*) => {$(
+        impl ParamField for $t {
+            const WANTED: &'static str = concat!("integer fitting ", stringify!($t));
+            fn from_value(value: &ParamValue) -> Option<$t> {
+                match value {
+                    ParamValue::Int(i) => <$t>::try_from(*i).ok(),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+int_field!(i64, u64, u32, usize);
+
+impl ParamField for f64 {
+    const WANTED: &'static str = "number";
+    fn from_value(value: &ParamValue) -> Option<f64> {
+        match value {
             ParamValue::Float(f) => Some(*f),
             _ => None,
-        })
+        }
     }
+}
 
-    /// A boolean parameter.
-    pub fn bool(&self, name: &str) -> Result<bool, ParamAccessError> {
-        self.typed(name, "boolean", |v| match v {
+impl ParamField for bool {
+    const WANTED: &'static str = "boolean";
+    fn from_value(value: &ParamValue) -> Option<bool> {
+        match value {
             ParamValue::Bool(b) => Some(*b),
             _ => None,
-        })
+        }
     }
+}
 
-    /// A string or choice parameter.
-    pub fn str(&self, name: &str) -> Result<&str, ParamAccessError> {
-        self.typed(name, "string", |v| match v {
-            ParamValue::Str(s) => Some(s.as_str()),
+impl ParamField for String {
+    const WANTED: &'static str = "string";
+    fn from_value(value: &ParamValue) -> Option<String> {
+        match value {
+            ParamValue::Str(s) => Some(s.clone()),
             _ => None,
-        })
+        }
     }
+}
+
+impl ParamField for Vec<String> {
+    const WANTED: &'static str = "list of strings or paths";
+    fn from_value(value: &ParamValue) -> Option<Vec<String>> {
+        match value {
+            ParamValue::Strings(v) | ParamValue::Paths(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A stage's typed parameters: built from a validated [`Params`] map. Implemented by
+/// [`stage_params!`](crate::stage_params).
+pub trait FromParams: Sized {
+    /// The schema: one entry per field.
+    const SPECS: &'static [ParamSpec];
+    /// The typed parameters of `params` (validated against [`FromParams::SPECS`]).
+    fn from_params(params: &Params) -> Result<Self, ParamAccessError>;
+}
+
+/// Declares a stage's parameters: a struct with one field per parameter, its schema
+/// ([`FromParams::SPECS`], the field name is the parameter name) and its
+/// [`FromParams`] impl.
+///
+/// ```
+/// ausa_dag::stage_params! {
+///     /// Parameters of a windowing stage.
+///     pub struct WindowParams {
+///         window: u32 = int(1, 1 << 20, 64, "tokens per window"),
+///         causal: bool = bool(true, "only earlier windows are visible"),
+///         mode: String = choice(&["a", "b"], "a", "which mode").only_if("causal", "x"),
+///     }
+/// }
+/// use ausa_dag::FromParams;
+/// assert_eq!(WindowParams::SPECS[0].name, "window");
+/// ```
+#[macro_export]
+macro_rules! stage_params {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                $field:ident : $ty:ty = $ctor:ident ( $($arg:expr),* $(,)? )
+                    $( . $modifier:ident ( $($marg:expr),* ) )*
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        $vis struct $name {
+            $( $(#[$fmeta])* #[doc = concat!("Parameter `", stringify!($field), "`.")] pub $field: $ty, )*
+        }
+
+        impl $crate::FromParams for $name {
+            const SPECS: &'static [$crate::ParamSpec] = &[
+                $( $crate::ParamSpec::$ctor($($arg),*).named(stringify!($field)) $( .$modifier($($marg),*) )* ),*
+            ];
+
+            fn from_params(params: &$crate::Params) -> Result<Self, $crate::params::ParamAccessError> {
+                Ok($name {
+                    $( $field: params.field(stringify!($field))?, )*
+                })
+            }
+        }
+    };
 }
 
 #[cfg(test)]
@@ -312,11 +509,54 @@ mod tests {
     }
 
     #[test]
-    fn getters_report_type_mismatch() {
+    fn fields_report_type_mismatch() {
         let mut p = Params::default();
         p.set("n", ParamValue::Int(4));
-        assert_eq!(p.int("n").unwrap(), 4);
-        assert!(p.str("n").is_err());
-        assert!(p.int("missing").is_err());
+        p.set("neg", ParamValue::Int(-1));
+        assert_eq!(p.field::<i64>("n").unwrap(), 4);
+        assert_eq!(p.field::<u32>("n").unwrap(), 4);
+        let err = p.field::<String>("n").unwrap_err().to_string();
+        assert!(err.contains("`n`") && err.contains("string"), "{err}");
+        assert!(p.field::<u64>("neg").is_err(), "negative into u64");
+        assert!(p.field::<i64>("missing").is_err());
+    }
+
+    crate::stage_params! {
+        /// Test parameters.
+        struct Demo {
+            count: usize = int(1, 9, 3, "how many"),
+            mode: String = choice(&["a", "b"], "a", "mode"),
+            extra: f64 = float(0.0, 1.0, 0.5, "only in mode b").only_if("mode", "b"),
+            names: Vec<String> = strings("names"),
+        }
+    }
+
+    #[test]
+    fn stage_params_builds_schema_and_struct() {
+        let specs = Demo::SPECS;
+        let names: Vec<_> = specs.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["count", "mode", "extra", "names"]);
+        assert_eq!(specs[0].ty, ParamType::Int { min: 1, max: 9 });
+        assert_eq!(specs[2].only_if, Some(("mode", "b")));
+        let mut p = Params::default();
+        for spec in specs {
+            p.set(spec.name, spec.default.value().unwrap());
+        }
+        let demo = Demo::from_params(&p).unwrap();
+        assert_eq!(demo.count, 3);
+        assert_eq!(demo.mode, "a");
+        assert!(demo.names.is_empty());
+        assert!(!specs[2].applies(&p), "extra does not apply in mode a");
+        p.set("mode", ParamValue::Str("b".into()));
+        assert!(specs[2].applies(&p));
+    }
+
+    #[test]
+    fn strings_accept_one_string_or_a_list() {
+        let v = ParamValue::from_toml(&ParamType::Strings, &toml::Value::String("x".into()));
+        assert_eq!(v.unwrap(), ParamValue::Strings(vec!["x".into()]));
+        let list = toml::Value::Array(vec!["a".into(), toml::Value::Integer(1)]);
+        let err = ParamValue::from_toml(&ParamType::Strings, &list).unwrap_err();
+        assert!(err.contains("list of strings"), "{err}");
     }
 }

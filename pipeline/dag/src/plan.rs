@@ -9,7 +9,12 @@ use serde_json::{json, Value};
 use crate::key::{fingerprint, KEY_SCHEME};
 use crate::params::{ParamType, ParamValue, Params};
 use crate::spec::{DagError, DagSpec};
-use crate::stage::{ExternalFile, Registry};
+use crate::stage::{ExternalFile, Pending, Registry, RemoteFile, RemoteInputs};
+
+/// The fingerprint shown for a [pending](PlannedStage::pending) stage: its key is not
+/// known, and no object can have this name (it is not hex).
+pub const UNKNOWN_FINGERPRINT: &str =
+    "----------------------------------------------------------------";
 
 /// Computes content digests of external input files (the store provides one with a
 /// stat cache, so unchanged files are not rehashed).
@@ -44,9 +49,16 @@ pub struct PlannedStage {
     pub inputs: Vec<(&'static str, usize)>,
     /// External files per `Paths` parameter.
     pub external: BTreeMap<String, Vec<ExternalFile>>,
-    /// The canonical key.
+    /// Remote files the stage fetches when it runs (see [`crate::Stage::remote_inputs`]).
+    pub remote: BTreeMap<String, Vec<RemoteFile>>,
+    /// `Some` when the key cannot be computed now: the stage's remote inputs, or an
+    /// upstream stage's, are unknown (offline with nothing cached). Such a stage is
+    /// shown, never built; building it fails with this reason.
+    pub pending: Option<Pending>,
+    /// The canonical key (for a pending stage, with `"unknown"` in place of the
+    /// remote digests).
     pub key: Value,
-    /// blake3 of the canonical key.
+    /// blake3 of the canonical key; [`UNKNOWN_FINGERPRINT`] for a pending stage.
     pub fingerprint: String,
 }
 
@@ -77,6 +89,7 @@ impl Plan {
             })?;
             let mut inputs = Vec::new();
             let mut input_fps = serde_json::Map::new();
+            let mut pending = None;
             for (slot, up) in &stage.inputs {
                 let idx = stages
                     .iter()
@@ -86,14 +99,25 @@ impl Plan {
                     slot.to_string(),
                     Value::from(stages[idx].fingerprint.clone()),
                 );
+                if let (None, Some(why)) = (&pending, &stages[idx].pending) {
+                    pending = Some(Pending {
+                        reason: format!("upstream stage `{up}` is pending: {}", why.reason),
+                        hint: why.hint.clone(),
+                    });
+                }
                 inputs.push((*slot, idx));
             }
             let mut params = serde_json::Map::new();
             let mut external = BTreeMap::new();
             let mut external_key = serde_json::Map::new();
             for (name, value) in stage.params.iter() {
-                let spec_ty = kind.params().iter().find(|p| p.name == name).map(|p| p.ty);
-                match (spec_ty, value) {
+                let param = kind.param(name);
+                if param.is_some_and(|p| !p.applies(&stage.params)) {
+                    // Irrelevant for these values (`docs` of a local corpus): not in
+                    // the key, and its paths are not read.
+                    continue;
+                }
+                match (param.map(|p| p.ty), value) {
                     (Some(ParamType::Paths { extensions }), ParamValue::Paths(paths)) => {
                         let files = expand_paths(&spec.base_dir, paths, extensions, hasher)
                             .map_err(|why| DagError {
@@ -115,26 +139,27 @@ impl Plan {
                     }
                 }
             }
-            let fetched = kind.fetch_inputs(&stage.params).map_err(|e| DagError {
+            let remote_inputs = kind.remote_inputs(&stage.params).map_err(|e| DagError {
                 location: None,
-                message: format!("stage `{}`: cannot fetch its inputs: {e}", stage.name),
+                message: format!("stage `{}`: cannot list its remote inputs: {e}", stage.name),
                 hint: None,
             })?;
-            for (name, paths) in fetched {
-                let files = paths
-                    .into_iter()
-                    .map(|path| hash_external(path, hasher))
-                    .collect::<Result<Vec<_>, String>>()
-                    .map_err(|why| DagError {
-                        location: None,
-                        message: format!("stage `{}`: {why}", stage.name),
-                        hint: None,
-                    })?;
-                let digests = files
-                    .iter()
-                    .map(|f| json!({"blake3": f.blake3, "size": f.size}));
-                external_key.insert(name.clone(), Value::Array(digests.collect()));
-                external.insert(name, files);
+            let mut remote = BTreeMap::new();
+            match remote_inputs {
+                RemoteInputs::None => {}
+                RemoteInputs::Known(files) => {
+                    for (name, files) in files {
+                        let digests = files
+                            .iter()
+                            .map(|f| json!({"digest": f.digest, "size": f.size}));
+                        external_key.insert(name.clone(), Value::Array(digests.collect()));
+                        remote.insert(name, files);
+                    }
+                }
+                RemoteInputs::Unknown(why) => {
+                    external_key.insert("remote".into(), Value::from("unknown"));
+                    pending = Some(why);
+                }
             }
             let key = json!({
                 "scheme": KEY_SCHEME,
@@ -144,14 +169,20 @@ impl Plan {
                 "inputs": input_fps,
                 "external": external_key,
             });
+            let fingerprint = match pending {
+                Some(_) => UNKNOWN_FINGERPRINT.to_string(),
+                None => fingerprint(&key),
+            };
             stages.push(PlannedStage {
                 name: stage.name.clone(),
                 kind: stage.kind.clone(),
                 params: stage.params.clone(),
                 inputs,
-                fingerprint: fingerprint(&key),
+                fingerprint,
                 key,
                 external,
+                remote,
+                pending,
             });
         }
         Ok(Plan {
@@ -185,6 +216,7 @@ fn expand_paths(
                 .filter(|p| p.is_file())
                 .collect();
             v.sort();
+            v.iter().try_for_each(|p| supported(p, extensions))?;
             v
         } else if full.is_dir() {
             let mut v = Vec::new();
@@ -193,6 +225,7 @@ fn expand_paths(
             v.sort();
             v
         } else if full.is_file() {
+            supported(&full, extensions)?;
             vec![full.clone()]
         } else {
             return Err(format!("input `{}` does not exist", full.display()));
@@ -213,6 +246,26 @@ fn expand_paths(
         .collect()
 }
 
+/// Whether `path` ends in one of `extensions` (ASCII case ignored), else an error
+/// naming the file and the accepted ones: unsupported files fail the plan, so
+/// `--dry-run` reports them.
+fn supported(path: &Path, extensions: &[&str]) -> Result<(), String> {
+    if has_extension(path, extensions) {
+        return Ok(());
+    }
+    Err(format!(
+        "unsupported input file `{}`: expected a file ending in .{}",
+        path.display(),
+        extensions.join(", .")
+    ))
+}
+
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 fn hash_external(path: PathBuf, hasher: &dyn ContentHasher) -> Result<ExternalFile, String> {
     let (blake3, size) = hasher
         .digest(&path)
@@ -225,11 +278,7 @@ fn walk_dir(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) -> std::io:
         let path = entry?.path();
         if path.is_dir() {
             walk_dir(&path, extensions, out)?;
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| extensions.contains(&e))
-        {
+        } else if has_extension(&path, extensions) {
             out.push(path);
         }
     }

@@ -334,10 +334,12 @@ fn parse_stage(
             "kind" => {}
             "inputs" => inputs_raw = Some(value),
             param => {
-                let spec = stage.params().iter().find(|p| p.name == param).ok_or_else(|| {
+                let spec = stage.param(param).ok_or_else(|| {
                     ctx.err(
                         key.span().start,
-                        format!("stage `{stage_name}`: unknown parameter `{param}` for kind `{kind}`"),
+                        format!(
+                            "stage `{stage_name}`: unknown parameter `{param}` for kind `{kind}`"
+                        ),
                         Some(valid_params_hint(stage.params().iter().map(|p| p.name))),
                     )
                 })?;
@@ -509,16 +511,12 @@ fn apply_override(
     let kind = registry
         .get(&stage.kind)
         .ok_or_else(|| err("unknown kind".into(), String::new()))?;
-    let spec = kind
-        .params()
-        .iter()
-        .find(|p| p.name == ov.param)
-        .ok_or_else(|| {
-            err(
-                format!("unknown parameter `{}` for kind `{}`", ov.param, stage.kind),
-                valid_params_hint(kind.params().iter().map(|p| p.name)),
-            )
-        })?;
+    let spec = kind.param(&ov.param).ok_or_else(|| {
+        err(
+            format!("unknown parameter `{}` for kind `{}`", ov.param, stage.kind),
+            valid_params_hint(kind.params().iter().map(|p| p.name)),
+        )
+    })?;
     let mut value =
         ParamValue::from_toml(&spec.ty, &ov.value).map_err(|why| err(why, spec.doc.into()))?;
     if let (ParamType::Paths { .. }, ParamValue::Paths(paths)) = (&spec.ty, &mut value) {

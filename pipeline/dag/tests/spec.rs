@@ -7,27 +7,13 @@ use ausa_dag::*;
 struct Source;
 struct Sink;
 
-static SOURCE_PARAMS: [ParamSpec; 3] = [
-    ParamSpec {
-        name: "n",
-        ty: ParamType::Int { min: 1, max: 100 },
-        default: ParamDefault::Int(10),
-        doc: "count",
-    },
-    ParamSpec {
-        name: "mode",
-        ty: ParamType::Choice(&["a", "b"]),
-        default: ParamDefault::Str("a"),
-        doc: "mode",
-    },
-    ParamSpec {
-        name: "files",
-        ty: ParamType::Paths {
-            extensions: &["txt"],
-        },
-        default: ParamDefault::NoPaths,
-        doc: "inputs",
-    },
+static SOURCE_PARAMS: [ParamSpec; 4] = [
+    ParamSpec::int(1, 100, 10, "count").named("n"),
+    ParamSpec::choice(&["a", "b"], "a", "mode").named("mode"),
+    ParamSpec::paths(&["txt"], "inputs").named("files"),
+    ParamSpec::int(0, 9, 0, "only in mode b")
+        .named("b_only")
+        .only_if("mode", "b"),
 ];
 static SINK_SLOTS: [InputSlot; 1] = [InputSlot {
     name: "documents",
@@ -77,11 +63,68 @@ impl Stage for Sink {
     }
 }
 
+/// A stage with remote inputs: known (one file per `n`) unless `mode = "b"`.
+struct Remote;
+
+ausa_dag::stage_params! {
+    /// Parameters of the remote test stage.
+    struct RemoteParams {
+        n: u64 = int(1, 100, 1, "files"),
+        mode: String = choice(&["a", "b"], "a", "b = the remote is unreachable"),
+    }
+}
+
+impl TypedStage for Remote {
+    type Params = RemoteParams;
+    fn kind(&self) -> &'static str {
+        "remote"
+    }
+    fn salt(&self) -> &'static str {
+        "1"
+    }
+    fn doc(&self) -> &'static str {
+        "test stage with remote inputs"
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[]
+    }
+    fn remote_inputs(&self, params: &RemoteParams) -> RemoteInputs {
+        if params.mode == "b" {
+            return RemoteInputs::Unknown(Pending {
+                reason: "the test remote is unreachable".into(),
+                hint: Some("try later".into()),
+            });
+        }
+        let files = (0..params.n)
+            .map(|i| RemoteFile {
+                location: format!("at/{i}"),
+                digest: format!("sha256:{i:064}"),
+                size: i,
+            })
+            .collect();
+        RemoteInputs::Known([("train".to_string(), files)].into())
+    }
+    fn run(&self, _params: &RemoteParams, _ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+        Ok(Stats::new())
+    }
+}
+
 fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Box::new(Source));
     r.register(Box::new(Sink));
+    r.register(Box::new(Remote));
     r
+}
+
+fn plan_of(text: &str, overrides: &[&str]) -> Plan {
+    let reg = registry();
+    let ovs: Vec<_> = overrides
+        .iter()
+        .map(|o| Override::parse(o).unwrap())
+        .collect();
+    let dag = DagSpec::load(&source(text), &reg, &ovs).unwrap();
+    Plan::resolve(&dag, None, &reg, &PlainHasher).unwrap()
 }
 
 fn source(text: &str) -> DagSource {
@@ -106,8 +149,8 @@ fn defaults_are_filled_and_stages_ordered() {
     let names: Vec<_> = dag.stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["src", "out"]);
     let src = dag.stage("src").unwrap();
-    assert_eq!(src.params.int("n").unwrap(), 5);
-    assert_eq!(src.params.str("mode").unwrap(), "a");
+    assert_eq!(src.params.field::<i64>("n").unwrap(), 5);
+    assert_eq!(src.params.field::<String>("mode").unwrap(), "a");
     assert!(src.defaulted.contains("mode") && !src.defaulted.contains("n"));
     assert_eq!(
         dag.stage("out").unwrap().inputs,
@@ -126,7 +169,7 @@ fn unknown_parameter_names_line_and_valid_choices() {
     assert!(err.message.contains("unknown parameter `nn`"), "{err}");
     assert_eq!(
         err.hint.as_deref(),
-        Some("valid parameters: n, mode, files")
+        Some("valid parameters: n, mode, files, b_only")
     );
 }
 
@@ -221,10 +264,20 @@ fn cycles_are_detected() {
 fn overrides_apply_and_are_validated() {
     let ov = Override::parse("src.n=7").unwrap();
     let dag = DagSpec::load(&source(GOOD), &registry(), &[ov]).unwrap();
-    assert_eq!(dag.stage("src").unwrap().params.int("n").unwrap(), 7);
+    assert_eq!(
+        dag.stage("src").unwrap().params.field::<i64>("n").unwrap(),
+        7
+    );
     let ov = Override::parse("src.mode=b").unwrap();
     let dag = DagSpec::load(&source(GOOD), &registry(), &[ov]).unwrap();
-    assert_eq!(dag.stage("src").unwrap().params.str("mode").unwrap(), "b");
+    assert_eq!(
+        dag.stage("src")
+            .unwrap()
+            .params
+            .field::<String>("mode")
+            .unwrap(),
+        "b"
+    );
     let err = DagSpec::load(
         &source(GOOD),
         &registry(),
@@ -314,4 +367,135 @@ fn embedded_demo_is_found_and_unknown_names_list_choices() {
     assert_eq!(locate("demo").unwrap().name, "demo");
     let err = locate("nope").unwrap_err();
     assert!(err.hint.unwrap().contains("demo"));
+}
+
+#[test]
+fn keys_hold_exactly_what_the_output_depends_on() {
+    // Any other field (a thread count, a host name, a path) would fail this test.
+    let plan = plan_of(GOOD, &[]);
+    let expected = serde_json::json!({
+        "scheme": "ausa-key/1",
+        "kind": "source",
+        "salt": "1",
+        "params": {"n": 5, "mode": "a"},
+        "inputs": {},
+        "external": {"files": []},
+    });
+    assert_eq!(plan.stages[0].key, expected);
+    assert_eq!(plan.stages[0].fingerprint, fingerprint(&expected));
+    let sink = serde_json::json!({
+        "scheme": "ausa-key/1",
+        "kind": "sink",
+        "salt": "1",
+        "params": {},
+        "inputs": {"documents": plan.stages[0].fingerprint},
+        "external": {},
+    });
+    assert_eq!(plan.stages[1].key, sink);
+}
+
+#[test]
+fn parameters_that_do_not_apply_stay_out_of_the_key() {
+    let base = plan_of(GOOD, &[]);
+    let ignored = plan_of(GOOD, &["src.b_only=3"]);
+    assert_eq!(
+        base.stages[0].fingerprint, ignored.stages[0].fingerprint,
+        "b_only does not apply in mode a"
+    );
+    assert!(base.stages[0].key["params"].get("b_only").is_none());
+    let b = plan_of(GOOD, &["src.mode=b"]);
+    let b3 = plan_of(GOOD, &["src.mode=b", "src.b_only=3"]);
+    assert_eq!(b.stages[0].key["params"]["b_only"], 0);
+    assert_ne!(b.stages[0].fingerprint, b3.stages[0].fingerprint);
+}
+
+#[test]
+fn unsupported_input_files_fail_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.csv"), "x").unwrap();
+    std::fs::write(dir.path().join("b.TXT"), "x").unwrap();
+    let reg = registry();
+    let plan = |path: &str| {
+        let text = format!("[stages.src]\nkind = \"source\"\nfiles = [\"{path}\"]\n");
+        let mut src = source(&text);
+        src.base_dir = dir.path().to_path_buf();
+        let dag = DagSpec::load(&src, &reg, &[]).unwrap();
+        Plan::resolve(&dag, None, &reg, &PlainHasher)
+    };
+    let err = plan("a.csv").unwrap_err();
+    assert!(
+        err.message.contains("unsupported input file") && err.message.contains("a.csv"),
+        "{err}"
+    );
+    assert!(
+        err.message.contains(".txt"),
+        "names the accepted ones: {err}"
+    );
+    let err = plan("*").unwrap_err();
+    assert!(err.message.contains("a.csv"), "globs too: {err}");
+    assert!(plan("b.TXT").is_ok(), "extensions ignore ASCII case");
+}
+
+#[test]
+fn remote_inputs_enter_keys_by_digest_and_unknown_ones_leave_stages_pending() {
+    let text =
+        "[stages.r]\nkind = \"remote\"\nn = 2\n\n[stages.out]\nkind = \"sink\"\ninputs = [\"r\"]\n";
+    let mut reg = registry();
+    // The sink reads `remote` artifacts in this test.
+    struct Sink2;
+    impl Stage for Sink2 {
+        fn kind(&self) -> &'static str {
+            "sink"
+        }
+        fn salt(&self) -> &'static str {
+            "1"
+        }
+        fn doc(&self) -> &'static str {
+            "sink of remote"
+        }
+        fn params(&self) -> &'static [ParamSpec] {
+            &[]
+        }
+        fn inputs(&self) -> &'static [InputSlot] {
+            static SLOTS: [InputSlot; 1] = [InputSlot {
+                name: "documents",
+                kinds: &["remote"],
+                doc: "docs",
+            }];
+            &SLOTS
+        }
+        fn run(&self, _ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+            Ok(Stats::new())
+        }
+    }
+    reg.register(Box::new(Sink2));
+    let plan = |ovs: &[&str]| {
+        let ovs: Vec<_> = ovs.iter().map(|o| Override::parse(o).unwrap()).collect();
+        let dag = DagSpec::load(&source(text), &reg, &ovs).unwrap();
+        Plan::resolve(&dag, None, &reg, &PlainHasher).unwrap()
+    };
+    let known = plan(&[]);
+    let r = &known.stages[0];
+    assert!(r.pending.is_none());
+    assert_eq!(r.remote["train"].len(), 2);
+    assert_eq!(
+        r.key["external"]["train"][1],
+        serde_json::json!({"digest": format!("sha256:{:064}", 1), "size": 1})
+    );
+    assert_ne!(plan(&["r.n=3"]).stages[0].fingerprint, r.fingerprint);
+
+    let offline = plan(&["r.mode=b"]);
+    let (r, out) = (&offline.stages[0], &offline.stages[1]);
+    assert_eq!(r.fingerprint, UNKNOWN_FINGERPRINT);
+    assert_eq!(
+        r.pending.as_ref().unwrap().reason,
+        "the test remote is unreachable"
+    );
+    let why = out
+        .pending
+        .as_ref()
+        .expect("downstream of a pending stage is pending");
+    assert!(why.reason.contains("upstream stage `r`"), "{}", why.reason);
+    assert_eq!(why.hint.as_deref(), Some("try later"));
+    assert_eq!(out.fingerprint, UNKNOWN_FINGERPRINT);
 }

@@ -4,10 +4,10 @@
 //! Like ninja's `-d explain`, every reason is one short line; a changed key yields one
 //! line per changed field.
 
-use ausa_dag::{diff_keys, KeyChange, Plan, PlannedStage};
-use ausa_store::{Manifest, Store};
+use ausa_dag::{diff_keys, fingerprint, KeyChange, Plan, PlannedStage};
+use ausa_store::{Config, Health, Ref, RefName, Store, VerifyMode, LEGACY_CONFIG};
 
-use crate::{object_id, ref_name};
+use crate::object_id;
 
 /// Whether a stage's object exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -19,6 +19,12 @@ pub enum StateKind {
     Stale,
     /// Never built in this store (or its object was removed).
     Missing,
+    /// Its key cannot be computed now: its remote inputs (files on a dataset hub), or
+    /// an upstream stage's, are unknown offline (see [`ausa_dag::PlannedStage::pending`]).
+    NeedsHub,
+    /// The object exists but its bytes disagree with its manifest (a failed size
+    /// check, or with a full check a failed hash), or it is not a real object directory.
+    Damaged,
 }
 
 impl StateKind {
@@ -28,6 +34,8 @@ impl StateKind {
             StateKind::UpToDate => "up-to-date",
             StateKind::Stale => "stale",
             StateKind::Missing => "missing",
+            StateKind::NeedsHub => "needs-hub",
+            StateKind::Damaged => "damaged",
         }
     }
 }
@@ -43,8 +51,11 @@ pub struct StageState {
     pub fingerprint: String,
     /// The state.
     pub state: StateKind,
-    /// Bytes of the object's files, when it exists.
+    /// Bytes of the object's files, when it exists and is sound.
     pub bytes: Option<u64>,
+    /// What is wrong with a damaged object, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Why a stage would (or would not) rebuild.
@@ -61,46 +72,107 @@ pub struct Explanation {
     pub changes: Vec<KeyChange>,
 }
 
-/// The state of every planned stage.
-pub fn stage_states(store: &Store, plan: &Plan) -> Vec<StageState> {
+/// The state of every planned stage in `config`. `mode` says how hard to look at
+/// existing objects: [`VerifyMode::Sizes`] (a few stats, as a no-op build does) or
+/// [`VerifyMode::Full`] (rehash every byte).
+pub fn stage_states(
+    store: &Store,
+    plan: &Plan,
+    config: &Config,
+    mode: VerifyMode,
+) -> Vec<StageState> {
     plan.stages
         .iter()
-        .map(|s| state_of(store, plan, s))
+        .map(|s| state_of(store, config, s, mode))
         .collect()
 }
 
-fn state_of(store: &Store, plan: &Plan, stage: &PlannedStage) -> StageState {
+fn state_of(store: &Store, config: &Config, stage: &PlannedStage, mode: VerifyMode) -> StageState {
     let id = object_id(stage);
-    let manifest = store
-        .has_object(&id)
-        .then(|| Manifest::read(&store.object_dir(&id)).ok())
-        .flatten();
-    let state = if store.has_object(&id) {
-        StateKind::UpToDate
-    } else {
-        match store.read_ref(&ref_name(plan, stage)) {
-            Ok(Some(r)) if r.fingerprint != stage.fingerprint => StateKind::Stale,
-            _ => StateKind::Missing,
-        }
+    if stage.pending.is_some() {
+        return StageState {
+            stage: stage.name.clone(),
+            kind: stage.kind.clone(),
+            fingerprint: stage.fingerprint.clone(),
+            state: StateKind::NeedsHub,
+            bytes: None,
+            problems: Vec::new(),
+        };
+    }
+    let (state, bytes, problems) = match store.health(&id, mode, &fingerprint) {
+        Ok(Health::Sound(m)) => (StateKind::UpToDate, Some(m.total_size()), Vec::new()),
+        Ok(Health::Damaged(problems)) => (
+            StateKind::Damaged,
+            None,
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path.display(), p.what))
+                .collect(),
+        ),
+        Err(e) => (StateKind::Damaged, None, vec![e.to_string()]),
+        Ok(Health::Absent) => match previous_ref(store, config, &stage.name) {
+            Ok(Some((_, r))) if r.fingerprint != stage.fingerprint => {
+                (StateKind::Stale, None, Vec::new())
+            }
+            _ => (StateKind::Missing, None, Vec::new()),
+        },
     };
     StageState {
         stage: stage.name.clone(),
         kind: stage.kind.clone(),
         fingerprint: stage.fingerprint.clone(),
         state,
-        bytes: manifest.map(|m| m.total_size()),
+        bytes,
+        problems,
     }
 }
 
-/// Explains one planned stage against the ref of its last build.
-pub fn explain(store: &Store, plan: &Plan, stage: &PlannedStage) -> Explanation {
-    let state = state_of(store, plan, stage);
-    let name = ref_name(plan, stage);
-    let previous = store.read_ref(&name);
+/// The last build of `stage` to compare with: in `config`, else (a configuration never
+/// built here) in the DAG's configuration that built most recently, else in a store of
+/// the old layout. Returns the configuration id with the ref.
+fn previous_ref(
+    store: &Store,
+    config: &Config,
+    stage: &str,
+) -> Result<Option<(String, Ref)>, ausa_store::StoreError> {
+    let name = |id: &str| RefName {
+        dag: config.dag.clone(),
+        config: id.to_string(),
+        stage: stage.to_string(),
+    };
+    let own = config.id();
+    if let Some(r) = store.read_ref(&name(&own))? {
+        return Ok(Some((own, r)));
+    }
+    let mut others: Vec<_> = store
+        .list_configs()?
+        .into_iter()
+        .filter(|c| c.dag == config.dag && c.id != own && c.stages.iter().any(|s| s == stage))
+        .collect();
+    // Newest first; the legacy refs (no time) last.
+    others.sort_by_key(|c| std::cmp::Reverse((c.id != LEGACY_CONFIG, c.last_built)));
+    for c in others {
+        if let Some(r) = store.read_ref(&name(&c.id))? {
+            return Ok(Some((c.id, r)));
+        }
+    }
+    Ok(None)
+}
+
+/// Explains one planned stage against the ref of its last build in `config` (or, for a
+/// configuration never built, of the DAG's most recent configuration).
+pub fn explain(store: &Store, plan: &Plan, config: &Config, stage: &PlannedStage) -> Explanation {
+    let state = state_of(store, config, stage, VerifyMode::Sizes);
+    let previous = previous_ref(store, config, &stage.name).map(|p| p.map(|(_, r)| r));
     let mut reasons = Vec::new();
     let mut changes = Vec::new();
     match (&state.state, previous) {
         (StateKind::UpToDate, _) => {}
+        (StateKind::NeedsHub, _) => reasons.extend(stage.pending.iter().map(|p| p.reason.clone())),
+        (StateKind::Damaged, _) => {
+            reasons.push("its object is damaged (a forced rebuild replaces it)".into());
+            reasons.extend(state.problems.iter().cloned());
+        }
         (_, Err(e)) => reasons.push(format!("its ref cannot be read ({e})")),
         (_, Ok(None)) => reasons.push("never built in this store".into()),
         (_, Ok(Some(r))) if r.fingerprint == stage.fingerprint => {
@@ -118,7 +190,10 @@ pub fn explain(store: &Store, plan: &Plan, stage: &PlannedStage) -> Explanation 
             }
         }
     }
-    let previous = store.read_ref(&name).ok().flatten().map(|r| r.fingerprint);
+    let previous = previous_ref(store, config, &stage.name)
+        .ok()
+        .flatten()
+        .map(|(_, r)| r.fingerprint);
     Explanation {
         state,
         previous,

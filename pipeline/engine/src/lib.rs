@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! # fn demo(registry: &ausa_dag::Registry) -> Result<(), Box<dyn std::error::Error>> {
-//! let store = ausa_store::Store::open("/tmp/store")?;
+//! let store = ausa_store::Store::create("/tmp/store")?;
 //! let source = ausa_dag::locate("demo")?;
 //! let dag = ausa_dag::DagSpec::load(&source, registry, &[])?;
 //! let plan = ausa_dag::Plan::resolve(&dag, None, registry, &ausa_engine::StoreHasher::new(&store))?;
@@ -30,6 +30,7 @@ use std::path::Path;
 use ausa_dag::{ContentHasher, Plan, PlannedStage, Progress};
 use ausa_store::{ObjectId, Ref, RefName, StatCache, Store};
 
+pub use ausa_store::Config;
 pub use inspect::{explain, stage_states, Explanation, StageState, StateKind};
 pub use run::{build, build_with_source};
 
@@ -41,12 +42,9 @@ pub fn object_id(stage: &PlannedStage) -> ObjectId {
     }
 }
 
-/// The ref that records which object `stage` of `plan`'s DAG last built.
-pub fn ref_name(plan: &Plan, stage: &PlannedStage) -> RefName {
-    RefName {
-        dag: plan.dag.clone(),
-        stage: stage.name.clone(),
-    }
+/// The ref that records which object `stage` last built in configuration `config`.
+pub fn ref_name(config: &Config, stage: &PlannedStage) -> RefName {
+    config.ref_name(&stage.name)
 }
 
 /// The ref a build of `stage` records: its object and the key it was built from
@@ -64,14 +62,34 @@ pub fn planned_ref(stage: &PlannedStage) -> Ref {
 pub struct BuildOptions {
     /// Stages built at once (at least 1).
     pub jobs: usize,
-    /// Rebuild every planned stage even if its object exists (replacing it).
-    pub force: bool,
+    /// Names of the stages to rebuild even though their objects exist (`--force`): the
+    /// rebuilt copy replaces the old one atomically. Other stages are reused as usual,
+    /// so `--force` on one stage rebuilds that stage only; see [`forced_stages`].
+    pub force: Vec<String>,
+    /// The configuration (DAG + overrides) whose refs the build writes; `None`: the
+    /// plan's DAG without overrides.
+    pub config: Option<ausa_store::Config>,
 }
 
 impl Default for BuildOptions {
     fn default() -> BuildOptions {
         let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
-        BuildOptions { jobs, force: false }
+        BuildOptions {
+            jobs,
+            force: Vec::new(),
+            config: None,
+        }
+    }
+}
+
+/// The stages `--force` rebuilds: the `targets` named, or with `upstream` also every
+/// stage they depend on (the whole plan, which is the targets and their upstreams);
+/// without targets (a whole DAG), every planned stage.
+pub fn forced_stages(plan: &Plan, targets: &[String], upstream: bool) -> Vec<String> {
+    if targets.is_empty() || upstream {
+        plan.stages.iter().map(|s| s.name.clone()).collect()
+    } else {
+        targets.to_vec()
     }
 }
 
@@ -125,10 +143,22 @@ pub enum FailureCause {
         /// The stage whose object is damaged.
         stage: String,
     },
-    /// The store could not be read or written (I/O, permissions).
+    /// The store could not be read or written (I/O).
     Store,
+    /// A directory of the store that this user may not write (a read-only or a
+    /// group store without group write access).
+    Unwritable {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
     /// The engine or the plan is inconsistent (a bug).
     Internal,
+    /// The stage's key is unknown: its remote inputs (files on a dataset hub) could not
+    /// be listed at plan time (see [`ausa_dag::PlannedStage::pending`]).
+    NeedsHub {
+        /// What the stage says to do about it.
+        hint: Option<String>,
+    },
 }
 
 impl Outcome {

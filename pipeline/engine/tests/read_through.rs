@@ -108,7 +108,7 @@ impl ObjectSource for FakeSource<'_> {
         for entry in std::fs::read_dir(&from).map_err(|e| e.to_string())? {
             let entry = entry.map_err(|e| e.to_string())?;
             let name = entry.file_name();
-            if name == ausa_store::MANIFEST_NAME {
+            if name == ausa_store::MANIFEST_NAME || name == ausa_store::MANIFEST_DIGEST_NAME {
                 continue;
             }
             let copied = std::fs::copy(entry.path(), staging.path().join(&name))
@@ -169,7 +169,7 @@ fn donor() -> (tempfile::TempDir, Store) {
 /// An empty store and the plan of [`DAG`] for it.
 fn empty_store() -> (tempfile::TempDir, Store, Registry, Plan) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("store")).unwrap();
+    let store = Store::create(dir.path().join("store")).unwrap();
     let (registry, plan) = plan(&store);
     (dir, store, registry, plan)
 }
@@ -200,7 +200,7 @@ fn downstream_objects_are_fetched_before_upstream_stages_are_built() {
         &registry,
         &BuildOptions {
             jobs: 1,
-            force: false,
+            ..BuildOptions::default()
         },
         &Events(&events),
         Some(&source),
@@ -300,7 +300,8 @@ fn a_failed_fetch_is_reported_and_the_stage_built_instead() {
         &registry,
         &BuildOptions {
             jobs: 2,
-            force: true,
+            force: plan.stages.iter().map(|s| s.name.clone()).collect(),
+            ..BuildOptions::default()
         },
         &Silent,
         Some(&source),

@@ -24,7 +24,7 @@
 //! file's size and blake3 match it.
 //!
 //! ```no_run
-//! let store = ausa_store::Store::open("/tmp/store").unwrap();
+//! let store = ausa_store::Store::create("/tmp/store").unwrap();
 //! let remote = ausa_remote::Remote::open("s3://bucket/ausa").unwrap();
 //! let ids = store.list_objects().unwrap();
 //! remote.push_objects(&store, &ids, &ausa_remote::NoProgress).unwrap();
@@ -237,7 +237,7 @@ fn file_path(id: &ObjectId, name: &str) -> RemotePath {
 
 /// `refs/<dag>/<stage>` on the remote.
 fn ref_path(name: &RefName) -> RemotePath {
-    RemotePath::from(format!("refs/{}/{}", name.dag, name.stage))
+    RemotePath::from(format!("refs/{}/{}/{}", name.dag, name.config, name.stage))
 }
 
 async fn exists(objects: &dyn ObjectStore, path: &RemotePath) -> object_store::Result<bool> {
@@ -272,8 +272,8 @@ mod tests {
     #[test]
     fn file_remote_round_trips_an_object_and_a_ref() {
         let dir = tempfile::tempdir().unwrap();
-        let a = ausa_store::Store::open(dir.path().join("a")).unwrap();
-        let b = ausa_store::Store::open(dir.path().join("b")).unwrap();
+        let a = ausa_store::Store::create(dir.path().join("a")).unwrap();
+        let b = ausa_store::Store::create(dir.path().join("b")).unwrap();
         let key = serde_json::json!({"k": 1});
         let fp =
             |k: &serde_json::Value| blake3::hash(k.to_string().as_bytes()).to_hex().to_string();
@@ -298,10 +298,7 @@ mod tests {
         let manifest =
             |s: &ausa_store::Store| std::fs::read(s.object_dir(&id).join(MANIFEST_NAME)).unwrap();
         assert_eq!(manifest(&a), manifest(&b));
-        let name = RefName {
-            dag: "d".into(),
-            stage: "s".into(),
-        };
+        let name = ausa_store::Config::new("d", &["s.x=1"]).ref_name("s");
         let r = Ref {
             kind: id.kind.clone(),
             fingerprint: id.fingerprint.clone(),
@@ -340,7 +337,7 @@ mod tests {
         // PUT, and before the multipart upload is completed).
         for len in [3 << 20, 40 << 20] {
             let dir = tempfile::tempdir().unwrap();
-            let store = ausa_store::Store::open(dir.path().join("store")).unwrap();
+            let store = ausa_store::Store::create(dir.path().join("store")).unwrap();
             let id = object(&store, len);
             let file = store.object_dir(&id).join("f.bin");
             // Same size, one byte changed near the end: only the hash can tell.

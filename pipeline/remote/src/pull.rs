@@ -112,6 +112,7 @@ impl Remote {
             .buffer_unordered(crate::FILE_CONCURRENCY)
             .try_collect::<()>()
             .await?;
+        ausa_store::hooks::point("pull:before-publish");
         let origin = PathBuf::from(self.location(&file_path(&f.id, MANIFEST_NAME)));
         // Rehashes everything on disk: the store trusts no caller's word for it.
         let published = staging

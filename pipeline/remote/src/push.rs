@@ -101,6 +101,7 @@ async fn push_object(
         .buffer_unordered(FILE_CONCURRENCY)
         .try_collect::<()>()
         .await?;
+    ausa_store::hooks::point("push:before-manifest");
     // The original bytes, so a pulled copy is byte-identical.
     let local = dir.join(MANIFEST_NAME);
     let bytes = tokio::fs::read(&local)

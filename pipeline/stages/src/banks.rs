@@ -9,14 +9,10 @@
 
 use std::path::Path;
 
-use ausa_artifacts::{banks_path, BankShape, BanksWriter, Split, TokensFile};
-use ausa_dag::{
-    InputSlot, ParamDefault, ParamSpec, ParamType, Params, Stage, StageContext, StageError, Stats,
-};
+use ausa_artifacts::{banks_path, sequences_path, BankShape, BanksWriter, Split, TokensFile};
+use ausa_dag::{InputSlot, StageContext, StageError, Stats, TypedStage};
 use rayon::prelude::*;
 use serde_json::{json, Value};
-
-use crate::sequences::sequences_path;
 
 static INPUTS: [InputSlot; 1] = [InputSlot {
     name: "sequences",
@@ -24,26 +20,14 @@ static INPUTS: [InputSlot; 1] = [InputSlot {
     doc: "the sequences whose windows become sets",
 }];
 
-static PARAMS: [ParamSpec; 2] = [
-    ParamSpec {
-        name: "window",
-        ty: ParamType::Int {
-            min: 1,
-            max: 1 << 20,
-        },
-        default: ParamDefault::Int(64),
-        doc: "tokens per window (set)",
-    },
-    ParamSpec {
-        name: "stride",
-        ty: ParamType::Int {
-            min: 1,
-            max: 1 << 20,
-        },
-        default: ParamDefault::Int(32),
-        doc: "tokens between window starts (at most window, so every token is covered)",
-    },
-];
+ausa_dag::stage_params! {
+    /// Parameters of the `banks` stage.
+    pub struct BanksParams {
+        window: u32 = int(1, 1 << 20, 64, "tokens per window (set)"),
+        stride: u32 = int(1, 1 << 20, 32,
+            "tokens between window starts (at most window, so every token is covered)"),
+    }
+}
 
 /// Sequences per parallel task.
 const CHUNK_SEQS: usize = 256;
@@ -52,7 +36,9 @@ const CHUNK_SEQS: usize = 256;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BanksStage;
 
-impl Stage for BanksStage {
+impl TypedStage for BanksStage {
+    type Params = BanksParams;
+
     fn kind(&self) -> &'static str {
         "banks"
     }
@@ -68,28 +54,23 @@ impl Stage for BanksStage {
          sequence offsets, spans)."
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
-    }
-
     fn inputs(&self) -> &'static [InputSlot] {
         &INPUTS
     }
 
-    fn check(&self, params: &Params) -> Result<(), String> {
-        let (window, stride) = (params.int("window"), params.int("stride"));
-        match (window, stride) {
-            (Ok(w), Ok(s)) if s > w => Err(format!(
-                "stride ({s}) must not exceed window ({w}): tokens between windows would \
-                 belong to no set"
-            )),
-            _ => Ok(()),
+    fn check(&self, params: &BanksParams) -> Result<(), String> {
+        let BanksParams { window, stride } = *params;
+        if stride > window {
+            return Err(format!(
+                "stride ({stride}) must not exceed window ({window}): tokens between windows \
+                 would belong to no set"
+            ));
         }
+        Ok(())
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
-        let window = ctx.params.int("window")? as u32;
-        let stride = ctx.params.int("stride")? as u32;
+    fn run(&self, params: &BanksParams, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+        let BanksParams { window, stride } = *params;
         let dir = &ctx.input("sequences")?.dir;
         let mut splits = serde_json::Map::new();
         for split in Split::ALL {

@@ -2,23 +2,18 @@
 //! table, and per-split length summaries and histograms.
 
 use ausa_artifacts::{
-    document_batches, documents_path, DocStat, DocStatsWriter, Split, DOC_STATS_FILE,
+    document_batches, documents_path, histogram_path, DocStat, DocStatsWriter, Split,
+    DOC_STATS_FILE,
 };
-use ausa_dag::{
-    InputSlot, ParamDefault, ParamSpec, ParamType, ProgressUnit, Stage, StageContext, StageError,
-    Stats,
-};
+use ausa_dag::{InputSlot, ProgressUnit, StageContext, StageError, Stats, TypedStage};
 use rayon::prelude::*;
 
-use crate::WriteError;
+use crate::sink::WriteError;
 use serde_json::{json, Value};
 
 /// Stage kinds whose artifacts hold a `documents.parquet`; a new producer of documents
 /// is added here.
 pub const DOCUMENT_PRODUCERS: &[&str] = &["corpus", "download", "subset"];
-
-/// The histogram written next to `doc_stats.parquet`.
-pub const HISTOGRAM_FILE: &str = "histogram.json";
 
 static INPUTS: [InputSlot; 1] = [InputSlot {
     name: "documents",
@@ -26,19 +21,22 @@ static INPUTS: [InputSlot; 1] = [InputSlot {
     doc: "the documents table (documents.parquet) to measure",
 }];
 
-static PARAMS: [ParamSpec; 1] = [ParamSpec {
-    name: "histogram_bins",
-    ty: ParamType::Int { min: 1, max: 64 },
-    default: ParamDefault::Int(16),
-    doc: "number of log2 word-count bins; the last one is open-ended",
-}];
+ausa_dag::stage_params! {
+    /// Parameters of the `doc_stats` stage.
+    pub struct DocStatsParams {
+        histogram_bins: usize = int(1, 64, 16,
+            "number of log2 word-count bins; the last one is open-ended"),
+    }
+}
 
 /// The `doc_stats` stage kind (input `documents`; writes `doc_stats.parquet` and
 /// `histogram.json`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DocStatsStage;
 
-impl Stage for DocStatsStage {
+impl TypedStage for DocStatsStage {
+    type Params = DocStatsParams;
+
     fn kind(&self) -> &'static str {
         "doc_stats"
     }
@@ -54,16 +52,12 @@ impl Stage for DocStatsStage {
          histogram of word counts in log2 bins (also written to histogram.json)."
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
-    }
-
     fn inputs(&self) -> &'static [InputSlot] {
         &INPUTS
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
-        let bins = usize::try_from(ctx.params.int("histogram_bins")?)?;
+    fn run(&self, params: &DocStatsParams, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+        let bins = params.histogram_bins;
         let accumulators = measure(ctx)?;
         let summaries: Vec<(Split, Value)> = Split::ALL
             .iter()
@@ -184,7 +178,7 @@ fn write_histogram(ctx: &StageContext<'_>, summaries: &[(Split, Value)]) -> Resu
         "scheme": "log2 word counts: bin 0 is [0, 2), bin k is [2^k, 2^(k+1)), the last bin is open-ended",
         "splits": splits,
     });
-    let path = ctx.out_dir.join(HISTOGRAM_FILE);
+    let path = histogram_path(ctx.out_dir);
     let mut bytes = serde_json::to_vec_pretty(&doc)?;
     bytes.push(b'\n');
     std::fs::write(&path, bytes).map_err(|source| WriteError { path, source })?;

@@ -11,23 +11,25 @@
 //! define file formats: stages write and read artifacts only through
 //! `ausa-artifacts`. A stage writes only inside `ctx.out_dir`.
 
-use std::path::PathBuf;
-
 pub mod banks;
 pub mod corpus;
 pub mod doc_stats;
 pub mod download;
+mod lines;
 mod local;
 pub mod minhash;
+mod parquet_text;
 mod rng;
 pub mod routing;
 pub mod sequences;
+mod sink;
 pub mod subset;
 mod synthetic;
 pub mod tokenize;
 pub mod tokenizer;
 mod tokenizer_bpe;
 mod tokenizer_encode;
+mod tokenizer_markers;
 mod tokenizer_pretok;
 mod txt;
 mod wikitext;
@@ -49,15 +51,6 @@ pub fn registry() -> ausa_dag::Registry {
     registry.register(Box::new(minhash::MinHashStage));
     registry.register(Box::new(routing::RoutingStage));
     registry
-}
-
-/// An output file of a stage could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write `{}`", path.display())]
-pub(crate) struct WriteError {
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
 }
 
 #[cfg(test)]

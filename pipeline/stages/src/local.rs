@@ -1,18 +1,26 @@
-//! Reading local `.txt`, `.jsonl` and `.parquet` files into the corpus.
+//! Reading local `.txt` / `.tokens`, `.jsonl` and `.parquet` files into the corpus.
 
 use std::borrow::Cow;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow_array::cast::AsArray;
-use arrow_schema::DataType;
 use ausa_artifacts::Split;
-use ausa_dag::{ExternalFile, ParamValue, Params, ProgressUnit, StageContext, StageError};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
+use ausa_dag::{ExternalFile, ProgressUnit, StageContext, StageError};
 
-use crate::corpus::{CorpusSink, SPLIT_PARAMS};
+use crate::lines::normalize_line_endings;
+use crate::parquet_text;
+use crate::sink::DocumentSink;
 use crate::txt::{split_documents, TextFormat};
+
+/// The file extensions the local source reads (the planner rejects others). `.tokens`
+/// is plain text: WikiText ships as `wiki.train.tokens`, ...
+pub(crate) const EXTENSIONS: &[&str] = &["txt", "tokens", "jsonl", "parquet"];
+
+/// The splits, in output order, each with the `Paths` parameter listing its files.
+pub(crate) const SPLIT_PARAMS: [(Split, &str); 3] = [
+    (Split::Train, "train"),
+    (Split::Validation, "validation"),
+    (Split::Test, "test"),
+];
 
 /// A local input file could not be read as documents. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -39,43 +47,24 @@ pub(crate) enum LocalError {
         line: usize,
         detail: String,
     },
-    #[error("cannot read Parquet file `{}`", path.display())]
-    Parquet {
-        path: PathBuf,
-        #[source]
-        source: parquet::errors::ParquetError,
-    },
     #[error("`{}`: {detail}", path.display())]
     Content { path: PathBuf, detail: String },
 }
 
 /// The `corpus` parameters that apply to local files.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LocalOptions {
+pub(crate) struct LocalOptions<'a> {
     pub(crate) text_format: TextFormat,
-    pub(crate) jsonl_field: String,
-    pub(crate) parquet_column: String,
+    pub(crate) jsonl_field: &'a str,
+    pub(crate) parquet_column: &'a str,
     pub(crate) replace_invalid_utf8: bool,
-}
-
-impl LocalOptions {
-    pub(crate) fn from_params(params: &Params) -> Result<LocalOptions, StageError> {
-        let format = params.str("text_format")?;
-        Ok(LocalOptions {
-            text_format: TextFormat::from_name(format)
-                .ok_or_else(|| format!("unknown text_format `{format}`"))?,
-            jsonl_field: params.str("jsonl_field")?.to_string(),
-            parquet_column: params.str("parquet_column")?.to_string(),
-            replace_invalid_utf8: params.str("on_invalid_utf8")? == "replace",
-        })
-    }
 }
 
 /// Reads every split's files in order into `sink`; a split whose parameter lists
 /// paths but yields no document is an error naming its files.
 pub(crate) fn write_local(
-    options: &LocalOptions,
-    sink: &mut CorpusSink,
+    options: &LocalOptions<'_>,
+    sink: &mut DocumentSink,
     ctx: &StageContext<'_>,
 ) -> Result<(), StageError> {
     let total: u64 = SPLIT_PARAMS
@@ -92,7 +81,7 @@ pub(crate) fn write_local(
             ctx.progress.advance(file.size);
         }
         let added = sink.totals(split).documents;
-        if added == 0 && is_given(ctx.params, param) {
+        if added == 0 && !files.is_empty() {
             return Err(format!("split `{split}` is empty: {}", describe(param, files)).into());
         }
         documents += added;
@@ -101,10 +90,6 @@ pub(crate) fn write_local(
         return Err("the local corpus is empty: no input file holds a document".into());
     }
     Ok(())
-}
-
-fn is_given(params: &Params, param: &str) -> bool {
-    matches!(params.get(param), Some(ParamValue::Paths(p)) if !p.is_empty())
 }
 
 fn describe(param: &str, files: &[ExternalFile]) -> String {
@@ -122,26 +107,34 @@ fn describe(param: &str, files: &[ExternalFile]) -> String {
 pub(crate) fn read_file(
     path: &Path,
     split: Split,
-    options: &LocalOptions,
-    sink: &mut CorpusSink,
+    options: &LocalOptions<'_>,
+    sink: &mut DocumentSink,
 ) -> Result<(), StageError> {
     let extension = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     match extension.as_deref() {
-        Some("txt") => {
+        Some("txt" | "tokens") => {
             let bytes = read_bytes(path)?;
             let text = decode(path, &bytes, options.replace_invalid_utf8)?;
+            let text = normalize_line_endings(&text);
             split_documents(&text, options.text_format)
                 .into_iter()
                 .try_for_each(|d| sink.push(split, d))
         }
         Some("jsonl") => read_jsonl(path, split, options, sink),
-        Some("parquet") => read_parquet(path, split, &options.parquet_column, sink),
+        Some("parquet") => {
+            parquet_text::for_each_row(path, options.parquet_column, "parquet_column", &mut |t| {
+                sink.push(split, t)
+            })
+        }
         _ => Err(LocalError::Content {
             path: path.to_path_buf(),
-            detail: "unsupported file type; expected .txt, .jsonl or .parquet".to_string(),
+            detail: format!(
+                "unsupported file type; expected .{}",
+                EXTENSIONS.join(", .")
+            ),
         }
         .into()),
     }
@@ -181,8 +174,8 @@ pub(crate) fn decode<'a>(
 fn read_jsonl(
     path: &Path,
     split: Split,
-    options: &LocalOptions,
-    sink: &mut CorpusSink,
+    options: &LocalOptions<'_>,
+    sink: &mut DocumentSink,
 ) -> Result<(), StageError> {
     let bytes = read_bytes(path)?;
     let text = decode(path, &bytes, options.replace_invalid_utf8)?;
@@ -190,7 +183,7 @@ fn read_jsonl(
         if line.trim().is_empty() {
             continue;
         }
-        let doc = jsonl_text(line, &options.jsonl_field).map_err(|detail| LocalError::Jsonl {
+        let doc = jsonl_text(line, options.jsonl_field).map_err(|detail| LocalError::Jsonl {
             path: path.to_path_buf(),
             line: i + 1,
             detail,
@@ -210,64 +203,5 @@ fn jsonl_text(line: &str, field: &str) -> Result<String, String> {
         Some(serde_json::Value::String(text)) => Ok(text),
         Some(other) => Err(format!("field `{field}` is not a string (found `{other}`)")),
         None => Err(format!("field `{field}` is missing (see jsonl_field)")),
-    }
-}
-
-fn read_parquet(
-    path: &Path,
-    split: Split,
-    column: &str,
-    sink: &mut CorpusSink,
-) -> Result<(), StageError> {
-    let parquet_err = |source| LocalError::Parquet {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(|source| LocalError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
-    let index = text_column_index(path, builder.schema(), column)?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
-    for batch in builder.with_projection(mask).build().map_err(parquet_err)? {
-        let batch = batch.map_err(|e| parquet_err(e.into()))?;
-        let array = batch.column(0);
-        if let Some(strings) = array.as_string_opt::<i32>() {
-            strings
-                .iter()
-                .flatten()
-                .try_for_each(|t| sink.push(split, t))?;
-        } else if let Some(strings) = array.as_string_opt::<i64>() {
-            strings
-                .iter()
-                .flatten()
-                .try_for_each(|t| sink.push(split, t))?;
-        }
-    }
-    Ok(())
-}
-
-fn text_column_index(
-    path: &Path,
-    schema: &arrow_schema::Schema,
-    column: &str,
-) -> Result<usize, LocalError> {
-    let content = |detail| LocalError::Content {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let Some((index, field)) = schema.column_with_name(column) else {
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        return Err(content(format!(
-            "no column `{column}` (see parquet_column); the file has columns [{}]",
-            names.join(", ")
-        )));
-    };
-    match field.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 => Ok(index),
-        other => Err(content(format!(
-            "column `{column}` has type {other}, expected Utf8 or LargeUtf8"
-        ))),
     }
 }

@@ -15,9 +15,7 @@ use arrow_buffer::ScalarBuffer;
 use ausa_artifacts::{
     banks_path, filled_u32_buffer, minhash_path, write_signatures, BanksFile, Split, TokenIds,
 };
-use ausa_dag::{
-    InputSlot, ParamDefault, ParamSpec, ParamType, Stage, StageContext, StageError, Stats,
-};
+use ausa_dag::{InputSlot, StageContext, StageError, Stats, TypedStage};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -27,23 +25,13 @@ static INPUTS: [InputSlot; 1] = [InputSlot {
     doc: "the set banks to sign",
 }];
 
-static PARAMS: [ParamSpec; 2] = [
-    ParamSpec {
-        name: "minhash_k",
-        ty: ParamType::Int { min: 32, max: 256 },
-        default: ParamDefault::Int(128),
-        doc: "hash functions (signature values) per set",
-    },
-    ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(0),
-        doc: "seed of the hash family",
-    },
-];
+ausa_dag::stage_params! {
+    /// Parameters of the `minhash` stage.
+    pub struct MinHashParams {
+        minhash_k: usize = int(32, 256, 128, "hash functions (signature values) per set"),
+        seed: u64 = int(0, i64::MAX, 0, "seed of the hash family"),
+    }
+}
 
 /// Sets per parallel task.
 const CHUNK_SETS: usize = 256;
@@ -52,7 +40,9 @@ const CHUNK_SETS: usize = 256;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MinHashStage;
 
-impl Stage for MinHashStage {
+impl TypedStage for MinHashStage {
+    type Params = MinHashParams;
+
     fn kind(&self) -> &'static str {
         "minhash"
     }
@@ -67,17 +57,12 @@ impl Stage for MinHashStage {
          set in bank order."
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
-    }
-
     fn inputs(&self) -> &'static [InputSlot] {
         &INPUTS
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
-        let k = ctx.params.int("minhash_k")? as usize;
-        let seed = ctx.params.int("seed")? as u64;
+    fn run(&self, params: &MinHashParams, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+        let (k, seed) = (params.minhash_k, params.seed);
         let dir = &ctx.input("banks")?.dir;
         let mut splits = serde_json::Map::new();
         for split in Split::ALL {

@@ -15,9 +15,7 @@ use std::path::Path;
 use ausa_artifacts::{
     banks_path, routing_path, write_routing, BanksFile, Routing, RoutingLayout, Split,
 };
-use ausa_dag::{
-    InputSlot, ParamDefault, ParamSpec, ParamType, Stage, StageContext, StageError, Stats,
-};
+use ausa_dag::{InputSlot, StageContext, StageError, Stats, TypedStage};
 use serde_json::{json, Value};
 
 static INPUTS: [InputSlot; 1] = [InputSlot {
@@ -26,29 +24,23 @@ static INPUTS: [InputSlot; 1] = [InputSlot {
     doc: "the set banks to route tokens to",
 }];
 
-static PARAMS: [ParamSpec; 2] = [
-    ParamSpec {
-        name: "router_topk",
-        ty: ParamType::Int {
-            min: 0,
-            max: 1 << 20,
-        },
-        default: ParamDefault::Int(0),
-        doc: "causal: keep only the most recent this many visible sets per token (0 = all)",
-    },
-    ParamSpec {
-        name: "causal",
-        ty: ParamType::Bool,
-        default: ParamDefault::Bool(true),
-        doc: "token t sees only sets with end <= t+1 (language modelling); false: all sets",
-    },
-];
+ausa_dag::stage_params! {
+    /// Parameters of the `routing` stage.
+    pub struct RoutingParams {
+        router_topk: u32 = int(0, 1 << 20, 0,
+            "causal: keep only the most recent this many visible sets per token (0 = all)"),
+        causal: bool = bool(true,
+            "token t sees only sets with end <= t+1 (language modelling); false: all sets"),
+    }
+}
 
 /// The `routing` stage kind (input `banks`; writes `routing-<split>.arrow`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoutingStage;
 
-impl Stage for RoutingStage {
+impl TypedStage for RoutingStage {
+    type Params = RoutingParams;
+
     fn kind(&self) -> &'static str {
         "routing"
     }
@@ -64,17 +56,12 @@ impl Stage for RoutingStage {
          layout (a few KiB for fixed-length sequences)."
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
-    }
-
     fn inputs(&self) -> &'static [InputSlot] {
         &INPUTS
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
-        let topk = ctx.params.int("router_topk")? as u32;
-        let causal = ctx.params.bool("causal")?;
+    fn run(&self, params: &RoutingParams, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+        let (topk, causal) = (params.router_topk, params.causal);
         let dir = &ctx.input("banks")?.dir;
         let mut splits = serde_json::Map::new();
         for split in Split::ALL {

@@ -8,12 +8,10 @@
 //! column holds the sequence's start position in the stream. Parameters owned here:
 //! `seq_len` and `seq_stride` (0 = `seq_len`, non-overlapping).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ausa_artifacts::{tokens_path, Split, TokensFile, TokensWriter};
-use ausa_dag::{
-    InputSlot, ParamDefault, ParamSpec, ParamType, Params, Stage, StageContext, StageError, Stats,
-};
+use ausa_artifacts::{sequences_path, tokens_path, Split, TokensFile, TokensWriter};
+use ausa_dag::{InputSlot, StageContext, StageError, Stats, TypedStage};
 use serde_json::{json, Value};
 
 static INPUTS: [InputSlot; 1] = [InputSlot {
@@ -22,37 +20,22 @@ static INPUTS: [InputSlot; 1] = [InputSlot {
     doc: "the token ids to cut into sequences",
 }];
 
-static PARAMS: [ParamSpec; 2] = [
-    ParamSpec {
-        name: "seq_len",
-        ty: ParamType::Int {
-            min: 1,
-            max: 1 << 20,
-        },
-        default: ParamDefault::Int(256),
-        doc: "tokens per sequence",
-    },
-    ParamSpec {
-        name: "seq_stride",
-        ty: ParamType::Int {
-            min: 0,
-            max: 1 << 20,
-        },
-        default: ParamDefault::Int(0),
-        doc: "tokens between sequence starts (0 = seq_len: non-overlapping)",
-    },
-];
-
-/// The name of the sequence file of `split` (`sequences-train.arrow`, ...).
-pub fn sequences_path(dir: &Path, split: Split) -> PathBuf {
-    dir.join(format!("sequences-{}.arrow", split.as_str()))
+ausa_dag::stage_params! {
+    /// Parameters of the `sequences` stage.
+    pub struct SequencesParams {
+        seq_len: usize = int(1, 1 << 20, 256, "tokens per sequence"),
+        seq_stride: usize = int(0, 1 << 20, 0,
+            "tokens between sequence starts (0 = seq_len: non-overlapping)"),
+    }
 }
 
 /// The `sequences` stage kind (input `tokens`; writes `sequences-<split>.arrow`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SequencesStage;
 
-impl Stage for SequencesStage {
+impl TypedStage for SequencesStage {
+    type Params = SequencesParams;
+
     fn kind(&self) -> &'static str {
         "sequences"
     }
@@ -68,16 +51,12 @@ impl Stage for SequencesStage {
          the start position in the stream."
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
-    }
-
     fn inputs(&self) -> &'static [InputSlot] {
         &INPUTS
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
-        let (len, stride) = seq_shape(ctx.params)?;
+    fn run(&self, params: &SequencesParams, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+        let (len, stride) = params.shape();
         let dir = &ctx.input("tokens")?.dir;
         let mut splits = serde_json::Map::new();
         for split in Split::ALL {
@@ -95,14 +74,15 @@ impl Stage for SequencesStage {
     }
 }
 
-/// `seq_len` and the effective `seq_stride`.
-fn seq_shape(params: &Params) -> Result<(usize, usize), StageError> {
-    let len = params.int("seq_len")? as usize;
-    let stride = match params.int("seq_stride")? as usize {
-        0 => len,
-        s => s,
-    };
-    Ok((len, stride))
+impl SequencesParams {
+    /// `seq_len` and the effective `seq_stride`.
+    fn shape(&self) -> (usize, usize) {
+        let stride = match self.seq_stride {
+            0 => self.seq_len,
+            s => s,
+        };
+        (self.seq_len, stride)
+    }
 }
 
 /// The start of every full sequence in a stream of `n` ids.

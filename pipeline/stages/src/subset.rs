@@ -23,10 +23,7 @@ use ausa_artifacts::{
     doc_stats_path, documents_path, read_doc_stats, read_documents, Document, DocumentsWriter,
     Split, DOCUMENTS_FILE,
 };
-use ausa_dag::{
-    InputSlot, ParamDefault, ParamSpec, ParamType, Params, ProgressUnit, Stage, StageContext,
-    StageError, Stats,
-};
+use ausa_dag::{InputSlot, ProgressUnit, StageContext, StageError, Stats, TypedStage};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -46,53 +43,22 @@ static INPUTS: [InputSlot; 2] = [
     },
 ];
 
-static PARAMS: [ParamSpec; 6] = [
-    ParamSpec {
-        name: "fraction",
-        ty: ParamType::Float { min: 0.0, max: 1.0 },
-        default: ParamDefault::Float(1.0),
-        doc: "budget as a fraction of the train split's words (ignored when `words` > 0)",
-    },
-    ParamSpec {
-        name: "words",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(0),
-        doc: "budget as an absolute number of train words (0: use `fraction`)",
-    },
-    ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(0),
-        doc: "seed of the sampling and swap order",
-    },
-    ParamSpec {
-        name: "strata",
-        ty: ParamType::Int { min: 1, max: 100 },
-        default: ParamDefault::Int(10),
-        doc: "number of equal-count document length strata (10: deciles)",
-    },
-    ParamSpec {
-        name: "epsilon",
-        ty: ParamType::Float { min: 0.0, max: 1.0 },
-        default: ParamDefault::Float(0.01),
-        doc: "largest accepted total variation distance of the unigram log-frequency histogram",
-    },
-    ParamSpec {
-        name: "max_swaps",
-        ty: ParamType::Int {
-            min: 0,
-            max: 10_000_000,
-        },
-        default: ParamDefault::Int(20_000),
-        doc: "swap attempts allowed to bring the histogram within epsilon",
-    },
-];
+ausa_dag::stage_params! {
+    /// Parameters of the `subset` stage.
+    pub struct SubsetParams {
+        fraction: f64 = float(0.0, 1.0, 1.0,
+            "budget as a fraction of the train split's words (ignored when `words` > 0)"),
+        words: u64 = int(0, i64::MAX, 0,
+            "budget as an absolute number of train words (0: use `fraction`)"),
+        seed: u64 = int(0, i64::MAX, 0, "seed of the sampling and swap order"),
+        strata: usize = int(1, 100, 10,
+            "number of equal-count document length strata (10: deciles)"),
+        epsilon: f64 = float(0.0, 1.0, 0.01,
+            "largest accepted total variation distance of the unigram log-frequency histogram"),
+        max_swaps: u64 = int(0, 10_000_000, 20_000,
+            "swap attempts allowed to bring the histogram within epsilon"),
+    }
+}
 
 /// Frequency classes: `floor(log2(count))` for counts up to 2^40.
 const CLASSES: usize = 41;
@@ -101,7 +67,9 @@ const CLASSES: usize = 41;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SubsetStage;
 
-impl Stage for SubsetStage {
+impl TypedStage for SubsetStage {
+    type Params = SubsetParams;
+
     fn kind(&self) -> &'static str {
         "subset"
     }
@@ -116,24 +84,18 @@ impl Stage for SubsetStage {
          validation and test pass through whole."
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
-    }
-
     fn inputs(&self) -> &'static [InputSlot] {
         &INPUTS
     }
 
-    fn check(&self, params: &Params) -> Result<(), String> {
-        let fraction = params.float("fraction").map_err(|e| e.to_string())?;
-        let words = params.int("words").map_err(|e| e.to_string())?;
-        if words == 0 && fraction <= 0.0 {
+    fn check(&self, params: &SubsetParams) -> Result<(), String> {
+        if params.words == 0 && params.fraction <= 0.0 {
             return Err("the budget is empty: set `fraction` > 0 or `words` > 0".into());
         }
         Ok(())
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+    fn run(&self, params: &SubsetParams, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
         let docs_dir = &ctx.input("documents")?.dir;
         let docs = read_documents(documents_path(docs_dir))?;
         let counts = word_counts(
@@ -153,8 +115,8 @@ impl Stage for SubsetStage {
             )
             .into());
         }
-        let budget = budget(ctx.params, total)?;
-        let selection = select(ctx.params, &docs, &counts, &train, budget)?;
+        let budget = budget(params, total)?;
+        let selection = select(params, &docs, &counts, &train, budget)?;
         let mut writer = DocumentsWriter::create(ctx.out_dir.join(DOCUMENTS_FILE))?;
         for (i, doc) in docs.iter().enumerate() {
             if doc.split != Split::Train || selection.chosen[i] {
@@ -163,7 +125,7 @@ impl Stage for SubsetStage {
             ctx.progress.advance(1);
         }
         writer.finish()?;
-        Ok(selection.stats(ctx.params, budget, total, &docs, &counts))
+        Ok(selection.stats(params, budget, total, &docs, &counts))
     }
 }
 
@@ -182,12 +144,11 @@ fn word_counts(
     Ok(stats.iter().map(|s| s.words).collect())
 }
 
-fn budget(params: &Params, total: u64) -> Result<u64, StageError> {
-    let words = params.int("words")? as u64;
-    let budget = if words > 0 {
-        words
+fn budget(params: &SubsetParams, total: u64) -> Result<u64, StageError> {
+    let budget = if params.words > 0 {
+        params.words
     } else {
-        (params.float("fraction")? * total as f64).round() as u64
+        (params.fraction * total as f64).round() as u64
     };
     if budget > total {
         return Err(format!(
@@ -209,14 +170,14 @@ struct Selection {
 }
 
 fn select(
-    params: &Params,
+    params: &SubsetParams,
     docs: &[Document],
     counts: &[u64],
     train: &[usize],
     budget: u64,
 ) -> Result<Selection, StageError> {
-    let seed = params.int("seed")? as u64;
-    let strata = stratify(train, counts, params.int("strata")? as usize);
+    let seed = params.seed;
+    let strata = stratify(train, counts, params.strata);
     let total: u64 = train.iter().map(|&i| counts[i]).sum();
     let mut chosen = vec![false; docs.len()];
     for (s, stratum) in strata.iter().enumerate() {
@@ -338,18 +299,18 @@ impl Selection {
     /// Seeded swaps within strata that bring the histogram closer to the full split's.
     fn swap_towards(
         &mut self,
-        params: &Params,
+        params: &SubsetParams,
         classes: &ClassHistograms,
         full: &[u64; CLASSES],
         counts: &[u64],
         budget: u64,
     ) -> Result<(), StageError> {
-        let epsilon = params.float("epsilon")?;
-        let mut rng = SplitMix64::for_item(params.int("seed")? as u64, 0x5a4b, 0);
+        let epsilon = params.epsilon;
+        let mut rng = SplitMix64::for_item(params.seed, 0x5a4b, 0);
         let mut current = classes.total(self.chosen_train());
         let mut words: u64 = self.chosen_train().map(|i| counts[i]).sum();
         let slack = (budget / 200).max(1);
-        for _ in 0..params.int("max_swaps")? {
+        for _ in 0..params.max_swaps {
             if self.divergence_after <= epsilon {
                 break;
             }
@@ -392,7 +353,7 @@ impl Selection {
 
     fn stats(
         &self,
-        params: &Params,
+        params: &SubsetParams,
         budget: u64,
         total: u64,
         docs: &[Document],
@@ -442,12 +403,9 @@ impl Selection {
             json!(self.divergence_before),
         );
         stats.insert("histogram_divergence".into(), json!(self.divergence_after));
-        stats.insert(
-            "epsilon".into(),
-            json!(params.float("epsilon").unwrap_or(0.0)),
-        );
+        stats.insert("epsilon".into(), json!(params.epsilon));
         stats.insert("swaps".into(), json!(self.swaps));
-        stats.insert("seed".into(), json!(params.int("seed").unwrap_or(0)));
+        stats.insert("seed".into(), json!(params.seed));
         stats
     }
 }

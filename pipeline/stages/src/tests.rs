@@ -9,46 +9,14 @@ use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{Field, Schema};
 use ausa_artifacts::{read_doc_stats, read_documents, DocStat, DocumentsWriter, Split};
 use ausa_dag::{
-    ExternalFile, InputArtifact, NoProgress, ParamType, ParamValue, Params, Stage, StageContext,
-    StageError, Stats,
+    testing, ExternalFile, InputArtifact, ParamType, ParamValue, Params, Stage, StageError, Stats,
 };
 use serde_json::json;
 
 use crate::{registry, CorpusStage, DocStatsStage};
 
-/// Params with every default of `stage`'s schema filled in.
-fn defaults(stage: &dyn Stage) -> BTreeMap<String, ParamValue> {
-    stage
-        .params()
-        .iter()
-        .filter_map(|spec| Some((spec.name.to_string(), spec.default.value()?)))
-        .collect()
-}
-
 fn with(stage: &dyn Stage, overrides: &[(&str, ParamValue)]) -> Params {
-    let mut values = defaults(stage);
-    for (name, value) in overrides {
-        assert!(values.contains_key(*name), "unknown param {name}");
-        values.insert(name.to_string(), value.clone());
-    }
-    Params::from_values(values)
-}
-
-fn external(files: &[(&str, &[PathBuf])]) -> BTreeMap<String, Vec<ExternalFile>> {
-    files
-        .iter()
-        .map(|(param, paths)| {
-            let files = paths
-                .iter()
-                .map(|p| ExternalFile {
-                    path: p.clone(),
-                    blake3: String::new(),
-                    size: std::fs::metadata(p).unwrap().len(),
-                })
-                .collect();
-            (param.to_string(), files)
-        })
-        .collect()
+    testing::params(stage, overrides)
 }
 
 fn run(
@@ -58,15 +26,11 @@ fn run(
     external: &BTreeMap<String, Vec<ExternalFile>>,
     out_dir: &Path,
 ) -> Result<Stats, StageError> {
-    stage.check(params)?;
-    let ctx = StageContext {
-        params,
-        inputs,
-        external,
-        out_dir,
-        progress: &NoProgress,
-    };
-    stage.run(&ctx)
+    testing::run(stage, params, inputs, external, out_dir)
+}
+
+fn external(files: &[(&str, &[PathBuf])]) -> BTreeMap<String, Vec<ExternalFile>> {
+    testing::external(files)
 }
 
 fn run_corpus(
@@ -108,6 +72,7 @@ fn registry_lists_every_kind_with_consistent_schemas() {
                 (ParamType::Choice(choices), ParamValue::Str(v)) => choices.contains(&v.as_str()),
                 (ParamType::Str, ParamValue::Str(_))
                 | (ParamType::Bool, ParamValue::Bool(_))
+                | (ParamType::Strings, ParamValue::Strings(_))
                 | (ParamType::Paths { .. }, ParamValue::Paths(_)) => true,
                 _ => false,
             };
@@ -118,7 +83,7 @@ fn registry_lists_every_kind_with_consistent_schemas() {
             );
         }
         if all_defaulted {
-            stage.check(&Params::from_values(defaults(stage))).unwrap();
+            stage.check(&testing::defaults(stage)).unwrap();
         }
     }
 }
@@ -588,4 +553,124 @@ fn doc_stats_rejects_a_foreign_input_naming_the_file() {
         msg.contains("documents.parquet") && msg.contains("missing column `doc_id`"),
         "{msg}"
     );
+}
+
+/// The real WikiText-2 validation text, or `None` after a visible skip of `test`'s
+/// real-text part on a fresh clone without `../shared`.
+fn real_wikitext(test: &str) -> Option<String> {
+    let path = ausa_testkit::shared_file("data/wikitext-2/valid.txt", test)?;
+    Some(std::fs::read_to_string(path).unwrap())
+}
+
+/// WikiText-shaped synthetic text (articles, sections, `<unk>`).
+fn synthetic_wikitext() -> String {
+    (0..40)
+        .map(|i| {
+            format!(
+                " \n = Article {i} = \n \n The <unk> of {i} is here . \n \n = = Part = = \n \n More <unk> text , {i} . \n"
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn crlf_copies_give_the_same_documents_and_tokens_files_are_text() {
+    let text = real_wikitext("crlf_copies_give_the_same_documents_and_tokens_files_are_text")
+        .unwrap_or_else(synthetic_wikitext);
+    let crlf = text.replace('\n', "\r\n");
+    assert!(crlf.matches("\r\n").count() > 100);
+    let (lf_dir, lf) = local_run("wiki.valid.tokens", text.as_bytes(), &[]);
+    let (crlf_dir, crlf_stats) = local_run("valid-crlf.txt", crlf.as_bytes(), &[]);
+    let (lf, crlf_stats) = (lf.unwrap(), crlf_stats.unwrap());
+    let read =
+        |dir: &tempfile::TempDir| read_documents(dir.path().join("out/documents.parquet")).unwrap();
+    let (lf_docs, crlf_docs) = (read(&lf_dir), read(&crlf_dir));
+    assert!(lf_docs.len() > 10, "{} documents", lf_docs.len());
+    assert!(
+        crlf_docs.iter().all(|d| !d.text.contains('\r')),
+        "a \\r survived"
+    );
+    let texts =
+        |docs: &[ausa_artifacts::Document]| docs.iter().map(|d| d.text.clone()).collect::<Vec<_>>();
+    assert_eq!(texts(&lf_docs), texts(&crlf_docs));
+    assert_eq!(lf["words"], crlf_stats["words"]);
+    assert_eq!(lf["bytes"], crlf_stats["bytes"]);
+}
+
+/// A `corpus` DAG planned against the real registry.
+fn plan_corpus(
+    dir: &Path,
+    text: &str,
+    overrides: &[&str],
+) -> Result<ausa_dag::Plan, ausa_dag::DagError> {
+    let registry = registry();
+    let source = ausa_dag::DagSource {
+        name: "t".into(),
+        origin: ausa_dag::Origin::File(dir.join("t.toml")),
+        base_dir: dir.to_path_buf(),
+        text: text.into(),
+    };
+    let overrides: Vec<_> = overrides
+        .iter()
+        .map(|o| ausa_dag::Override::parse(o).unwrap())
+        .collect();
+    let spec = ausa_dag::DagSpec::load(&source, &registry, &overrides)?;
+    ausa_dag::Plan::resolve(&spec, None, &registry, &ausa_dag::PlainHasher)
+}
+
+#[test]
+fn only_parameters_of_the_chosen_source_enter_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "one\n\ntwo\n").unwrap();
+    let local = "[stages.corpus]\nkind = \"corpus\"\nsource = \"local\"\ntrain = \"a.txt\"\n";
+    let fp = |text: &str, ovs: &[&str]| {
+        plan_corpus(dir.path(), text, ovs).unwrap().stages[0]
+            .fingerprint
+            .clone()
+    };
+    assert_eq!(
+        fp(local, &[]),
+        fp(local, &["corpus.docs=5"]),
+        "docs is synthetic-only"
+    );
+    assert_eq!(
+        fp(local, &[]),
+        fp(local, &["corpus.seed=9", "corpus.zipf_exponent=2.0"])
+    );
+    assert_ne!(fp(local, &[]), fp(local, &["corpus.text_format=lines"]));
+    let synthetic = "[stages.corpus]\nkind = \"corpus\"\ndocs = 10\n";
+    assert_eq!(
+        fp(synthetic, &[]),
+        fp(
+            synthetic,
+            &["corpus.text_format=lines", "corpus.jsonl_field=body"]
+        ),
+        "local options do not apply to the generator"
+    );
+    assert_ne!(fp(synthetic, &[]), fp(synthetic, &["corpus.docs=11"]));
+    let key = &plan_corpus(dir.path(), local, &[]).unwrap().stages[0].key;
+    assert!(key["params"].get("docs").is_none(), "{key}");
+    assert_eq!(key["params"]["text_format"], json!("auto"));
+}
+
+#[test]
+fn unsupported_files_and_wikitext_names_are_decided_at_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wiki.train.tokens"), " = A = \n\n x \n").unwrap();
+    std::fs::write(dir.path().join("notes.csv"), "a,b\n").unwrap();
+    let dag = |file: &str| {
+        format!("[stages.corpus]\nkind = \"corpus\"\nsource = \"local\"\ntrain = \"{file}\"\n")
+    };
+    let plan = plan_corpus(dir.path(), &dag("wiki.train.tokens"), &[]).unwrap();
+    assert_eq!(plan.stages[0].external["train"].len(), 1);
+    let err = plan_corpus(dir.path(), &dag("notes.csv"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("notes.csv") && err.contains(".tokens"),
+        "{err}"
+    );
+    // A directory keeps the files the corpus reads.
+    let plan = plan_corpus(dir.path(), &dag("."), &[]).unwrap();
+    assert_eq!(plan.stages[0].external["train"].len(), 1);
 }

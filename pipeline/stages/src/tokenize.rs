@@ -11,15 +11,14 @@ use std::ops::Range;
 use std::path::Path;
 
 use ausa_artifacts::{
-    document_batches, documents_path, tokens_file_name, tokens_path, DocumentBatch, IdWidth, Split,
-    TokensWriter,
+    document_batches, documents_path, tokenizer_path, tokens_file_name, tokens_path, DocumentBatch,
+    IdWidth, Split, TokensWriter,
 };
 use ausa_dag::{InputSlot, ParamSpec, ProgressUnit, Stage, StageContext, StageError, Stats};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use crate::doc_stats::DOCUMENT_PRODUCERS;
-use crate::tokenizer::TOKENIZER_FILE;
 use crate::tokenizer_encode::{EncodeCaches, Encoder, WordCache};
 
 /// Documents per parallel task: about 60 KB of text at typical lengths, small enough
@@ -70,7 +69,7 @@ impl Stage for TokenizeStage {
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
-        let encoder = Encoder::load(&ctx.input("tokenizer")?.dir.join(TOKENIZER_FILE))?;
+        let encoder = Encoder::load(&tokenizer_path(&ctx.input("tokenizer")?.dir))?;
         let path = documents_path(&ctx.input("documents")?.dir);
         let mut sinks = SplitSinks::new(ctx.out_dir, encoder.id_space());
         encode_all(ctx, &encoder, &path, &mut sinks)?;

@@ -11,29 +11,36 @@
 //!
 //! Ids: `<pad>` 0, `<s>` 1, `</s>` 2, `<unk>` 3, byte `b` is `4 + b`, then merged
 //! tokens in merge order.
+//!
+//! With `unknown_markers` (WikiText's `<unk>`), each marker in the text is the `<unk>`
+//! token: training counts only the text between markers, and `tokenizer.json` makes
+//! `<unk>` a non-special added token (plus `Replace` normalizers for markers spelled
+//! otherwise), see [`crate::tokenizer_markers`]. The Python `tokenizers` call that
+//! reproduces the `tokenize` stage's ids is
+//! `tok.encode_special_tokens = True; tok.encode(text, add_special_tokens=False).ids`
+//! (then the `</s>` id): `<pad>`, `<s>`, `</s>` in text stay plain text, `<unk>`
+//! (when it is a marker) becomes id 3.
 
 use std::path::Path;
 
-use ausa_artifacts::{document_batches, documents_path, DocumentBatch, Split};
+use ausa_artifacts::{document_batches, documents_path, tokenizer_path, DocumentBatch, Split};
 use ausa_dag::{
-    ExternalFile, InputSlot, ParamDefault, ParamSpec, ParamType, Params, ProgressUnit, Stage,
-    StageContext, StageError, Stats,
+    ExternalFile, InputSlot, ProgressUnit, StageContext, StageError, Stats, TypedStage,
 };
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use serde_json::json;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::normalizers::{Replace, Sequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
 use crate::doc_stats::DOCUMENT_PRODUCERS;
+use crate::sink::WriteError;
 use crate::tokenizer_bpe::{self, Trained};
 use crate::tokenizer_encode::{byte_level, Encoder, EOS_TOKEN};
+use crate::tokenizer_markers::Markers;
 use crate::tokenizer_pretok::pieces;
-use crate::WriteError;
-
-/// The file this stage writes.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// The special tokens of a trained tokenizer, with ids 0, 1, 2, 3.
 pub const SPECIAL_TOKENS: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
@@ -50,52 +57,48 @@ static INPUTS: [InputSlot; 1] = [InputSlot {
     doc: "the documents table; its train split trains the tokenizer",
 }];
 
-static PARAMS: [ParamSpec; 4] = [
-    ParamSpec {
-        name: "vocab_size",
-        ty: ParamType::Int {
-            min: 1,
-            max: 1 << 24,
-        },
-        default: ParamDefault::Int(8192),
-        doc: "tokens in the trained vocabulary, at most (256 bytes and 4 special tokens included)",
-    },
-    ParamSpec {
-        name: "min_frequency",
-        ty: ParamType::Int {
-            min: 1,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(2),
-        doc: "training stops when no pair of tokens occurs this often",
-    },
-    ParamSpec {
-        name: "model",
-        ty: ParamType::Choice(&["bpe"]),
-        default: ParamDefault::Str("bpe"),
-        doc: "tokenizer model: byte-level BPE",
-    },
-    ParamSpec {
-        name: "path",
-        ty: ParamType::Paths {
-            extensions: &["json"],
-        },
-        default: ParamDefault::NoPaths,
-        doc: "an existing tokenizer.json to use instead of training (needs a `</s>` token)",
-    },
-];
+ausa_dag::stage_params! {
+    /// Parameters of the `tokenizer` stage.
+    pub struct TokenizerParams {
+        vocab_size: usize = int(1, 1 << 24, 8192,
+            "tokens in the trained vocabulary, at most (256 bytes and 4 special tokens included)"),
+        min_frequency: u64 = int(1, i64::MAX, 2,
+            "training stops when no pair of tokens occurs this often"),
+        model: String = choice(&["bpe"], "bpe", "tokenizer model: byte-level BPE"),
+        path: Vec<String> = paths(&["json"],
+            "an existing tokenizer.json to use instead of training (needs a `</s>` token)"),
+        unknown_markers: Vec<String> = strings(
+            "strings in the text that stand for unknown words (WikiText: [\"<unk>\"]): each \
+             occurrence is encoded as the <unk> token (id 3); empty = none"),
+    }
+}
+
+impl TokenizerParams {
+    /// The markers as the encoder applies them, if any.
+    fn markers(&self) -> Option<Markers> {
+        (!self.unknown_markers.is_empty())
+            .then(|| Markers::new(&self.unknown_markers, UNK_TOKEN, UNK_ID))
+    }
+}
+
+/// The unknown-word token and its id.
+const UNK_TOKEN: &str = SPECIAL_TOKENS[3];
+const UNK_ID: u32 = 3;
 
 /// The `tokenizer` stage kind (input `documents`; writes `tokenizer.json`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TokenizerStage;
 
-impl Stage for TokenizerStage {
+impl TypedStage for TokenizerStage {
+    type Params = TokenizerParams;
+
     fn kind(&self) -> &'static str {
         "tokenizer"
     }
 
     fn salt(&self) -> &'static str {
-        "1"
+        // 2: unknown-word markers.
+        "2"
     }
 
     fn doc(&self) -> &'static str {
@@ -103,21 +106,31 @@ impl Stage for TokenizerStage {
          base tokens, special tokens <pad> <s> </s> <unk> = ids 0-3) on the train split, \
          deterministically: the most frequent pair is merged first, ties go to the \
          smallest pair of ids. Writes tokenizer.json in the Hugging Face `tokenizers` \
-         format. With `path`, adopts that tokenizer.json unchanged instead of training."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
+         format. With `path`, adopts that tokenizer.json unchanged instead of training. \
+         With unknown_markers (WikiText: [\"<unk>\"]), each marker in text is the <unk> \
+         token. The Python `tokenizers` call giving the `tokenize` stage's ids: \
+         tok.encode_special_tokens = True; tok.encode(text, add_special_tokens=False).ids \
+         plus the </s> id (<pad> <s> </s> in text stay plain text)."
     }
 
     fn inputs(&self) -> &'static [InputSlot] {
         &INPUTS
     }
 
-    fn check(&self, params: &Params) -> Result<(), String> {
-        let vocab_size = params.int("vocab_size").map_err(|e| e.to_string())?;
+    fn check(&self, params: &TokenizerParams) -> Result<(), String> {
+        let vocab_size = params.vocab_size;
         let least = BYTE_ALPHABET + SPECIAL_TOKENS.len();
-        if vocab_size < least as i64 {
+        if !params.unknown_markers.is_empty() && !params.path.is_empty() {
+            return Err(
+                "unknown_markers applies to trained tokenizers; an adopted tokenizer.json \
+                 (`path`) is used unchanged"
+                    .into(),
+            );
+        }
+        if params.unknown_markers.iter().any(String::is_empty) {
+            return Err("unknown_markers must not contain an empty string".into());
+        }
+        if vocab_size < least {
             return Err(format!(
                 "vocab_size {vocab_size} is smaller than the byte alphabet ({BYTE_ALPHABET}) \
                  plus {} special tokens; use at least {least}",
@@ -127,9 +140,9 @@ impl Stage for TokenizerStage {
         Ok(())
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+    fn run(&self, params: &TokenizerParams, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
         match ctx.external_files("path") {
-            [] => train(ctx),
+            [] => train(params, ctx),
             [file] => adopt(ctx, file),
             files => Err(format!(
                 "`path` names {} files ({}); give exactly one tokenizer.json",
@@ -148,7 +161,7 @@ impl Stage for TokenizerStage {
 /// Copies a given tokenizer.json after checking that it loads and has `</s>`.
 fn adopt(ctx: &StageContext<'_>, file: &ExternalFile) -> Result<Stats, StageError> {
     let encoder = Encoder::load(&file.path)?;
-    let out = ctx.out_dir.join(TOKENIZER_FILE);
+    let out = tokenizer_path(ctx.out_dir);
     std::fs::copy(&file.path, &out).map_err(|source| WriteError {
         path: out.clone(),
         source,
@@ -175,22 +188,54 @@ struct WordCounts {
     bytes: u64,
 }
 
-/// Piece counts of one batch, borrowing the text.
+/// Piece counts of one batch, borrowing the text (pieces of text cut at markers
+/// are owned).
 #[derive(Debug, Default)]
 struct Tally<'a> {
     words: FxHashMap<&'a str, u64>,
+    owned: FxHashMap<String, u64>,
     documents: u64,
     bytes: u64,
 }
 
 impl<'a> Tally<'a> {
-    fn add(mut self, text: &'a str) -> Tally<'a> {
+    fn add(mut self, text: &'a str, markers: Option<&Markers>) -> Tally<'a> {
+        self.documents += 1;
+        self.bytes += text.len() as u64;
+        match markers {
+            None => self.add_pieces(text),
+            Some(markers) if markers.replaced().is_empty() => {
+                // Only the text between markers is learned from.
+                for segment in text.split(markers.token()) {
+                    self.add_pieces(segment);
+                }
+            }
+            Some(markers) => {
+                // Pieces of replaced text are new strings, counted apart (they borrow
+                // nothing).
+                let mut owned: Vec<String> = Vec::new();
+                let _ = markers.split::<()>(
+                    text,
+                    |segment| {
+                        owned.push(segment.to_string());
+                        Ok(())
+                    },
+                    || Ok(()),
+                );
+                for segment in owned {
+                    for piece in pieces(&segment) {
+                        *self.owned.entry(piece.to_string()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        self
+    }
+
+    fn add_pieces(&mut self, text: &'a str) {
         for piece in pieces(text) {
             *self.words.entry(piece).or_default() += 1;
         }
-        self.documents += 1;
-        self.bytes += text.len() as u64;
-        self
     }
 
     fn merge(mut self, mut other: Tally<'a>) -> Tally<'a> {
@@ -200,6 +245,9 @@ impl<'a> Tally<'a> {
         for (word, count) in other.words {
             *self.words.entry(word).or_default() += count;
         }
+        for (word, count) in other.owned {
+            *self.owned.entry(word).or_default() += count;
+        }
         self.documents += other.documents;
         self.bytes += other.bytes;
         self
@@ -208,7 +256,8 @@ impl<'a> Tally<'a> {
 
 impl WordCounts {
     fn add(&mut self, tally: Tally<'_>) {
-        for (word, count) in tally.words {
+        let owned = tally.owned.iter().map(|(w, c)| (w.as_str(), *c));
+        for (word, count) in tally.words.into_iter().chain(owned) {
             match self.words.get_mut(word.as_bytes()) {
                 Some(total) => *total += count,
                 None => {
@@ -228,25 +277,32 @@ impl WordCounts {
     }
 }
 
-fn tally_batch(batch: &DocumentBatch) -> Tally<'_> {
+fn tally_batch<'a>(batch: &'a DocumentBatch, markers: Option<&Markers>) -> Tally<'a> {
     (0..batch.len())
         .into_par_iter()
         .map(|i| batch.get(i))
         .filter(|doc| doc.split == Split::Train)
-        .fold(Tally::default, |tally, doc| tally.add(doc.text))
+        .fold(Tally::default, |tally, doc| tally.add(doc.text, markers))
         .reduce(Tally::default, Tally::merge)
 }
 
 /// Counts the pieces of every train document; reading the next batch overlaps with
 /// counting the current one.
-fn count_words(ctx: &StageContext<'_>, path: &Path) -> Result<WordCounts, StageError> {
+fn count_words(
+    ctx: &StageContext<'_>,
+    path: &Path,
+    markers: Option<&Markers>,
+) -> Result<WordCounts, StageError> {
     let mut batches = document_batches(path)?;
     ctx.progress
         .set_total(batches.num_rows(), ProgressUnit::Items("docs"));
     let mut counts = WordCounts::default();
     let mut next = batches.next().transpose()?;
     while let Some(batch) = next.take() {
-        let (read, tally) = rayon::join(|| batches.next().transpose(), || tally_batch(&batch));
+        let (read, tally) = rayon::join(
+            || batches.next().transpose(),
+            || tally_batch(&batch, markers),
+        );
         counts.add(tally);
         ctx.progress.advance(batch.len() as u64);
         next = read?;
@@ -254,11 +310,11 @@ fn count_words(ctx: &StageContext<'_>, path: &Path) -> Result<WordCounts, StageE
     Ok(counts)
 }
 
-fn train(ctx: &StageContext<'_>) -> Result<Stats, StageError> {
-    let vocab_size = usize::try_from(ctx.params.int("vocab_size")?)?;
-    let min_frequency = u64::try_from(ctx.params.int("min_frequency")?)?;
+fn train(params: &TokenizerParams, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
+    let (vocab_size, min_frequency) = (params.vocab_size, params.min_frequency);
+    let markers = params.markers();
     let path = documents_path(&ctx.input("documents")?.dir);
-    let counts = count_words(ctx, &path)?;
+    let counts = count_words(ctx, &path, markers.as_ref())?;
     if counts.documents == 0 {
         return Err(format!(
             "`{}` has no train documents; the tokenizer is trained on the train split",
@@ -276,7 +332,7 @@ fn train(ctx: &StageContext<'_>) -> Result<Stats, StageError> {
     let trained = tokenizer_bpe::train(&words, FIRST_BYTE_ID, max_tokens, min_frequency, |_| {
         ctx.progress.advance(1)
     });
-    let tokenizer = assemble(&trained)?;
+    let tokenizer = assemble(&trained, markers.as_ref())?;
     write_tokenizer(ctx, &tokenizer)?;
     let mut stats = Stats::new();
     stats.insert("source".into(), json!("trained"));
@@ -286,11 +342,19 @@ fn train(ctx: &StageContext<'_>) -> Result<Stats, StageError> {
     stats.insert("train_bytes".into(), json!(bytes));
     stats.insert("distinct_pieces".into(), json!(words.len()));
     stats.insert("eos_id".into(), json!(tokenizer.token_to_id(EOS_TOKEN)));
+    stats.insert("unknown_markers".into(), json!(params.unknown_markers));
+    stats.insert("python_encode".into(), json!(PYTHON_ENCODE));
     Ok(stats)
 }
 
+/// The Python `tokenizers` call that gives the `tokenize` stage's ids for `text`
+/// (reported in the statistics; the interop check runs exactly this).
+pub const PYTHON_ENCODE: &str = "tok = tokenizers.Tokenizer.from_file(\"tokenizer.json\"); \
+     tok.encode_special_tokens = True; \
+     ids = tok.encode(text, add_special_tokens=False).ids + [tok.token_to_id(\"</s>\")]";
+
 /// The library tokenizer for a trained vocabulary and merges.
-fn assemble(trained: &Trained) -> Result<Tokenizer, StageError> {
+fn assemble(trained: &Trained, markers: Option<&Markers>) -> Result<Tokenizer, StageError> {
     let strings: Vec<String> = trained.tokens.iter().map(|t| byte_level(t)).collect();
     let mut vocab: Vocab = SPECIAL_TOKENS
         .iter()
@@ -323,27 +387,49 @@ fn assemble(trained: &Trained) -> Result<Tokenizer, StageError> {
         .with_pre_tokenizer(Some(byte_level))
         .with_decoder(Some(byte_level))
         .with_post_processor(Some(byte_level));
-    let special: Vec<AddedToken> = SPECIAL_TOKENS
+    let (special, plain): (Vec<&str>, Vec<&str>) = SPECIAL_TOKENS
         .iter()
-        .map(|t| AddedToken::from(*t, true))
-        .collect();
+        .partition(|t| markers.is_none() || **t != UNK_TOKEN);
+    let special: Vec<AddedToken> = special.iter().map(|t| AddedToken::from(*t, true)).collect();
     tokenizer.add_special_tokens(&special);
+    if let Some(markers) = markers {
+        // Not special: matched in text even in `encode_special_tokens` mode.
+        let unk: Vec<AddedToken> = plain.iter().map(|t| AddedToken::from(*t, false)).collect();
+        tokenizer.add_tokens(&unk);
+        let replace: Vec<NormalizerWrapper> = markers
+            .replaced()
+            .iter()
+            .map(|m| Replace::new(m.as_str(), UNK_TOKEN).map(NormalizerWrapper::from))
+            .collect::<Result<_, _>>()?;
+        if !replace.is_empty() {
+            tokenizer.with_normalizer(Some(Sequence::new(replace)));
+        }
+    }
     Ok(tokenizer)
 }
 
 fn write_tokenizer(ctx: &StageContext<'_>, tokenizer: &Tokenizer) -> Result<(), StageError> {
     let json = tokenizer.to_string(true)?;
-    let path = ctx.out_dir.join(TOKENIZER_FILE);
+    let path = tokenizer_path(ctx.out_dir);
     std::fs::write(&path, json).map_err(|source| WriteError { path, source })?;
     Ok(())
 }
 
 /// A trained tokenizer.json for `texts` (all treated as train documents).
 #[cfg(test)]
-pub(crate) fn train_on_texts(texts: &[&str], vocab_size: usize, min_frequency: u64) -> String {
+pub(crate) fn train_on_texts(
+    texts: &[&str],
+    vocab_size: usize,
+    min_frequency: u64,
+    unknown_markers: &[&str],
+) -> String {
+    let markers = (!unknown_markers.is_empty()).then(|| {
+        let markers: Vec<String> = unknown_markers.iter().map(|m| m.to_string()).collect();
+        Markers::new(&markers, UNK_TOKEN, UNK_ID)
+    });
     let mut counts = WordCounts::default();
     for text in texts {
-        counts.add(Tally::default().add(text));
+        counts.add(Tally::default().add(text, markers.as_ref()));
     }
     let max_tokens = vocab_size - SPECIAL_TOKENS.len();
     let trained = tokenizer_bpe::train(
@@ -353,5 +439,8 @@ pub(crate) fn train_on_texts(texts: &[&str], vocab_size: usize, min_frequency: u
         min_frequency,
         |_| {},
     );
-    assemble(&trained).unwrap().to_string(true).unwrap()
+    assemble(&trained, markers.as_ref())
+        .unwrap()
+        .to_string(true)
+        .unwrap()
 }

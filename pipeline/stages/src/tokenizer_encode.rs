@@ -14,7 +14,18 @@
 //! Both paths encode text without adding special tokens, and treat special-token
 //! strings inside the text (`"</s>"`) as plain text, never as the special token
 //! (the library's `encode_special_tokens` mode): documents cannot inject control
-//! tokens. Truncation and padding settings in the file are ignored.
+//! tokens. Non-special added tokens are matched in text, as the library does: that
+//! is how unknown-word markers become `<unk>` ([`crate::tokenizer_markers`]; the fast
+//! path handles one such token with `Replace` normalizers in front of it).
+//! Truncation and padding settings in the file are ignored.
+//!
+//! The Python call that gives the same ids (the interop check uses it):
+//!
+//! ```python
+//! tok = tokenizers.Tokenizer.from_file("tokenizer.json")
+//! tok.encode_special_tokens = True
+//! ids = tok.encode(text, add_special_tokens=False).ids + [tok.token_to_id("</s>")]
+//! ```
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -27,6 +38,7 @@ use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use crate::tokenizer_markers::Markers;
 use crate::tokenizer_pretok::{byte_chars, byte_level_string, pieces};
 
 /// The token appended after every document.
@@ -162,6 +174,9 @@ struct FastBpe {
     merges: FxHashMap<Pair, (u32, u32)>,
     /// With `ignore_merges`, pieces that are whole tokens map to them directly.
     whole_pieces: Option<FxHashMap<Vec<u8>, u32>>,
+    /// The non-special added token matched in text, with the normalizer's
+    /// replacements in front of it.
+    markers: Option<Markers>,
 }
 
 /// A symbol of a word during merging; `alive == false` once merged into its left.
@@ -179,9 +194,10 @@ const NONE: usize = usize::MAX;
 impl FastBpe {
     /// The fast path for `json`, or `None` if the tokenizer is not plain byte-level BPE.
     fn from_json(json: &Value) -> Option<FastBpe> {
-        if !(is_plain_byte_level(json) && only_special_added_tokens(json)) {
+        if !is_plain_byte_level(json) {
             return None;
         }
+        let markers = markers(json)?;
         let model = &json["model"];
         let vocab: FxHashMap<&str, u32> = model["vocab"]
             .as_object()?
@@ -199,10 +215,32 @@ impl FastBpe {
             byte_ids,
             merges,
             whole_pieces,
+            markers,
         })
     }
 
     fn encode(&self, text: &str, cache: &mut WordCache, out: &mut Vec<u32>) {
+        match &self.markers {
+            None => self.encode_pieces(text, cache, out),
+            Some(markers) => {
+                let out = std::cell::RefCell::new(out);
+                let done: Result<(), std::convert::Infallible> = markers.split(
+                    text,
+                    |segment| {
+                        self.encode_pieces(segment, cache, &mut out.borrow_mut());
+                        Ok(())
+                    },
+                    || {
+                        out.borrow_mut().push(markers.id());
+                        Ok(())
+                    },
+                );
+                let Ok(()) = done;
+            }
+        }
+    }
+
+    fn encode_pieces(&self, text: &str, cache: &mut WordCache, out: &mut Vec<u32>) {
         for piece in pieces(text) {
             self.encode_piece(piece.as_bytes(), cache, out);
         }
@@ -282,14 +320,13 @@ impl FastBpe {
     }
 }
 
-/// No normalizer, a `ByteLevel` pre-tokenizer without prefix space using the GPT-2
-/// split, and a BPE model without dropout or subword affixes.
+/// A `ByteLevel` pre-tokenizer without prefix space using the GPT-2 split, and a BPE
+/// model without dropout or subword affixes (the normalizer is checked by [`markers`]).
 fn is_plain_byte_level(json: &Value) -> bool {
     let pre = &json["pre_tokenizer"];
     let model = &json["model"];
     let empty = |v: &Value| v.is_null() || v == "";
-    json["normalizer"].is_null()
-        && pre["type"] == "ByteLevel"
+    pre["type"] == "ByteLevel"
         && pre["add_prefix_space"] == false
         && (pre["use_regex"].is_null() || pre["use_regex"] == true)
         && model["type"] == "BPE"
@@ -298,14 +335,49 @@ fn is_plain_byte_level(json: &Value) -> bool {
         && empty(&model["end_of_word_suffix"])
 }
 
-/// Non-special added tokens would be split out of the text even in
-/// `encode_special_tokens` mode; the fast path does not do that.
-fn only_special_added_tokens(json: &Value) -> bool {
-    match &json["added_tokens"] {
-        Value::Null => true,
-        Value::Array(tokens) => tokens.iter().all(|t| t["special"] == true),
-        _ => false,
+/// What the fast path must do besides BPE: `Some(None)` for nothing (no normalizer,
+/// only special added tokens), `Some(Some(markers))` for one non-special added token
+/// (matched in text even in `encode_special_tokens` mode) behind a normalizer of
+/// `Replace(string, that token)` steps, `None` for anything else (the library's path).
+fn markers(json: &Value) -> Option<Option<Markers>> {
+    let tokens = match &json["added_tokens"] {
+        Value::Null => &[][..],
+        Value::Array(tokens) => tokens.as_slice(),
+        _ => return None,
+    };
+    let plain: Vec<&Value> = tokens.iter().filter(|t| t["special"] != true).collect();
+    let token = match plain.as_slice() {
+        [] => return json["normalizer"].is_null().then_some(None),
+        [token] => token,
+        _ => return None,
+    };
+    let flags_off = ["lstrip", "rstrip", "single_word"]
+        .iter()
+        .all(|flag| token[*flag] != true);
+    let content = token["content"].as_str()?;
+    let id = u32::try_from(token["id"].as_u64()?).ok()?;
+    if !flags_off || content.is_empty() {
+        return None;
     }
+    let steps = match &json["normalizer"] {
+        Value::Null => Vec::new(),
+        n if n["type"] == "Sequence" => n["normalizers"].as_array()?.iter().collect(),
+        n => vec![n],
+    };
+    if !steps.is_empty() && token["normalized"] != true {
+        return None; // matched before normalization: replacements could not create it
+    }
+    let replaced = steps
+        .iter()
+        .map(|step| {
+            let pattern = step["pattern"]["String"].as_str()?;
+            let ok = step["type"] == "Replace" && step["content"] == content && !pattern.is_empty();
+            ok.then(|| pattern.to_string())
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let mut all = replaced;
+    all.push(content.to_string());
+    Some(Some(Markers::new(&all, content, id)))
 }
 
 /// `(left id, right id) -> (rank, merged id)`, as the library builds it (a repeated
@@ -428,7 +500,7 @@ mod tests {
     fn trained_json() -> String {
         let train = texts(1, 3000);
         let refs: Vec<&str> = train.iter().map(String::as_str).collect();
-        train_on_texts(&refs, 900, 1)
+        train_on_texts(&refs, 900, 1, &[])
     }
 
     fn assert_matches_library(encoder: &Encoder, seed: u64) {
@@ -474,6 +546,47 @@ mod tests {
         let encoder = Encoder::from_json(&json).unwrap();
         assert!(encoder.is_fast());
         assert_matches_library(&encoder, 3);
+    }
+
+    fn trained_with_markers(markers: &[&str]) -> String {
+        let train = texts(5, 3000);
+        let refs: Vec<&str> = train.iter().map(String::as_str).collect();
+        train_on_texts(&refs, 900, 1, markers)
+    }
+
+    #[test]
+    fn unknown_markers_are_the_unk_token_on_both_paths() {
+        for markers in [&["<unk>"][..], &["@@UNK@@", "<unk>"], &["[UNK]"]] {
+            let json = trained_with_markers(markers);
+            let encoder = Encoder::from_json(&json).unwrap();
+            assert!(
+                encoder.is_fast(),
+                "{markers:?}: the fast path handles markers"
+            );
+            assert_matches_library(&encoder, 6);
+            let mut ids = Vec::new();
+            let text = format!("a {} b </s> <s> <pad>", markers[0]);
+            encoder
+                .encode(&text, &mut WordCache::default(), &mut ids)
+                .unwrap();
+            assert_eq!(
+                ids.iter().filter(|&&i| i == 3).count(),
+                1,
+                "{markers:?}: {ids:?}"
+            );
+            assert!(ids.iter().all(|&i| i >= 3), "no <pad> <s> </s>: {ids:?}");
+            assert_eq!(ids, encoder.encode_with_library(&text));
+        }
+    }
+
+    #[test]
+    fn without_markers_unk_is_plain_text() {
+        let encoder = Encoder::from_json(&trained_json()).unwrap();
+        let mut ids = Vec::new();
+        encoder
+            .encode("a <unk> b", &mut WordCache::default(), &mut ids)
+            .unwrap();
+        assert!(!ids.contains(&3), "{ids:?}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Splitting plain-text files into documents: paragraphs, lines or WikiText articles.
 
+use crate::lines::line_spans;
 use crate::wikitext;
 
 /// How a `.txt` file is cut into documents (the `text_format` parameter).
@@ -15,7 +16,20 @@ pub(crate) enum TextFormat {
     Lines,
 }
 
+impl ausa_dag::ParamField for TextFormat {
+    const WANTED: &'static str = "text format";
+    fn from_value(value: &ausa_dag::ParamValue) -> Option<TextFormat> {
+        match value {
+            ausa_dag::ParamValue::Str(name) => TextFormat::from_name(name),
+            _ => None,
+        }
+    }
+}
+
 impl TextFormat {
+    /// The names of the formats, as the `text_format` parameter takes them.
+    pub(crate) const NAMES: &'static [&'static str] = &["auto", "paragraphs", "wikitext", "lines"];
+
     pub(crate) fn from_name(name: &str) -> Option<TextFormat> {
         Some(match name {
             "auto" => TextFormat::Auto,
@@ -39,15 +53,6 @@ pub(crate) fn split_documents(text: &str, format: TextFormat) -> Vec<&str> {
             .filter(|l| !l.is_empty())
             .collect(),
     }
-}
-
-/// Each line of `text` (with its terminator) and the byte offset where it starts.
-pub(crate) fn line_spans(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.split_inclusive('\n').scan(0, |offset, line| {
-        let start = *offset;
-        *offset += line.len();
-        Some((start, line))
-    })
 }
 
 fn paragraphs(text: &str) -> Vec<&str> {

@@ -5,7 +5,7 @@
 //! the article. The heading line is kept as the start of the article's text. Text
 //! before the first heading becomes a document of its own.
 
-use crate::txt::line_spans;
+use crate::lines::line_spans;
 
 /// Whether `line` is a level-1 heading: trimmed, it is `= Title =` with a non-blank
 /// title, and it is not a deeper heading (`= = Title = =`).

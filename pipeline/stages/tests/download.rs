@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use ausa_artifacts::{read_documents, Document, Split};
-use ausa_dag::{
-    DagSource, DagSpec, NoProgress, Origin, PlainHasher, Plan, Registry, Stage, StageContext, Stats,
-};
+use ausa_dag::{DagSource, DagSpec, Origin, PlainHasher, Plan, Registry, Stats};
 use ausa_stages::download::{DownloadStage, HubConfig};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -135,8 +133,18 @@ fn stage_toml(extra: &str) -> String {
     )
 }
 
-/// Loads a one-stage DAG and plans it, which runs `fetch_inputs`.
+/// Loads a one-stage DAG and plans it (listing the files, downloading nothing); a
+/// stage left pending is an error here, with its reason.
 fn plan(hub: &HubConfig, toml: &str) -> Result<Plan, String> {
+    let plan = plan_pending(hub, toml)?;
+    match &plan.stages[0].pending {
+        Some(pending) => Err(pending.reason.clone()),
+        None => Ok(plan),
+    }
+}
+
+/// Loads a one-stage DAG and plans it, pending or not.
+fn plan_pending(hub: &HubConfig, toml: &str) -> Result<Plan, String> {
     let mut registry = Registry::new();
     registry.register(Box::new(DownloadStage::with_hub(hub.clone())));
     let source = DagSource {
@@ -149,19 +157,11 @@ fn plan(hub: &HubConfig, toml: &str) -> Result<Plan, String> {
     Plan::resolve(&spec, None, &registry, &PlainHasher).map_err(|e| e.to_string())
 }
 
-/// Runs the planned stage into a temporary directory.
+/// Runs the planned stage (which downloads) into a temporary directory.
 fn run(hub: &HubConfig, plan: &Plan) -> Result<(Stats, Vec<Document>), String> {
-    let planned = &plan.stages[0];
     let out = tempfile::tempdir().unwrap();
-    let ctx = StageContext {
-        params: &planned.params,
-        inputs: &[],
-        external: &planned.external,
-        out_dir: out.path(),
-        progress: &NoProgress,
-    };
-    let stats = DownloadStage::with_hub(hub.clone())
-        .run(&ctx)
+    let stage = DownloadStage::with_hub(hub.clone());
+    let stats = ausa_dag::testing::run_planned(&stage, &plan.stages[0], &[], out.path())
         .map_err(|e| e.to_string())?;
     let docs = read_documents(out.path().join("documents.parquet")).unwrap();
     Ok((stats, docs))
@@ -186,33 +186,52 @@ fn downloads_the_splits_and_builds_articles() {
     let cache = tempfile::tempdir().unwrap();
     let cfg = config(&hub, cache.path());
     let plan = plan(&cfg, &stage_toml("")).unwrap();
-    let external = &plan.stages[0].external;
+    let remote = &plan.stages[0].remote;
+    assert!(plan.stages[0].external.is_empty());
     assert_eq!(
-        external.keys().collect::<Vec<_>>(),
+        remote.keys().collect::<Vec<_>>(),
         ["test", "train", "validation"]
     );
-    let train: Vec<&Path> = external["train"].iter().map(|f| f.path.as_path()).collect();
-    let snapshot = cache
-        .path()
-        .join("datasets--Salesforce--wikitext/snapshots")
-        .join(COMMIT)
-        .join(CONFIG);
+    let train: Vec<&str> = remote["train"]
+        .iter()
+        .map(|f| f.location.as_str())
+        .collect();
     assert_eq!(
         train,
         [
-            snapshot.join("train-00000-of-00002.parquet"),
-            snapshot.join("train-00001-of-00002.parquet")
+            format!("{COMMIT}/{CONFIG}/train-00000-of-00002.parquet"),
+            format!("{COMMIT}/{CONFIG}/train-00001-of-00002.parquet")
         ]
     );
+    // The key holds the hub's content hashes, known without downloading.
     let digests = &plan.stages[0].key["external"]["train"];
+    assert_eq!(
+        digests[0],
+        serde_json::json!({
+            "digest": format!("sha256:{}", sha256_hex(&train_shard_0())),
+            "size": train_shard_0().len(),
+        })
+    );
     assert_eq!(digests.as_array().unwrap().len(), 2, "{digests}");
+    let bodies = hub
+        .requests()
+        .iter()
+        .filter(|r| r.is_body_download())
+        .count();
+    assert_eq!(
+        bodies,
+        0,
+        "planning downloads nothing: {:#?}",
+        hub.requests()
+    );
+    assert!(!cache.path().join("datasets--Salesforce--wikitext").exists());
+
+    let (stats, docs) = run(&cfg, &plan).unwrap();
     // The branch is recorded so that an offline run can resolve it later.
     let main_ref = cache
         .path()
         .join("datasets--Salesforce--wikitext/refs/main");
     assert_eq!(std::fs::read_to_string(main_ref).unwrap(), COMMIT);
-
-    let (stats, docs) = run(&cfg, &plan).unwrap();
     assert_expected(&docs);
     assert_eq!(stats["documents"], 5);
     assert_eq!(stats["splits"]["train"]["documents"], 3);
@@ -231,11 +250,12 @@ fn downloads_the_splits_and_builds_articles() {
 }
 
 #[test]
-fn a_second_plan_uses_the_cache() {
+fn the_build_downloads_once_and_a_second_build_uses_the_cache() {
     let hub = hub_with_wikitext();
     let cache = tempfile::tempdir().unwrap();
     let cfg = config(&hub, cache.path());
     let first = plan(&cfg, &stage_toml("")).unwrap();
+    run(&cfg, &first).unwrap();
     let downloads = hub
         .requests()
         .iter()
@@ -244,10 +264,11 @@ fn a_second_plan_uses_the_cache() {
     assert_eq!(downloads, 4, "{:#?}", hub.requests());
     hub.clear_requests();
     let second = plan(&cfg, &stage_toml("")).unwrap();
+    assert_expected(&run(&cfg, &second).unwrap().1);
     let requests = hub.requests();
     assert!(
         requests.iter().all(|r| r.path.starts_with("/api/")),
-        "only the revision is resolved again: {requests:#?}"
+        "only the revision is listed again: {requests:#?}"
     );
     assert_eq!(first.stages[0].fingerprint, second.stages[0].fingerprint);
 }
@@ -258,6 +279,7 @@ fn offline_with_a_warm_cache_needs_no_server() {
     let cache = tempfile::tempdir().unwrap();
     let online = config(&hub, cache.path());
     let first = plan(&online, &stage_toml("")).unwrap();
+    run(&online, &first).unwrap();
     hub.clear_requests();
     let offline = HubConfig {
         offline: true,
@@ -266,34 +288,42 @@ fn offline_with_a_warm_cache_needs_no_server() {
     let by_branch = plan(&offline, &stage_toml("")).unwrap();
     let by_commit = plan(&offline, &stage_toml(&format!("revision = \"{COMMIT}\""))).unwrap();
     assert!(hub.requests().is_empty(), "{:#?}", hub.requests());
-    assert_eq!(first.stages[0].external, by_branch.stages[0].external);
-    assert_eq!(first.stages[0].external, by_commit.stages[0].external);
+    assert_eq!(first.stages[0].remote, by_branch.stages[0].remote);
+    assert_eq!(first.stages[0].remote, by_commit.stages[0].remote);
+    assert_eq!(first.stages[0].fingerprint, by_branch.stages[0].fingerprint);
     let (stats, docs) = run(&offline, &by_branch).unwrap();
     assert_expected(&docs);
     assert_eq!(stats["commit"], COMMIT);
 }
 
 #[test]
-fn offline_with_a_cold_cache_says_what_is_missing() {
+fn offline_with_a_cold_cache_leaves_the_stage_pending_saying_what_is_missing() {
     let hub = hub_with_wikitext();
     let cache = tempfile::tempdir().unwrap();
     let offline = HubConfig {
         offline: true,
         ..config(&hub, cache.path())
     };
-    let error = plan(&offline, &stage_toml("")).unwrap_err();
+    let plan = plan_pending(&offline, &stage_toml("")).unwrap();
+    let stage = &plan.stages[0];
+    assert_eq!(stage.fingerprint, ausa_dag::UNKNOWN_FINGERPRINT);
+    let pending = stage.pending.as_ref().expect("pending, not an error");
     let cache_dir = cache.path().display().to_string();
     assert_err_contains(
-        &error,
+        &pending.reason,
         &[
-            "HF_HUB_OFFLINE",
+            "needs the hub",
             REPO,
             "`main`",
             &cache_dir,
-            "run once without HF_HUB_OFFLINE",
+            "HF_HUB_OFFLINE",
         ],
     );
+    assert!(pending.hint.as_deref().unwrap_or("").contains("network"));
     assert!(hub.requests().is_empty());
+    // Building it fails with that reason.
+    let error = run(&offline, &plan).unwrap_err();
+    assert_err_contains(&error, &["needs the hub", REPO]);
 }
 
 #[test]
@@ -301,7 +331,7 @@ fn offline_with_an_interrupted_download_names_the_missing_shard() {
     let hub = hub_with_wikitext();
     let cache = tempfile::tempdir().unwrap();
     let cfg = config(&hub, cache.path());
-    plan(&cfg, &stage_toml("")).unwrap();
+    run(&cfg, &plan(&cfg, &stage_toml("")).unwrap()).unwrap();
     let snapshot = cache
         .path()
         .join("datasets--Salesforce--wikitext/snapshots")
@@ -309,10 +339,13 @@ fn offline_with_an_interrupted_download_names_the_missing_shard() {
     std::fs::remove_file(snapshot.join(CONFIG).join("train-00000-of-00002.parquet")).unwrap();
     let offline = HubConfig {
         offline: true,
-        ..cfg
+        ..cfg.clone()
     };
     let error = plan(&offline, &stage_toml("")).unwrap_err();
     assert_err_contains(&error, &["train-00000-of-00002.parquet", "HF_HUB_OFFLINE"]);
+    // Online, the listing comes from the hub and the build fetches the shard again.
+    let plan = plan(&cfg, &stage_toml("")).unwrap();
+    assert_expected(&run(&cfg, &plan).unwrap().1);
 }
 
 #[test]
@@ -361,9 +394,19 @@ fn a_refused_request_mentions_hf_token_and_a_token_opens_it() {
 
     let authorized = HubConfig {
         token: Some("hf_secret".into()),
-        ..anonymous
+        ..anonymous.clone()
     };
     let plan = plan(&authorized, &stage_toml("")).unwrap();
+    let cold = tempfile::tempdir().unwrap();
+    let error = run(
+        &HubConfig {
+            cache_dir: cold.path().to_path_buf(),
+            ..anonymous
+        },
+        &plan,
+    )
+    .unwrap_err();
+    assert_err_contains(&error, &["HTTP 401", "HF_TOKEN"]);
     assert_expected(&run(&authorized, &plan).unwrap().1);
 }
 
@@ -375,6 +418,7 @@ fn a_connection_dropped_mid_file_is_retried_and_resumed() {
     let cache = tempfile::tempdir().unwrap();
     let cfg = config(&hub, cache.path());
     let plan = plan(&cfg, &stage_toml("")).unwrap();
+    assert_expected(&run(&cfg, &plan).unwrap().1);
     let cdn_path = format!("/cdn/{}", sha256_hex(&shard));
     let ranges: Vec<String> = hub
         .requests()
@@ -384,9 +428,16 @@ fn a_connection_dropped_mid_file_is_retried_and_resumed() {
         .collect();
     let half = shard.len() / 2;
     assert_eq!(ranges, ["bytes=0-".to_string(), format!("bytes={half}-")]);
-    let file = &plan.stages[0].external["train"][0];
-    assert_eq!(std::fs::read(&file.path).unwrap(), shard);
-    assert_expected(&run(&cfg, &plan).unwrap().1);
+    assert_eq!(std::fs::read(shard_0_in(cache.path())).unwrap(), shard);
+}
+
+/// The snapshot path of the first train shard in the hub cache at `cache`.
+fn shard_0_in(cache: &Path) -> PathBuf {
+    cache
+        .join("datasets--Salesforce--wikitext/snapshots")
+        .join(COMMIT)
+        .join(CONFIG)
+        .join("train-00000-of-00002.parquet")
 }
 
 #[test]
@@ -397,6 +448,7 @@ fn a_corrupt_download_is_detected_and_fetched_again() {
     let cache = tempfile::tempdir().unwrap();
     let cfg = config(&hub, cache.path());
     let plan = plan(&cfg, &stage_toml("")).unwrap();
+    assert_expected(&run(&cfg, &plan).unwrap().1);
     let cdn_path = format!("/cdn/{}", sha256_hex(&shard));
     let bodies = hub
         .requests()
@@ -404,10 +456,7 @@ fn a_corrupt_download_is_detected_and_fetched_again() {
         .filter(|r| r.is_body_download() && r.path == cdn_path)
         .count();
     assert_eq!(bodies, 2);
-    assert_eq!(
-        std::fs::read(&plan.stages[0].external["train"][0].path).unwrap(),
-        shard
-    );
+    assert_eq!(std::fs::read(shard_0_in(cache.path())).unwrap(), shard);
 }
 
 #[test]
@@ -416,7 +465,9 @@ fn server_errors_are_retried_then_reported() {
     let cache = tempfile::tempdir().unwrap();
     let cfg = config(&hub, cache.path());
     hub.fail_next(&[503, 502]);
-    plan(&cfg, &stage_toml("")).unwrap();
+    let listed = plan(&cfg, &stage_toml("")).unwrap();
+    hub.fail_next(&[503]);
+    assert_expected(&run(&cfg, &listed).unwrap().1);
 
     let cold = tempfile::tempdir().unwrap();
     hub.fail_next(&[503, 503, 503]);
@@ -443,6 +494,23 @@ fn an_unreachable_hub_is_reported_after_the_retries() {
 }
 
 #[test]
+fn an_unreachable_hub_plans_from_a_warm_cache() {
+    let hub = hub_with_wikitext();
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = config(&hub, cache.path());
+    let online = plan(&cfg, &stage_toml("")).unwrap();
+    run(&cfg, &online).unwrap();
+    let endpoint = {
+        let gone = FakeHub::start();
+        gone.endpoint()
+    };
+    let unreachable = HubConfig { endpoint, ..cfg };
+    let cached = plan(&unreachable, &stage_toml("")).unwrap();
+    assert_eq!(online.stages[0].fingerprint, cached.stages[0].fingerprint);
+    assert_expected(&run(&unreachable, &cached).unwrap().1);
+}
+
+#[test]
 fn a_config_without_the_split_lists_the_folders() {
     let hub = hub_with_wikitext();
     let cache = tempfile::tempdir().unwrap();
@@ -466,10 +534,7 @@ fn rows_format_makes_one_document_per_row_and_splits_can_be_left_out() {
     let cfg = config(&hub, cache.path());
     let toml = stage_toml("format = \"rows\"\nvalidation_split = \"\"\ntest_split = \"\"");
     let plan = plan(&cfg, &toml).unwrap();
-    assert_eq!(
-        plan.stages[0].external.keys().collect::<Vec<_>>(),
-        ["train"]
-    );
+    assert_eq!(plan.stages[0].remote.keys().collect::<Vec<_>>(), ["train"]);
     let (stats, docs) = run(&cfg, &plan).unwrap();
     let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
     assert_eq!(texts.len(), 10, "{texts:?}");
@@ -528,15 +593,14 @@ fn bad_parameters_are_rejected_when_the_dag_loads() {
 /// The real WikiText-2 validation split, served as the hub serves it (one row per
 /// line, blank lines as empty rows), gives its 60 articles.
 #[test]
-#[allow(clippy::print_stderr)] // says why the test did nothing
 fn real_wikitext_validation_split_gives_60_articles() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/wikitext-2/valid.txt");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        // A fresh clone has no ../shared; the other tests use generated data.
-        eprintln!("skipped: {} is absent", path.display());
-        return;
+    let Some(path) = ausa_testkit::shared_file(
+        "data/wikitext-2/valid.txt",
+        "real_wikitext_validation_split_gives_60_articles",
+    ) else {
+        return; // a fresh clone has no ../shared; the other tests use generated data
     };
+    let text = std::fs::read_to_string(&path).unwrap();
     let rows: Vec<String> = text
         .lines()
         .map(|l| {

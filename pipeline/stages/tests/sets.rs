@@ -34,8 +34,10 @@ proptest! {
         prop_assert!(covered.iter().all(|&c| c));
     }
 
+    /// Causal tokens see exactly the sets ending at or before `t + 1`, and with top-k
+    /// only the `k` most recent of them (the last ones in bank order).
     #[test]
-    fn causal_routing_never_sees_a_set_ending_after_t_plus_one(
+    fn causal_routing_sees_the_most_recent_visible_sets(
         len in 1u32..300,
         window in 1u32..70,
         stride_frac in 0.0f64..1.0,
@@ -47,10 +49,30 @@ proptest! {
         prop_assert_eq!(routing.token_offsets.len() - 1, len as usize);
         for t in 0..len as usize {
             let cands = &routing.sets[routing.token_offsets[t] as usize..routing.token_offsets[t + 1] as usize];
-            prop_assert!(cands.iter().all(|&j| ends[j as usize] <= t as u32 + 1));
-            let visible = ends.iter().filter(|&&e| e <= t as u32 + 1).count();
-            let want = if topk == 0 { visible } else { visible.min(topk as usize) };
-            prop_assert_eq!(cands.len(), want);
+            let visible: Vec<u32> = (0..ends.len() as u32)
+                .filter(|&j| ends[j as usize] <= t as u32 + 1)
+                .collect();
+            let keep = if topk == 0 { visible.len() } else { visible.len().min(topk as usize) };
+            prop_assert_eq!(cands, &visible[visible.len() - keep..], "token {}", t);
+        }
+    }
+
+    /// Non-causal tokens see every set of their sequence, whatever `router_topk`.
+    #[test]
+    fn non_causal_routing_sees_every_set(
+        len in 1u32..300,
+        window in 1u32..70,
+        stride_frac in 0.0f64..1.0,
+        topk in 0u32..5,
+    ) {
+        let stride = 1 + ((window - 1) as f64 * stride_frac) as u32;
+        let ends: Vec<u32> = windows(len, window, stride).iter().map(|w| w.1).collect();
+        let routing = route_layout(&ends, false, topk);
+        let all: Vec<u32> = (0..ends.len() as u32).collect();
+        prop_assert_eq!(routing.token_offsets.len() - 1, len as usize);
+        for t in 0..len as usize {
+            let cands = &routing.sets[routing.token_offsets[t] as usize..routing.token_offsets[t + 1] as usize];
+            prop_assert_eq!(cands, &all[..], "token {}", t);
         }
     }
 
@@ -270,5 +292,30 @@ fn files_from_different_builds_are_rejected_at_open() {
     assert!(
         err.contains("routing.arrow") && err.contains("different builds"),
         "{err}"
+    );
+}
+
+/// Known values of the hash family (computed independently with the Python reference
+/// in tests/interop/sets_check.py, which checks the same vectors): a change of the
+/// mixer's constants or shifts fails here.
+#[test]
+fn the_minhash_family_matches_known_vectors() {
+    let vectors: [((u64, u64, u64), u32); 5] = [
+        ((0, 0, 1), 2181674112),
+        ((0, 1, 0), 3793791033),
+        ((7, 3, 12345), 390360134),
+        ((1 << 63, 255, u32::MAX as u64), 1301945997),
+        ((123456789, 127, 65535), 2112175662),
+    ];
+    for ((seed, i, u), want) in vectors {
+        assert_eq!(hash(seed, i, u), want, "h_{i}({u}) with seed {seed}");
+    }
+    // The kernel too: the signature of {1, 5, 77} with seed 3.
+    let hasher = MinHasher::new(100, 32, 3);
+    let mut signature = vec![0; 32];
+    hasher.sign(&[1, 5, 77], &mut signature);
+    assert_eq!(
+        signature[..4],
+        [164134075, 711842570, 1478246242, 1111920719]
     );
 }

@@ -4,10 +4,13 @@
 
 mod tokenize_support;
 
+use ausa_artifacts::TOKENIZER_FILE;
 use ausa_artifacts::{read_documents, tokens_path, Split, TokensFile};
 use ausa_dag::{ParamValue, Stage};
-use ausa_stages::tokenizer::{TokenizerStage, SPECIAL_TOKENS, TOKENIZER_FILE};
-use tokenize_support::{corpus, documents, params, run, run_tokenize, run_tokenizer, Built};
+use ausa_stages::tokenizer::{TokenizerStage, SPECIAL_TOKENS};
+use tokenize_support::{
+    corpus, documents, params, run, run_tokenize, run_tokenizer, run_tokenizer_with, Built,
+};
 
 #[test]
 fn check_rejects_a_vocab_smaller_than_the_alphabet() {
@@ -242,4 +245,100 @@ fn other_tokenizers_are_encoded_by_the_library() {
         expected.push(2);
         assert_eq!(file.document(i).unwrap().to_vec(), expected);
     }
+}
+
+/// WikiText's `<unk>` markers: without `unknown_markers` each is three BPE pieces and
+/// no `<unk>` id; with it, each is exactly one `<unk>` id (3), the library agrees on
+/// every document, and `<pad>`, `<s>`, `</s>` stay plain text. Real WikiText-2
+/// validation text when `../shared` has it (the counts are printed), else a synthetic
+/// stand-in.
+#[test]
+#[allow(clippy::print_stderr)] // reports the counts
+fn wikitext_unk_markers_become_the_unk_token() {
+    let real = ausa_testkit::shared_file(
+        "data/wikitext-2/valid.txt",
+        "wikitext_unk_markers_become_the_unk_token (real text; synthetic used)",
+    );
+    let text = real
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap_or_else(|| {
+            (0..60)
+                .map(|i| format!(" = T{i} = \n\n the <unk> of <unk> , </s> <s> {i} <pad> .\n\n"))
+                .collect()
+        });
+    let articles: Vec<(Split, &str)> = text
+        .split("\n = ")
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| (Split::Train, a))
+        .collect();
+    let docs = documents(&articles);
+    let markers = ParamValue::Strings(vec!["<unk>".into()]);
+    let count = |with_markers: bool| {
+        let mut overrides = vec![("vocab_size", ParamValue::Int(2048))];
+        if with_markers {
+            overrides.push(("unknown_markers", markers.clone()));
+        }
+        let (tok, stats) = run_tokenizer_with(&docs, &overrides).unwrap();
+        let (tokens, _) = run_tokenize(&docs, &tok).unwrap();
+        let file = TokensFile::open(tokens_path(tokens.path(), Split::Train)).unwrap();
+        let ids = file.ids().to_vec();
+        let library = tokenizers::Tokenizer::from_file(tok.path().join(TOKENIZER_FILE)).unwrap();
+        (ids, library, stats)
+    };
+    let markers_in_text: usize = articles
+        .iter()
+        .map(|(_, a)| a.matches("<unk>").count())
+        .sum();
+    assert!(markers_in_text > 0);
+    let (before, _, _) = count(false);
+    let (after, mut library, stats) = count(true);
+    let unk_before = before.iter().filter(|&&i| i == 3).count();
+    let unk_after = after.iter().filter(|&&i| i == 3).count();
+    eprintln!(
+        "<unk> markers in text: {markers_in_text}; <unk> ids without unknown_markers: \
+         {unk_before} of {} tokens; with: {unk_after} of {} tokens",
+        before.len(),
+        after.len()
+    );
+    assert_eq!(unk_before, 0);
+    assert_eq!(unk_after, markers_in_text);
+    assert!(
+        after.len() < before.len(),
+        "each marker is one token, not three"
+    );
+    assert!(!after.iter().any(|&i| i < 2), "no <pad> <s> from text");
+    let eos_count = after.iter().filter(|&&i| i == 2).count();
+    assert_eq!(eos_count, articles.len(), "</s> only after each document");
+    assert_eq!(stats["unknown_markers"], serde_json::json!(["<unk>"]));
+    // The documented Python call, done with the Rust library: every document agrees.
+    library.set_encode_special_tokens(true);
+    let eos = library.token_to_id("</s>").unwrap();
+    let mut want = Vec::new();
+    for (_, text) in &articles {
+        want.extend_from_slice(library.encode(*text, false).unwrap().get_ids());
+        want.push(eos);
+    }
+    assert_eq!(after, want);
+}
+
+#[test]
+fn unknown_markers_are_for_trained_tokenizers_only() {
+    let p = params(
+        &TokenizerStage,
+        &[
+            ("unknown_markers", ParamValue::Strings(vec!["<unk>".into()])),
+            ("path", ParamValue::Paths(vec!["t.json".into()])),
+        ],
+    );
+    let err = TokenizerStage.check(&p).unwrap_err();
+    assert!(
+        err.contains("unknown_markers") && err.contains("`path`"),
+        "{err}"
+    );
+    let p = params(
+        &TokenizerStage,
+        &[("unknown_markers", ParamValue::Strings(vec![String::new()]))],
+    );
+    assert!(TokenizerStage.check(&p).unwrap_err().contains("empty"));
 }

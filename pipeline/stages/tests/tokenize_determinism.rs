@@ -6,7 +6,7 @@
 mod tokenize_support;
 
 use ausa_artifacts::Split;
-use ausa_stages::tokenizer::TOKENIZER_FILE;
+use ausa_artifacts::TOKENIZER_FILE;
 use tokenize_support::{corpus, run_tokenize, run_tokenizer, Built};
 
 fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {

@@ -1,7 +1,7 @@
 //! Small filesystem helpers: durable writes, permissions, process identity.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,20 +73,30 @@ fn pid_alive(pid: u32) -> bool {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".tmp.{}.{n}", ProcessIdentity::current().token()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(StoreError::io(path, e));
+    // A gc dropping the configuration may remove the directory under us: create it
+    // again and retry (our write then revives the configuration, as it should).
+    let mut attempts = 0;
+    loop {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".tmp.{}.{n}", ProcessIdentity::current().token()));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        match result {
+            Ok(()) => return sync_dir(dir),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                attempts += 1;
+                if e.kind() != std::io::ErrorKind::NotFound || attempts >= 5 {
+                    return Err(StoreError::io(path, e));
+                }
+            }
+        }
     }
-    sync_dir(dir)
 }
 
 /// fsyncs a directory so a rename or create inside it survives a crash.
@@ -96,8 +106,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(dir, e))
 }
 
-/// Sorted names of the subdirectories of `dir` (empty if `dir` is missing).
+/// Sorted names of the subdirectories of `dir` (empty if `dir` is missing), skipping
+/// hidden names.
 pub(crate) fn sorted_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
+    sorted_names(dir, false)
+}
+
+/// Sorted names of the subdirectories of `dir`, and with `symlinks` also of the
+/// symlinks in it (an object directory that is a symlink must be seen to be rejected).
+pub(crate) fn sorted_names(dir: &Path, symlinks: bool) -> Result<Vec<String>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -106,8 +123,15 @@ pub(crate) fn sorted_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(dir, e))?;
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            names.push(entry.file_name().to_string_lossy().into_owned());
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if entry
+            .file_type()
+            .is_ok_and(|t| t.is_dir() || (symlinks && t.is_symlink()))
+        {
+            names.push(name);
         }
     }
     names.sort();
@@ -165,15 +189,54 @@ pub(crate) fn set_tree_mode(dir: &Path, dir_mode: u32, file_mode: u32) -> Result
     set(dir, dir_mode)
 }
 
-/// Removes a directory tree, making read-only parts writable first.
+/// Removes a directory tree, making read-only parts writable first. Another process
+/// removing the same tree at the same time (gc on two hosts) is not an error.
 pub(crate) fn remove_tree(dir: &Path) -> Result<(), StoreError> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(StoreError::io(dir, e)),
+        Ok(m) if !m.is_dir() => {
+            return std::fs::remove_file(dir)
+                .or_else(not_found_ok)
+                .map_err(|e| StoreError::io(dir, e))
+        }
         Ok(_) => {}
     }
     let _ = set_tree_mode(dir, 0o755, 0o644);
-    std::fs::remove_dir_all(dir).map_err(|e| StoreError::io(dir, e))
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(dir, e)),
+    }
+}
+
+fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Marks a file as alive "now" by rewriting its first byte, which must be `{`.
+///
+/// A write sets the mtime on the file server's clock (NFS) or the kernel's (local), never
+/// the writer's idea of the time, so hosts with skewed clocks compare leases in one
+/// timeline: see [`server_now`].
+pub(crate) fn touch(file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_at(b"{", 0).map(|_| ())
+}
+
+/// "Now" on the store's clock: the mtime of a file just created in `dir`.
+pub(crate) fn server_now(dir: &Path) -> Result<std::time::SystemTime, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let probe = dir.join(format!(".now.{}", ProcessIdentity::current().token()));
+    let result = File::create(&probe)
+        .and_then(|mut f| f.write_all(b"{}").and_then(|()| f.metadata()))
+        .and_then(|m| m.modified());
+    let _ = std::fs::remove_file(&probe);
+    result.map_err(|e| StoreError::io(&probe, e))
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn stat_cache_serves_settled_files_and_sees_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s")).unwrap();
+        let store = Store::create(dir.path().join("s")).unwrap();
         let cache = StatCache::new(&store);
         let p = dir.path().join("input.txt");
         std::fs::write(&p, b"hello").unwrap();

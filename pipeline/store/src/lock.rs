@@ -16,15 +16,15 @@
 //! save duplicate work: correctness rests on the atomic publish, where a second
 //! publisher of the same fingerprint finds the object present and discards its copy.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::fsutil::ProcessIdentity;
+use crate::fsutil::{touch, ProcessIdentity};
 use crate::{ObjectId, Store, StoreError};
 
 /// Who holds a lock, as read from its file.
@@ -32,6 +32,26 @@ use crate::{ObjectId, Store, StoreError};
 pub struct LockHolder {
     /// `<host>.<pid>.<nonce>`, or `unknown` while the file is being written.
     pub owner: String,
+    /// `build` (building or replacing the object) or `gc` (removing it).
+    pub purpose: String,
+}
+
+/// Why a lock is taken; readers wait only for `Gc` (see [`Store::pin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Building the object, or replacing it (`--force`).
+    Build,
+    /// Removing the object (`gc`).
+    Gc,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Build => "build",
+            Purpose::Gc => "gc",
+        }
+    }
 }
 
 /// The outcome of [`Store::lock_object`].
@@ -43,16 +63,20 @@ pub enum Acquired {
     Present,
 }
 
-/// A held build lock; dropping it stops the heartbeat and removes the file.
+/// A file kept alive by a heartbeat thread (a lock or a pin); dropping it stops the
+/// heartbeat and removes the file if it is still ours.
 #[derive(Debug)]
-pub struct LockGuard {
+pub struct Held {
     path: PathBuf,
     ino: u64,
     stop: Option<mpsc::Sender<()>>,
     heartbeat: Option<JoinHandle<()>>,
 }
 
-impl Drop for LockGuard {
+/// A held build lock; dropping it stops the heartbeat and removes the file.
+pub type LockGuard = Held;
+
+impl Drop for Held {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(h) = self.heartbeat.take() {
@@ -65,6 +89,44 @@ impl Drop for LockGuard {
     }
 }
 
+/// Creates `path` with `O_EXCL`, writes `body` (JSON, so it starts with `{`), and keeps
+/// it alive every `interval`. `Ok(None)` when the file exists already.
+pub(crate) fn hold_new_file(
+    path: &Path,
+    body: &serde_json::Value,
+    interval: Duration,
+) -> Result<Option<Held>, StoreError> {
+    let mut file = match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+        Err(e) => return Err(StoreError::io(path, e)),
+    };
+    let written = file
+        .write_all(body.to_string().as_bytes())
+        .and_then(|_| file.sync_all());
+    let ino = file.metadata().map(|m| m.ino());
+    let ino = match written.and(ino) {
+        Ok(ino) => ino,
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            return Err(StoreError::io(path, e));
+        }
+    };
+    let (stop, stopped) = mpsc::channel::<()>();
+    let heartbeat = std::thread::spawn(move || {
+        // The handle stays bound to our inode even if the path is taken over.
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+            let _ = touch(&file);
+        }
+    });
+    Ok(Some(Held {
+        path: path.to_path_buf(),
+        ino,
+        stop: Some(stop),
+        heartbeat: Some(heartbeat),
+    }))
+}
+
 /// What a waiter remembers about a lock file it found.
 struct Observation {
     ino: u64,
@@ -73,10 +135,19 @@ struct Observation {
 }
 
 impl Store {
-    fn lock_path(&self, id: &ObjectId) -> PathBuf {
+    pub(crate) fn lock_path(&self, id: &ObjectId) -> PathBuf {
         self.root()
             .join("locks")
             .join(format!("{}.{}.lock", id.kind, id.fingerprint))
+    }
+
+    fn lock_body(&self, id: &ObjectId, purpose: Purpose) -> serde_json::Value {
+        serde_json::json!({
+            "owner": self.identity.token(),
+            "kind": id.kind,
+            "fingerprint": id.fingerprint,
+            "purpose": purpose.as_str(),
+        })
     }
 
     /// Takes the build lock of `id`, waiting while another live builder holds it.
@@ -88,97 +159,140 @@ impl Store {
         id: &ObjectId,
         on_wait: &mut dyn FnMut(&LockHolder),
     ) -> Result<Acquired, StoreError> {
+        Ok(match self.acquire(id, Purpose::Build, true, on_wait)? {
+            Some(guard) => Acquired::Locked(guard),
+            None => Acquired::Present,
+        })
+    }
+
+    /// Takes the build lock of `id` to replace the object (`--force`), waiting while
+    /// another live process holds it, whether or not the object exists.
+    pub fn lock_for_replace(
+        &self,
+        id: &ObjectId,
+        on_wait: &mut dyn FnMut(&LockHolder),
+    ) -> Result<LockGuard, StoreError> {
+        let guard = self.acquire(id, Purpose::Build, false, on_wait)?;
+        Ok(guard.expect("acquire without present_ok always locks"))
+    }
+
+    /// Takes the lock of `id` for `purpose` if nobody holds it; `None` if someone does.
+    pub(crate) fn try_lock(
+        &self,
+        id: &ObjectId,
+        purpose: Purpose,
+    ) -> Result<Option<LockGuard>, StoreError> {
         let path = self.lock_path(id);
-        let poll = (self.lease / 20).clamp(Duration::from_millis(10), Duration::from_millis(200));
+        self.ensure_dir("locks")?;
+        hold_new_file(&path, &self.lock_body(id, purpose), self.lease / 4)
+    }
+
+    /// The lock loop. With `present_ok`, returns `None` once the object is published.
+    fn acquire(
+        &self,
+        id: &ObjectId,
+        purpose: Purpose,
+        present_ok: bool,
+        on_wait: &mut dyn FnMut(&LockHolder),
+    ) -> Result<Option<LockGuard>, StoreError> {
+        let path = self.lock_path(id);
+        self.ensure_dir("locks")?;
+        let poll = self.poll_interval();
         let mut seen: Option<Observation> = None;
         let mut announced = false;
         loop {
-            if self.has_object(id) {
-                return Ok(Acquired::Present);
+            if present_ok && self.has_object(id) {
+                return Ok(None);
             }
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    let guard = self.start_holding(path.clone(), file, id)?;
-                    // Someone may have published between our check and our create.
-                    if self.has_object(id) {
-                        return Ok(Acquired::Present);
-                    }
-                    return Ok(Acquired::Locked(guard));
+            if let Some(guard) = hold_new_file(&path, &self.lock_body(id, purpose), self.lease / 4)?
+            {
+                // Someone may have published between our check and our create.
+                if present_ok && self.has_object(id) {
+                    return Ok(None);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(StoreError::io(&path, e)),
+                return Ok(Some(guard));
             }
+            if self.wait_step(&path, &mut seen, &mut |h| {
+                if !announced {
+                    on_wait(h);
+                    announced = true;
+                }
+            })? {
+                std::thread::sleep(poll);
+            }
+        }
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        (self.lease / 20).clamp(Duration::from_millis(10), Duration::from_millis(200))
+    }
+
+    /// One look at an existing lock file: takes it over when stale (returns `false`:
+    /// try again at once), else reports its holder to `waiting` (returns `true`: sleep).
+    fn wait_step(
+        &self,
+        path: &Path,
+        seen: &mut Option<Observation>,
+        waiting: &mut dyn FnMut(&LockHolder),
+    ) -> Result<bool, StoreError> {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(false);
+        };
+        let holder = read_holder(path);
+        let observation = match seen.take() {
+            Some(o)
+                if o.ino == meta.ino() && o.mtime == meta.modified().ok().unwrap_or(o.mtime) =>
+            {
+                o
+            }
+            _ => Observation {
+                ino: meta.ino(),
+                mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                since: Instant::now(),
+            },
+        };
+        let dead_owner = ProcessIdentity::parse(&holder.owner)
+            .is_some_and(|o| o.is_dead_on_this_host(&self.identity));
+        if dead_owner || observation.since.elapsed() > self.lease {
+            self.take_over(path, observation.ino)?;
+            return Ok(false);
+        }
+        waiting(&holder);
+        *seen = Some(observation);
+        Ok(true)
+    }
+
+    /// Waits while a live `gc` holds the lock of `id` (readers call this after pinning,
+    /// see [`Store::pin`]). A stale gc lock is ignored: gc removes an object with one
+    /// rename, so a dead gc left it either present or gone.
+    pub(crate) fn wait_for_gc(&self, id: &ObjectId) {
+        let path = self.lock_path(id);
+        let poll = self.poll_interval();
+        let mut seen: Option<(u64, SystemTime, Instant)> = None;
+        loop {
             let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
+                return;
             };
             let holder = read_holder(&path);
-            let observation = match seen.take() {
-                Some(o)
-                    if o.ino == meta.ino()
-                        && o.mtime == meta.modified().ok().unwrap_or(o.mtime) =>
-                {
-                    o
-                }
-                _ => Observation {
-                    ino: meta.ino(),
-                    mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    since: Instant::now(),
-                },
+            if holder.purpose != Purpose::Gc.as_str() {
+                return;
+            }
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            let since = match seen {
+                Some((ino, m, since)) if ino == meta.ino() && m == mtime => since,
+                _ => Instant::now(),
             };
-            let dead_owner = ProcessIdentity::parse(&holder.owner)
+            let dead = ProcessIdentity::parse(&holder.owner)
                 .is_some_and(|o| o.is_dead_on_this_host(&self.identity));
-            if dead_owner || observation.since.elapsed() > self.lease {
-                self.take_over(&path, observation.ino)?;
-                continue;
+            if dead || since.elapsed() > self.lease {
+                return;
             }
-            if !announced {
-                on_wait(&holder);
-                announced = true;
-            }
-            seen = Some(observation);
+            seen = Some((meta.ino(), mtime, since));
             std::thread::sleep(poll);
         }
     }
 
-    fn start_holding(
-        &self,
-        path: PathBuf,
-        mut file: File,
-        id: &ObjectId,
-    ) -> Result<LockGuard, StoreError> {
-        let body = serde_json::json!({
-            "owner": self.identity.token(),
-            "kind": id.kind,
-            "fingerprint": id.fingerprint,
-        });
-        let written = file
-            .write_all(body.to_string().as_bytes())
-            .and_then(|_| file.sync_all());
-        let ino = file.metadata().map(|m| m.ino());
-        let ino = match written.and(ino) {
-            Ok(ino) => ino,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(StoreError::io(&path, e));
-            }
-        };
-        let (stop, stopped) = mpsc::channel::<()>();
-        let interval = self.lease / 4;
-        let heartbeat = std::thread::spawn(move || {
-            // The handle stays bound to our inode even if the path is taken over.
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                let _ = file.set_modified(SystemTime::now());
-            }
-        });
-        Ok(LockGuard {
-            path,
-            ino,
-            stop: Some(stop),
-            heartbeat: Some(heartbeat),
-        })
-    }
-
-    fn take_over(&self, path: &PathBuf, judged_ino: u64) -> Result<(), StoreError> {
+    fn take_over(&self, path: &Path, judged_ino: u64) -> Result<(), StoreError> {
         let grave = path.with_extension(format!("stale.{}", self.identity.token()));
         match std::fs::rename(path, &grave) {
             Ok(()) => {}
@@ -195,25 +309,23 @@ impl Store {
         }
         std::fs::remove_file(&grave).map_err(|e| StoreError::io(&grave, e))
     }
-
-    /// The owners named by the current lock files (stale ones included).
-    pub(crate) fn lock_owners(&self) -> Result<Vec<String>, StoreError> {
-        let dir = self.root().join("locks");
-        let entries = std::fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
-        Ok(entries
-            .filter_map(Result::ok)
-            .map(|e| read_holder(&e.path()).owner)
-            .collect())
-    }
 }
 
-fn read_holder(path: &std::path::Path) -> LockHolder {
-    let owner = std::fs::read(path)
+/// Reads the owner and purpose of a lock or pin file.
+pub(crate) fn read_holder(path: &Path) -> LockHolder {
+    let value = std::fs::read(path)
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("owner").and_then(|o| o.as_str()).map(String::from))
-        .unwrap_or_else(|| "unknown".into());
-    LockHolder { owner }
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let field = |name: &str, default: &str| {
+        value
+            .as_ref()
+            .and_then(|v| v.get(name).and_then(|o| o.as_str()).map(String::from))
+            .unwrap_or_else(|| default.into())
+    };
+    LockHolder {
+        owner: field("owner", "unknown"),
+        purpose: field("purpose", "build"),
+    }
 }
 
 #[cfg(test)]
@@ -230,7 +342,7 @@ mod tests {
     #[test]
     fn lock_is_exclusive_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let Acquired::Locked(guard) = store.lock_object(&id(), &mut |_| {}).unwrap() else {
             panic!("expected the lock")
         };
@@ -245,7 +357,7 @@ mod tests {
     #[test]
     fn waiter_takes_over_a_lock_without_heartbeat() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = Store::create(dir.path()).unwrap();
         store.lease = Duration::from_millis(200);
         // A lock left by a process on another host: only the lease can expire it.
         std::fs::write(store.lock_path(&id()), r#"{"owner":"elsewhere.1.abc"}"#).unwrap();
@@ -262,7 +374,7 @@ mod tests {
     #[test]
     fn lock_of_a_dead_local_process_is_taken_over_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
@@ -279,7 +391,7 @@ mod tests {
     #[test]
     fn heartbeat_keeps_a_live_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = Store::create(dir.path()).unwrap();
         store.lease = Duration::from_millis(300);
         let Acquired::Locked(guard) = store.lock_object(&id(), &mut |_| {}).unwrap() else {
             panic!("expected the lock")

@@ -26,6 +26,9 @@ use crate::StoreError;
 
 /// The manifest's file name inside every object directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
+/// The file beside the manifest holding the blake3 (hex) of the manifest's bytes, so
+/// that an edited manifest (statistics, sizes) is caught by every check.
+pub const MANIFEST_DIGEST_NAME: &str = "manifest.blake3";
 /// The manifest layout version.
 pub const MANIFEST_FORMAT: &str = "ausa-manifest/1";
 
@@ -84,6 +87,12 @@ impl Manifest {
     /// Reads and validates the manifest of the object at `dir`, which must be named
     /// `<kind>/<fingerprint>`.
     pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
+        Manifest::read_with_bytes(dir).map(|(m, _)| m)
+    }
+
+    /// Like [`Manifest::read`], also returning the manifest's bytes (to check them
+    /// against [`MANIFEST_DIGEST_NAME`]).
+    pub fn read_with_bytes(dir: &Path) -> Result<(Manifest, Vec<u8>), StoreError> {
         let path = dir.join(MANIFEST_NAME);
         let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
         let dir_fp = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -96,7 +105,7 @@ impl Manifest {
             kind: dir_kind.to_string(),
             fingerprint: dir_fp.to_string(),
         };
-        Manifest::parse(&bytes, &id, &path)
+        Manifest::parse(&bytes, &id, &path).map(|m| (m, bytes))
     }
 
     /// Parses and validates manifest bytes that must describe `id` (the same rules as
@@ -134,6 +143,11 @@ impl Manifest {
     }
 }
 
+/// The content of [`MANIFEST_DIGEST_NAME`] for manifest `bytes`.
+pub(crate) fn manifest_digest(bytes: &[u8]) -> String {
+    format!("{}\n", blake3::hash(bytes).to_hex())
+}
+
 /// Accepts only plain relative paths that stay inside the object directory.
 pub fn check_file_name(name: &str) -> Result<(), &'static str> {
     let path = Path::new(name);
@@ -143,8 +157,8 @@ pub fn check_file_name(name: &str) -> Result<(), &'static str> {
     if !path.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err("path leaves the object directory (absolute or `..`)");
     }
-    if name == MANIFEST_NAME {
-        return Err("the manifest cannot list itself");
+    if name == MANIFEST_NAME || name == MANIFEST_DIGEST_NAME {
+        return Err("the manifest cannot list itself or its digest");
     }
     Ok(())
 }
@@ -163,6 +177,7 @@ mod tests {
             "./a",
             "a\\b",
             MANIFEST_NAME,
+            MANIFEST_DIGEST_NAME,
         ] {
             assert!(check_file_name(bad).is_err(), "{bad:?}");
         }

@@ -9,8 +9,10 @@ use rayon::prelude::*;
 
 use crate::fsutil::{list_files, remove_tree, set_tree_mode, sync_dir, write_atomic};
 use crate::hash::hash_file;
+use crate::hooks::point;
 use crate::manifest::{
-    check_file_name, BuildInfo, FileEntry, Manifest, MANIFEST_FORMAT, MANIFEST_NAME,
+    check_file_name, manifest_digest, BuildInfo, FileEntry, Manifest, MANIFEST_DIGEST_NAME,
+    MANIFEST_FORMAT, MANIFEST_NAME,
 };
 use crate::{ObjectId, Store, StoreError};
 
@@ -21,6 +23,8 @@ pub struct Staging {
     dir: PathBuf,
     id: ObjectId,
     published: bool,
+    /// Replace an existing object (`--force`) instead of deferring to it.
+    replace: bool,
     /// Digests of the files written through [`Staging::create_file`], by name.
     written: Arc<Mutex<BTreeMap<String, FileEntry>>>,
 }
@@ -77,7 +81,7 @@ impl StagedFile {
 /// The outcome of [`Staging::publish`].
 #[derive(Debug)]
 pub enum Published {
-    /// Our files are now the object.
+    /// Our files are now the object (with `replace`: they replaced the old copy).
     New(Box<Manifest>),
     /// Another builder published the same fingerprint first; ours was discarded.
     AlreadyPresent,
@@ -86,19 +90,31 @@ pub enum Published {
 impl Store {
     /// Creates an empty temp dir for building `id`.
     pub fn stage(&self, id: &ObjectId) -> Result<Staging, StoreError> {
+        self.stage_with(id, false)
+    }
+
+    /// Creates an empty temp dir for building a replacement of `id` (`--force`): its
+    /// publish swaps it in atomically even when the object exists. Hold the object's
+    /// lock ([`Store::lock_for_replace`]) meanwhile.
+    pub fn stage_replacement(&self, id: &ObjectId) -> Result<Staging, StoreError> {
+        self.stage_with(id, true)
+    }
+
+    fn stage_with(&self, id: &ObjectId, replace: bool) -> Result<Staging, StoreError> {
         let name = format!(
             "{}.{}.{}",
             self.identity.token(),
             id.kind,
             &id.fingerprint[..16.min(id.fingerprint.len())]
         );
-        let dir = self.root().join("tmp").join(name);
+        let dir = self.ensure_dir("tmp")?.join(name);
         remove_tree(&dir)?;
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         Ok(Staging {
             dir,
             id: id.clone(),
             published: false,
+            replace,
             written: Arc::default(),
         })
     }
@@ -141,7 +157,9 @@ impl Staging {
         stats: serde_json::Value,
         seconds: f64,
     ) -> Result<Published, StoreError> {
+        point("publish:data-written");
         let files = self.hash_and_sync()?;
+        point("publish:synced");
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
             kind: self.id.kind.clone(),
@@ -193,36 +211,78 @@ impl Staging {
         self.commit(store, manifest_bytes, manifest)
     }
 
-    /// Writes the manifest (the commit point) and renames the dir into `objects/`.
+    /// Writes the manifest (the commit point) and its digest, and renames the dir into
+    /// `objects/` (swapping it with the old copy when replacing).
     fn commit(
         mut self,
         store: &Store,
         manifest_bytes: &[u8],
         manifest: Manifest,
     ) -> Result<Published, StoreError> {
+        point("publish:before-manifest");
         write_atomic(&self.dir.join(MANIFEST_NAME), manifest_bytes)?;
+        write_atomic(
+            &self.dir.join(MANIFEST_DIGEST_NAME),
+            manifest_digest(manifest_bytes).as_bytes(),
+        )?;
+        point("publish:after-manifest");
+        // Writable until renamed: moving a directory to another parent updates its `..`.
         set_tree_mode(&self.dir, 0o755, 0o444)?;
         let target = store.object_dir(&self.id);
         let parent = target.parent().expect("object dirs have a parent");
         std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
-        match std::fs::rename(&self.dir, &target) {
-            Ok(()) => {}
-            Err(_) if store.has_object(&self.id) => return Ok(Published::AlreadyPresent),
-            Err(e) => return Err(StoreError::io(&target, e)),
+        if self.replace && std::fs::symlink_metadata(&target).is_ok() {
+            self.swap_in(store, &target)?;
+        } else {
+            match std::fs::rename(&self.dir, &target) {
+                Ok(()) => {}
+                Err(_) if store.has_object(&self.id) => return Ok(Published::AlreadyPresent),
+                Err(e) => return Err(StoreError::io(&target, e)),
+            }
         }
         self.published = true;
+        point("publish:renamed");
         sync_dir(parent)?;
-        set_tree_mode(&target, 0o555, 0o444)?;
+        set_tree_mode(&target, store.dir_mode, 0o444)?;
         Ok(Published::New(Box::new(manifest)))
+    }
+
+    /// Replaces the object at `target` by ours in one atomic exchange (or, where the
+    /// filesystem cannot exchange, two renames under the object's lock, which every
+    /// builder waits for), then disposes of the old copy.
+    fn swap_in(&mut self, store: &Store, target: &Path) -> Result<(), StoreError> {
+        let is_link = std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            // Moving the old copy out of objects/ updates its `..`: it must be writable
+            // (in a group store it is already, for members who do not own it).
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755));
+        }
+        let trash = store.trash_path(&self.id);
+        match crate::exchange::exchange(&self.dir, target) {
+            Ok(()) => {
+                // Our staging path now holds the old copy.
+                std::fs::rename(&self.dir, &trash).map_err(|e| StoreError::io(&self.dir, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                std::fs::rename(target, &trash).map_err(|e| StoreError::io(target, e))?;
+                std::fs::rename(&self.dir, target).map_err(|e| StoreError::io(target, e))?;
+            }
+            Err(e) => return Err(StoreError::io(target, e)),
+        }
+        store.dispose_trash(&self.id, &trash);
+        Ok(())
     }
 
     fn hash_and_sync(&self) -> Result<Vec<FileEntry>, StoreError> {
         let names = list_files(&self.dir)?;
-        if names.iter().any(|n| n == Path::new(MANIFEST_NAME)) {
-            return Err(StoreError::Unpublishable {
-                path: self.dir.join(MANIFEST_NAME),
-                reason: "a stage may not write its own manifest.json".into(),
-            });
+        for reserved in [MANIFEST_NAME, MANIFEST_DIGEST_NAME] {
+            if names.iter().any(|n| n == Path::new(reserved)) {
+                return Err(StoreError::Unpublishable {
+                    path: self.dir.join(reserved),
+                    reason: format!("a stage may not write its own {reserved}"),
+                });
+            }
         }
         let entries = names
             .par_iter()
@@ -311,15 +371,48 @@ impl Drop for Staging {
 }
 
 impl Store {
-    /// Removes an object (for `--force` rebuilds and `gc`): it is first renamed into
-    /// `tmp/`, so readers never see a half-deleted object.
+    /// Where a removed or replaced copy of `id` waits to be deleted: in `tmp/`, named
+    /// `<owner>.trash.<kind>.<fingerprint>` so gc knows whose object it was.
+    pub(crate) fn trash_path(&self, id: &ObjectId) -> PathBuf {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root().join("tmp").join(format!(
+            "{}.trash.{}.{}.{n}",
+            self.identity.token(),
+            id.kind,
+            id.fingerprint
+        ))
+    }
+
+    /// Deletes a removed copy of `id` now, unless a live pin says someone may still be
+    /// reading it (on NFS, deleting a file another client reads breaks its reads); then
+    /// `gc` deletes it once the pins are gone.
+    pub(crate) fn dispose_trash(&self, id: &ObjectId, trash: &Path) {
+        let pinned = crate::fsutil::server_now(&self.root().join("pins"))
+            .and_then(|now| self.lease_files("pins", now))
+            .map_or(true, |pins| Store::pinned(&pins, id));
+        if !pinned {
+            let _ = remove_tree(trash);
+        }
+    }
+
+    /// Removes an object: it is first renamed into `tmp/`, so readers never see a
+    /// half-deleted object. Take its lock first (gc does, see [`Store::gc`]).
     pub fn remove_object(&self, id: &ObjectId) -> Result<(), StoreError> {
         let dir = self.object_dir(id);
-        let trash = self.root().join("tmp").join(format!(
-            "{}.trash.{}",
-            self.identity.token(),
-            id.fingerprint
-        ));
+        let meta = match std::fs::symlink_metadata(&dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io(&dir, e)),
+        };
+        if meta.is_dir() {
+            // Moving a directory to another parent updates its `..`: make it writable
+            // (in a group store it is already, for members who do not own it).
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+        }
+        self.ensure_dir("tmp")?;
+        let trash = self.trash_path(id);
         match std::fs::rename(&dir, &trash) {
             Ok(()) => remove_tree(&trash),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -346,7 +439,7 @@ mod tests {
     #[test]
     fn staged_files_are_hashed_while_written_and_rehashed_when_changed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let staging = store.stage(&id()).unwrap();
         let mut a = staging.create_file("sub/a.bin").unwrap();
         a.write_all(b"hel").unwrap();
@@ -376,7 +469,7 @@ mod tests {
     #[test]
     fn verbatim_publish_rejects_tampered_staged_files() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
             kind: id().kind,
@@ -414,7 +507,7 @@ mod tests {
     #[test]
     fn publish_makes_a_complete_read_only_object() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let staging = store.stage(&id()).unwrap();
         std::fs::write(staging.path().join("a.bin"), b"hello").unwrap();
         std::fs::create_dir(staging.path().join("sub")).unwrap();
@@ -455,7 +548,7 @@ mod tests {
     #[test]
     fn second_publisher_of_same_fingerprint_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let a = store.stage(&id()).unwrap();
         std::fs::write(a.path().join("f"), b"1").unwrap();
         let b_dir = store.root().join("tmp/other");
@@ -464,6 +557,7 @@ mod tests {
             dir: b_dir.clone(),
             id: id(),
             published: false,
+            replace: false,
             written: Arc::default(),
         };
         std::fs::write(b.path().join("f"), b"1").unwrap();
@@ -507,7 +601,7 @@ mod tests {
     #[test]
     fn publish_verbatim_keeps_manifest_bytes_and_rejects_mismatches() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let (id, key) = verbatim_id();
         let digest = blake3::hash(b"hello").to_hex().to_string();
         let good = manifest_bytes(
@@ -560,7 +654,7 @@ mod tests {
     #[test]
     fn dropped_staging_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let s = store.stage(&id()).unwrap();
         std::fs::write(s.path().join("partial"), b"...").unwrap();
         drop(s);
@@ -574,7 +668,7 @@ mod tests {
     #[test]
     fn remove_object_deletes_read_only_trees() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let s = store.stage(&id()).unwrap();
         std::fs::write(s.path().join("f"), b"1").unwrap();
         s.publish(&store, serde_json::json!({}), serde_json::json!({}), 0.0)

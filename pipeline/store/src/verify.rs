@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::fsutil::list_files;
 use crate::hash::hash_file;
-use crate::manifest::{Manifest, MANIFEST_NAME};
+use crate::manifest::{manifest_digest, Manifest, MANIFEST_DIGEST_NAME, MANIFEST_NAME};
 use crate::{ObjectId, Store, StoreError};
 
 /// How thoroughly to check.
@@ -15,6 +15,18 @@ pub enum VerifyMode {
     Sizes,
     /// Sizes plus the blake3 of every byte (before a stage reads its inputs, `verify`).
     Full,
+}
+
+/// What a check of an object found.
+#[derive(Debug, Clone)]
+pub enum Health {
+    /// There is no object (never built, or removed).
+    Absent,
+    /// The object matches its manifest.
+    Sound(Box<Manifest>),
+    /// The bytes on disk disagree with the manifest (or the directory is not a real
+    /// object directory). Never reported for an object that vanished during the check.
+    Damaged(Vec<Problem>),
 }
 
 /// One mismatch between an object and its manifest.
@@ -38,8 +50,32 @@ impl Store {
         fingerprint_of: &dyn Fn(&serde_json::Value) -> String,
     ) -> Result<(Manifest, Vec<Problem>), StoreError> {
         let dir = self.object_dir(id);
-        let manifest = Manifest::read(&dir)?;
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(StoreError::Corrupt {
+                dir: dir.clone(),
+                problems: vec![format!(
+                    "{}: the object directory is a symlink (objects must be real directories \
+                     inside the store)",
+                    dir.display()
+                )],
+            });
+        }
+        let (manifest, bytes) = Manifest::read_with_bytes(&dir)?;
         let mut problems = Vec::new();
+        let digest_path = dir.join(MANIFEST_DIGEST_NAME);
+        match std::fs::read(&digest_path) {
+            Ok(d) if d == manifest_digest(&bytes).as_bytes() => {}
+            Ok(_) => problems.push(Problem {
+                path: dir.join(MANIFEST_NAME),
+                what: format!(
+                    "the manifest was edited after publishing (its blake3 does not match {MANIFEST_DIGEST_NAME})"
+                ),
+            }),
+            Err(e) => problems.push(Problem {
+                path: digest_path,
+                what: format!("cannot read the manifest's digest: {e}"),
+            }),
+        }
         if fingerprint_of(&manifest.key) != id.fingerprint {
             problems.push(Problem {
                 path: dir.join(MANIFEST_NAME),
@@ -64,7 +100,11 @@ impl Store {
             Ok(found) => problems.extend(
                 found
                     .into_iter()
-                    .filter(|p| p != &PathBuf::from(MANIFEST_NAME) && !listed.contains(p))
+                    .filter(|p| {
+                        p != &PathBuf::from(MANIFEST_NAME)
+                            && p != &PathBuf::from(MANIFEST_DIGEST_NAME)
+                            && !listed.contains(p)
+                    })
                     .map(|p| Problem {
                         path: dir.join(p),
                         what: "file is not in the manifest".into(),
@@ -76,6 +116,64 @@ impl Store {
             }),
         }
         Ok((manifest, problems))
+    }
+
+    /// Checks an object and says whether it is absent, sound or damaged.
+    ///
+    /// "Damaged" means the bytes disagree with the manifest: an object that disappears
+    /// or is replaced (`gc`, `--force` elsewhere) while it is checked is reported absent
+    /// or checked again, never damaged.
+    pub fn health(
+        &self,
+        id: &ObjectId,
+        mode: VerifyMode,
+        fingerprint_of: &dyn Fn(&serde_json::Value) -> String,
+    ) -> Result<Health, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.object_dir(id);
+        let identity = |dir: &std::path::Path| {
+            std::fs::symlink_metadata(dir)
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        };
+        let mut retries = 3;
+        loop {
+            let Some(before) = identity(&dir) else {
+                return Ok(Health::Absent);
+            };
+            let problems = match self.verify_object(id, mode, fingerprint_of) {
+                Ok((manifest, problems)) if problems.is_empty() => {
+                    return Ok(Health::Sound(Box::new(manifest)))
+                }
+                Ok((_, problems)) => problems,
+                Err(StoreError::Corrupt { problems, .. }) => problems
+                    .into_iter()
+                    .map(|what| Problem {
+                        path: dir.clone(),
+                        what,
+                    })
+                    .collect(),
+                Err(e @ StoreError::Manifest { .. }) => vec![Problem {
+                    path: dir.join(MANIFEST_NAME),
+                    what: e.to_string(),
+                }],
+                Err(StoreError::Io { path, source })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    vec![Problem {
+                        path,
+                        what: "missing (the object has no manifest)".into(),
+                    }]
+                }
+                Err(e) => return Err(e),
+            };
+            match identity(&dir) {
+                None => return Ok(Health::Absent),
+                Some(after) if after == before => return Ok(Health::Damaged(problems)),
+                Some(_) if retries > 0 => retries -= 1,
+                Some(_) => return Ok(Health::Damaged(problems)),
+            }
+        }
     }
 
     /// Like [`Store::verify_object`], but any problem becomes a [`StoreError::Corrupt`].

@@ -1,6 +1,8 @@
 //! Talking to the Hugging Face hub for the `download` stage: configuration from the
-//! environment, resolving a revision to a commit, choosing each split's Parquet files,
-//! and downloading them into the standard hub cache (or, offline, finding them there).
+//! environment, resolving a revision to a commit and choosing each split's Parquet
+//! files with their content hashes ([`list`], at plan time: one metadata request, or
+//! offline only the cache), and downloading a listed file into the standard hub cache
+//! ([`fetch_file`], when the stage runs).
 //!
 //! The HTTP work is done by the `hf-hub` crate's blocking client, so the cache layout
 //! (`<cache>/datasets--owner--name/{blobs,snapshots,refs}`) is the one the Python
@@ -252,10 +254,10 @@ pub enum HubError {
         /// The folders that do hold Parquet files, as a hint.
         found: String,
     },
-    /// Offline, and the cache lacks what is needed.
+    /// Offline (or the hub unreachable), and the cache lacks what is needed.
     #[error(
-        "HF_HUB_OFFLINE is set but {what} is not in the hub cache {}: {detail}; run once \
-         without HF_HUB_OFFLINE to download it",
+        "{what} is not in the hub cache {}: {detail}; the hub is needed (run without \
+         HF_HUB_OFFLINE, with a network connection)",
         cache.display()
     )]
     NotCached {
@@ -331,56 +333,206 @@ impl FetchRequest {
     }
 }
 
-/// Our split name -> snapshot paths of its files, sorted by repository path. The
-/// paths (`.../snapshots/<commit>/<path in repo>`) also tell the commit.
-pub(crate) type Fetched = BTreeMap<String, Vec<PathBuf>>;
+/// One file of a listing: where it is in the repository and what the hub says its
+/// content is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HubFile {
+    /// Path in the repository.
+    pub(crate) path: String,
+    /// The hub's ETag: the sha256 of an LFS file (64 hex digits), or the git blob id
+    /// of a small file (40). The hub cache names the file's blob after it.
+    pub(crate) etag: String,
+    /// Size in bytes.
+    pub(crate) size: u64,
+}
 
-/// Resolves the revision and makes every wanted file available in the hub cache:
-/// online, files already in the snapshot of the resolved commit are used as they are
-/// and the others downloaded; offline, only the cache is consulted.
-pub(crate) fn fetch(hub: &HubConfig, request: &FetchRequest) -> Result<Fetched, HubError> {
+/// The files of each wanted split at one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listing {
+    /// The commit the revision resolved to.
+    pub(crate) commit: String,
+    /// Our split name -> its files, sorted by repository path.
+    pub(crate) files: BTreeMap<String, Vec<HubFile>>,
+}
+
+/// Lists each wanted split's files with their content hashes, downloading nothing:
+/// online one metadata request (`/api/.../revision/<rev>?blobs=true`); offline
+/// (`HF_HUB_OFFLINE`), or when the hub cannot be reached, what the hub cache knows.
+pub(crate) fn list(hub: &HubConfig, request: &FetchRequest) -> Result<Listing, HubError> {
     if hub.offline {
-        return fetch_offline(hub, request);
+        return list_cached(hub, request);
     }
+    match list_online(hub, request) {
+        Err(network @ HubError::Network { .. }) => list_cached(hub, request).map_err(|_| network),
+        other => other,
+    }
+}
+
+fn list_online(hub: &HubConfig, request: &FetchRequest) -> Result<Listing, HubError> {
     let api = hub.api()?;
     let what = request.describe(&request.revision);
-    let info = hub.retry(&what, || {
-        api.repo(request.repo_at(&request.revision))
-            .info()
-            .map_err(|e| classify(hub, &what, e))
+    let info: serde_json::Value = hub.retry(&what, || {
+        let response = api
+            .repo(request.repo_at(&request.revision))
+            .info_request()
+            .query("blobs", "true")
+            .call()
+            .map_err(|e| classify_request(hub, &what, e))?;
+        let text = response
+            .into_string()
+            .map_err(|e| Failure::Transient(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| protocol(hub, &what, format!("invalid JSON: {e}")))
     })?;
-    if !is_commit_sha(&info.sha) {
+    let bad = |detail: &str| HubError::Protocol {
+        what: what.clone(),
+        endpoint: hub.endpoint.clone(),
+        detail: detail.to_string(),
+    };
+    let commit = info["sha"].as_str().ok_or_else(|| bad("no `sha`"))?;
+    if !is_commit_sha(commit) {
         // It names a cache folder, so it must not be able to point elsewhere.
-        return Err(HubError::Protocol {
-            what,
-            endpoint: hub.endpoint.clone(),
-            detail: format!("`{}` is not a commit sha", info.sha),
-        });
+        return Err(bad(&format!("`{commit}` is not a commit sha")));
     }
-    let names: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    let mut listed = BTreeMap::new();
+    for sibling in info["siblings"]
+        .as_array()
+        .ok_or_else(|| bad("no `siblings`"))?
+    {
+        let path = sibling["rfilename"]
+            .as_str()
+            .ok_or_else(|| bad("a sibling without `rfilename`"))?;
+        let lfs = &sibling["lfs"];
+        let (etag, size) = match (lfs["sha256"].as_str(), lfs["size"].as_u64()) {
+            (Some(sha), Some(size)) => (sha, size),
+            _ => (
+                sibling["blobId"].as_str().unwrap_or(""),
+                sibling["size"].as_u64().unwrap_or(0),
+            ),
+        };
+        listed.insert(path.to_string(), (etag.to_string(), size));
+    }
+    let names: Vec<&str> = listed.keys().map(String::as_str).collect();
     let mut files = BTreeMap::new();
     for (ours, theirs) in &request.splits {
         let chosen = split_files(&names, &request.config, theirs);
         if chosen.is_empty() {
             return Err(no_files(request, &what, theirs, &names));
         }
-        let paths = chosen
-            .iter()
-            .map(|name| cached_or_download(hub, &api, request, &info.sha, name))
+        let split = chosen
+            .into_iter()
+            .map(|path| {
+                let (etag, size) = listed[&path].clone();
+                if !is_etag(&etag) {
+                    return Err(bad(&format!("no content hash for `{path}`")));
+                }
+                Ok(HubFile { path, etag, size })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        files.insert(ours.to_string(), paths);
+        files.insert(ours.to_string(), split);
     }
-    if info.sha != request.revision {
-        // Lets a later offline run resolve the branch or tag to this commit.
-        let cache = Cache::new(hub.cache_dir.clone()).repo(request.repo_at(&request.revision));
-        cache
-            .create_ref(&info.sha)
-            .map_err(|source| HubError::Cache {
-                path: hub.cache_dir.clone(),
-                source,
-            })?;
+    Ok(Listing {
+        commit: commit.to_string(),
+        files,
+    })
+}
+
+/// Whether `text` looks like a hub ETag we can name a blob after: a sha256 or a git
+/// blob id, in hex.
+fn is_etag(text: &str) -> bool {
+    matches!(text.len(), 40 | 64) && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The snapshot path of `file` at `commit`, downloading it unless the cache already
+/// holds exactly that content; a fresh download is checked against the listed hash.
+/// `progress` is told the bytes downloaded.
+pub(crate) fn fetch_file(
+    hub: &HubConfig,
+    request: &FetchRequest,
+    commit: &str,
+    file: &HubFile,
+    progress: &dyn ausa_dag::Progress,
+) -> Result<PathBuf, HubError> {
+    let pinned = request.repo_at(commit);
+    let pointer = hub
+        .cache_dir
+        .join(pinned.folder_name())
+        .join("snapshots")
+        .join(commit)
+        .join(&file.path);
+    if cached_etag(&pointer).as_deref() == Some(file.etag.as_str()) {
+        progress.advance(file.size);
+        return Ok(pointer);
     }
-    Ok(files)
+    let what = request.describe_file(commit, &file.path);
+    if hub.offline {
+        return Err(HubError::NotCached {
+            what,
+            cache: hub.cache_dir.clone(),
+            detail: format!("`{}` is missing", pointer.display()),
+        });
+    }
+    let api = hub.api()?;
+    let path = hub.retry(&what, || {
+        // Pinned to the commit so that every file comes from the same one even if the
+        // branch moves during the download.
+        let path = api
+            .repo(pinned.clone())
+            .download_with_progress(&file.path, ProgressAdapter(progress))
+            .map_err(|e| classify(hub, &what, e))?;
+        verify_blob(&path)?;
+        Ok(path)
+    })?;
+    match cached_etag(&path) {
+        Some(etag) if etag != file.etag => Err(HubError::Protocol {
+            what,
+            endpoint: hub.endpoint.clone(),
+            detail: format!(
+                "the plan listed content {} but the hub served {etag}; plan again",
+                file.etag
+            ),
+        }),
+        _ => Ok(path),
+    }
+}
+
+/// Lets a later offline run resolve `request.revision` (a branch or tag) to `commit`.
+pub(crate) fn record_ref(
+    hub: &HubConfig,
+    request: &FetchRequest,
+    commit: &str,
+) -> Result<(), HubError> {
+    if request.revision == commit || hub.offline {
+        return Ok(());
+    }
+    let cache = Cache::new(hub.cache_dir.clone()).repo(request.repo_at(&request.revision));
+    cache.create_ref(commit).map_err(|source| HubError::Cache {
+        path: hub.cache_dir.clone(),
+        source,
+    })
+}
+
+/// `hf-hub`'s download progress, passed on to the stage's [`ausa_dag::Progress`].
+struct ProgressAdapter<'a>(&'a dyn ausa_dag::Progress);
+
+impl hf_hub::api::Progress for ProgressAdapter<'_> {
+    fn init(&mut self, _size: usize, _filename: &str) {}
+    fn update(&mut self, size: usize) {
+        self.0.advance(size as u64);
+    }
+    fn finish(&mut self) {}
+}
+
+/// The ETag of a cached snapshot file: the name of the blob its link points to. A
+/// snapshot file that is not a link (a cache written without symlinks) is hashed.
+fn cached_etag(pointer: &Path) -> Option<String> {
+    match std::fs::read_link(pointer) {
+        Ok(target) => {
+            let name = target.file_name()?.to_str()?;
+            (is_etag(name) && pointer.is_file()).then(|| name.to_ascii_lowercase())
+        }
+        Err(_) if pointer.is_file() => sha256_file(pointer).ok(),
+        Err(_) => None,
+    }
 }
 
 fn no_files(request: &FetchRequest, what: &str, split: &str, names: &[&str]) -> HubError {
@@ -444,38 +596,6 @@ fn belongs_to_split(name: &str, config: &str, split: &str) -> bool {
     }
 }
 
-/// The snapshot path of `name` at `commit`, downloading it unless the snapshot
-/// already holds it.
-fn cached_or_download(
-    hub: &HubConfig,
-    api: &Api,
-    request: &FetchRequest,
-    commit: &str,
-    name: &str,
-) -> Result<PathBuf, HubError> {
-    let pinned = request.repo_at(commit);
-    let pointer = hub
-        .cache_dir
-        .join(pinned.folder_name())
-        .join("snapshots")
-        .join(commit)
-        .join(name);
-    if pointer.is_file() {
-        return Ok(pointer);
-    }
-    let what = request.describe_file(commit, name);
-    hub.retry(&what, || {
-        // Pinned to the commit so that every file comes from the same one even if the
-        // branch moves during the download.
-        let path = api
-            .repo(pinned.clone())
-            .download(name)
-            .map_err(|e| classify(hub, &what, e))?;
-        verify_blob(&path)?;
-        Ok(path)
-    })
-}
-
 /// Checks a freshly downloaded file against its sha256 when the hub gave one (the
 /// ETag of LFS files, which the blob is named after); a mismatch deletes the blob so
 /// that the next attempt downloads it afresh.
@@ -521,24 +641,30 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
         .collect())
 }
 
+fn protocol(hub: &HubConfig, what: &str, detail: String) -> Failure {
+    Failure::Fatal(HubError::Protocol {
+        what: what.to_string(),
+        endpoint: hub.endpoint.clone(),
+        detail,
+    })
+}
+
+/// Sorts a failed HTTP request into "try again" and "give up".
+fn classify_request(hub: &HubConfig, what: &str, error: ureq::Error) -> Failure {
+    match error {
+        ureq::Error::Status(status, _) => classify_status(hub, what, status),
+        ureq::Error::Transport(transport) => Failure::Transient(transport.to_string()),
+    }
+}
+
 /// Sorts an `hf-hub` error into "try again" and "give up" (with a message that says
 /// what to do).
 fn classify(hub: &HubConfig, what: &str, error: ApiError) -> Failure {
-    let protocol = |detail: String| {
-        Failure::Fatal(HubError::Protocol {
-            what: what.to_string(),
-            endpoint: hub.endpoint.clone(),
-            detail,
-        })
-    };
     match error {
-        ApiError::RequestError(inner) => match *inner {
-            ureq::Error::Status(status, _) => classify_status(hub, what, status),
-            ureq::Error::Transport(transport) => Failure::Transient(transport.to_string()),
-        },
+        ApiError::RequestError(inner) => classify_request(hub, what, *inner),
         ApiError::TooManyRetries(inner) => classify(hub, what, *inner),
         ApiError::MissingHeader(_) | ApiError::InvalidHeader(_) | ApiError::ParseIntError(_) => {
-            protocol(error.to_string())
+            protocol(hub, what, error.to_string())
         }
         ApiError::InvalidResume => {
             // A partial file longer than the announced size: start that file afresh.
@@ -592,9 +718,10 @@ fn remove_partial_downloads(cache_dir: &Path) {
     }
 }
 
-/// The offline path: the revision resolves through `refs/<revision>` (or is a commit
-/// whose snapshot exists), and the split files are those in the snapshot.
-fn fetch_offline(hub: &HubConfig, request: &FetchRequest) -> Result<Fetched, HubError> {
+/// The cache's view: the revision resolves through `refs/<revision>` (or is a commit
+/// whose snapshot exists), and the split files are those in the snapshot, hashed by
+/// the blob names their links point to.
+fn list_cached(hub: &HubConfig, request: &FetchRequest) -> Result<Listing, HubError> {
     let what = request.describe(&request.revision);
     let not_cached = |detail: String| HubError::NotCached {
         what: what.clone(),
@@ -631,12 +758,19 @@ fn fetch_offline(hub: &HubConfig, request: &FetchRequest) -> Result<Fetched, Hub
                 "snapshot {commit} lacks `{missing}` (an earlier download was interrupted)"
             )));
         }
-        files.insert(
-            ours.to_string(),
-            chosen.iter().map(|name| snapshot.join(name)).collect(),
-        );
+        let split = chosen
+            .into_iter()
+            .map(|path| {
+                let pointer = snapshot.join(&path);
+                let etag = cached_etag(&pointer)
+                    .ok_or_else(|| not_cached(format!("`{}` is unreadable", pointer.display())))?;
+                let size = std::fs::metadata(&pointer).map_or(0, |m| m.len());
+                Ok(HubFile { path, etag, size })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        files.insert(ours.to_string(), split);
     }
-    Ok(files)
+    Ok(Listing { commit, files })
 }
 
 /// The commit `revision` names in the cached repository at `repo_dir`, if known.

@@ -372,8 +372,16 @@ fn info(state: &State, repo: &str, rev: &str) -> Response {
     };
     let siblings: Vec<serde_json::Value> = data
         .files
-        .keys()
-        .map(|name| serde_json::json!({ "rfilename": name }))
+        .iter()
+        .map(|(name, bytes)| {
+            // As the hub answers `?blobs=true` for LFS files (the client always asks).
+            let size = bytes.len();
+            serde_json::json!({
+                "rfilename": name,
+                "size": size,
+                "lfs": { "sha256": sha256_hex(bytes), "size": size, "pointerSize": 134 },
+            })
+        })
         .collect();
     Response::json(
         200,

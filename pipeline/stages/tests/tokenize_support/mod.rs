@@ -4,14 +4,10 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ausa_artifacts::{DocumentsWriter, Split};
-use ausa_dag::{
-    ExternalFile, InputArtifact, NoProgress, ParamValue, Params, Stage, StageContext, StageError,
-    Stats,
-};
+use ausa_dag::{InputArtifact, ParamValue, Params, Stage, StageError, Stats};
 use ausa_stages::tokenize::TokenizeStage;
 use ausa_stages::tokenizer::TokenizerStage;
 use ausa_stages::CorpusStage;
@@ -45,19 +41,7 @@ impl Built {
     }
 }
 
-/// The defaults of `stage`'s parameters with `overrides` applied.
-pub fn params(stage: &dyn Stage, overrides: &[(&str, ParamValue)]) -> Params {
-    let mut values: BTreeMap<String, ParamValue> = stage
-        .params()
-        .iter()
-        .filter_map(|spec| Some((spec.name.to_string(), spec.default.value()?)))
-        .collect();
-    for (name, value) in overrides {
-        assert!(values.contains_key(*name), "unknown parameter {name}");
-        values.insert(name.to_string(), value.clone());
-    }
-    Params::from_values(values)
-}
+pub use ausa_dag::testing::params;
 
 /// Checks and runs `stage` into `out`.
 pub fn run(
@@ -67,29 +51,18 @@ pub fn run(
     external: &[(&str, &[&PathBuf])],
     out: &Path,
 ) -> Result<Stats, StageError> {
-    stage.check(params)?;
-    let external: BTreeMap<String, Vec<ExternalFile>> = external
+    let owned: Vec<(&str, Vec<PathBuf>)> = external
         .iter()
-        .map(|(name, paths)| {
-            let files = paths
-                .iter()
-                .map(|p| ExternalFile {
-                    path: p.to_path_buf(),
-                    blake3: String::new(),
-                    size: std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
-                })
-                .collect();
-            (name.to_string(), files)
-        })
+        .map(|(name, paths)| (*name, paths.iter().map(|p| p.to_path_buf()).collect()))
         .collect();
-    let ctx = StageContext {
+    let lists: Vec<(&str, &[PathBuf])> = owned.iter().map(|(n, p)| (*n, p.as_slice())).collect();
+    ausa_dag::testing::run(
+        stage,
         params,
         inputs,
-        external: &external,
-        out_dir: out,
-        progress: &NoProgress,
-    };
-    stage.run(&ctx)
+        &ausa_dag::testing::external(&lists),
+        out,
+    )
 }
 
 /// A synthetic corpus of `docs` documents (seed 0).
@@ -113,11 +86,16 @@ pub fn documents(docs: &[(Split, &str)]) -> Built {
 
 /// Trains a tokenizer of `vocab_size` tokens on `docs`.
 pub fn run_tokenizer(docs: &Built, vocab_size: i64) -> Result<(Built, Stats), StageError> {
+    run_tokenizer_with(docs, &[("vocab_size", ParamValue::Int(vocab_size))])
+}
+
+/// Trains a tokenizer on `docs` with parameters `overrides`.
+pub fn run_tokenizer_with(
+    docs: &Built,
+    overrides: &[(&str, ParamValue)],
+) -> Result<(Built, Stats), StageError> {
     let out = tempfile::tempdir().unwrap();
-    let p = params(
-        &TokenizerStage,
-        &[("vocab_size", ParamValue::Int(vocab_size))],
-    );
+    let p = params(&TokenizerStage, overrides);
     let stats = run(
         &TokenizerStage,
         &p,

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every benchmark script once on tiny inputs, so none of them rots unnoticed: a
+# check that each still runs end to end against its peer (CI calls it), not a timing.
+# The numbers it prints mean nothing; docs/benchmarks.md has the real runs and commands.
+# Usage: tests/bench/smoke.sh   (needs what the scripts need: hyperfine, python3 -m venv)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+run() {
+  local name=$1
+  shift
+  echo "== smoke: $name"
+  local started=$SECONDS
+  if ! "$@" >"$work/$name.log" 2>&1; then
+    cat "$work/$name.log"
+    echo "smoke: $name FAILED ($*)" >&2
+    exit 1
+  fi
+  tail -n 3 "$work/$name.log"
+  echo "   ($((SECONDS - started)) s)"
+}
+run store tests/bench/store.sh "$work/store" 3 2000
+run pipeline tests/bench/pipeline.sh "$work/sets" 300
+run sets tests/bench/sets.sh "$work/sets" 1 300
+run tokenize tests/bench/tokenize.sh "$work/tokenize" 1
+run remote tests/bench/remote.sh "$work/remote" 1 300
+echo "smoke: every benchmark script ran"
