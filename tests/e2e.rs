@@ -12,3 +12,5 @@ mod remote;
 mod robustness;
 mod shared_store;
 mod snapshots;
+#[cfg(feature = "train")]
+mod train;

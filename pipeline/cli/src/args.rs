@@ -182,4 +182,7 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         keep_last: Option<usize>,
     },
+    /// Train a model on a DAG's artifacts (built with the `train` feature).
+    #[cfg(feature = "train")]
+    Train(crate::train::TrainArgs),
 }

@@ -114,6 +114,8 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
             };
             gc(pipeline()?.store(), &opts, out)
         }
+        #[cfg(feature = "train")]
+        Command::Train(args) => crate::train::run(cli.store.as_deref(), args, out),
     }
 }
 

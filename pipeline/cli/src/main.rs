@@ -7,6 +7,8 @@ mod commands;
 mod diagnostics;
 mod output;
 mod remote;
+#[cfg(feature = "train")]
+mod train;
 
 use clap::Parser;
 

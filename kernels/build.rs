@@ -1,0 +1,7 @@
+//! Puts libtorch's library directory into the RPATH of this crate's test binaries, so
+//! they run without LD_LIBRARY_PATH (torch-sys does not do it for downstream crates).
+fn main() {
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    }
+}

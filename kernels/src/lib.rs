@@ -1,0 +1,434 @@
+//! Set-kernel attention (SKA) for ausa: the reference backend (`--ska-backend naive`) in
+//! batched libtorch tensor ops, on CPU and GPU alike.
+//!
+//! This crate owns the SPEC's method ("The method" in `../shared/docs/SPEC.md`) and nothing
+//! else: no files, no training loop. The pieces, in the order a forward pass uses them:
+//!
+//! - [`SetLayout::new`] turns one batch's set structure (flat CSR arrays, as
+//!   `ausa_artifacts::SetBatch` holds them, already tensors) into padded per-sequence
+//!   blocks of `M` set slots and computes, **once per batch**, the MinHash distance
+//!   `Delta` that every layer and head shares (no gradient flows into it), the causal
+//!   attend mask `end_j <= end_i` and the token -> set route mask.
+//! - [`Adapter`] is the low-rank atom adapter `phi + alpha * W2 W1 phi` (rank 0 = off)
+//!   and [`pool_phi`] the differentiable CSR pooling `Phi(S) = sum_{u in S} phi(u)`
+//!   (an `index_add` over the batch's atom occurrences; never cached across batches).
+//! - [`SetAttention`] is one SKA layer: set x set scores
+//!   `(exp(-gamma_h Delta) + beta (A_h Phi_i).(B_h Phi_j)) / tau_h`, softmax over the visible
+//!   key sets of the same sequence, values `V_h([Phi_j, psi(|S_j|)])`, then the router
+//!   `softmax_j((x_t W_g) . Z_j)` over the sets token `t` may use, optional top-k
+//!   (renormalized), heads merged, output projection.
+//!
+//! Every step is a tensor op over the whole batch: there is no loop over sets or tokens in
+//! Rust. Memory is `O(B M^2 k)` for `Delta` (built in chunks of signature columns) and
+//! `O(B H L M)` for the router, with `M` the largest number of sets in one sequence.
+//!
+//! ```no_run
+//! use ausa_kernels::{SetAttention, SetInputs, SetLayout, SkaConfig};
+//! use tch::{nn, Device, Kind, Tensor};
+//! # fn inputs() -> SetInputs { unimplemented!() }
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let config = SkaConfig { d_model: 64, heads: 4, ..SkaConfig::default() };
+//! let layer = SetAttention::new(&vs.root() / "ska", &config);
+//! let layout = SetLayout::new(&inputs(), 128); // once per batch
+//! let phi = Tensor::zeros([2, layout.max_sets, 64], (Kind::Float, Device::Cpu));
+//! let x = Tensor::zeros([2, 128, 64], (Kind::Float, Device::Cpu));
+//! let y = layer.forward(&x, &phi, &layout); // [2, 128, 64]
+//! ```
+
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+/// One batch's set structure as flat tensors (all integer tensors `Int64` unless said
+/// otherwise; every index is batch-local), the layout `ausa_artifacts::SetBatch` uses.
+#[derive(Debug)]
+pub struct SetInputs {
+    /// `B + 1` pointers into the sets: sequence `b` owns sets `seq_sets[b]..seq_sets[b+1]`.
+    pub seq_sets: Tensor,
+    /// `[Nsets, k]` MinHash values (any integer kind; only equality is used).
+    pub signatures: Tensor,
+    /// `[Nsets]` exact set sizes.
+    pub sizes: Tensor,
+    /// `[Nsets]` each set's `end` (exclusive), a position of its sequence.
+    pub ends: Tensor,
+    /// `[Nvalues]` atom ids of every set, concatenated.
+    pub values: Tensor,
+    /// `[Nsets + 1]` offsets into `values`.
+    pub set_offsets: Tensor,
+    /// `[B, L, Mr]` bool: token `t` of sequence `b` may route to the sequence's local set
+    /// `m` (from the routing table: causal `end <= t + 1`, and the table's own top-k).
+    /// `Mr` may be smaller than the padded width; missing columns are not routable.
+    pub route: Tensor,
+}
+
+/// The per-batch structure every SKA layer and head shares: built once per batch.
+#[derive(Debug)]
+pub struct SetLayout {
+    /// Sequences in the batch.
+    pub batch: i64,
+    /// Tokens per sequence.
+    pub seq_len: i64,
+    /// Set slots per sequence (the most sets any sequence of the batch has).
+    pub max_sets: i64,
+    /// `[B, M, M]` fp32 MinHash distance `Delta` (no gradient).
+    pub delta: Tensor,
+    /// `[B, 1, M, M]` bool: query set `i` may attend key set `j` (both real sets of the
+    /// same sequence, `end_j <= end_i`).
+    pub attend: Tensor,
+    /// `[B, 1, L, M]` bool: token `t` may use set `j`.
+    pub route: Tensor,
+    /// `[B, M]` fp32 set sizes (0 in padding slots).
+    pub sizes: Tensor,
+    /// `[Nvalues]` atom ids.
+    pub values: Tensor,
+    /// `[Nvalues]` the padded slot `b * M + m` each atom occurrence belongs to.
+    pub value_slot: Tensor,
+}
+
+/// Signature columns compared at once when building `Delta`, bounding the `[B, M, M, c]`
+/// temporary.
+const DELTA_CHUNK: i64 = 32;
+
+impl SetLayout {
+    /// Pads the batch's sets into per-sequence slots and computes `Delta` and the masks.
+    /// `seq_len` is the number of tokens per sequence (`route`'s second dimension).
+    pub fn new(inputs: &SetInputs, seq_len: i64) -> SetLayout {
+        tch::no_grad(|| Self::build(inputs, seq_len))
+    }
+
+    fn build(inputs: &SetInputs, seq_len: i64) -> SetLayout {
+        let device = inputs.signatures.device();
+        let long = (Kind::Int64, device);
+        let seq_sets = inputs.seq_sets.to_kind(Kind::Int64);
+        let batch = seq_sets.size()[0] - 1;
+        let counts = seq_sets.narrow(0, 1, batch) - seq_sets.narrow(0, 0, batch);
+        let max_sets = if batch == 0 {
+            0
+        } else {
+            counts.max().int64_value(&[])
+        };
+        let nsets = inputs.sizes.size()[0];
+        // slot of set s = b * M + (s - seq_sets[b]), with b its sequence.
+        let set_seq =
+            Tensor::arange(batch, long).repeat_interleave_self_tensor(&counts, 0, Some(nsets));
+        let local = Tensor::arange(nsets, long) - seq_sets.index_select(0, &set_seq);
+        let slot = &set_seq * max_sets + &local;
+        let slots = batch * max_sets;
+
+        let k = inputs.signatures.size()[1];
+        let pad = |t: &Tensor, fill: f64| {
+            let dims: Vec<i64> = std::iter::once(slots)
+                .chain(t.size()[1..].iter().copied())
+                .collect();
+            Tensor::full(&dims, fill, (t.kind(), device)).index_copy(0, &slot, t)
+        };
+        let valid = pad(&Tensor::ones([nsets], (Kind::Bool, device)), 0.0).view([batch, max_sets]);
+        let sizes = pad(&inputs.sizes.to_kind(Kind::Float), 0.0).view([batch, max_sets]);
+        let ends = pad(&inputs.ends.to_kind(Kind::Int64), 0.0).view([batch, max_sets]);
+        let signatures = pad(&inputs.signatures, 0.0).view([batch, max_sets, k]);
+
+        // J = mean_i [sig_i(A) == sig_i(B)], summed over column chunks.
+        let mut equal = Tensor::zeros([batch, max_sets, max_sets], (Kind::Float, device));
+        let mut col = 0;
+        while col < k {
+            let width = DELTA_CHUNK.min(k - col);
+            let part = signatures.narrow(2, col, width);
+            let eq = part.unsqueeze(2).eq_tensor(&part.unsqueeze(1));
+            equal += eq.sum_dim_intlist(-1, false, Kind::Float);
+            col += width;
+        }
+        let jaccard = equal / (k.max(1) as f64);
+        let size_sum = sizes.unsqueeze(2) + sizes.unsqueeze(1);
+        let inter = &jaccard / (&jaccard + 1.0) * &size_sum;
+        let delta = (size_sum - inter * 2.0).clamp_min(0.0);
+
+        let attend = valid.unsqueeze(2)
+            * valid.unsqueeze(1)
+            * ends.unsqueeze(1).le_tensor(&ends.unsqueeze(2));
+        let attend = attend.unsqueeze(1);
+
+        let route_in = inputs.route.to_kind(Kind::Bool);
+        let width = route_in.size()[2].min(max_sets);
+        let route = Tensor::zeros([batch, seq_len, max_sets], (Kind::Bool, device));
+        let route = if width > 0 {
+            route.slice_scatter(&route_in.narrow(2, 0, width), 2, 0, width, 1)
+        } else {
+            route
+        };
+        let route = (route * valid.unsqueeze(1)).unsqueeze(1);
+
+        let nvalues = inputs.values.size()[0];
+        let offsets = inputs.set_offsets.to_kind(Kind::Int64);
+        let per_set = offsets.narrow(0, 1, nsets) - offsets.narrow(0, 0, nsets);
+        let value_set =
+            Tensor::arange(nsets, long).repeat_interleave_self_tensor(&per_set, 0, Some(nvalues));
+        let value_slot = slot.index_select(0, &value_set);
+
+        SetLayout {
+            batch,
+            seq_len,
+            max_sets,
+            delta,
+            attend,
+            route,
+            sizes,
+            values: inputs.values.to_kind(Kind::Int64),
+            value_slot,
+        }
+    }
+}
+
+/// `softmax` over the last dimension restricted to `mask`; a row with no visible entry
+/// gives all zeros (never NaN, and no NaN in the gradient either).
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Tensor {
+    let hidden = mask.logical_not();
+    let empty = mask.any_dim(-1, true).logical_not();
+    // Empty rows become a harmless uniform softmax, then the mask zeroes them.
+    let filled = scores
+        .masked_fill(&hidden, f64::NEG_INFINITY)
+        .masked_fill(&empty, 0.0);
+    filled.softmax(-1, scores.kind()) * mask.to_kind(scores.kind())
+}
+
+/// Keeps, per row, only the `k` visible entries of `mask` with the highest `scores`
+/// (`k = 0`: all of them).
+pub fn top_k_mask(scores: &Tensor, mask: &Tensor, k: i64) -> Tensor {
+    let width = *scores.size().last().unwrap_or(&0);
+    if k <= 0 || k >= width {
+        return mask.shallow_clone();
+    }
+    let visible = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+    let (_, index) = visible.detach().topk(k, -1, true, false);
+    let keep = mask.zeros_like().scatter_value(-1, &index, 1);
+    keep.logical_and(mask)
+}
+
+/// The low-rank atom adapter `phi(u) = e + alpha * (e W1) W2` for atom embedding `e`
+/// (rank 0: `phi = e`). `W2` starts at zero so training starts from `phi = e`.
+#[derive(Debug)]
+pub struct Adapter {
+    w1: Option<Tensor>,
+    w2: Option<Tensor>,
+    alpha: f64,
+}
+
+impl Adapter {
+    /// An adapter of `rank` on `dim`-wide embeddings under `path` (`w1`, `w2`).
+    pub fn new(path: nn::Path, dim: i64, rank: i64, alpha: f64) -> Adapter {
+        if rank <= 0 {
+            return Adapter {
+                w1: None,
+                w2: None,
+                alpha,
+            };
+        }
+        let std = 1.0 / (dim as f64).sqrt();
+        let w1 = path.var(
+            "w1",
+            &[dim, rank],
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        );
+        let w2 = path.var("w2", &[rank, dim], Init::Const(0.0));
+        Adapter {
+            w1: Some(w1),
+            w2: Some(w2),
+            alpha,
+        }
+    }
+
+    /// Applies the adapter to `[.., dim]` embeddings.
+    pub fn forward(&self, e: &Tensor) -> Tensor {
+        match (&self.w1, &self.w2) {
+            (Some(w1), Some(w2)) => {
+                let kind = e.kind();
+                e + e.matmul(&w1.to_kind(kind)).matmul(&w2.to_kind(kind)) * self.alpha
+            }
+            _ => e.shallow_clone(),
+        }
+    }
+}
+
+/// `Phi(S) = sum_{u in S} phi(u)` for every set slot of the batch: `[B, M, dim]` from
+/// `phi_values` (`[Nvalues, dim]`, the features of `layout.values` in order), through a
+/// differentiable `index_add`. Padding slots are zero.
+pub fn pool_phi(phi_values: &Tensor, layout: &SetLayout) -> Tensor {
+    let dim = *phi_values.size().last().unwrap_or(&0);
+    let slots = layout.batch * layout.max_sets;
+    Tensor::zeros([slots, dim], (phi_values.kind(), phi_values.device()))
+        .index_add(0, &layout.value_slot, phi_values)
+        .view([layout.batch, layout.max_sets, dim])
+}
+
+/// The size feature `psi(|S|) = ln(1 + |S|)`, appended to `Phi` before the value map.
+pub fn psi(sizes: &Tensor) -> Tensor {
+    sizes.log1p()
+}
+
+/// Shape and options of one [`SetAttention`] layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkaConfig {
+    /// Model width (the width of `Phi` and of the token states).
+    pub d_model: i64,
+    /// Heads; `d_model` must be divisible by it.
+    pub heads: i64,
+    /// Weight of the content term `(A_h Phi_i).(B_h Phi_j)`; 0 leaves `A`, `B` out.
+    pub beta: f64,
+    /// Router top-k over the gates (renormalized); 0 = every visible set.
+    pub router_topk: i64,
+    /// Initial `gamma_h` (all heads); `Delta` ranges over `[0, 2 * window]`.
+    pub gamma_init: f64,
+    /// Initial `tau_h` (all heads).
+    pub tau_init: f64,
+}
+
+impl Default for SkaConfig {
+    fn default() -> SkaConfig {
+        SkaConfig {
+            d_model: 64,
+            heads: 4,
+            beta: 0.0,
+            router_topk: 0,
+            gamma_init: 0.05,
+            tau_init: 0.1,
+        }
+    }
+}
+
+/// One set-kernel attention layer with its router (replaces self-attention in a block).
+#[derive(Debug)]
+pub struct SetAttention {
+    heads: i64,
+    head_dim: i64,
+    beta: f64,
+    router_topk: i64,
+    /// `ln gamma_h`: `gamma = exp(.)` keeps it positive.
+    log_gamma: Tensor,
+    /// `ln tau_h`.
+    log_tau: Tensor,
+    /// `[H, d, dh]` query-side content map (only with `beta != 0`).
+    a: Option<Tensor>,
+    /// `[H, d, dh]` key-side content map.
+    b: Option<Tensor>,
+    /// `[d + 1, H * dh]` value map of `[Phi_j, psi(|S_j|)]`, all heads.
+    v: nn::Linear,
+    /// `[d, H * dh]` router query map.
+    gate: nn::Linear,
+    /// `[H * dh, d]` output projection.
+    out: nn::Linear,
+}
+
+impl SetAttention {
+    /// A layer under `path`; panics if `d_model` is not divisible by `heads` (checked by the
+    /// caller's configuration first).
+    pub fn new(path: nn::Path, config: &SkaConfig) -> SetAttention {
+        let (d, h) = (config.d_model, config.heads);
+        assert!(
+            h > 0 && d % h == 0,
+            "d_model {d} not divisible by heads {h}"
+        );
+        let dh = d / h;
+        let init = |v: f64| Init::Const(v.ln());
+        let log_gamma = path.var("log_gamma", &[h], init(config.gamma_init));
+        let log_tau = path.var("log_tau", &[h], init(config.tau_init));
+        let std = 1.0 / (d as f64).sqrt();
+        let (a, b) = if config.beta != 0.0 {
+            let normal = Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            };
+            (
+                Some(path.var("a", &[h, d, dh], normal)),
+                Some(path.var("b", &[h, d, dh], normal)),
+            )
+        } else {
+            (None, None)
+        };
+        let linear =
+            |name: &str, i: i64, o: i64| nn::linear(&path / name, i, o, Default::default());
+        SetAttention {
+            heads: h,
+            head_dim: dh,
+            beta: config.beta,
+            router_topk: config.router_topk,
+            log_gamma,
+            log_tau,
+            a,
+            b,
+            v: linear("v", d + 1, d),
+            gate: linear("gate", d, d),
+            out: linear("out", d, d),
+        }
+    }
+
+    /// `gamma_h`, positive by construction.
+    pub fn gamma(&self) -> Tensor {
+        self.log_gamma.exp()
+    }
+
+    /// `tau_h`, positive by construction.
+    pub fn tau(&self) -> Tensor {
+        self.log_tau.exp()
+    }
+
+    /// The set outputs `Z` (`[B, H, M, dh]`) from `phi` (`[B, M, d]`).
+    pub fn set_outputs(&self, phi: &Tensor, layout: &SetLayout) -> Tensor {
+        let kind = phi.kind();
+        let (bsz, m, h, dh) = (layout.batch, layout.max_sets, self.heads, self.head_dim);
+        let view_h = |t: Tensor| t.view([1, h, 1, 1]);
+        let kernel =
+            (layout.delta.to_kind(kind).unsqueeze(1) * -view_h(self.gamma().to_kind(kind))).exp();
+        // Out of place: exp's backward needs its output unmodified.
+        let scores = match (&self.a, &self.b) {
+            (Some(a), Some(b)) => {
+                // (A_h Phi_i) . (B_h Phi_j): [B, H, M, dh] x [B, H, dh, M].
+                let qa = phi.unsqueeze(1).matmul(&a.to_kind(kind).unsqueeze(0));
+                let kb = phi.unsqueeze(1).matmul(&b.to_kind(kind).unsqueeze(0));
+                kernel + qa.matmul(&kb.transpose(-1, -2)) * self.beta
+            }
+            _ => kernel,
+        };
+        let scores = scores / view_h(self.tau().to_kind(kind));
+        let weights = masked_softmax(&scores, &layout.attend);
+        let value_in = Tensor::cat(
+            &[
+                phi.shallow_clone(),
+                psi(&layout.sizes).to_kind(kind).unsqueeze(-1),
+            ],
+            -1,
+        );
+        let values = linear_kind(&self.v, &value_in)
+            .view([bsz, m, h, dh])
+            .transpose(1, 2);
+        weights.matmul(&values)
+    }
+
+    /// The layer's output `[B, L, d]` for token states `x` (`[B, L, d]`) and set features
+    /// `phi` (`[B, M, d]`, from [`pool_phi`]).
+    pub fn forward(&self, x: &Tensor, phi: &Tensor, layout: &SetLayout) -> Tensor {
+        let (bsz, l, h, dh) = (layout.batch, layout.seq_len, self.heads, self.head_dim);
+        let z = self.set_outputs(&phi.to_kind(x.kind()), layout);
+        let query = linear_kind(&self.gate, x)
+            .view([bsz, l, h, dh])
+            .transpose(1, 2);
+        let logits = query.matmul(&z.transpose(-1, -2)); // [B, H, L, M]
+        let mask = layout.route.expand_as(&logits);
+        let mask = top_k_mask(&logits, &mask, self.router_topk);
+        let gates = masked_softmax(&logits, &mask);
+        let mixed = gates.matmul(&z).transpose(1, 2).reshape([bsz, l, h * dh]);
+        linear_kind(&self.out, &mixed)
+    }
+}
+
+/// `x W^T + b` with the weights cast to `x`'s kind (fp32 master weights, bf16 compute).
+pub fn linear_kind(linear: &nn::Linear, x: &Tensor) -> Tensor {
+    let kind = x.kind();
+    let bias = linear.bs.as_ref().map(|b| b.to_kind(kind));
+    x.linear(&linear.ws.to_kind(kind), bias.as_ref())
+}
+
+#[cfg(test)]
+mod tests;
+
+pub mod toy;

@@ -1,0 +1,274 @@
+//! Kernel tests on tiny shapes (CPU): the Delta formula, causality to the last bit, the
+//! zero-output rule, and finite-difference gradients into every learned piece.
+
+use tch::nn::{self, Init};
+use tch::{Device, Kind, Tensor};
+
+use crate::toy::{sets, ToyShape};
+use crate::{masked_softmax, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig};
+
+const SHAPE: ToyShape = ToyShape {
+    window: 6,
+    stride: 3,
+    k: 16,
+    seed: 7,
+};
+const VOCAB: u32 = 12;
+const LEN: usize = 24;
+
+fn tokens(seed: u64, batch: usize) -> Vec<Vec<u32>> {
+    let mut state = seed;
+    (0..batch)
+        .map(|_| {
+            (0..LEN)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) % u64::from(VOCAB)) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The pieces of a tiny SKA model: embedding, adapter, one layer.
+struct Tiny {
+    vs: nn::VarStore,
+    embedding: Tensor,
+    adapter: Adapter,
+    layer: SetAttention,
+}
+
+fn tiny(kind: Kind, beta: f64, router_topk: i64) -> Tiny {
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let d = 8;
+    let embedding = root.var(
+        "e",
+        &[i64::from(VOCAB), d],
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.3,
+        },
+    );
+    let adapter = Adapter::new(&root / "adapter", d, 3, 0.5);
+    let config = SkaConfig {
+        d_model: d,
+        heads: 2,
+        beta,
+        router_topk,
+        ..SkaConfig::default()
+    };
+    let layer = SetAttention::new(&root / "ska", &config);
+    let mut tiny = Tiny {
+        vs,
+        embedding,
+        adapter,
+        layer,
+    };
+    // W2 starts at zero; make it non-zero so the gradient into W1 is not trivially 0.
+    tch::no_grad(|| {
+        for (name, mut var) in tiny.vs.variables() {
+            if name.ends_with("w2") {
+                var.copy_(&(Tensor::randn_like(&var) * 0.3));
+            }
+        }
+    });
+    if kind == Kind::Double {
+        tiny.vs.double();
+    }
+    tiny
+}
+
+impl Tiny {
+    fn forward(&self, toks: &[Vec<u32>], x: &Tensor) -> (Tensor, SetLayout) {
+        let layout = SetLayout::new(&sets(toks, SHAPE, Device::Cpu), LEN as i64);
+        let phi_values = self
+            .adapter
+            .forward(&self.embedding.index_select(0, &layout.values));
+        let phi = pool_phi(&phi_values, &layout);
+        (self.layer.forward(x, &phi, &layout), layout)
+    }
+}
+
+fn floats(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).expect("float tensor")
+}
+
+#[test]
+fn delta_matches_the_formula_per_pair() {
+    let toks = tokens(1, 2);
+    let inputs = sets(&toks, SHAPE, Device::Cpu);
+    let layout = SetLayout::new(&inputs, LEN as i64);
+    let sig = Vec::<i64>::try_from(inputs.signatures.flatten(0, -1)).unwrap();
+    let sizes = Vec::<i64>::try_from(&inputs.sizes).unwrap();
+    let delta = floats(&layout.delta);
+    let m = layout.max_sets as usize;
+    let k = SHAPE.k;
+    for b in 0..2 {
+        for i in 0..m {
+            for j in 0..m {
+                let (si, sj) = (b * m + i, b * m + j);
+                let same = (0..k)
+                    .filter(|&c| sig[si * k + c] == sig[sj * k + c])
+                    .count();
+                let jac = same as f64 / k as f64;
+                let sum = (sizes[si] + sizes[sj]) as f64;
+                let want = (sum - 2.0 * jac / (1.0 + jac) * sum).max(0.0);
+                let got = f64::from(delta[(b * m + i) * m + j]);
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "Delta[{b},{i},{j}] = {got}, want {want}"
+                );
+            }
+            assert_eq!(
+                delta[(b * m + i) * m + i],
+                0.0,
+                "a set is at distance 0 from itself"
+            );
+        }
+    }
+}
+
+#[test]
+fn outputs_up_to_t_ignore_later_tokens_bit_for_bit() {
+    for (beta, topk) in [(0.0, 0), (1.0, 2)] {
+        let model = tiny(Kind::Float, beta, topk);
+        let x = Tensor::randn([2, LEN as i64, 8], (Kind::Float, Device::Cpu));
+        let toks = tokens(5, 2);
+        let (y, _) = model.forward(&toks, &x);
+        for t in [5usize, 11, 17] {
+            let mut changed = toks.clone();
+            for seq in &mut changed {
+                for tok in &mut seq[t + 1..] {
+                    *tok = (*tok + 5) % VOCAB;
+                }
+            }
+            let (y2, _) = model.forward(&changed, &x);
+            let head = |y: &Tensor| floats(&y.narrow(1, 0, t as i64 + 1));
+            let same = head(&y)
+                .iter()
+                .zip(head(&y2))
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "beta {beta} topk {topk}: output at <= {t} changed with tokens after {t}"
+            );
+            let tail = |y: &Tensor| floats(&y.narrow(1, t as i64 + 1, (LEN - t - 1) as i64));
+            assert_ne!(
+                tail(&y),
+                tail(&y2),
+                "the change after {t} must be visible later (test sanity)"
+            );
+        }
+    }
+}
+
+#[test]
+fn tokens_without_a_visible_set_get_zero_router_output_and_finite_gradients() {
+    let model = tiny(Kind::Float, 1.0, 0);
+    let x = Tensor::randn([2, LEN as i64, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let (y, layout) = model.forward(&tokens(9, 2), &x);
+    // Positions 0..window-1 see no set: the layer gives exactly its output bias there.
+    let early = SHAPE.window as i64 - 1;
+    let visible = layout.route.any_dim(-1, false).squeeze_dim(1);
+    assert!(!bool::try_from(visible.narrow(1, 0, early).any()).unwrap());
+    assert!(bool::try_from(visible.narrow(1, early, LEN as i64 - early).all()).unwrap());
+    let bias = model
+        .layer
+        .out
+        .bs
+        .as_ref()
+        .unwrap()
+        .view([1, 1, 8])
+        .expand([2, early, 8], false);
+    assert_eq!(floats(&y.narrow(1, 0, early)), floats(&bias));
+    assert!(!floats(&y).iter().any(|v| v.is_nan()));
+    y.sum(Kind::Float).backward();
+    for (name, var) in model.vs.variables() {
+        let grad = floats(&var.grad());
+        assert!(
+            grad.iter().all(|g| g.is_finite()),
+            "{name} has a non-finite gradient"
+        );
+    }
+    assert!(floats(&x.grad()).iter().all(|g| g.is_finite()));
+}
+
+#[test]
+fn masked_softmax_of_an_empty_row_is_zero() {
+    let scores = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+    let mask = Tensor::from_slice(&[false, false, true, false]).view([2, 2]);
+    assert_eq!(
+        floats(&masked_softmax(&scores, &mask)),
+        vec![0.0, 0.0, 1.0, 0.0]
+    );
+}
+
+/// Central differences in fp64 against autograd for a few entries of every parameter.
+#[test]
+fn gradients_reach_adapter_phi_gamma_tau_a_b_and_v() {
+    let model = tiny(Kind::Double, 0.7, 2);
+    let toks = tokens(11, 2);
+    let x = Tensor::randn([2, LEN as i64, 8], (Kind::Double, Device::Cpu));
+    let weights = Tensor::randn([2, LEN as i64, 8], (Kind::Double, Device::Cpu));
+    let loss = |m: &Tiny| (m.forward(&toks, &x).0 * &weights).sum(Kind::Double);
+    loss(&model).backward();
+    let variables = model.vs.variables();
+    let must_reach = [
+        "e",
+        "adapter.w1",
+        "adapter.w2",
+        "ska.log_gamma",
+        "ska.log_tau",
+        "ska.a",
+        "ska.b",
+        "ska.v.weight",
+    ];
+    for name in must_reach {
+        let var = variables
+            .get(name)
+            .unwrap_or_else(|| panic!("no variable {name}"));
+        let grad = var.grad().flatten(0, -1);
+        let n = grad.size()[0];
+        let grads = Vec::<f64>::try_from(&grad).unwrap();
+        assert!(
+            grads.iter().any(|g| g.abs() > 1e-8),
+            "{name}: gradient is zero everywhere"
+        );
+        let flat = var.flatten(0, -1);
+        for idx in [0, n / 3, n / 2, n - 1] {
+            let eps = 1e-6;
+            let at = |delta: f64| {
+                tch::no_grad(|| {
+                    let mut v = flat.get(idx);
+                    let old = v.double_value(&[]);
+                    let _ = v.fill_(old + delta);
+                    let l = loss(&model).double_value(&[]);
+                    let _ = v.fill_(old);
+                    l
+                })
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            let analytic = grads[idx as usize];
+            let tol = 1e-6 + 1e-4 * numeric.abs().max(analytic.abs());
+            assert!(
+                (numeric - analytic).abs() < tol,
+                "{name}[{idx}]: autograd {analytic}, finite difference {numeric}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gamma_and_tau_stay_positive_for_any_raw_value() {
+    let model = tiny(Kind::Float, 0.0, 0);
+    tch::no_grad(|| {
+        let mut raw = model.vs.variables()["ska.log_tau"].shallow_clone();
+        raw.copy_(&Tensor::from_slice(&[-50.0f32, 30.0]));
+    });
+    assert!(floats(&model.layer.tau()).iter().all(|&t| t > 0.0));
+    assert!(floats(&model.layer.gamma()).iter().all(|&g| g > 0.0));
+}

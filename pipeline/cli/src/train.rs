@@ -1,0 +1,577 @@
+//! `ausa train lm` (cargo feature `train`): maps the trainer's shape flags onto the
+//! DAG's stage parameters, finds (or with `--precache` builds) the set artifacts through
+//! `ausa-build`, and runs the `ausa-train` loop on them.
+//!
+//! The familiar flags (`--seq-len --seq-stride --window --stride --minhash-k
+//! --router-topk`) become `--set` overrides of the DAG's `sequences`, `banks`, `minhash`
+//! and `routing` stages (found by kind), so the model's shapes and the artifacts it
+//! reads can never disagree: a changed flag is a different fingerprint.
+
+use std::path::PathBuf;
+
+use ausa_artifacts::{read_documents, Split, TokensFile};
+use ausa_build::{Pipeline, Resolved, Target};
+use ausa_train::data::SplitData;
+use ausa_train::device::{self, DeviceChoice};
+use ausa_train::model::{Attn, ModelConfig};
+use ausa_train::train::{self, Event, Precision, Run, SplitInput, TextStats, TrainConfig};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::args::TargetArgs;
+use crate::diagnostics::CliError;
+use crate::output::Output;
+
+/// `ausa train TASK`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The task.
+    #[command(subcommand)]
+    pub task: TrainTask,
+}
+
+/// Training tasks.
+#[derive(Debug, Subcommand)]
+pub enum TrainTask {
+    /// Train a decoder-only transformer language model on a DAG's set artifacts.
+    Lm(Box<LmArgs>),
+}
+
+/// `--attn`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AttnArg {
+    /// Explicit QK^T/sqrt(d), masked softmax, @V (no fused kernel).
+    DotNaive,
+    /// libtorch's fused scaled_dot_product_attention.
+    Sdpa,
+    /// Set-kernel attention + router in the --ska-layers blocks (dot-naive elsewhere).
+    Ska,
+}
+
+/// `--precision`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PrecisionArg {
+    /// fp32.
+    Fp32,
+    /// bf16 matmuls, fp32 master weights.
+    Bf16,
+    /// fp16 matmuls with a static loss scale.
+    Fp16,
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA when available, else CPU.
+    Auto,
+    /// CPU.
+    Cpu,
+    /// CUDA (an error without a GPU).
+    Cuda,
+}
+
+/// `--cache-mode`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CacheMode {
+    /// Tokens, banks, signatures and routing from the store (memory-mapped).
+    Full,
+}
+
+/// `--ska-backend`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SkaBackend {
+    /// Batched tensor ops (CPU and GPU; the reference).
+    Naive,
+}
+
+/// `ausa train lm` flags.
+#[derive(Debug, Args)]
+pub struct LmArgs {
+    /// An embedded DAG name or a DAG file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "demo")]
+    pub dag: String,
+    /// Override a stage parameter (repeatable), as for `ausa build`.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub overrides: Vec<String>,
+    /// Tokens per sequence (the `sequences` stage's seq_len).
+    #[arg(long)]
+    pub seq_len: Option<i64>,
+    /// Step between sequences (`sequences.seq_stride`, 0 = seq_len).
+    #[arg(long)]
+    pub seq_stride: Option<i64>,
+    /// Set window (`banks.window`).
+    #[arg(long)]
+    pub window: Option<i64>,
+    /// Set stride (`banks.stride`).
+    #[arg(long)]
+    pub stride: Option<i64>,
+    /// MinHash values per set (`minhash.minhash_k`).
+    #[arg(long)]
+    pub minhash_k: Option<i64>,
+    /// Candidate sets per token, most recent first (`routing.router_topk`, 0 = all).
+    #[arg(long)]
+    pub router_topk: Option<i64>,
+    /// Where the artifacts come from.
+    #[arg(long, value_enum, default_value = "full")]
+    pub cache_mode: CacheMode,
+    /// Build missing artifacts first (through the build API).
+    #[arg(long)]
+    pub precache: bool,
+    /// Build missing artifacts and exit.
+    #[arg(long)]
+    pub cache_only: bool,
+    /// Attention.
+    #[arg(long, value_enum, default_value = "sdpa")]
+    pub attn: AttnArg,
+    /// With --attn ska: blocks using SKA, e.g. `0,2` [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub ska_layers: Vec<i64>,
+    /// SKA implementation.
+    #[arg(long, value_enum, default_value = "naive")]
+    pub ska_backend: SkaBackend,
+    /// SKA content term weight (0 = kernel only).
+    #[arg(long, default_value_t = 0.0)]
+    pub beta: f64,
+    /// SKA router: keep the top-k gates per token, renormalized (0 = all candidates).
+    #[arg(long, default_value_t = 0)]
+    pub gate_topk: i64,
+    /// Rank of the atom adapter (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub adapter_rank: i64,
+    /// Model width.
+    #[arg(long, default_value_t = 64)]
+    pub d_model: i64,
+    /// Blocks.
+    #[arg(long, default_value_t = 2)]
+    pub layers: i64,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: i64,
+    /// MLP width over d_model.
+    #[arg(long, default_value_t = 4)]
+    pub ffn_mult: i64,
+    /// Dropout.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    /// Epochs (ignored with --steps).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Optimizer steps [default: 100 when neither --steps nor --epochs is given: a
+    /// quick run].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Gradient clipping by global norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionArg,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validate every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    /// Batches per evaluation (0 = whole split).
+    #[arg(long, default_value_t = 0)]
+    pub eval_batches: usize,
+    /// Checkpoint every N steps (0 = at the end).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Device.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+    /// CPU threads for libtorch's intra-op pool [default: libtorch's, one per core].
+    /// On a busy machine fewer threads are often much faster (OpenMP spin-waits).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<i32>,
+    /// Run directory [default: runs/<dag>-lm-<attn>-d<d>-l<layers>-s<seed>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+fn train_error(e: ausa_train::Error) -> CliError {
+    CliError {
+        message: e.to_string(),
+        hints: vec![],
+        code: e.exit_code(),
+    }
+}
+
+/// The flag -> `(stage kind, parameter)` mapping.
+fn stage_overrides(args: &LmArgs, resolved: &Resolved) -> Result<Vec<String>, CliError> {
+    let mapped = [
+        ("--seq-len", args.seq_len, "sequences", "seq_len"),
+        ("--seq-stride", args.seq_stride, "sequences", "seq_stride"),
+        ("--window", args.window, "banks", "window"),
+        ("--stride", args.stride, "banks", "stride"),
+        ("--minhash-k", args.minhash_k, "minhash", "minhash_k"),
+        ("--router-topk", args.router_topk, "routing", "router_topk"),
+    ];
+    let mut out = args.overrides.clone();
+    for (flag, value, kind, param) in mapped {
+        let Some(value) = value else { continue };
+        let stages: Vec<&str> = resolved
+            .dag
+            .stages
+            .iter()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.name.as_str())
+            .collect();
+        match stages.as_slice() {
+            [name] => out.push(format!("{name}.{param}={value}")),
+            _ => {
+                return Err(CliError::usage(
+                    format!(
+                        "{flag}: DAG `{}` has {} stages of kind `{kind}`",
+                        resolved.dag.name,
+                        stages.len()
+                    ),
+                    Some(format!("use --set STAGE.{param}={value} instead")),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `ausa train TASK`.
+pub fn run(
+    store: Option<&std::path::Path>,
+    args: &TrainArgs,
+    out: &Output,
+) -> Result<i32, CliError> {
+    match &args.task {
+        TrainTask::Lm(lm_args) => lm(store, lm_args, out),
+    }
+}
+
+/// Steps of a run given neither `--steps` nor `--epochs`.
+const DEFAULT_STEPS: usize = 100;
+
+/// The kinds whose objects the trainer reads (their upstreams come along).
+const READ_KINDS: [&str; 2] = ["minhash", "routing"];
+
+fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i32, CliError> {
+    // Before the first tch call: CUDA must be loaded first (see ausa_train::device).
+    let choice = match args.device {
+        DeviceArg::Auto => DeviceChoice::Auto,
+        DeviceArg::Cpu => DeviceChoice::Cpu,
+        DeviceArg::Cuda => DeviceChoice::Cuda,
+    };
+    let device = device::select(choice).map_err(train_error)?;
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n.max(1));
+    }
+    let root = ausa_store::Store::default_root(store);
+    // Only a run that may build creates a store; reading needs an existing one.
+    let store = if args.precache || args.cache_only {
+        ausa_store::Store::create(&root)?
+    } else {
+        ausa_store::Store::open(&root).map_err(|e| {
+            let mut err = CliError::from(e);
+            err.hints
+                .push("or pass --precache to build the artifacts into a new store".into());
+            err
+        })?
+    };
+    let pipeline = Pipeline::new(store);
+    let plain_args = TargetArgs {
+        target: args.dag.clone(),
+        overrides: args.overrides.clone(),
+    };
+    let plain = Target::parse(&args.dag, &args.overrides)
+        .map_err(|e| CliError::from_build(e, &plain_args))?;
+    let first = pipeline
+        .resolve(&plain)
+        .map_err(|e| CliError::from_build(e, &plain_args))?;
+    let overrides = stage_overrides(args, &first)?;
+    let mut stages = Vec::new();
+    for kind in READ_KINDS {
+        let names: Vec<&str> = first
+            .dag
+            .stages
+            .iter()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.name.as_str())
+            .collect();
+        match names.as_slice() {
+            [name] => stages.push(name.to_string()),
+            _ => {
+                return Err(CliError::usage(
+                    format!(
+                        "DAG `{}` has {} stages of kind `{kind}`; `ausa train lm` needs exactly one",
+                        first.dag.name,
+                        names.len()
+                    ),
+                    Some("use a DAG with one sequences -> banks -> minhash, routing chain (e.g. demo, wt2)".into()),
+                ))
+            }
+        }
+    }
+    let target_args = TargetArgs {
+        target: format!("{}:{}", args.dag, stages.join(",")),
+        overrides: overrides.clone(),
+    };
+    let from_build = |e| CliError::from_build(e, &target_args);
+    let target = Target::parse(&target_args.target, &overrides).map_err(from_build)?;
+    let resolved = pipeline.resolve(&target).map_err(from_build)?;
+    let dirs = if args.precache || args.cache_only {
+        let reporter = out.reporter(&resolved.plan.dag);
+        let dirs = pipeline.ensure_built(&resolved, &Default::default(), &reporter);
+        drop(reporter);
+        dirs.map_err(from_build)?
+    } else {
+        pipeline.object_dirs(&resolved).map_err(|e| {
+            let not_built = matches!(e, ausa_build::BuildError::NotBuilt { .. });
+            let mut err = from_build(e);
+            if not_built {
+                let sets: String = overrides.iter().map(|o| format!(" --set {o}")).collect();
+                err.message
+                    .push_str(" (`ausa train` reads its artifacts from the store)");
+                err.hints = vec![
+                    format!("run `ausa build {}{sets}`", target_args.target),
+                    "or pass --precache to build them first".into(),
+                ];
+            }
+            err
+        })?
+    };
+    if args.cache_only {
+        out.log(&format!("{}: artifacts ready", resolved.plan.dag));
+        out.json(&json!({"ok": true, "cache_only": true}));
+        return Ok(0);
+    }
+
+    let stats = text_stats(&resolved, &dirs).map_err(|e| CliError::failure(e, None))?;
+    let open = |split: Split| -> Result<Option<SplitInput>, CliError> {
+        let paths = dirs.set_paths(split).map_err(from_build)?;
+        if !paths.sequences.exists() {
+            return Ok(None);
+        }
+        let data = SplitData::open(&paths).map_err(train_error)?;
+        if data.num_sequences() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(SplitInput {
+            data: data.to_device(device),
+            stats: stats[split.index()],
+        }))
+    };
+    let train_split = open(Split::Train)?.ok_or_else(|| {
+        CliError::failure(
+            format!("{}: the train split has no sequences", resolved.plan.dag),
+            None,
+        )
+    })?;
+    let valid = open(Split::Validation)?;
+    let test = open(Split::Test)?;
+    let data = &train_split.data;
+    let (window, _) = data.window_stride();
+    let attn = match args.attn {
+        AttnArg::DotNaive => Attn::DotNaive,
+        AttnArg::Sdpa => Attn::Sdpa,
+        AttnArg::Ska => Attn::Ska,
+    };
+    let ska_layers = if args.ska_layers.is_empty() && attn == Attn::Ska {
+        (0..args.layers).collect()
+    } else {
+        args.ska_layers.clone()
+    };
+    let config = TrainConfig {
+        model: ModelConfig {
+            vocab: i64::from(data.vocab()),
+            seq_len: data.seq_len(),
+            d_model: args.d_model,
+            layers: args.layers,
+            heads: args.heads,
+            ffn_mult: args.ffn_mult,
+            dropout: args.dropout,
+            attn,
+            ska_layers,
+            beta: args.beta,
+            router_topk: args.gate_topk,
+            adapter_rank: args.adapter_rank,
+        },
+        batch: args.batch,
+        accum: args.accum,
+        epochs: args.epochs.unwrap_or(1),
+        steps: args.steps.or(if args.epochs.is_none() {
+            Some(DEFAULT_STEPS)
+        } else {
+            None
+        }),
+        lr: args.lr,
+        warmup: args.warmup,
+        weight_decay: args.weight_decay,
+        clip: args.clip,
+        precision: match args.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::Fp16 => Precision::Fp16,
+        },
+        seed: args.seed,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        save_every: args.save_every,
+        ..TrainConfig::default()
+    };
+    let run_dir = args.out.clone().unwrap_or_else(|| {
+        let dag = resolved.plan.dag.replace(['/', '.'], "_");
+        PathBuf::from("runs").join(format!(
+            "{dag}-lm-{}-d{}-l{}-w{window}-s{}",
+            attn.as_str(),
+            args.d_model,
+            args.layers,
+            args.seed
+        ))
+    });
+    let artifacts: Vec<_> = resolved
+        .plan
+        .stages
+        .iter()
+        .map(|s| json!({"stage": s.name, "kind": s.kind, "fingerprint": s.fingerprint}))
+        .collect();
+    let meta = json!({
+        "command": std::env::args().collect::<Vec<_>>(),
+        "dag": resolved.plan.dag,
+        "overrides": overrides,
+        "cache_mode": "full",
+        "artifacts": artifacts,
+    });
+    let run = Run {
+        config,
+        train: &train_split,
+        valid: valid.as_ref(),
+        test: test.as_ref(),
+        out: run_dir,
+        resume: args.resume,
+        device,
+        meta,
+        stop_at: None,
+    };
+    out.log(&format!(
+        "training {} on {} ({} sequences of {} tokens) -> {}",
+        attn.as_str(),
+        resolved.plan.dag,
+        data.num_sequences(),
+        data.seq_len(),
+        run.out.display()
+    ));
+    let summary = train::run(&run, &mut |event| print_event(out, event)).map_err(train_error)?;
+    out.json(&summary);
+    out.log(&format!(
+        "done: {} steps, loss {:.4} -> {:.4}{}, {:.0} tokens/s, {:.1}s",
+        summary.steps,
+        summary.first_loss.unwrap_or(f64::NAN),
+        summary.last_loss.unwrap_or(f64::NAN),
+        summary
+            .valid
+            .map(|v| format!(", valid ppl {:.2}", v.token_ppl))
+            .unwrap_or_default(),
+        summary.tokens_per_s,
+        summary.elapsed_s
+    ));
+    Ok(0)
+}
+
+fn print_event(out: &Output, event: &Event) {
+    match event {
+        Event::Train {
+            step,
+            steps,
+            loss,
+            lr,
+            tokens_per_s,
+            elapsed_s,
+            ..
+        } => {
+            let eta = elapsed_s / *step as f64 * (steps - step) as f64;
+            out.log(&format!(
+                "step {step:>5}/{steps} loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s eta {eta:.0}s"
+            ));
+        }
+        Event::Eval {
+            step,
+            split,
+            result,
+        } => {
+            let word = result
+                .word_ppl
+                .map(|w| format!(" word ppl {w:.2}"))
+                .unwrap_or_default();
+            let bpb = result
+                .bits_per_byte
+                .map(|b| format!(" bpb {b:.4}"))
+                .unwrap_or_default();
+            out.log(&format!(
+                "eval  {step:>5} {split}: loss {:.4} token ppl {:.2}{word}{bpb}",
+                result.loss, result.token_ppl
+            ));
+        }
+    }
+}
+
+/// Token counts (from the `tokenize` stage's files) and whitespace words and UTF-8
+/// bytes (from the documents it tokenized) per split, indexed by `Split::index`.
+fn text_stats(
+    resolved: &Resolved,
+    dirs: &ausa_build::ObjectDirs,
+) -> Result<[Option<TextStats>; 3], String> {
+    let mut stats = [None; 3];
+    let (Ok(tokens_dir), Some(docs_dir)) =
+        (dirs.dir_of_kind("tokenize"), documents_dir(resolved, dirs))
+    else {
+        return Ok(stats);
+    };
+    let docs =
+        read_documents(ausa_artifacts::documents_path(&docs_dir)).map_err(|e| e.to_string())?;
+    for split in Split::ALL {
+        let path = ausa_artifacts::tokens_path(tokens_dir, split);
+        if !path.exists() {
+            continue;
+        }
+        let tokens = TokensFile::open_structure(&path).map_err(|e| e.to_string())?;
+        let (mut words, mut bytes) = (0u64, 0u64);
+        for d in docs.iter().filter(|d| d.split == split) {
+            words += d.text.split_whitespace().count() as u64;
+            bytes += d.text.len() as u64;
+        }
+        stats[split.index()] = Some(TextStats {
+            tokens: tokens.num_tokens() as u64,
+            words,
+            bytes,
+        });
+    }
+    Ok(stats)
+}
+
+/// The object of the documents the `tokenize` stage read (its `documents` input).
+fn documents_dir(resolved: &Resolved, dirs: &ausa_build::ObjectDirs) -> Option<PathBuf> {
+    let plan = &resolved.plan;
+    let tokenize = plan.stages.iter().find(|s| s.kind == "tokenize")?;
+    let &(_, upstream) = tokenize
+        .inputs
+        .iter()
+        .find(|(slot, _)| *slot == "documents")?;
+    dirs.stage(&plan.stages[upstream].name)
+        .map(|o| o.dir.clone())
+}

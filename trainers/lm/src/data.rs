@@ -1,0 +1,280 @@
+//! The data path: one split's set artifacts (`--cache-mode full`) as whole-split tensors
+//! over the artifact memory maps, gathered per batch with tensor ops.
+//!
+//! [`SplitData::open`] opens the four files of a split (`ausa_artifacts::SetPaths`), lets
+//! `SetArtifacts::open` cross-check them, checks what the tensor path relies on (every
+//! sequence has the same length and the same set layout, one routing table, ids below
+//! the vocabulary), and wraps the mapped arrays as tensors **without copying**
+//! ([`zero_copy`]). On CUDA the whole-split tensors move to the device once
+//! ([`SplitData::to_device`]), so each batch is gathered on the GPU. A batch
+//! ([`SplitData::batch`]) is `index_select`s over those tensors: no per-set or per-token
+//! loop in Rust.
+
+use std::path::Path;
+
+use ausa_artifacts::{
+    ArtifactError, BanksFile, RoutingFile, SetArtifacts, SetPaths, SignaturesFile, TokensFile,
+};
+use ausa_kernels::SetInputs;
+use tch::{Device, Kind, Tensor};
+
+use crate::Error;
+
+pub mod zero_copy;
+
+/// The whole split's arrays; on the CPU they point into the memory maps.
+#[derive(Debug)]
+pub(crate) struct Arrays {
+    /// `[Nseq, L]` token ids (`Int16` for 16-bit ids, `Int32` for 32-bit).
+    pub(crate) tokens: Tensor,
+    /// `[Nsets, k]` `Int32` MinHash values (bit-reinterpreted `u32`; only equality matters).
+    pub(crate) signatures: Tensor,
+    /// `[Nsets]` `Int32` set sizes.
+    pub(crate) sizes: Tensor,
+    /// `[Nsets, 2]` `Int32` spans.
+    pub(crate) spans: Tensor,
+    /// `[Nvalues]` atom ids (`Int16` or `Int32`, like `tokens`).
+    pub(crate) values: Tensor,
+    /// `[Nsets + 1]` `Int64` offsets into `values`.
+    pub(crate) set_offsets: Tensor,
+    /// `[L, M]` bool: token `t` routes to local set `m` (the routing table).
+    pub(crate) route: Tensor,
+}
+
+/// One split, ready to be batched.
+#[derive(Debug)]
+pub struct SplitData {
+    // Field order matters: `arrays` (views of the maps) is dropped before `_maps`.
+    arrays: Arrays,
+    _maps: zero_copy::Maps,
+    num_sequences: i64,
+    seq_len: i64,
+    sets_per_seq: i64,
+    vocab: u32,
+    k: u32,
+    window: u32,
+    stride: u32,
+    router_topk: u32,
+    /// Whether `arrays` are views of the maps (false after [`SplitData::to_device`]).
+    zero_copy: bool,
+}
+
+/// One batch as tensors on the data's device.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[B, L]` `Int64` token ids.
+    pub tokens: Tensor,
+    /// The batch's set structure (for SKA blocks).
+    pub sets: SetInputs,
+}
+
+fn artifact(e: ArtifactError) -> Error {
+    Error::Artifact(e.to_string())
+}
+
+fn bad(path: &Path, what: String) -> Error {
+    Error::Artifact(format!("{}: {what}", path.display()))
+}
+
+impl SplitData {
+    /// Opens one split's set artifacts (validated once) as zero-copy CPU tensors.
+    pub fn open(paths: &SetPaths) -> Result<SplitData, Error> {
+        // Cross-checks the four files (same sequences, sets, vocabulary).
+        SetArtifacts::open(paths).map_err(artifact)?;
+        // Full validation of the token file (every id below the vocabulary).
+        let sequences = TokensFile::open(&paths.sequences).map_err(artifact)?;
+        let banks = BanksFile::open(&paths.banks).map_err(artifact)?;
+        let signatures = SignaturesFile::open(&paths.signatures).map_err(artifact)?;
+        let routing = RoutingFile::open(&paths.routing).map_err(artifact)?;
+
+        let nseq = sequences.num_documents();
+        let offsets = sequences.doc_offsets();
+        let seq_len = if nseq == 0 {
+            0
+        } else {
+            offsets[1] - offsets[0]
+        };
+        if nseq == 0 || seq_len < 2 {
+            let what = format!("{nseq} sequences of {seq_len} tokens: nothing to train on");
+            return Err(bad(&paths.sequences, what));
+        }
+        if let Some(i) = offsets.windows(2).position(|w| w[1] - w[0] != seq_len) {
+            let what = format!("sequence {i} has {} tokens, the first has {seq_len}: the trainer needs fixed-length sequences (the `sequences` stage makes them)", offsets[i + 1] - offsets[i]);
+            return Err(bad(&paths.sequences, what));
+        }
+        let seq_offsets = banks.seq_offsets();
+        let per_seq = seq_offsets[1] - seq_offsets[0];
+        if let Some(i) = seq_offsets.windows(2).position(|w| w[1] - w[0] != per_seq) {
+            let what = format!("sequence {i} has {} sets, sequence 0 has {per_seq}: the trainer needs one set layout per split", seq_offsets[i + 1] - seq_offsets[i]);
+            return Err(bad(&paths.banks, what));
+        }
+        let spans = banks.spans();
+        let per = 2 * per_seq as usize;
+        if let Some(i) = spans.chunks(per.max(1)).position(|c| c != &spans[..per]) {
+            let what = format!("sequence {i} has other set spans than sequence 0: one layout per split is required");
+            return Err(bad(&paths.banks, what));
+        }
+        let ends: Vec<u32> = spans[..per].chunks(2).map(|s| s[1]).collect();
+        let table = routing
+            .layout_of(&ends)
+            .filter(|t| t.num_tokens() == seq_len as usize)
+            .ok_or_else(|| {
+                bad(routing.path(), format!("no routing table for set ends {ends:?} over {seq_len} tokens: the file comes from a different bank"))
+            })?;
+        let m = per_seq as usize;
+        let mut route = vec![false; seq_len as usize * m];
+        for t in 0..seq_len as usize {
+            for &j in table.candidates(t) {
+                route[t * m + j as usize] = true;
+            }
+        }
+        let shape = banks.shape();
+        let vocab = shape.vocab_size;
+        let k = signatures.k();
+        let maps = zero_copy::Maps {
+            sequences,
+            banks,
+            signatures,
+        };
+        let arrays = maps.arrays(nseq as i64, seq_len as i64, k as i64);
+        let route = Tensor::from_slice(&route).view([seq_len as i64, per_seq as i64]);
+        let arrays = Arrays { route, ..arrays };
+        // Atom ids are not range-checked when the bank is opened (gather does it per batch).
+        if arrays.values.numel() > 0 {
+            let max = widen(&arrays.values).max().int64_value(&[]);
+            if max >= i64::from(vocab) {
+                let what = format!("atom id {max} is not below the vocabulary size {vocab}");
+                return Err(bad(&paths.banks, what));
+            }
+        }
+        Ok(SplitData {
+            arrays,
+            _maps: maps,
+            num_sequences: nseq as i64,
+            seq_len: seq_len as i64,
+            sets_per_seq: per_seq as i64,
+            vocab,
+            k,
+            window: shape.window,
+            stride: shape.stride,
+            router_topk: routing.topk(),
+            zero_copy: true,
+        })
+    }
+
+    /// Moves the whole split to `device` once (a copy; the maps are no longer read).
+    pub fn to_device(mut self, device: Device) -> SplitData {
+        if device == Device::Cpu {
+            return self;
+        }
+        let a = &self.arrays;
+        self.arrays = Arrays {
+            tokens: a.tokens.to_device(device),
+            signatures: a.signatures.to_device(device),
+            sizes: a.sizes.to_device(device),
+            spans: a.spans.to_device(device),
+            values: a.values.to_device(device),
+            set_offsets: a.set_offsets.to_device(device),
+            route: a.route.to_device(device),
+        };
+        self.zero_copy = false;
+        self
+    }
+
+    /// Number of sequences.
+    pub fn num_sequences(&self) -> i64 {
+        self.num_sequences
+    }
+
+    /// Tokens per sequence.
+    pub fn seq_len(&self) -> i64 {
+        self.seq_len
+    }
+
+    /// Sets per sequence.
+    pub fn sets_per_seq(&self) -> i64 {
+        self.sets_per_seq
+    }
+
+    /// Vocabulary size of the ids.
+    pub fn vocab(&self) -> u32 {
+        self.vocab
+    }
+
+    /// MinHash values per set.
+    pub fn minhash_k(&self) -> u32 {
+        self.k
+    }
+
+    /// Bank window and stride.
+    pub fn window_stride(&self) -> (u32, u32) {
+        (self.window, self.stride)
+    }
+
+    /// The routing table's recency top-k (0 = all visible sets).
+    pub fn router_topk(&self) -> u32 {
+        self.router_topk
+    }
+
+    /// The memory range of the mapped token ids, and the data pointer of the token tensor
+    /// (for the zero-copy test); `None` after [`SplitData::to_device`].
+    pub fn token_pointers(&self) -> Option<(std::ops::Range<*const u8>, *const u8)> {
+        if !self.zero_copy {
+            return None;
+        }
+        let range = self._maps.sequences.ids().as_ptr_range();
+        Some((range, self.arrays.tokens.data_ptr() as *const u8))
+    }
+
+    /// The batch of sequences `ids` (any order, repeats allowed; each below
+    /// [`SplitData::num_sequences`]).
+    pub fn batch(&self, ids: &[i64]) -> Batch {
+        let a = &self.arrays;
+        let device = a.tokens.device();
+        let long = (Kind::Int64, device);
+        let bsz = ids.len() as i64;
+        let m = self.sets_per_seq;
+        let seqs = Tensor::from_slice(ids).to_device(device);
+        let tokens = widen(&a.tokens.index_select(0, &seqs));
+        let sets = (seqs.unsqueeze(1) * m + Tensor::arange(m, long).unsqueeze(0)).flatten(0, -1);
+        let starts = a.set_offsets.index_select(0, &sets);
+        let lens = a.set_offsets.index_select(0, &(&sets + 1)) - &starts;
+        let cum = lens.cumsum(0, Kind::Int64);
+        let total = if bsz == 0 {
+            0
+        } else {
+            cum.get(-1).int64_value(&[])
+        };
+        // Position p of the batch's values reads value starts[s] + (p - first[s]).
+        let first = &cum - &lens;
+        let value_index = (starts - first).repeat_interleave_self_tensor(&lens, 0, Some(total))
+            + Tensor::arange(total, long);
+        let values = widen(&a.values.index_select(0, &value_index));
+        let set_offsets = Tensor::cat(&[Tensor::zeros([1], long), cum], 0);
+        let sets = SetInputs {
+            seq_sets: Tensor::arange(bsz + 1, long) * m,
+            signatures: a.signatures.index_select(0, &sets),
+            sizes: a.sizes.index_select(0, &sets).to_kind(Kind::Int64),
+            ends: a
+                .spans
+                .index_select(0, &sets)
+                .select(1, 1)
+                .to_kind(Kind::Int64),
+            values,
+            set_offsets,
+            route: a.route.unsqueeze(0).expand([bsz, self.seq_len, m], false),
+        };
+        Batch { tokens, sets }
+    }
+}
+
+/// `Int64` copy of stored ids: unsigned ids are wrapped as signed tensors of the same
+/// width (tch has no `UInt16`/`UInt32`), so mask them back to their unsigned value.
+fn widen(ids: &Tensor) -> Tensor {
+    let mask = if ids.kind() == Kind::Int16 {
+        0xFFFF
+    } else {
+        0xFFFF_FFFF
+    };
+    ids.to_kind(Kind::Int64).bitwise_and(mask)
+}

@@ -1,0 +1,479 @@
+//! Trainer tests on tiny shapes (CPU): zero-copy data path, batches against the copying
+//! gather, causality for every `--attn`, overfitting, sampler, schedule, resume.
+
+use std::path::Path;
+
+use ausa_artifacts::{
+    write_routing, write_signatures, BankShape, BanksWriter, Routing, RoutingLayout, SetArtifacts,
+    SetPaths, TokensWriter,
+};
+use ausa_kernels::toy::{self, ToyShape};
+use ausa_kernels::SetLayout;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::SplitData;
+use crate::model::{next_token_loss, Attn, Inputs, Lm, ModelConfig};
+use crate::train::{
+    self, learning_rate, Precision, Run, Sampler, SplitInput, TextStats, TrainConfig,
+};
+
+/// libtorch's default generator is global: tests that seed it and then draw from it
+/// (initialization, dropout) hold this lock so parallel tests don't interleave draws.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    // One intra-op thread: tests already run in parallel, and an oversubscribed OpenMP
+    // pool spin-waits (10x slower on a busy 2-core machine).
+    tch::set_num_threads(1);
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const SHAPE: ToyShape = ToyShape {
+    window: 6,
+    stride: 3,
+    k: 16,
+    seed: 1,
+};
+const LEN: usize = 24;
+const VOCAB: u32 = 32;
+
+fn random_tokens(seed: u64, n: usize, vocab: u32) -> Vec<Vec<u32>> {
+    let mut state = seed.wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            (0..LEN)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) % u64::from(vocab)) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes a split's four set artifacts for `seqs` (the toy bank rules) under `dir`.
+fn write_split(dir: &Path, seqs: &[Vec<u32>], vocab: u32) -> SetPaths {
+    let paths = SetPaths {
+        sequences: dir.join("sequences-train.arrow"),
+        banks: dir.join("banks-train.arrow"),
+        signatures: dir.join("minhash-train.arrow"),
+        routing: dir.join("routing-train.arrow"),
+    };
+    let mut tokens = TokensWriter::create(&paths.sequences, vocab).unwrap();
+    let shape = BankShape {
+        vocab_size: vocab,
+        window: SHAPE.window as u32,
+        stride: SHAPE.stride as u32,
+    };
+    let mut banks = BanksWriter::new(&paths.banks, shape);
+    let (mut sigs, mut sizes, mut ends) = (vec![], vec![], vec![]);
+    for (i, seq) in seqs.iter().enumerate() {
+        tokens.push_document(i as u64, seq).unwrap();
+        ends.clear();
+        let mut start = 0;
+        while start + SHAPE.window <= seq.len() {
+            let mut atoms = seq[start..start + SHAPE.window].to_vec();
+            atoms.sort_unstable();
+            atoms.dedup();
+            banks
+                .push_set(&atoms, start as u32, (start + SHAPE.window) as u32)
+                .unwrap();
+            sigs.extend(toy::signature(&atoms, SHAPE));
+            sizes.push(atoms.len() as u32);
+            ends.push((start + SHAPE.window) as u32);
+            start += SHAPE.stride;
+        }
+        banks.end_sequence();
+    }
+    tokens.finish().unwrap();
+    banks.finish().unwrap();
+    write_signatures(&paths.signatures, SHAPE.k as u32, SHAPE.seed, sigs, sizes).unwrap();
+    let mut layout = RoutingLayout {
+        ends: ends.clone(),
+        token_offsets: vec![0],
+        sets: vec![],
+    };
+    for t in 0..LEN as u32 {
+        layout
+            .sets
+            .extend((0..ends.len() as u32).filter(|&j| ends[j as usize] <= t + 1));
+        layout.token_offsets.push(layout.sets.len() as u64);
+    }
+    let routing = Routing {
+        causal: true,
+        topk: 0,
+        sequences: seqs.len() as u64,
+        layouts: vec![layout],
+    };
+    write_routing(&paths.routing, &routing).unwrap();
+    paths
+}
+
+fn tiny_model(attn: Attn, vocab: u32) -> ModelConfig {
+    ModelConfig {
+        vocab: i64::from(vocab),
+        seq_len: LEN as i64,
+        d_model: 32,
+        layers: 2,
+        heads: 2,
+        ffn_mult: 2,
+        dropout: 0.0,
+        attn,
+        ska_layers: if attn == Attn::Ska {
+            vec![0, 1]
+        } else {
+            vec![]
+        },
+        beta: 1.0,
+        router_topk: 0,
+        adapter_rank: 4,
+    }
+}
+
+fn floats(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap()
+}
+
+fn longs(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(t.to_kind(Kind::Int64).flatten(0, -1)).unwrap()
+}
+
+#[test]
+fn token_tensor_points_into_the_artifact_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_split(dir.path(), &random_tokens(1, 5, VOCAB), VOCAB);
+    let data = SplitData::open(&paths).unwrap();
+    let (range, ptr) = data.token_pointers().expect("CPU data is zero-copy");
+    assert!(
+        range.contains(&ptr),
+        "tensor data {ptr:?} is outside the mapping {range:?}"
+    );
+    assert_eq!(
+        range.start, ptr,
+        "the whole-split tensor starts at the mapped ids"
+    );
+}
+
+#[test]
+fn tensor_batches_equal_the_copying_gather() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 16-bit vocabulary above 32767 checks the unsigned widening of stored ids.
+    let vocab = 40_000;
+    let mut seqs = random_tokens(2, 6, VOCAB);
+    for seq in &mut seqs {
+        for t in seq.iter_mut().step_by(3) {
+            *t += 39_000;
+        }
+    }
+    let paths = write_split(dir.path(), &seqs, vocab);
+    let data = SplitData::open(&paths).unwrap();
+    let reference = SetArtifacts::open(&paths).unwrap();
+    let ids = [4i64, 0, 4, 5];
+    let batch = data.batch(&ids);
+    let want = reference.gather(&ids.map(|i| i as usize)).unwrap();
+    let as_i64 = |v: &[u32]| v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>();
+    assert_eq!(longs(&batch.tokens), as_i64(&want.tokens));
+    assert_eq!(longs(&batch.sets.values), as_i64(&want.values));
+    let offsets: Vec<i64> = want.set_offsets.iter().map(|&o| o as i64).collect();
+    assert_eq!(longs(&batch.sets.set_offsets), offsets);
+    let seq_sets: Vec<i64> = want.seq_sets.iter().map(|&o| o as i64).collect();
+    assert_eq!(longs(&batch.sets.seq_sets), seq_sets);
+    let sigs: Vec<i64> = want
+        .signatures
+        .iter()
+        .map(|&s| i64::from(s as i32))
+        .collect();
+    assert_eq!(longs(&batch.sets.signatures), sigs);
+    assert_eq!(longs(&batch.sets.sizes), as_i64(&want.sizes));
+    let ends: Vec<u32> = want.spans.chunks(2).map(|s| s[1]).collect();
+    assert_eq!(longs(&batch.sets.ends), as_i64(&ends));
+    // Route mask vs the candidate lists.
+    let m = data.sets_per_seq() as usize;
+    let route = longs(&batch.sets.route.to_kind(Kind::Int64));
+    for tok in 0..ids.len() * LEN {
+        let first_set = (tok / LEN * m) as u32;
+        let mut from_mask: Vec<u32> = (0..m as u32)
+            .filter(|&j| route[tok * m + j as usize] == 1)
+            .map(|j| j + first_set)
+            .collect();
+        from_mask.sort_unstable();
+        let lo = want.token_offsets[tok] as usize;
+        let hi = want.token_offsets[tok + 1] as usize;
+        let mut listed = want.candidates[lo..hi].to_vec();
+        listed.sort_unstable();
+        assert_eq!(from_mask, listed, "token {tok}");
+    }
+}
+
+fn logits(model: &Lm, seqs: &[Vec<u32>]) -> Tensor {
+    let tokens = toy::token_tensor(seqs, Device::Cpu);
+    let layout = SetLayout::new(&toy::sets(seqs, SHAPE, Device::Cpu), LEN as i64);
+    model.forward(&Inputs {
+        tokens: &tokens,
+        sets: Some(&layout),
+        kind: Kind::Float,
+        train: false,
+    })
+}
+
+#[test]
+fn logits_up_to_t_ignore_later_tokens_for_every_attn() {
+    let _rng = rng_lock();
+    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
+        tch::manual_seed(0);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let model = Lm::new(&vs.root(), &tiny_model(attn, VOCAB));
+        let seqs = random_tokens(3, 2, VOCAB);
+        let base = logits(&model, &seqs);
+        for t in [2usize, 9, 16] {
+            let mut changed = seqs.clone();
+            for seq in &mut changed {
+                for tok in &mut seq[t + 1..] {
+                    *tok = (*tok + 7) % VOCAB;
+                }
+            }
+            let other = logits(&model, &changed);
+            let head = |x: &Tensor| floats(&x.narrow(1, 0, t as i64 + 1));
+            let same = head(&base)
+                .iter()
+                .zip(head(&other))
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{}: logits at <= {t} changed with tokens after {t}",
+                attn.as_str()
+            );
+            let rest = |x: &Tensor| floats(&x.narrow(1, t as i64 + 1, (LEN - t - 1) as i64));
+            assert_ne!(
+                rest(&base),
+                rest(&other),
+                "{}: later logits must change",
+                attn.as_str()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_tiny_model_overfits_a_fixed_batch_for_every_attn() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_split(dir.path(), &random_tokens(4, 4, 16), 16);
+    let split = SplitInput {
+        data: SplitData::open(&paths).unwrap(),
+        stats: None,
+    };
+    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
+        let out = dir.path().join(attn.as_str());
+        let config = TrainConfig {
+            model: tiny_model(attn, 16),
+            batch: 4,
+            steps: Some(120),
+            lr: 1e-2,
+            warmup: 5,
+            weight_decay: 0.0,
+            ..TrainConfig::default()
+        };
+        let summary = train::run(&run(config, &split, &out), &mut |_| {}).unwrap();
+        let (first, last) = (summary.first_loss.unwrap(), summary.last_loss.unwrap());
+        assert!(first > 2.0, "{}: first loss {first}", attn.as_str());
+        assert!(
+            last < 0.3,
+            "{}: loss went from {first} to {last} only",
+            attn.as_str()
+        );
+    }
+}
+
+fn run<'a>(config: TrainConfig, split: &'a SplitInput, out: &Path) -> Run<'a> {
+    Run {
+        config,
+        train: split,
+        valid: Some(split),
+        test: None,
+        out: out.to_path_buf(),
+        resume: false,
+        device: Device::Cpu,
+        meta: serde_json::Value::Null,
+        stop_at: None,
+    }
+}
+
+fn train_lines(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_matches_an_uninterrupted_one_exactly() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_split(dir.path(), &random_tokens(5, 10, VOCAB), VOCAB);
+    let stats = TextStats {
+        tokens: 240,
+        words: 200,
+        bytes: 1000,
+    };
+    let split = SplitInput {
+        data: SplitData::open(&paths).unwrap(),
+        stats: Some(stats),
+    };
+    let mut model = tiny_model(Attn::Ska, VOCAB);
+    model.dropout = 0.1;
+    model.ska_layers = vec![1];
+    let config = TrainConfig {
+        model,
+        batch: 4,
+        accum: 2,
+        steps: Some(6),
+        warmup: 2,
+        ..TrainConfig::default()
+    };
+    let whole = dir.path().join("whole");
+    let summary = train::run(&run(config.clone(), &split, &whole), &mut |_| {}).unwrap();
+    assert_eq!(summary.steps, 6);
+    let valid = summary.valid.expect("final validation");
+    assert!(valid.word_ppl.is_some() && valid.bits_per_byte.is_some());
+
+    let parts = dir.path().join("parts");
+    let mut first = run(config.clone(), &split, &parts);
+    first.stop_at = Some(3);
+    assert_eq!(train::run(&first, &mut |_| {}).unwrap().steps, 3);
+    let mut again = run(config.clone(), &split, &parts);
+    assert!(
+        train::run(&again, &mut |_| {}).is_err(),
+        "a second run into a used --out must fail without --resume"
+    );
+    again.resume = true;
+    assert_eq!(train::run(&again, &mut |_| {}).unwrap().steps, 6);
+
+    let read = |out: &Path| {
+        let mut t = Tensor::read_safetensors(out.join("checkpoint/model.safetensors")).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t.into_iter()
+            .map(|(n, t)| (n, floats(&t)))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (read(&whole), read(&parts));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "parameter {name} differs after resume");
+    }
+    let (la, lb) = (train_lines(&whole), train_lines(&parts));
+    assert_eq!(la.len(), 6);
+    assert_eq!(lb.len(), 6);
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
+    }
+    for name in ["run_meta.json", "summary.csv", "summary.json"] {
+        assert!(parts.join(name).exists(), "{name} missing");
+    }
+
+    // Another model shape cannot resume this checkpoint.
+    let mut other = config.clone();
+    other.model.d_model = 64;
+    let mut bad = run(other, &split, &parts);
+    bad.resume = true;
+    let err = train::run(&bad, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("another model"), "{err}");
+    // Nor can a run directory without one.
+    let mut missing = run(config, &split, &dir.path().join("nothing"));
+    missing.resume = true;
+    let err = train::run(&missing, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("no checkpoint"), "{err}");
+}
+
+#[test]
+fn the_sampler_is_seeded_and_covers_every_sequence_each_epoch() {
+    let sampler = Sampler::new(10, 4, 9);
+    assert_eq!(sampler.per_epoch(), 3);
+    let epoch: Vec<Vec<i64>> = (0..3).map(|g| sampler.micro_batch(g).1).collect();
+    assert_eq!(
+        epoch.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![4, 4, 2]
+    );
+    let mut all: Vec<i64> = epoch.concat();
+    all.sort_unstable();
+    assert_eq!(all, (0..10).collect::<Vec<_>>());
+    assert_eq!(sampler.micro_batch(3).0, 1, "batch 3 starts epoch 1");
+    assert_ne!(
+        sampler.permutation(0),
+        sampler.permutation(1),
+        "a new order per epoch"
+    );
+    assert_eq!(
+        Sampler::new(10, 4, 9).permutation(1),
+        sampler.permutation(1)
+    );
+    assert_ne!(
+        Sampler::new(10, 4, 8).permutation(0),
+        sampler.permutation(0)
+    );
+}
+
+#[test]
+fn learning_rate_warms_up_then_decays_to_the_floor() {
+    let config = TrainConfig {
+        lr: 1.0,
+        warmup: 4,
+        min_lr_ratio: 0.1,
+        ..TrainConfig::default()
+    };
+    let lrs: Vec<f64> = (0..14).map(|s| learning_rate(&config, s, 14)).collect();
+    assert_eq!(&lrs[..4], &[0.25, 0.5, 0.75, 1.0]);
+    assert!((lrs[4] - 1.0).abs() < 1e-12);
+    assert!(lrs[4..].windows(2).all(|w| w[1] <= w[0]));
+    assert!((learning_rate(&config, 14, 14) - 0.1).abs() < 1e-12);
+}
+
+#[test]
+fn a_model_for_another_vocabulary_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_split(dir.path(), &random_tokens(6, 3, VOCAB), VOCAB);
+    let split = SplitInput {
+        data: SplitData::open(&paths).unwrap(),
+        stats: None,
+    };
+    let config = TrainConfig {
+        model: tiny_model(Attn::Sdpa, VOCAB + 1),
+        precision: Precision::Bf16,
+        ..TrainConfig::default()
+    };
+    let out = dir.path().join("run");
+    let err = train::run(&run(config, &split, &out), &mut |_| {}).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("vocabulary 33"), "{err}");
+    assert!(!out.exists(), "nothing written for a rejected run");
+}
+
+#[test]
+fn bf16_training_runs_and_the_loss_is_finite() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_split(dir.path(), &random_tokens(7, 4, VOCAB), VOCAB);
+    let split = SplitInput {
+        data: SplitData::open(&paths).unwrap(),
+        stats: None,
+    };
+    let config = TrainConfig {
+        model: tiny_model(Attn::Ska, VOCAB),
+        precision: Precision::Bf16,
+        batch: 2,
+        steps: Some(3),
+        ..TrainConfig::default()
+    };
+    let summary = train::run(&run(config, &split, &dir.path().join("bf16")), &mut |_| {}).unwrap();
+    assert!(summary.last_loss.unwrap().is_finite());
+    // Next-token loss on logits of the right shape (sanity of the helper).
+    let logits = Tensor::zeros([1, 3, 4], (Kind::Float, Device::Cpu));
+    let (loss, n) = next_token_loss(&logits, &Tensor::from_slice(&[0i64, 1, 2]).view([1, 3]));
+    assert_eq!(n, 2);
+    assert!((loss.double_value(&[]) - 4f64.ln()).abs() < 1e-6);
+}
