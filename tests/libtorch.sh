@@ -5,8 +5,8 @@
 # small CUDA runtime packages libtorch_cpu.so needs at load time even on CPU (found through
 # torch's RPATH $ORIGIN/../../nvidia/cu13/lib). About 1.3 GB on disk.
 #
-# Usage: scripts/libtorch.sh            install if missing, print the LIBTORCH path
-#        source <(scripts/libtorch.sh --env)   also export LIBTORCH and LD_LIBRARY_PATH
+# Usage: tests/libtorch.sh            install if missing, print the LIBTORCH path
+#        source <(tests/libtorch.sh --env)   also export LIBTORCH and LD_LIBRARY_PATH
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="$root/.libtorch"

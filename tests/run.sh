@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The README's test command: installs libtorch into .libtorch/ when it is missing
-# (scripts/libtorch.sh: PyPI torch 2.11.0, about 1.3 GB), then runs every test of the
+# (tests/libtorch.sh: PyPI torch 2.11.0, about 1.3 GB), then runs every test of the
 # workspace on CPU, the kernel and trainer tests included (the CLI's `train` feature).
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/libtorch.sh >/dev/null
+tests/libtorch.sh >/dev/null
 # torch-sys reads LIBTORCH (.cargo/config.toml sets it to .libtorch/torch when unset);
 # the test binaries find the libraries through their RPATH (build.rs), no LD_LIBRARY_PATH.
 exec cargo test --workspace --features ausa-cli/train --locked "$@"
