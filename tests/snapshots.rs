@@ -70,15 +70,28 @@ macro_rules! snap {
 #[test]
 fn help_of_every_command() {
     let ctx = Ctx::new();
-    snap!("help", &ctx, run(&ctx, &["--help"]));
-    for command in [
+    // The `train` command exists only with the CLI's `train` feature (libtorch).
+    let top = if cfg!(feature = "train") {
+        "help_with_train"
+    } else {
+        "help"
+    };
+    snap!(top, &ctx, run(&ctx, &["--help"]));
+    let mut commands = vec![
         "build", "push", "pull", "status", "explain", "show", "path", "ls", "verify", "gc",
-    ] {
+    ];
+    if cfg!(feature = "train") {
+        commands.push("train");
+    }
+    for command in commands {
         snap!(
             format!("help_{command}"),
             &ctx,
             run(&ctx, &[command, "--help"])
         );
+    }
+    if cfg!(feature = "train") {
+        snap!("help_train_lm", &ctx, run(&ctx, &["train", "lm", "--help"]));
     }
 }
 
