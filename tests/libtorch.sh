@@ -22,8 +22,8 @@ if [ ! -f "$stamp" ]; then
         exit 1
     fi
     rm -rf "$dir.partial"
-    "$python" -m pip install -q --disable-pip-version-check --target "$dir.partial" --no-deps "torch==$torch_version" >&2
-    "$python" -m pip install -q --disable-pip-version-check --target "$dir.partial" "$cuda_toolkit" >&2
+    "$python" -m pip install -q --no-cache-dir --disable-pip-version-check --target "$dir.partial" --no-deps "torch==$torch_version" >&2
+    "$python" -m pip install -q --no-cache-dir --disable-pip-version-check --target "$dir.partial" "$cuda_toolkit" >&2
     # The rename is the commit: an interrupted install never leaves a half folder in place.
     rm -rf "$dir"
     mv "$dir.partial" "$dir"
