@@ -22,8 +22,8 @@ banks=$(dir banks)/banks-train.arrow
 
 venv=$work/venv
 [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q rensa pyarrow numpy; }
-cargo build --release -q -p ausa-stages --example minhash_bench
-cargo build --release -q -p ausa-artifacts --example gather_bench
+# One build for both examples: one feature set for the shared dependencies, compiled once.
+cargo build --release -q --locked -p ausa-stages -p ausa-artifacts --example minhash_bench --example gather_bench
 
 echo "== MinHash signing, k=128, every set of $(basename "$banks") ($(nproc) cores)"
 ours=$(target/release/examples/minhash_bench "$banks" 128 "$runs")
