@@ -97,6 +97,19 @@ impl Output {
         TransferBar { bar }
     }
 
+    /// The progress of a training run (see [`StepBar`]).
+    pub fn step_bar(&self) -> StepBar<'_> {
+        let bar = (self.tty && !self.quiet && !self.json).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let template = "step {pos}/{len} [{bar:30}] {msg} eta {eta}";
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        StepBar { out: self, bar }
+    }
+
     /// The reporter for a build.
     pub fn reporter(&self, dag: &str) -> BuildReporter<'_> {
         let bars = (self.tty && !self.quiet && !self.json)
@@ -235,6 +248,56 @@ impl Drop for BarProgress {
     }
 }
 
+/// Log lines a training run prints per run without a terminal (about; the first and the
+/// last step always): `metrics.jsonl` has every step, a piped log needs a pulse.
+const PLAIN_STEP_LINES: usize = 200;
+
+/// A training run's progress: on a terminal one bar with the step, loss, tokens/s and
+/// ETA, evaluations printed above it; otherwise plain log lines (every step of a short
+/// run, about [`PLAIN_STEP_LINES`] of a long one). Cleared when dropped.
+pub struct StepBar<'a> {
+    out: &'a Output,
+    bar: Option<ProgressBar>,
+}
+
+impl StepBar<'_> {
+    /// Step `step` of `steps` is done; `status` is its loss and rate, `line` the whole
+    /// log line for a log without a terminal.
+    pub fn step(&self, step: usize, steps: usize, status: &str, line: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(steps as u64);
+                bar.set_position(step as u64);
+                bar.set_message(status.to_string());
+            }
+            None if plain_line_due(step, steps) => self.out.log(line),
+            None => {}
+        }
+    }
+
+    /// A line that stays (an evaluation): above the bar on a terminal.
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) if !self.out.quiet => bar.println(line),
+            _ => self.out.log(line),
+        }
+    }
+}
+
+/// Whether step `step` of `steps` gets a log line without a terminal.
+fn plain_line_due(step: usize, steps: usize) -> bool {
+    let every = (steps / PLAIN_STEP_LINES).max(1);
+    step == 1 || step == steps || step.is_multiple_of(every)
+}
+
+impl Drop for StepBar<'_> {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// The progress bar of a push or pull; cleared when dropped.
 pub struct TransferBar {
     bar: Option<ProgressBar>,
@@ -289,7 +352,20 @@ pub fn bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{bytes, BarProgress};
+    use super::{bytes, plain_line_due, BarProgress, PLAIN_STEP_LINES};
+
+    #[test]
+    fn a_long_run_logs_about_two_hundred_lines_a_short_one_every_step() {
+        let lines = |steps: usize| (1..=steps).filter(|&s| plain_line_due(s, steps)).count();
+        assert_eq!(lines(50), 50);
+        assert_eq!(lines(PLAIN_STEP_LINES), PLAIN_STEP_LINES);
+        let long = lines(100_003);
+        assert!(
+            (PLAIN_STEP_LINES..=PLAIN_STEP_LINES + 2).contains(&long),
+            "{long}"
+        );
+        assert!(plain_line_due(1, 100_003) && plain_line_due(100_003, 100_003));
+    }
     use ausa_dag::{Progress, ProgressUnit};
 
     /// The tokenizer stage counts documents, then merges: the bar showed `1,658/764

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::args::TargetArgs;
 use crate::diagnostics::CliError;
-use crate::output::Output;
+use crate::output::{Output, StepBar};
 
 /// `ausa train TASK`.
 #[derive(Debug, Args)]
@@ -476,7 +476,10 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         data.seq_len(),
         run.out.display()
     ));
-    let summary = train::run(&run, &mut |event| print_event(out, event)).map_err(train_error)?;
+    let bar = out.step_bar();
+    let summary = train::run(&run, &mut |event| print_event(&bar, event));
+    drop(bar);
+    let summary = summary.map_err(train_error)?;
     out.json(&summary);
     out.log(&format!(
         "done: {} steps, loss {:.4} -> {:.4}{}, {:.0} tokens/s, {:.1}s",
@@ -493,7 +496,7 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
     Ok(0)
 }
 
-fn print_event(out: &Output, event: &Event) {
+fn print_event(bar: &StepBar, event: &Event) {
     match event {
         Event::Train {
             step,
@@ -505,9 +508,11 @@ fn print_event(out: &Output, event: &Event) {
             ..
         } => {
             let eta = elapsed_s / *step as f64 * (steps - step) as f64;
-            out.log(&format!(
+            let status = format!("loss {loss:.4} {tokens_per_s:.0} tok/s");
+            let line = format!(
                 "step {step:>5}/{steps} loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s eta {eta:.0}s"
-            ));
+            );
+            bar.step(*step, *steps, &status, &line);
         }
         Event::Eval {
             step,
@@ -522,7 +527,7 @@ fn print_event(out: &Output, event: &Event) {
                 .bits_per_byte
                 .map(|b| format!(" bpb {b:.4}"))
                 .unwrap_or_default();
-            out.log(&format!(
+            bar.println(&format!(
                 "eval  {step:>5} {split}: loss {:.4} token ppl {:.2}{word}{bpb}",
                 result.loss, result.token_ppl
             ));
