@@ -3,7 +3,8 @@
 # folder .libtorch/ at the repository root when it is missing, the way
 # ../shared/docs/libtorch.md describes: torch's own wheel without dependencies, plus the two
 # small CUDA runtime packages libtorch_cpu.so needs at load time even on CPU (found through
-# torch's RPATH $ORIGIN/../../nvidia/cu13/lib). About 1.3 GB on disk.
+# torch's RPATH $ORIGIN/../../nvidia/cu13/lib), and NVRTC (about 90 MB), with which the
+# kernel tests compile the CUDA sources on machines without a GPU. About 1.4 GB on disk.
 #
 # Usage: tests/libtorch.sh            install if missing, print the LIBTORCH path
 #        source <(tests/libtorch.sh --env)   also export LIBTORCH and LD_LIBRARY_PATH
@@ -11,7 +12,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="$root/.libtorch"
 torch_version="2.11.0"
-cuda_toolkit="cuda-toolkit[cudart,cupti]==13.0.2"
+cuda_toolkit="cuda-toolkit[cudart,cupti,nvrtc]==13.0.2"
 stamp="$dir/.ausa-installed-$torch_version"
 
 if [ ! -f "$stamp" ]; then

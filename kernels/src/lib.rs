@@ -126,20 +126,7 @@ impl SetLayout {
         let ends = pad(&inputs.ends.to_kind(Kind::Int64), 0.0).view([batch, max_sets]);
         let signatures = pad(&inputs.signatures, 0.0).view([batch, max_sets, k]);
 
-        // J = mean_i [sig_i(A) == sig_i(B)], summed over column chunks.
-        let mut equal = Tensor::zeros([batch, max_sets, max_sets], (Kind::Float, device));
-        let mut col = 0;
-        while col < k {
-            let width = DELTA_CHUNK.min(k - col);
-            let part = signatures.narrow(2, col, width);
-            let eq = part.unsqueeze(2).eq_tensor(&part.unsqueeze(1));
-            equal += eq.sum_dim_intlist(-1, false, Kind::Float);
-            col += width;
-        }
-        let jaccard = equal / (k.max(1) as f64);
-        let size_sum = sizes.unsqueeze(2) + sizes.unsqueeze(1);
-        let inter = &jaccard / (&jaccard + 1.0) * &size_sum;
-        let delta = (size_sum - inter * 2.0).clamp_min(0.0);
+        let delta = minhash_delta(&signatures, &sizes);
 
         let attend = valid.unsqueeze(2)
             * valid.unsqueeze(1)
@@ -175,6 +162,29 @@ impl SetLayout {
             value_slot,
         }
     }
+}
+
+/// `[B, M, M]` fp32 MinHash distance between every pair of set slots of each sequence,
+/// from padded `[B, M, k]` signatures and `[B, M]` fp32 sizes:
+/// `J = mean_i [sig_i(A) == sig_i(B)]`, `inter = J / (1 + J) * (|A| + |B|)`,
+/// `Delta = max(0, |A| + |B| - 2 inter)`. The reference of the CUDA `delta_minhash`.
+pub fn minhash_delta(signatures: &Tensor, sizes: &Tensor) -> Tensor {
+    let (batch, max_sets, k) = signatures.size3().expect("signatures are [B, M, k]");
+    let device = signatures.device();
+    // J = mean_i [sig_i(A) == sig_i(B)], summed over column chunks.
+    let mut equal = Tensor::zeros([batch, max_sets, max_sets], (Kind::Float, device));
+    let mut col = 0;
+    while col < k {
+        let width = DELTA_CHUNK.min(k - col);
+        let part = signatures.narrow(2, col, width);
+        let eq = part.unsqueeze(2).eq_tensor(&part.unsqueeze(1));
+        equal += eq.sum_dim_intlist(-1, false, Kind::Float);
+        col += width;
+    }
+    let jaccard = equal / (k.max(1) as f64);
+    let size_sum = sizes.unsqueeze(2) + sizes.unsqueeze(1);
+    let inter = &jaccard / (&jaccard + 1.0) * &size_sum;
+    (size_sum - inter * 2.0).clamp_min(0.0)
 }
 
 /// `softmax` over the last dimension restricted to `mask`; a row with no visible entry
@@ -428,7 +438,12 @@ pub fn linear_kind(linear: &nn::Linear, x: &Tensor) -> Tensor {
     x.linear(&linear.ws.to_kind(kind), bias.as_ref())
 }
 
+pub mod cuda;
+pub mod exact;
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cuda;
 
 pub mod toy;

@@ -33,6 +33,10 @@ pub enum Requirement {
     S3Server,
     /// Unprivileged user or mount namespaces (`unshare`), or dropping privileges.
     Namespaces,
+    /// A CUDA GPU (libtorch's CUDA library and the driver).
+    Gpu,
+    /// NVRTC (`libnvrtc.so`), to compile the CUDA kernel sources; no GPU needed.
+    Nvrtc,
 }
 
 impl Requirement {
@@ -42,6 +46,8 @@ impl Requirement {
             Requirement::SharedData => "shared-data",
             Requirement::S3Server => "s3-server",
             Requirement::Namespaces => "namespaces",
+            Requirement::Gpu => "gpu",
+            Requirement::Nvrtc => "nvrtc",
         }
     }
 

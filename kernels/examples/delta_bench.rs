@@ -1,0 +1,86 @@
+//! Times the set distance `Delta` of one batch at the SKA anchor shapes (B*L = 16384
+//! tokens, window 64, stride 32, k = 128; L from 512 to 16384): the tensor-op reference
+//! (`minhash_delta`, `exact_delta`) against the CUDA kernels, median of 20 synchronized
+//! runs after warm-up. Needs a GPU; prints CSV.
+//!
+//! Usage: delta_bench [ITERS]   (LD_LIBRARY_PATH must hold libtorch's lib directory)
+#![allow(clippy::print_stdout, unsafe_code)]
+
+use std::time::Instant;
+
+use ausa_kernels::cuda::CudaKernels;
+use ausa_kernels::exact::exact_delta;
+use ausa_kernels::{minhash_delta, SetLayout};
+use tch::{Device, Kind, Tensor};
+
+fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    tch::Cuda::synchronize(0);
+    let mut times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            tch::Cuda::synchronize(0);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[iters / 2]
+}
+
+fn main() {
+    let iters: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20);
+    // SAFETY: libtorch's CUDA library, loaded before the first CUDA tensor and kept.
+    if let Ok(lib) = unsafe { libloading::Library::new("libtorch_cuda.so") } {
+        std::mem::forget(lib);
+    }
+    assert!(tch::Cuda::is_available(), "no CUDA GPU");
+    let kernels = CudaKernels::open(0).expect("kernels load");
+    let device = Device::Cuda(0);
+    let (window, stride, k) = (64i64, 32i64, 128i64);
+    println!("L,B,M,k,reference_ms,cuda_ms,speedup,exact_reference_ms,exact_cuda_ms");
+    for len in [512i64, 1024, 2048, 4096, 8192, 16384] {
+        let b = 16384 / len;
+        let m = (len - window) / stride + 1;
+        tch::manual_seed(len);
+        let sigs = Tensor::randint(64, [b, m, k], (Kind::Int, device));
+        let sizes = Tensor::randint_low(20, 64, [b, m], (Kind::Float, device));
+        let reference = median_ms(iters, || {
+            let _ = minhash_delta(&sigs, &sizes);
+        });
+        let cuda = median_ms(iters, || {
+            let _ = kernels.delta_minhash(&sigs, &sizes).unwrap();
+        });
+        // A layout with ~48 distinct atoms per set from a 4096-atom universe.
+        let per_set = 48i64;
+        let values = Tensor::randint(4096, [b * m * per_set], (Kind::Int64, device));
+        let value_slot = Tensor::arange(b * m, (Kind::Int64, device))
+            .repeat_interleave_self_int(per_set, 0, None);
+        let layout = SetLayout {
+            batch: b,
+            seq_len: len,
+            max_sets: m,
+            delta: Tensor::zeros([1], (Kind::Float, device)),
+            attend: Tensor::zeros([1], (Kind::Bool, device)),
+            route: Tensor::zeros([1], (Kind::Bool, device)),
+            sizes: sizes.shallow_clone(),
+            values,
+            value_slot,
+        };
+        let exact_reference = median_ms(iters, || {
+            let _ = exact_delta(&layout, 4096);
+        });
+        let exact_cuda = median_ms(iters, || {
+            let _ = kernels.delta_exact(&layout, 4096).unwrap();
+        });
+        println!(
+            "{len},{b},{m},{k},{reference:.4},{cuda:.4},{:.1},{exact_reference:.4},{exact_cuda:.4}",
+            reference / cuda
+        );
+    }
+}

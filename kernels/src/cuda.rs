@@ -1,0 +1,435 @@
+//! The CUDA backend's plumbing: kernels written in CUDA C (`kernels/cuda/*.cu`, one file
+//! per op family), compiled at run time with NVRTC for the device's architecture and
+//! launched through the CUDA driver API (`cudarc`, loaded dynamically: nothing CUDA is
+//! needed to build, and a machine without a GPU never loads a CUDA library).
+//!
+//! Compiled PTX is cached on disk (`$AUSA_KERNEL_CACHE`, else `$XDG_CACHE_HOME/ausa/kernels`,
+//! else `~/.cache/ausa/kernels`) under the blake3 hash of the source, the compile
+//! options and the architecture, written through a temp file and a rename so two
+//! processes never see half a file. A cache that cannot be written only costs the
+//! compile time again.
+//!
+//! Kernels run on the legacy default stream, which is libtorch's current stream unless
+//! the program switches streams (the trainer never does); inputs and outputs are libtorch
+//! CUDA tensors passed by device pointer.
+//!
+//! Unsafe code: the launches. Invariant, checked by [`device_ptr`] before every launch:
+//! each pointer is a contiguous CUDA tensor of the kind and element count the kernel
+//! indexes (the shapes are checked against the kernel's arguments), and the tensors
+//! outlive the launch because the caller holds them until the returned tensor is used,
+//! which on the same stream orders after the kernel.
+#![allow(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use tch::{Device, Kind, Tensor};
+
+/// What went wrong on the CUDA path.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// No GPU driver or no NVRTC on this machine.
+    #[error("CUDA kernels are unavailable: {0}")]
+    Unavailable(String),
+    /// NVRTC rejected a kernel source (a bug of ours; the log says where).
+    #[error("NVRTC could not compile kernels/cuda/{file}: {log}")]
+    Compile {
+        /// The source file.
+        file: &'static str,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// A driver call failed.
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+    /// A tensor of the wrong device, kind or shape.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<cudarc::driver::DriverError> for CudaError {
+    fn from(e: cudarc::driver::DriverError) -> CudaError {
+        CudaError::Driver(e.to_string())
+    }
+}
+
+/// One op family's source.
+struct Source {
+    file: &'static str,
+    text: &'static str,
+}
+
+const DELTA: Source = Source {
+    file: "delta.cu",
+    text: include_str!("../cuda/delta.cu"),
+};
+
+/// Every op family's source (what [`compile_all`] checks).
+const SOURCES: &[&Source] = &[&DELTA];
+
+/// Threads per block side of the pairwise kernels (`TILE` in delta.cu).
+const TILE: u32 = 16;
+
+/// Whether a library of `name` (`cuda`, `nvrtc`) can be loaded, under any of the names
+/// cudarc would try. cudarc panics when it finds none, so this is asked first.
+fn loadable(name: &str) -> bool {
+    cudarc::get_lib_name_candidates(name)
+        .iter()
+        .any(|candidate| {
+            // SAFETY: loading a shared library runs its initializers; the CUDA driver and
+            // NVRTC libraries are the ones cudarc loads next anyway.
+            unsafe { libloading::Library::new(candidate) }.is_ok()
+        })
+}
+
+/// NVRTC opens its builtins library by name at the first compile, searching its own
+/// paths, which miss the PyPI install's folder; loading it first from ours (the binary's
+/// RPATH, `LD_LIBRARY_PATH`) makes that lookup find the copy already in memory. Best
+/// effort: where this finds nothing, NVRTC's own lookup may still succeed.
+fn preload_nvrtc_builtins() {
+    for name in [
+        "libnvrtc-builtins.so.13.0",
+        "libnvrtc-builtins.so.13",
+        "libnvrtc-builtins.so",
+    ] {
+        // SAFETY: NVRTC's own helper library, which NVRTC loads next anyway; leaked so it
+        // stays loaded for NVRTC.
+        if let Ok(lib) = unsafe { libloading::Library::new(name) } {
+            std::mem::forget(lib);
+            return;
+        }
+    }
+}
+
+/// Loads libtorch's CUDA library by name (found through `LD_LIBRARY_PATH` or the test
+/// binary's RPATH), as the trainer does at start (`ausa_train::device`), so the GPU tests
+/// of this crate can make CUDA tensors. Kept loaded for the rest of the process.
+#[cfg(test)]
+pub(crate) fn load_libtorch_cuda_for_tests() -> bool {
+    // SAFETY: libtorch's own CUDA library, loaded before any CUDA tensor exists; leaked
+    // on purpose so its code stays mapped while tensors use it.
+    unsafe { libloading::Library::new("libtorch_cuda.so") }
+        .map(std::mem::forget)
+        .is_ok()
+}
+
+/// The compiled kernels on one GPU.
+pub struct CudaKernels {
+    stream: Arc<CudaStream>,
+    delta: Arc<CudaModule>,
+    ordinal: usize,
+}
+
+impl std::fmt::Debug for CudaKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaKernels")
+            .field("ordinal", &self.ordinal)
+            .finish()
+    }
+}
+
+impl CudaKernels {
+    /// Opens GPU `ordinal` (libtorch's primary context) and loads every kernel, compiling
+    /// what the disk cache does not hold.
+    pub fn open(ordinal: usize) -> Result<CudaKernels, CudaError> {
+        for lib in ["cuda", "nvrtc"] {
+            if !loadable(lib) {
+                return Err(CudaError::Unavailable(format!(
+                    "lib{lib}.so was not found (a GPU machine has it; put its directory on LD_LIBRARY_PATH)"
+                )));
+            }
+        }
+        preload_nvrtc_builtins();
+        let ctx = CudaContext::new(ordinal)?;
+        let (major, minor) = ctx.compute_capability()?;
+        let arch = format!("sm_{major}{minor}");
+        let delta = ctx.load_module(compiled(&DELTA, &arch)?)?;
+        Ok(CudaKernels {
+            stream: ctx.default_stream(),
+            delta,
+            ordinal,
+        })
+    }
+
+    /// `[B, M, M]` MinHash `Delta` from padded `[B, M, k]` signatures (any 32-bit integer
+    /// kind; only equality matters) and `[B, M]` fp32 set sizes, as
+    /// `crate::minhash_delta` computes it.
+    pub fn delta_minhash(&self, signatures: &Tensor, sizes: &Tensor) -> Result<Tensor, CudaError> {
+        let [b, m, _] = dims(signatures, "signatures")?;
+        let mut out = Tensor::empty([b, m, m], (Kind::Float, signatures.device()));
+        self.delta_minhash_into(signatures, sizes, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`CudaKernels::delta_minhash`] into an existing `[B, M, M]` fp32 tensor (every
+    /// element is written; the tests poison it first).
+    pub fn delta_minhash_into(
+        &self,
+        signatures: &Tensor,
+        sizes: &Tensor,
+        out: &mut Tensor,
+    ) -> Result<(), CudaError> {
+        let [b, m, k] = dims(signatures, "signatures")?;
+        expect_shape(sizes, &[b, m], "sizes")?;
+        expect_shape(out, &[b, m, m], "out")?;
+        let signatures = signatures.contiguous();
+        let sizes = sizes.contiguous();
+        let (sig_ptr, size_ptr, out_ptr) = (
+            device_ptr(&signatures, Kind::Int, b * m * k, self.ordinal)?,
+            device_ptr(&sizes, Kind::Float, b * m, self.ordinal)?,
+            device_ptr(out, Kind::Float, b * m * m, self.ordinal)?,
+        );
+        let (m32, k32) = (to_i32(m)?, to_i32(k)?);
+        let f = self.delta.load_function("delta_minhash")?;
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(&sig_ptr)
+            .arg(&size_ptr)
+            .arg(&out_ptr)
+            .arg(&m32)
+            .arg(&k32);
+        // SAFETY: see the module invariant; the kernel reads b*m*k u32 and b*m f32 and
+        // writes b*m*m f32, exactly the checked element counts.
+        unsafe { launch.launch(pair_grid(b, m)?) }?;
+        Ok(())
+    }
+
+    /// `[B, M, M]` exact `Delta` from the layout's atom ids through bitsets of
+    /// `universe` atoms (at most [`crate::exact::MAX_EXACT_UNIVERSE`]), as
+    /// `crate::exact::exact_delta` computes it.
+    pub fn delta_exact(
+        &self,
+        layout: &crate::SetLayout,
+        universe: i64,
+    ) -> Result<Tensor, CudaError> {
+        if !(1..=crate::exact::MAX_EXACT_UNIVERSE).contains(&universe) {
+            return Err(CudaError::Input(format!(
+                "exact Delta needs a universe of 1..={} atoms, got {universe}",
+                crate::exact::MAX_EXACT_UNIVERSE
+            )));
+        }
+        let (b, m) = (layout.batch, layout.max_sets);
+        let words = (universe + 31) / 32;
+        let values = layout.values.to_kind(Kind::Int64).contiguous();
+        let slots = layout.value_slot.to_kind(Kind::Int64).contiguous();
+        let n = values.size()[0];
+        if n > 0 {
+            let (lo, hi) = (values.min().int64_value(&[]), values.max().int64_value(&[]));
+            if lo < 0 || hi >= universe {
+                return Err(CudaError::Input(format!(
+                    "atom ids {lo}..={hi} do not fit a universe of {universe}"
+                )));
+            }
+        }
+        let device = values.device();
+        let bits = Tensor::zeros([b * m, words], (Kind::Int, device));
+        let sizes = layout.sizes.to_kind(Kind::Float).contiguous();
+        let out = Tensor::empty([b, m, m], (Kind::Float, device));
+        let (value_ptr, slot_ptr, bits_ptr, size_ptr, out_ptr) = (
+            device_ptr(&values, Kind::Int64, n, self.ordinal)?,
+            device_ptr(&slots, Kind::Int64, n, self.ordinal)?,
+            device_ptr(&bits, Kind::Int, b * m * words, self.ordinal)?,
+            device_ptr(&sizes, Kind::Float, b * m, self.ordinal)?,
+            device_ptr(&out, Kind::Float, b * m * m, self.ordinal)?,
+        );
+        let words32 = to_i32(words)?;
+        if n > 0 {
+            let fill = self.delta.load_function("bitset_fill")?;
+            let mut launch = self.stream.launch_builder(&fill);
+            launch
+                .arg(&value_ptr)
+                .arg(&slot_ptr)
+                .arg(&bits_ptr)
+                .arg(&n)
+                .arg(&words32);
+            let blocks = u32::try_from((n + 255) / 256)
+                .map_err(|_| CudaError::Input(format!("{n} atom occurrences are too many")))?;
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: see the module invariant; ids were checked below `universe`, and
+            // every slot is below b*m (SetLayout builds them so), so each bit lies
+            // inside the b*m*words words of `bits`.
+            unsafe { launch.launch(cfg) }?;
+        }
+        let f = self.delta.load_function("delta_exact")?;
+        let mut launch = self.stream.launch_builder(&f);
+        let m32 = to_i32(m)?;
+        launch
+            .arg(&bits_ptr)
+            .arg(&size_ptr)
+            .arg(&out_ptr)
+            .arg(&m32)
+            .arg(&words32);
+        // SAFETY: see the module invariant; reads b*m*words u32 and b*m f32, writes
+        // b*m*m f32.
+        unsafe { launch.launch(pair_grid(b, m)?) }?;
+        Ok(out)
+    }
+
+    /// Waits for every kernel launched so far.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        Ok(self.stream.synchronize()?)
+    }
+}
+
+/// The grid of the pairwise kernels: key tiles x query tiles x sequences.
+fn pair_grid(b: i64, m: i64) -> Result<LaunchConfig, CudaError> {
+    let tiles = u32::try_from((m + i64::from(TILE) - 1) / i64::from(TILE))
+        .map_err(|_| CudaError::Input(format!("{m} sets per sequence are too many")))?;
+    let seqs = u32::try_from(b)
+        .ok()
+        .filter(|&s| s <= 65_535)
+        .ok_or_else(|| {
+            CudaError::Input(format!(
+                "a batch of {b} sequences is too large (at most 65535)"
+            ))
+        })?;
+    Ok(LaunchConfig {
+        grid_dim: (tiles.max(1), tiles.max(1), seqs.max(1)),
+        block_dim: (TILE, TILE, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+fn to_i32(v: i64) -> Result<i32, CudaError> {
+    i32::try_from(v)
+        .map_err(|_| CudaError::Input(format!("{v} does not fit a kernel's 32-bit index")))
+}
+
+fn dims<const N: usize>(t: &Tensor, name: &str) -> Result<[i64; N], CudaError> {
+    t.size().try_into().map_err(|_| {
+        CudaError::Input(format!(
+            "{name}: expected {N} dimensions, got {:?}",
+            t.size()
+        ))
+    })
+}
+
+fn expect_shape(t: &Tensor, shape: &[i64], name: &str) -> Result<(), CudaError> {
+    if t.size() != shape {
+        return Err(CudaError::Input(format!(
+            "{name}: expected shape {shape:?}, got {:?}",
+            t.size()
+        )));
+    }
+    Ok(())
+}
+
+/// The device address of `t`'s data after checking the launch invariant: a contiguous
+/// tensor of `kind` with `numel` elements on GPU `ordinal`. 32-bit integer kernels take
+/// `Int` tensors (the bits of u32 and i32 agree).
+fn device_ptr(t: &Tensor, kind: Kind, numel: i64, ordinal: usize) -> Result<u64, CudaError> {
+    if t.device() != Device::Cuda(ordinal) {
+        return Err(CudaError::Input(format!(
+            "expected a tensor on cuda:{ordinal}, got one on {:?}",
+            t.device()
+        )));
+    }
+    if t.kind() != kind {
+        return Err(CudaError::Input(format!(
+            "expected {kind:?}, got {:?}",
+            t.kind()
+        )));
+    }
+    if !t.is_contiguous() || t.numel() as i64 != numel {
+        return Err(CudaError::Input(format!(
+            "expected a contiguous tensor of {numel} elements, got {:?}",
+            t.size()
+        )));
+    }
+    Ok(t.data_ptr() as u64)
+}
+
+/// Compiles every kernel source for `arch` with NVRTC, bypassing the cache (no GPU
+/// needed): how CPU machines check that the sources compile.
+pub fn compile_all(arch: &str) -> Result<(), CudaError> {
+    if !loadable("nvrtc") {
+        return Err(CudaError::Unavailable("libnvrtc.so was not found".into()));
+    }
+    preload_nvrtc_builtins();
+    for source in SOURCES {
+        compile(source, arch)?;
+    }
+    Ok(())
+}
+
+fn compile_options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+    ]
+}
+
+fn compile(source: &Source, arch: &str) -> Result<Ptx, CudaError> {
+    cudarc::nvrtc::compile_ptx_with_opts(
+        source.text,
+        CompileOptions {
+            options: compile_options(arch),
+            name: Some(source.file.to_string()),
+            ..CompileOptions::default()
+        },
+    )
+    .map_err(|e| CudaError::Compile {
+        file: source.file,
+        log: e.to_string(),
+    })
+}
+
+/// The PTX of `source` for `arch`, from the disk cache or compiled now.
+fn compiled(source: &Source, arch: &str) -> Result<Ptx, CudaError> {
+    let options = compile_options(arch);
+    let key = {
+        let mut h = blake3::Hasher::new();
+        h.update(source.text.as_bytes());
+        for o in &options {
+            h.update(b"\0").update(o.as_bytes());
+        }
+        h.finalize().to_hex().to_string()
+    };
+    let cached = cache_dir().map(|d| d.join(format!("{}-{}.ptx", source.file, &key[..32])));
+    if let Some(text) = cached
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+    {
+        return Ok(Ptx::from_src(text));
+    }
+    let ptx = compile(source, arch)?;
+    if let Some(path) = cached {
+        store(&path, &ptx.to_src());
+    }
+    Ok(ptx)
+}
+
+/// Writes a cache entry through a temp file and a rename; failures are ignored (the
+/// cache is an optimization).
+fn store(path: &std::path::Path, text: &str) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    if std::fs::write(&tmp, text).is_err() || std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("AUSA_KERNEL_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("ausa").join("kernels"))
+}

@@ -1,0 +1,277 @@
+//! The CUDA Delta kernels against their references, and the exact reference against a
+//! plain sorted-merge count. CPU tests always run; GPU tests run where libtorch's CUDA
+//! library loads and a GPU is present, and are reported as skipped, by name, elsewhere.
+
+use ausa_testkit::{skip, Requirement};
+use tch::{Device, Kind, Tensor};
+
+use crate::cuda::{compile_all, CudaKernels};
+use crate::exact::exact_delta;
+use crate::toy::{sets, ToyShape};
+use crate::{minhash_delta, SetLayout};
+
+/// Seeded pseudo-random token ids (a fresh seed per call site keeps inputs varied).
+fn tokens(seed: u64, batch: usize, len: usize, vocab: u32) -> Vec<Vec<u32>> {
+    let mut state = seed ^ 0x5DEE_CE66;
+    (0..batch)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) % u64::from(vocab)) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A run-dependent seed: the kernels must agree on any input, not one fixed draw.
+fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+fn layout(tokens: &[Vec<u32>], shape: ToyShape, device: Device) -> SetLayout {
+    let len = tokens[0].len() as i64;
+    SetLayout::new(&sets(tokens, shape, device), len)
+}
+
+/// `|A| + |B| - 2 |A n B|` by merging the sorted distinct atoms of two windows.
+fn symmetric_difference(a: &[u32], b: &[u32]) -> usize {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    for v in [&mut a, &mut b] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    let (mut i, mut j, mut common) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                common += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    a.len() + b.len() - 2 * common
+}
+
+#[test]
+fn exact_delta_counts_the_symmetric_difference() {
+    let shape = ToyShape {
+        window: 8,
+        stride: 3,
+        k: 16,
+        seed: 3,
+    };
+    let seqs = tokens(fresh_seed(), 3, 40, 30);
+    let layout = layout(&seqs, shape, Device::Cpu);
+    let delta = exact_delta(&layout, 30);
+    let m = layout.max_sets as usize;
+    for (b, seq) in seqs.iter().enumerate() {
+        for i in 0..m {
+            for j in 0..m {
+                let window = |s: usize| &seq[s * shape.stride..s * shape.stride + shape.window];
+                let want = symmetric_difference(window(i), window(j)) as f64;
+                let got = delta.double_value(&[b as i64, i as i64, j as i64]);
+                assert_eq!(got, want, "sequence {b}, sets {i} and {j}");
+            }
+        }
+    }
+}
+
+#[test]
+fn minhash_delta_is_near_the_exact_one_for_large_k() {
+    // The estimate converges: at k = 512 the mean error over all pairs is small.
+    let shape = ToyShape {
+        window: 16,
+        stride: 4,
+        k: 512,
+        seed: 11,
+    };
+    let seqs = tokens(fresh_seed(), 2, 64, 40);
+    let layout = layout(&seqs, shape, Device::Cpu);
+    let exact = exact_delta(&layout, 40);
+    let error = (&layout.delta - &exact)
+        .abs()
+        .mean(Kind::Float)
+        .double_value(&[]);
+    let scale = exact.mean(Kind::Float).double_value(&[]);
+    assert!(
+        scale > 1.0,
+        "sets must differ for the test to mean anything"
+    );
+    assert!(
+        error < 0.1 * scale,
+        "mean |error| {error} against mean Delta {scale}"
+    );
+}
+
+#[test]
+fn kernel_sources_compile_with_nvrtc() {
+    let test = "kernel_sources_compile_with_nvrtc";
+    match compile_all("sm_90") {
+        Ok(()) => {}
+        Err(crate::cuda::CudaError::Unavailable(why)) => skip(Requirement::Nvrtc, test, &why),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// libtorch's CUDA library loaded and a GPU present, else a visible skip.
+fn gpu(test: &str) -> Option<CudaKernels> {
+    if !crate::cuda::load_libtorch_cuda_for_tests() || !tch::Cuda::is_available() {
+        skip(
+            Requirement::Gpu,
+            test,
+            "no CUDA GPU (libtorch_cuda.so and a device)",
+        );
+        return None;
+    }
+    match CudaKernels::open(0) {
+        Ok(k) => Some(k),
+        Err(e) => panic!("{test}: a GPU is present but the kernels do not load: {e}"),
+    }
+}
+
+/// Relative error `|a - b| / |b|` over whole tensors (in f64).
+fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
+    let (got, want) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
+    let den = want.norm().double_value(&[]).max(1e-30);
+    (got - want).norm().double_value(&[]) / den
+}
+
+/// Odd shapes: one set, set counts not a multiple of the 16-wide tile, k not a multiple
+/// of the 64-column chunk, batches of one and of several sequences.
+const SHAPES: [(usize, usize, ToyShape); 5] = [
+    (
+        1,
+        8,
+        ToyShape {
+            window: 8,
+            stride: 4,
+            k: 32,
+            seed: 1,
+        },
+    ),
+    (
+        3,
+        70,
+        ToyShape {
+            window: 8,
+            stride: 4,
+            k: 100,
+            seed: 2,
+        },
+    ),
+    (
+        2,
+        256,
+        ToyShape {
+            window: 64,
+            stride: 32,
+            k: 128,
+            seed: 3,
+        },
+    ),
+    (
+        1,
+        1000,
+        ToyShape {
+            window: 32,
+            stride: 16,
+            k: 256,
+            seed: 4,
+        },
+    ),
+    (
+        4,
+        300,
+        ToyShape {
+            window: 16,
+            stride: 8,
+            k: 64,
+            seed: 5,
+        },
+    ),
+];
+
+#[test]
+fn cuda_minhash_delta_matches_the_reference_and_overwrites_its_output() {
+    let Some(kernels) = gpu("cuda_minhash_delta_matches_the_reference_and_overwrites_its_output")
+    else {
+        return;
+    };
+    let device = Device::Cuda(0);
+    for (n, &(batch, len, shape)) in SHAPES.iter().enumerate() {
+        let seqs = tokens(fresh_seed() + n as u64, batch, len, 500);
+        let inputs = sets(&seqs, shape, device);
+        let layout = SetLayout::new(&inputs, len as i64);
+        let (b, m) = (layout.batch, layout.max_sets);
+        // Padded signatures as SetLayout builds them (one row per slot).
+        let sigs = inputs
+            .signatures
+            .to_kind(Kind::Int)
+            .view([b, m, shape.k as i64]);
+        let want = minhash_delta(&sigs, &layout.sizes);
+        let mut out = Tensor::full([b, m, m], f64::NAN, (Kind::Float, device));
+        kernels
+            .delta_minhash_into(&sigs, &layout.sizes, &mut out)
+            .unwrap();
+        kernels.synchronize().unwrap();
+        assert_eq!(
+            out.isnan().sum(Kind::Int64).int64_value(&[]),
+            0,
+            "shape {n}: unwritten elements"
+        );
+        let err = relative_error(&out, &want);
+        assert!(
+            err <= 1e-6,
+            "shape {n} (B {b}, M {m}, k {}): relative error {err}",
+            shape.k
+        );
+    }
+}
+
+#[test]
+fn cuda_exact_delta_matches_the_reference() {
+    let Some(kernels) = gpu("cuda_exact_delta_matches_the_reference") else {
+        return;
+    };
+    let device = Device::Cuda(0);
+    for (n, &(batch, len, shape)) in SHAPES.iter().enumerate() {
+        for universe in [37u32, 4096] {
+            let seqs = tokens(fresh_seed() + n as u64, batch, len, universe);
+            let layout = layout(&seqs, shape, device);
+            let want = exact_delta(&layout, i64::from(universe));
+            let got = kernels.delta_exact(&layout, i64::from(universe)).unwrap();
+            kernels.synchronize().unwrap();
+            assert_eq!(
+                (got - want).abs().max().double_value(&[]),
+                0.0,
+                "shape {n}, universe {universe}: exact Delta must match to the bit"
+            );
+        }
+    }
+}
+
+#[test]
+fn cuda_delta_rejects_atoms_outside_the_universe() {
+    let Some(kernels) = gpu("cuda_delta_rejects_atoms_outside_the_universe") else {
+        return;
+    };
+    let shape = ToyShape {
+        window: 8,
+        stride: 4,
+        k: 32,
+        seed: 1,
+    };
+    let layout = layout(&tokens(5, 1, 32, 100), shape, Device::Cuda(0));
+    let err = kernels.delta_exact(&layout, 50).unwrap_err().to_string();
+    assert!(err.contains("universe of 50"), "{err}");
+    assert!(kernels.delta_exact(&layout, 5000).is_err());
+}
