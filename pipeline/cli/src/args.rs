@@ -192,6 +192,9 @@ pub enum Command {
     /// gets a row in DIR/results.csv whatever happens (ok, oom, failed with its exit
     /// code, killed); a second `ausa sweep` of the same file and --out skips finished
     /// runs and shares the work with any other one running there.
+    ///
+    /// GPUs are found with nvidia-smi ($AUSA_NVIDIA_SMI names another program); where
+    /// there is none the gate is skipped with a note. Run `ausa report DIR` afterwards.
     #[cfg(feature = "train")]
     Sweep(crate::sweep::SweepArgs),
     /// Write paper tables (A: fp32 naive vs naive, B: bf16 optimized), ablations,

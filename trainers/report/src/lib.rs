@@ -236,11 +236,12 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
         })
 }
 
-/// `mean` or `mean ± std` with `digits` decimals; `-` when missing.
+/// `mean` or `mean ± std` (several seeds that differ) with `digits` decimals; `-` when
+/// missing.
 fn cell(stat: Option<Stat>, digits: usize) -> String {
     match stat {
         None => "-".into(),
-        Some(s) if s.n > 1 => format!("{:.digits$} ± {:.digits$}", s.mean, s.std),
+        Some(s) if s.n > 1 && s.std > 0.0 => format!("{:.digits$} ± {:.digits$}", s.mean, s.std),
         Some(s) => format!("{:.digits$}", s.mean),
     }
 }

@@ -120,7 +120,14 @@ pub fn short(v: f64) -> String {
     } else {
         3
     };
-    format!("{scaled:.digits$}{suffix}")
+    let text = format!("{scaled:.digits$}");
+    // 2.00 -> 2, 6.50 -> 6.5: axis ticks read as the numbers they are.
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
+    format!("{text}{suffix}")
 }
 
 fn category_label(categories: &[String], v: f64) -> String {
@@ -370,8 +377,10 @@ mod tests {
         assert_eq!(short(54.321), "54.3");
         assert_eq!(short(543.21), "543");
         assert_eq!(short(12_345.0), "12.3k");
-        assert_eq!(short(2_500_000.0), "2.50M");
+        assert_eq!(short(2_500_000.0), "2.5M");
         assert_eq!(short(0.0123), "0.012");
+        assert_eq!(short(2.0), "2");
+        assert_eq!(short(20_000.0), "20k");
     }
 
     #[test]

@@ -100,7 +100,26 @@ fn config_key(k: &Knobs) -> String {
     format!("{k:?}")
 }
 
-/// The rows of table `which`, in the order of their first run.
+/// The order of rows: by method, then the shape and the ablation knobs.
+fn row_order(k: &Knobs) -> (String, [i64; 9], u64) {
+    (
+        k.method(),
+        [
+            k.seq_len,
+            k.window,
+            k.stride,
+            k.minhash_k,
+            k.router_topk,
+            k.gate_topk,
+            k.adapter_rank,
+            k.d_model,
+            k.layers,
+        ],
+        k.beta.to_bits(),
+    )
+}
+
+/// The rows of table `which`, ordered by method, then shape and knobs.
 pub fn table(runs: &[Run], which: Which) -> Vec<Row> {
     let mut groups: Vec<(String, Vec<&Run>)> = Vec::new();
     for run in runs.iter().filter(|r| r.complete && which.admits(&r.knobs)) {
@@ -110,6 +129,7 @@ pub fn table(runs: &[Run], which: Which) -> Vec<Row> {
             None => groups.push((key, vec![run])),
         }
     }
+    groups.sort_by(|a, b| row_order(&a.1[0].knobs).cmp(&row_order(&b.1[0].knobs)));
     groups
         .into_iter()
         .map(|(_, members)| {
