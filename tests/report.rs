@@ -111,12 +111,24 @@ fn fixture(root: &Path) {
         let s = seed as f64;
         fake_run(
             &root.join(format!("dot-fp32-s{seed}")),
-            &Fake { attn: "dot-naive", seed, word_ppl: 610.0 + 10.0 * s, tokens_per_s: 30_000.0 + 1000.0 * s, ..Fake::default() },
+            &Fake {
+                attn: "dot-naive",
+                seed,
+                word_ppl: 610.0 + 10.0 * s,
+                tokens_per_s: 30_000.0 + 1000.0 * s,
+                ..Fake::default()
+            },
         );
         for (k, ppl) in [(32, 560.0), (64, 530.0), (128, 500.0)] {
             fake_run(
                 &root.join(format!("ska-fp32-k{k}-s{seed}")),
-                &Fake { minhash_k: k, seed, word_ppl: ppl + 8.0 * s, tokens_per_s: 18_000.0 + 500.0 * s, ..Fake::default() },
+                &Fake {
+                    minhash_k: k,
+                    seed,
+                    word_ppl: ppl + 8.0 * s,
+                    tokens_per_s: 18_000.0 + 500.0 * s,
+                    ..Fake::default()
+                },
             );
         }
     }
@@ -124,11 +136,25 @@ fn fixture(root: &Path) {
         for l in [256, 512] {
             fake_run(
                 &root.join(format!("{attn}-bf16-L{l}")),
-                &Fake { attn, precision: "bf16", seq_len: l, word_ppl: 480.0, tokens_per_s: 200_000.0 * 256.0 / l as f64, vram_mb: Some(vram * l as f64 / 256.0), ..Fake::default() },
+                &Fake {
+                    attn,
+                    precision: "bf16",
+                    seq_len: l,
+                    word_ppl: 480.0,
+                    tokens_per_s: 200_000.0 * 256.0 / l as f64,
+                    vram_mb: Some(vram * l as f64 / 256.0),
+                    ..Fake::default()
+                },
             );
         }
     }
-    fake_run(&root.join("ska-killed"), &Fake { finished: false, ..Fake::default() });
+    fake_run(
+        &root.join("ska-killed"),
+        &Fake {
+            finished: false,
+            ..Fake::default()
+        },
+    );
 }
 
 #[test]
@@ -138,7 +164,13 @@ fn report_of_generated_runs_writes_tables_figures_and_metadata() {
     fixture(&runs);
     let out = ctx.path().join("rep");
     let run = ctx
-        .run(&["report", runs.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"])
+        .run(&[
+            "report",
+            runs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ])
         .ok();
     let doc = run.json();
     assert_eq!(doc["written"]["rows"], serde_json::json!([4, 4]), "{doc}");
@@ -168,12 +200,18 @@ fn report_of_generated_runs_writes_tables_figures_and_metadata() {
     assert_eq!(entries.len(), 13);
     let killed = entries.iter().find(|r| r["label"] == "ska-killed").unwrap();
     assert_eq!(killed["complete"], false);
-    let k32 = entries.iter().find(|r| r["label"] == "ska-fp32-k32-s1").unwrap();
+    let k32 = entries
+        .iter()
+        .find(|r| r["label"] == "ska-fp32-k32-s1")
+        .unwrap();
     assert_eq!(k32["artifacts"][0]["fingerprint"], "fp-minhash-32");
     assert_eq!(k32["versions"]["git_revision"], "0123abc");
     // Every row of a table names the runs its numbers come from.
     let row = &report["table_a"][0];
-    assert_eq!(row["runs"], serde_json::json!(["dot-fp32-s0", "dot-fp32-s1"]));
+    assert_eq!(
+        row["runs"],
+        serde_json::json!(["dot-fp32-s0", "dot-fp32-s1"])
+    );
     assert_eq!(row["valid_word_ppl"]["mean"], 615.0);
     let b = &report["table_b"];
     assert_eq!(b[0]["max_vram_mb"]["mean"], 900.0, "{b}");
@@ -186,17 +224,44 @@ fn report_rejects_what_is_not_a_run_and_mixed_tasks() {
     std::fs::create_dir_all(empty.join("sub")).unwrap();
     let out = ctx.path().join("rep");
     let run = ctx
-        .run(&["report", empty.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .run(&[
+            "report",
+            empty.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .code(2);
-    assert!(run.stderr.contains("is not a run directory"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is not a run directory"),
+        "{}",
+        run.stderr
+    );
     let missing = ctx.run(&["report", "nope", "--out", "rep"]).code(2);
-    assert!(missing.stderr.contains("nope: no such file"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("nope: no such file"),
+        "{}",
+        missing.stderr
+    );
     fake_run(&ctx.path().join("mixed/a"), &Fake::default());
-    fake_run(&ctx.path().join("mixed/b"), &Fake { task: "diffusion", ..Fake::default() });
+    fake_run(
+        &ctx.path().join("mixed/b"),
+        &Fake {
+            task: "diffusion",
+            ..Fake::default()
+        },
+    );
     let mixed = ctx.run(&["report", "mixed", "--out", "rep"]).code(2);
-    assert!(mixed.stderr.contains("several tasks (diffusion: 1, lm: 1)"), "{}", mixed.stderr);
+    assert!(
+        mixed.stderr.contains("several tasks (diffusion: 1, lm: 1)"),
+        "{}",
+        mixed.stderr
+    );
     std::fs::write(ctx.path().join("mixed/a/run_meta.json"), "{\"config\": 1}").unwrap();
     let bad = ctx.run(&["report", "mixed/a", "--out", "rep"]).code(1);
-    assert!(bad.stderr.contains("run_meta.json: no config.model.attn"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("run_meta.json: no config.model.attn"),
+        "{}",
+        bad.stderr
+    );
     assert!(!out.exists(), "nothing is written for bad inputs");
 }

@@ -73,7 +73,12 @@ fn a_grid_gets_one_row_per_run_a_rerun_skips_finished_runs_and_the_report_reads_
         got.iter().zip(expected)
     {
         assert_eq!(
-            (name.as_str(), status.as_str(), exit.as_str(), attempts.as_str()),
+            (
+                name.as_str(),
+                status.as_str(),
+                exit.as_str(),
+                attempts.as_str()
+            ),
             (want_name, want_status, want_exit, "1"),
             "{}",
             run.stderr
@@ -81,7 +86,11 @@ fn a_grid_gets_one_row_per_run_a_rerun_skips_finished_runs_and_the_report_reads_
     }
     let failed = std::fs::read_to_string(sw.join("runs/layers-1_ska/stderr.log")).unwrap();
     assert!(failed.contains("--ska-layers names layer 1"), "{failed}");
-    assert!(run.stderr.contains("[4/4]") && run.stderr.contains("eta"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("[4/4]") && run.stderr.contains("eta"),
+        "{}",
+        run.stderr
+    );
     let doc = run.json();
     assert_eq!(doc["ok"], false);
     assert_eq!(doc["runs"].as_array().unwrap().len(), 4);
@@ -89,12 +98,30 @@ fn a_grid_gets_one_row_per_run_a_rerun_skips_finished_runs_and_the_report_reads_
 
     // Again: the three finished runs and the failed one are skipped.
     let again = ctx.run(&["sweep", &file, "--out", "sw"]).code(1);
-    assert_eq!(again.stderr.matches("done earlier, skipped").count(), 3, "{}", again.stderr);
-    assert!(again.stderr.contains("failed earlier, skipped (--retry-failed"), "{}", again.stderr);
+    assert_eq!(
+        again.stderr.matches("done earlier, skipped").count(),
+        3,
+        "{}",
+        again.stderr
+    );
+    assert!(
+        again
+            .stderr
+            .contains("failed earlier, skipped (--retry-failed"),
+        "{}",
+        again.stderr
+    );
     assert!(!again.stderr.contains("started"), "{}", again.stderr);
     // --retry-failed runs only the failed one, which fails again: attempt 2.
-    let retry = ctx.run(&["sweep", &file, "--out", "sw", "--retry-failed"]).code(1);
-    assert_eq!(retry.stderr.matches(": started").count(), 1, "{}", retry.stderr);
+    let retry = ctx
+        .run(&["sweep", &file, "--out", "sw", "--retry-failed"])
+        .code(1);
+    assert_eq!(
+        retry.stderr.matches(": started").count(),
+        1,
+        "{}",
+        retry.stderr
+    );
     let got = statuses(&sw);
     assert_eq!(got[1].1, "failed");
     assert_eq!(got[1].3, "2");
@@ -103,7 +130,11 @@ fn a_grid_gets_one_row_per_run_a_rerun_skips_finished_runs_and_the_report_reads_
     // A changed sweep under the same --out is refused, naming the run.
     let changed = grid_file(&ctx, 4);
     let refused = ctx.run(&["sweep", &changed, "--out", "sw"]).code(2);
-    assert!(refused.stderr.contains("was made with other flags"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("was made with other flags"),
+        "{}",
+        refused.stderr
+    );
 
     // The report: both tables' files, every figure, the artifact fingerprints.
     let rep = ctx.path().join("rep");
@@ -111,21 +142,47 @@ fn a_grid_gets_one_row_per_run_a_rerun_skips_finished_runs_and_the_report_reads_
         .run(&["report", "sw", "--out", rep.to_str().unwrap(), "--json"])
         .ok()
         .json();
-    assert_eq!(report["written"]["runs"], serde_json::json!([3, 0]), "{report}");
+    assert_eq!(
+        report["written"]["runs"],
+        serde_json::json!([3, 0]),
+        "{report}"
+    );
     assert_eq!(report["written"]["unstarted"], 1, "{report}");
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
-    assert!(md.contains("## Table A") && md.contains("## Table B"), "{md}");
-    assert!(md.contains("| dot-naive | 256 |") && md.contains("| ska/naive | 256 |"), "{md}");
-    assert!(md.contains("`layers-1_ska`: failed (exit 2) before training: error: --ska-layers"), "{md}");
-    for name in ["loss", "throughput_vs_len", "vram_vs_len", "ablation_method"] {
+    assert!(
+        md.contains("## Table A") && md.contains("## Table B"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| dot-naive | 256 |") && md.contains("| ska/naive | 256 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("`layers-1_ska`: failed (exit 2) before training: error: --ska-layers"),
+        "{md}"
+    );
+    for name in [
+        "loss",
+        "throughput_vs_len",
+        "vram_vs_len",
+        "ablation_method",
+    ] {
         for ext in ["png", "svg"] {
-            assert!(rep.join(format!("{name}.{ext}")).is_file(), "{name}.{ext}\n{md}");
+            assert!(
+                rep.join(format!("{name}.{ext}")).is_file(),
+                "{name}.{ext}\n{md}"
+            );
         }
     }
     assert!(rep.join("table_a.csv").is_file() && rep.join("table_b.csv").is_file());
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
-    let small = ["--set", "corpus.docs=300", "--set", "tokenizer.vocab_size=300"];
+    let small = [
+        "--set",
+        "corpus.docs=300",
+        "--set",
+        "tokenizer.vocab_size=300",
+    ];
     let banks = ctx.fingerprint("demo:banks", &small);
     let run = &json["runs"][0];
     let fingerprints: Vec<&str> = run["artifacts"]
@@ -134,7 +191,10 @@ fn a_grid_gets_one_row_per_run_a_rerun_skips_finished_runs_and_the_report_reads_
         .iter()
         .map(|a| a["fingerprint"].as_str().unwrap())
         .collect();
-    assert!(fingerprints.contains(&banks.as_str()), "{banks} not in {fingerprints:?}");
+    assert!(
+        fingerprints.contains(&banks.as_str()),
+        "{banks} not in {fingerprints:?}"
+    );
 }
 
 fn spawn(ctx: &Ctx, args: &[&str]) -> std::process::Child {
@@ -151,7 +211,8 @@ fn two_sweeps_on_one_directory_run_each_run_once() {
     let text = format!("task = \"lm\"\ndag = \"demo\"\n{BASE}\n[grid]\nattn = [\"dot-naive\", \"sdpa\"]\nseed = [0, 1]\n");
     let file = ctx.write("two.toml", &text).display().to_string();
     // The artifacts first, so both sweeps start their runs at once.
-    ctx.run(&["sweep", &file, "--out", "sw", "--cache-only"]).ok();
+    ctx.run(&["sweep", &file, "--out", "sw", "--cache-only"])
+        .ok();
     let a = spawn(&ctx, &["sweep", &file, "--out", "sw"]);
     let b = spawn(&ctx, &["sweep", &file, "--out", "sw"]);
     let (a, b): (Run, Run) = (
@@ -160,10 +221,18 @@ fn two_sweeps_on_one_directory_run_each_run_once() {
     );
     let (a, b) = (a.ok(), b.ok());
     let started = a.stderr.matches(": started").count() + b.stderr.matches(": started").count();
-    assert_eq!(started, 4, "each run once:\n{}\n---\n{}", a.stderr, b.stderr);
+    assert_eq!(
+        started, 4,
+        "each run once:\n{}\n---\n{}",
+        a.stderr, b.stderr
+    );
     let sw = ctx.path().join("sw");
     for (name, status, exit, attempts) in statuses(&sw) {
-        assert_eq!((status.as_str(), exit.as_str(), attempts.as_str()), ("ok", "0", "1"), "{name}");
+        assert_eq!(
+            (status.as_str(), exit.as_str(), attempts.as_str()),
+            ("ok", "0", "1"),
+            "{name}"
+        );
         assert_eq!(train_steps(&sw.join("runs").join(&name)), 3, "{name}");
     }
     assert!(
@@ -191,7 +260,9 @@ fn sweep_dry_run_lists_runs_and_artifacts_and_writes_nothing() {
     // minhash-k 32 and 64: two artifact configurations, two runs each.
     let sets = doc["artifacts"].as_array().unwrap();
     assert_eq!(sets.len(), 2, "{doc}");
-    assert!(sets.iter().all(|s| s["runs"].as_array().unwrap().len() == 2));
+    assert!(sets
+        .iter()
+        .all(|s| s["runs"].as_array().unwrap().len() == 2));
     assert!(!ctx.path().join("sweeps").exists() && !ctx.store().exists());
     let human = ctx.run(&["sweep", "demo-ablation", "--dry-run"]).ok();
     assert!(human.stdout.contains("would build"), "{}", human.stdout);
@@ -210,18 +281,33 @@ fn sweep_dry_run_lists_runs_and_artifacts_and_writes_nothing() {
 fn bad_sweep_files_are_usage_errors() {
     let ctx = Ctx::new();
     for (body, expected) in [
-        ("[grid]\nminhash = [32]\n", "`minhash` is not a flag of `ausa train lm`"),
+        (
+            "[grid]\nminhash = [32]\n",
+            "`minhash` is not a flag of `ausa train lm`",
+        ),
         ("[grid]\nattn = []\n", "`attn` is empty"),
-        ("[grid]\nattn = [\"flash\"]\n", "run `attn-flash`: invalid value 'flash' for '--attn"),
+        (
+            "[grid]\nattn = [\"flash\"]\n",
+            "run `attn-flash`: invalid value 'flash' for '--attn",
+        ),
         ("[grid]\nout = [\"x\"]\n", "sets --out itself"),
     ] {
-        let file = ctx.write("bad.toml", &format!("task = \"lm\"\ndag = \"demo\"\n{body}"));
-        let run = ctx.run(&["sweep", file.to_str().unwrap(), "--dry-run"]).code(2);
+        let file = ctx.write(
+            "bad.toml",
+            &format!("task = \"lm\"\ndag = \"demo\"\n{body}"),
+        );
+        let run = ctx
+            .run(&["sweep", file.to_str().unwrap(), "--dry-run"])
+            .code(2);
         assert!(run.stderr.contains(expected), "{body}: {}", run.stderr);
         assert!(run.stderr.contains("bad.toml"), "{}", run.stderr);
     }
     let unknown = ctx.run(&["sweep", "no-such-sweep"]).code(2);
-    assert!(unknown.stderr.contains("demo-ablation, wt2-ablation"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("demo-ablation, wt2-ablation"),
+        "{}",
+        unknown.stderr
+    );
 }
 
 #[test]
@@ -250,7 +336,11 @@ fn the_gpu_gate_waits_for_an_idle_gpu_and_pins_the_run() {
         .unwrap()
         .into();
     let run = run.ok();
-    assert!(run.stderr.contains("waiting for GPU 0: 95% busy"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("waiting for GPU 0: 95% busy"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("started on GPU 0"), "{}", run.stderr);
     let rows = csv_rows(&ctx.path().join("sw"));
     let gpu = rows[0].iter().position(|c| c == "gpu").unwrap();
@@ -267,5 +357,8 @@ fn the_gpu_gate_waits_for_an_idle_gpu_and_pins_the_run() {
         .output()
         .unwrap()
         .into();
-    assert!(cpu.ok().stderr.contains("GPU idle gate and memory checks skipped"));
+    assert!(cpu
+        .ok()
+        .stderr
+        .contains("GPU idle gate and memory checks skipped"));
 }

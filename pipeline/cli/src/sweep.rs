@@ -148,7 +148,11 @@ fn artifact_sets(
         let argv = run.args(&sweep.dag);
         let parsed = LmCommand::try_parse_from(&argv).map_err(|e| {
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
             CliError::usage(
                 format!("{}: run `{}`: {first}", sweep.origin, run.name),
                 Some("see `ausa train lm --help` for the flags and their values".into()),
@@ -205,7 +209,9 @@ pub fn run(store: Option<&Path>, args: &SweepArgs, out: &Output) -> Result<i32, 
     let pipeline = if args.dry_run {
         match ausa_store::Store::open(&root) {
             Ok(s) => Pipeline::new(s),
-            Err(ausa_store::StoreError::NoStore { .. }) => Pipeline::new(ausa_store::Store::at(&root)),
+            Err(ausa_store::StoreError::NoStore { .. }) => {
+                Pipeline::new(ausa_store::Store::at(&root))
+            }
             Err(e) => return Err(e.into()),
         }
     } else {
@@ -340,7 +346,9 @@ fn dry_run(
             sweep.task.as_str(),
             args.join(" ")
         ));
-        run_json.push(json!({"name": run.name, "state": state.as_str(), "args": args, "params": run.params}));
+        run_json.push(
+            json!({"name": run.name, "state": state.as_str(), "args": args, "params": run.params}),
+        );
     }
     out.line(&format!("artifacts: {} configuration(s)", sets.len()));
     let mut set_json = Vec::new();
@@ -379,7 +387,10 @@ struct Log<'a> {
 
 fn eta(p: &exec::Progress) -> String {
     match p.eta_s {
-        Some(s) if p.left > 0 => format!(", eta {}", humantime::format_duration(std::time::Duration::from_secs(s.round() as u64))),
+        Some(s) if p.left > 0 => format!(
+            ", eta {}",
+            humantime::format_duration(std::time::Duration::from_secs(s.round() as u64))
+        ),
         _ => String::new(),
     }
 }
@@ -397,7 +408,14 @@ impl Reporter for Log<'_> {
                     ),
                     Skip::RunningElsewhere => "running in another process, skipped".to_string(),
                 };
-                format!("[{}/{}] {}: {why} ({} left{})", p.index, p.total, run.name, p.left, eta(p))
+                format!(
+                    "[{}/{}] {}: {why} ({} left{})",
+                    p.index,
+                    p.total,
+                    run.name,
+                    p.left,
+                    eta(p)
+                )
             }
             Event::WaitingForGpu(run, gpu, why) => {
                 format!("{}: waiting for GPU {gpu}: {why}", run.name)

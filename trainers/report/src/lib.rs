@@ -239,10 +239,19 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
 /// `mean` or `mean ± std` (several seeds that differ) with `digits` decimals; `-` when
 /// missing.
 fn cell(stat: Option<Stat>, digits: usize) -> String {
+    cell_with(stat, &|v| format!("{v:.digits$}"))
+}
+
+/// Like [`cell`] with three significant digits (rates that span orders of magnitude).
+fn cell_short(stat: Option<Stat>) -> String {
+    cell_with(stat, &plots::short)
+}
+
+fn cell_with(stat: Option<Stat>, fmt: &dyn Fn(f64) -> String) -> String {
     match stat {
         None => "-".into(),
-        Some(s) if s.n > 1 && s.std > 0.0 => format!("{:.digits$} ± {:.digits$}", s.mean, s.std),
-        Some(s) => format!("{:.digits$}", s.mean),
+        Some(s) if s.n > 1 && s.std > 0.0 => format!("{} ± {}", fmt(s.mean), fmt(s.std)),
+        Some(s) => fmt(s.mean),
     }
 }
 
@@ -280,10 +289,10 @@ fn cells(row: &Row) -> Vec<String> {
         k.router_topk.to_string(),
         cell(row.avg_sets_per_seq, 1),
         cell(row.avg_atoms_per_set, 1),
-        cell(row.steps_per_s, 2),
+        cell_short(row.steps_per_s),
         cell(row.tokens_per_s, 0),
         cell(row.max_vram_mb, 0),
-        cell(row.throughput_per_1e6_scores, 2),
+        cell_short(row.throughput_per_1e6_scores),
         cell(row.valid_word_ppl, 2),
         row.seeds.len().to_string(),
         row.runs.join(" "),
@@ -383,8 +392,18 @@ pub fn write(loaded: &Loaded, out: &Path) -> Result<Written, ReportError> {
         incomplete.len()
     );
     for (which, rows, name, title) in [
-        (Which::A, &a, "table_a", "Table A: naive vs naive (fp32: dot-naive vs SKA naive)"),
-        (Which::B, &b, "table_b", "Table B: optimized vs optimized (bf16: SDPA vs SKA)"),
+        (
+            Which::A,
+            &a,
+            "table_a",
+            "Table A: naive vs naive (fp32: dot-naive vs SKA naive)",
+        ),
+        (
+            Which::B,
+            &b,
+            "table_b",
+            "Table B: optimized vs optimized (bf16: SDPA vs SKA)",
+        ),
     ] {
         let _ = writeln!(md, "## {title}\n");
         let cells: Vec<Vec<String>> = rows.iter().map(cells).collect();
@@ -410,10 +429,12 @@ pub fn write(loaded: &Loaded, out: &Path) -> Result<Written, ReportError> {
             "No knob takes two values among runs that agree in every other knob.\n"
         );
     }
-    let ab_header: Vec<String> = ["knob", "value", "metric", "mean", "std", "seeds", "tokens/s", "runs"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let ab_header: Vec<String> = [
+        "knob", "value", "metric", "mean", "std", "seeds", "tokens/s", "runs",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut ab_rows = Vec::new();
     for ab in &ablations {
         let _ = writeln!(md, "### {}\n", ab.knob);
@@ -431,10 +452,16 @@ pub fn write(loaded: &Loaded, out: &Path) -> Result<Written, ReportError> {
                 ]
             })
             .collect();
-        let head: Vec<String> = [ab.knob.as_str(), ab.metric.as_str(), "seeds", "tokens/s", "runs"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let head: Vec<String> = [
+            ab.knob.as_str(),
+            ab.metric.as_str(),
+            "seeds",
+            "tokens/s",
+            "runs",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         md.push_str(&markdown_table(&head, &rows));
         let name = format!("ablation_{}", ab.knob);
         figures.extend(plots::save_bars(&bar_plot(ab), out, &name)?);
@@ -447,7 +474,8 @@ pub fn write(loaded: &Loaded, out: &Path) -> Result<Written, ReportError> {
                 format!("{}", bar.metric.mean),
                 format!("{}", bar.metric.std),
                 bar.metric.n.to_string(),
-                bar.tokens_per_s.map_or(String::new(), |s| format!("{}", s.mean)),
+                bar.tokens_per_s
+                    .map_or(String::new(), |s| format!("{}", s.mean)),
                 bar.runs.join(" "),
             ]);
         }
@@ -514,7 +542,10 @@ pub fn write(loaded: &Loaded, out: &Path) -> Result<Written, ReportError> {
          directories do not hold.\n"
     );
     if !incomplete.is_empty() || !loaded.unstarted.is_empty() {
-        let _ = writeln!(md, "## Incomplete runs (left out of tables and ablations)\n");
+        let _ = writeln!(
+            md,
+            "## Incomplete runs (left out of tables and ablations)\n"
+        );
         for r in &incomplete {
             let _ = writeln!(md, "- `{}`: {}", r.label, r.problems.join("; "));
         }
@@ -524,7 +555,10 @@ pub fn write(loaded: &Loaded, out: &Path) -> Result<Written, ReportError> {
                 "- `{}`: {} before training{}",
                 u.label,
                 u.status,
-                u.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+                u.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
             );
         }
         md.push('\n');

@@ -154,7 +154,9 @@ impl Figure for LinePlot {
             .collect();
         let (ymin, ymax) = ys
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
+                (a.min(y), b.max(y))
+            });
         let log = !ys.is_empty() && ymin > 0.0 && ymax / ymin > self.log_y_over;
         let t = |y: f64| if log { y.log10() } else { y };
         let (lo, hi) = if ys.is_empty() {
@@ -162,7 +164,11 @@ impl Figure for LinePlot {
         } else {
             let (a, b) = (t(ymin), t(ymax));
             let pad = ((b - a) * 0.08).max(if log { 0.05 } else { b.abs() * 0.05 + 1e-9 });
-            let lo = if !log && a >= 0.0 && a - pad < 0.0 { 0.0 } else { a - pad };
+            let lo = if !log && a >= 0.0 && a - pad < 0.0 {
+                0.0
+            } else {
+                a - pad
+            };
             (lo, b + pad)
         };
         let (x0, x1) = match &self.x {
@@ -170,9 +176,14 @@ impl Figure for LinePlot {
             XAxis::Linear => {
                 let (a, b) = xs
                     .iter()
-                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                        (a.min(x), b.max(x))
+                    });
                 if xs.is_empty() || a == b {
-                    (a.min(0.0).min(if xs.is_empty() { 0.0 } else { a - 1.0 }), b.max(1.0))
+                    (
+                        a.min(0.0).min(if xs.is_empty() { 0.0 } else { a - 1.0 }),
+                        b.max(1.0),
+                    )
                 } else {
                     (a, b)
                 }
@@ -194,7 +205,13 @@ impl Figure for LinePlot {
             XAxis::Categories(c) => category_label(c, *v),
             XAxis::Linear => short(*v),
         };
-        let y_fmt = |v: &f64| if log { short(10f64.powf(*v)) } else { short(*v) };
+        let y_fmt = |v: &f64| {
+            if log {
+                short(10f64.powf(*v))
+            } else {
+                short(*v)
+            }
+        };
         let mut mesh = chart.configure_mesh();
         mesh.x_desc(&self.x_desc)
             .y_desc(&y_desc)
@@ -236,11 +253,7 @@ impl Figure for LinePlot {
             // Markers where lines are short (one or a few points).
             if points.len() <= 12 {
                 chart
-                    .draw_series(
-                        points
-                            .iter()
-                            .map(|&p| Circle::new(p, 4, color.filled())),
-                    )
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
                     .map_err(err)?;
             }
         }
@@ -309,12 +322,12 @@ impl Figure for BarPlot {
                     .map_err(err)?;
             }
             let text = format!("{} (n={})", short(b.mean), b.n);
-            let style = TextStyle::from((FONT, 15).into_font())
-                .color(&BLACK)
-                .pos(plotters::style::text_anchor::Pos::new(
+            let style = TextStyle::from((FONT, 15).into_font()).color(&BLACK).pos(
+                plotters::style::text_anchor::Pos::new(
                     plotters::style::text_anchor::HPos::Center,
                     plotters::style::text_anchor::VPos::Bottom,
-                ));
+                ),
+            );
             chart
                 .draw_series(std::iter::once(Text::new(
                     text,
@@ -408,12 +421,24 @@ mod tests {
             x_desc: "k".into(),
             y_desc: "ppl".into(),
             bars: vec![
-                Bar { label: "32".into(), mean: 10.0, std: 1.0, n: 2 },
-                Bar { label: "64".into(), mean: 8.0, std: 0.0, n: 1 },
+                Bar {
+                    label: "32".into(),
+                    mean: 10.0,
+                    std: 1.0,
+                    n: 2,
+                },
+                Bar {
+                    label: "64".into(),
+                    mean: 8.0,
+                    std: 0.0,
+                    n: 1,
+                },
             ],
         };
         let files = save_bars(&bars, dir.path(), "bars").unwrap();
-        assert!(std::fs::read_to_string(&files[1]).unwrap().contains("(n=2)"));
+        assert!(std::fs::read_to_string(&files[1])
+            .unwrap()
+            .contains("(n=2)"));
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(Result::ok)

@@ -168,12 +168,8 @@ impl Run {
         let d_model = int(&model["d_model"], "config.model.d_model")?;
         let accum = config["accum"].as_i64().unwrap_or(1).max(1);
         let knobs = Knobs {
-            ska_backend: (attn == "ska").then(|| {
-                meta["ska_backend"]
-                    .as_str()
-                    .unwrap_or("naive")
-                    .to_string()
-            }),
+            ska_backend: (attn == "ska")
+                .then(|| meta["ska_backend"].as_str().unwrap_or("naive").to_string()),
             attn,
             precision: config["precision"]
                 .as_str()
@@ -242,9 +238,10 @@ impl Run {
         let perf = perf(dir, &knobs, &summary)?;
         Ok(Run {
             dir: dir.to_path_buf(),
-            label: dir
-                .file_name()
-                .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            label: dir.file_name().map_or_else(
+                || dir.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
             task,
             complete,
             problems,
@@ -318,7 +315,7 @@ fn benchmark_row(dir: &Path) -> Result<Option<Vec<(String, String)>>, ReportErro
         if !columns.iter().any(|c| c == "steps_per_s") {
             continue;
         }
-        let Some(last) = lines.last() else { continue };
+        let Some(last) = lines.next_back() else { continue };
         let values: Vec<&str> = last.split(',').map(str::trim).collect();
         if values.len() != columns.len() {
             return Err(ReportError::BadFile {
@@ -361,9 +358,8 @@ fn perf(dir: &Path, knobs: &Knobs, summary: &serde_json::Value) -> Result<Perf, 
         let scores_computed = get("scores_computed");
         return Ok(Perf {
             steps_per_s,
-            tokens_per_s: get("tokens_per_s").or_else(|| {
-                steps_per_s.map(|s| s * (knobs.batch * knobs.seq_len) as f64)
-            }),
+            tokens_per_s: get("tokens_per_s")
+                .or_else(|| steps_per_s.map(|s| s * (knobs.batch * knobs.seq_len) as f64)),
             max_vram_mb: get("max_vram_mb"),
             throughput_per_1e6_scores: get("throughput_per_1e6_scores")
                 .or_else(|| Some(steps_per_s? * scores_computed? / 1e6)),

@@ -28,7 +28,11 @@ pub struct Stat {
 impl Stat {
     /// Over the values that exist; `None` when none does.
     pub fn of(values: impl IntoIterator<Item = Option<f64>>) -> Option<Stat> {
-        let v: Vec<f64> = values.into_iter().flatten().filter(|x| x.is_finite()).collect();
+        let v: Vec<f64> = values
+            .into_iter()
+            .flatten()
+            .filter(|x| x.is_finite())
+            .collect();
         if v.is_empty() {
             return None;
         }
@@ -245,7 +249,11 @@ pub struct Ablation {
 /// Sorts knob values: numerically when every value is a number.
 fn sort_values(values: &mut [String]) {
     if values.iter().all(|v| v.parse::<f64>().is_ok()) {
-        values.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse().unwrap_or(0.0)));
+        values.sort_by(|a, b| {
+            a.parse::<f64>()
+                .unwrap_or(0.0)
+                .total_cmp(&b.parse().unwrap_or(0.0))
+        });
     } else {
         values.sort();
     }

@@ -53,7 +53,10 @@ mod tests {
         assert_eq!(status.signal(), Some(9), "{status}");
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
         // A child whose spawner waits runs to the end.
-        let status = spawn_tied(&mut Command::new("true")).unwrap().wait().unwrap();
+        let status = spawn_tied(&mut Command::new("true"))
+            .unwrap()
+            .wait()
+            .unwrap();
         assert!(status.success());
     }
 }

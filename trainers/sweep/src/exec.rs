@@ -238,8 +238,7 @@ impl Shared<'_> {
                 return Ok(());
             }
         }
-        let Some(_lock) = ausa_store::try_lock_path(&dir.lock_path(&run.name), dir.lease())?
-        else {
+        let Some(_lock) = ausa_store::try_lock_path(&dir.lock_path(&run.name), dir.lease())? else {
             self.skip(i, run, Skip::RunningElsewhere);
             return Ok(());
         };
@@ -432,14 +431,23 @@ mod tests {
         let exit = |code: i32| ExitStatus::from_raw(code << 8);
         let signal = |s: i32| ExitStatus::from_raw(s);
         assert_eq!(classify(exit(0), ""), (Status::Ok, Some(0), None));
-        assert_eq!(classify(exit(2), "error: bad flag"), (Status::Failed, Some(2), None));
         assert_eq!(
-            classify(exit(1), "libtorch: CUDA out of memory. Tried to allocate 2.00 GiB"),
+            classify(exit(2), "error: bad flag"),
+            (Status::Failed, Some(2), None)
+        );
+        assert_eq!(
+            classify(
+                exit(1),
+                "libtorch: CUDA out of memory. Tried to allocate 2.00 GiB"
+            ),
             (Status::Oom, Some(1), None)
         );
         assert_eq!(classify(signal(9), ""), (Status::Killed, None, Some(9)));
         assert_eq!(
-            classify(signal(6), "terminate called after throwing an instance of 'std::bad_alloc'"),
+            classify(
+                signal(6),
+                "terminate called after throwing an instance of 'std::bad_alloc'"
+            ),
             (Status::Oom, None, Some(6))
         );
     }

@@ -278,7 +278,12 @@ impl Sweep {
         let base = match table.get("base") {
             None => Flags::default(),
             Some(toml::Value::Table(t)) => parser.flags("[base]", t)?,
-            Some(v) => return Err(err(format!("[base] must be a table, not {}", v.type_str()), None)),
+            Some(v) => {
+                return Err(err(
+                    format!("[base] must be a table, not {}", v.type_str()),
+                    None,
+                ))
+            }
         };
         let grids = match table.get("grid") {
             None => Vec::new(),
@@ -294,7 +299,12 @@ impl Sweep {
                     )),
                 })
                 .collect::<Result<_, _>>()?,
-            Some(v) => return Err(err(format!("`grid` must be a table, not {}", v.type_str()), None)),
+            Some(v) => {
+                return Err(err(
+                    format!("`grid` must be a table, not {}", v.type_str()),
+                    None,
+                ))
+            }
         };
         let runs = match table.get("run") {
             None => Vec::new(),
@@ -311,7 +321,10 @@ impl Sweep {
                 .collect::<Result<_, _>>()?,
             Some(v) => {
                 return Err(err(
-                    format!("`run` must be an array of tables ([[run]]), not {}", v.type_str()),
+                    format!(
+                        "`run` must be an array of tables ([[run]]), not {}",
+                        v.type_str()
+                    ),
                     None,
                 ))
             }
@@ -385,7 +398,11 @@ impl Sweep {
         for run in &mut runs {
             if names.iter().filter(|n| **n == run.name).count() > 1 {
                 let text = format!("{:?}", run.flags);
-                run.name = format!("{}-{}", run.name, &blake3::hash(text.as_bytes()).to_hex()[..8]);
+                run.name = format!(
+                    "{}-{}",
+                    run.name,
+                    &blake3::hash(text.as_bytes()).to_hex()[..8]
+                );
             }
         }
         runs
@@ -419,7 +436,8 @@ impl FlagParser<'_> {
                 continue;
             }
             let kind = self.kind(at, key)?;
-            out.flags.insert(key.clone(), self.value_of(at, key, kind, value)?);
+            out.flags
+                .insert(key.clone(), self.value_of(at, key, kind, value)?);
         }
         Ok(out)
     }
@@ -451,8 +469,13 @@ impl FlagParser<'_> {
         for (key, value) in table {
             let toml::Value::Array(items) = value else {
                 return Err(self.err(
-                    format!("{at} `{key}` must be an array of values, not {}", value.type_str()),
-                    Some(format!("write {key} = [...]; a single value belongs in [base]")),
+                    format!(
+                        "{at} `{key}` must be an array of values, not {}",
+                        value.type_str()
+                    ),
+                    Some(format!(
+                        "write {key} = [...]; a single value belongs in [base]"
+                    )),
                 ));
             };
             if items.is_empty() {
@@ -498,7 +521,10 @@ impl FlagParser<'_> {
         if RESERVED.contains(&key) {
             let hint = match key {
                 "dag" => "name the DAG once, at the top: dag = \"...\"".to_string(),
-                "out" => "`ausa sweep --out DIR` names the sweep directory; runs go in DIR/runs/<name>".to_string(),
+                "out" => {
+                    "`ausa sweep --out DIR` names the sweep directory; runs go in DIR/runs/<name>"
+                        .to_string()
+                }
                 _ => "leave it out".to_string(),
             };
             return Err(self.err(
@@ -520,7 +546,10 @@ impl FlagParser<'_> {
             } else {
                 format!("did you mean {}?", close.join(", "))
             };
-            self.err(format!("{at} `{key}` is not a flag of `ausa train lm`"), Some(hint))
+            self.err(
+                format!("{at} `{key}` is not a flag of `ausa train lm`"),
+                Some(hint),
+            )
         })
     }
 
@@ -535,7 +564,10 @@ impl FlagParser<'_> {
             (FlagKind::Switch, toml::Value::Boolean(true)) => Ok(FlagValue::On),
             (FlagKind::Switch, toml::Value::Boolean(false)) => Ok(FlagValue::Off),
             (FlagKind::Switch, v) => Err(self.err(
-                format!("{at} `{key}` is a switch: write true or false, not {}", v.type_str()),
+                format!(
+                    "{at} `{key}` is a switch: write true or false, not {}",
+                    v.type_str()
+                ),
                 None,
             )),
             (FlagKind::Value, toml::Value::Array(items)) => {
@@ -652,7 +684,14 @@ mod tests {
     fn schema() -> FlagSchema {
         let mut s = FlagSchema::default();
         for f in [
-            "steps", "attn", "minhash-k", "window", "stride", "seed", "ska-layers", "device",
+            "steps",
+            "attn",
+            "minhash-k",
+            "window",
+            "stride",
+            "seed",
+            "ska-layers",
+            "device",
         ] {
             s.flags.insert(f.into(), FlagKind::Value);
         }
@@ -705,7 +744,15 @@ minhash-k = [32, 64]
         assert_eq!(
             runs[2].args(&sweep.dag),
             [
-                "--dag", "demo", "--attn", "ska", "--minhash-k", "32", "--steps", "4", "--set",
+                "--dag",
+                "demo",
+                "--attn",
+                "ska",
+                "--minhash-k",
+                "32",
+                "--steps",
+                "4",
+                "--set",
                 "corpus.docs=300"
             ]
         );
@@ -779,23 +826,37 @@ stride = 16
         let sdpa = runs[4].args(&sweep.dag);
         assert!(!sdpa.contains(&"--memory-safe".to_string()), "{sdpa:?}");
         assert!(sdpa.windows(2).any(|w| w == ["--ska-layers", "0,1"]));
-        assert!(runs[0].args(&sweep.dag).contains(&"--memory-safe".to_string()));
+        assert!(runs[0]
+            .args(&sweep.dag)
+            .contains(&"--memory-safe".to_string()));
     }
 
     #[test]
     fn bad_files_are_errors_that_name_the_key() {
         let head = "task = \"lm\"\ndag = \"demo\"\n";
         for (body, expected) in [
-            ("[grid]\nminhash = [1]\n", "[grid] `minhash` is not a flag of `ausa train lm`"),
+            (
+                "[grid]\nminhash = [1]\n",
+                "[grid] `minhash` is not a flag of `ausa train lm`",
+            ),
             ("[grid]\nattn = []\n", "[grid] `attn` is empty"),
             ("[grid]\n", "[grid] is empty"),
             ("", "the sweep has no runs"),
             ("[grid]\nattn = \"ska\"\n", "must be an array of values"),
-            ("[base]\nout = \"x\"\n[grid]\nseed=[1]\n", "`ausa sweep` sets --out itself"),
+            (
+                "[base]\nout = \"x\"\n[grid]\nseed=[1]\n",
+                "`ausa sweep` sets --out itself",
+            ),
             ("[base]\nmemory-safe = 1\n[grid]\nseed=[1]\n", "is a switch"),
-            ("[base]\nset = [\"docs\"]\n[grid]\nseed=[1]\n", "is not STAGE.PARAM=VALUE"),
+            (
+                "[base]\nset = [\"docs\"]\n[grid]\nseed=[1]\n",
+                "is not STAGE.PARAM=VALUE",
+            ),
             ("grid = 3\n", "`grid` must be a table"),
-            ("colour = 1\n[grid]\nseed=[1]\n", "unknown top-level key `colour`"),
+            (
+                "colour = 1\n[grid]\nseed=[1]\n",
+                "unknown top-level key `colour`",
+            ),
             ("[grid\n", "TOML parse error"),
         ] {
             let got = message(parse(&format!("{head}{body}")));
@@ -809,14 +870,15 @@ stride = 16
 
     #[test]
     fn colliding_names_get_a_hash_and_stay_stable() {
-        let sweep = parse(
-            "task = \"lm\"\ndag = \"demo\"\n[grid]\nattn = [\"a b\", \"a_b\"]\n",
-        )
-        .unwrap();
+        let sweep =
+            parse("task = \"lm\"\ndag = \"demo\"\n[grid]\nattn = [\"a b\", \"a_b\"]\n").unwrap();
         let names: Vec<String> = sweep.runs().into_iter().map(|r| r.name).collect();
         assert_eq!(names.len(), 2);
         assert_ne!(names[0], names[1]);
-        assert!(names.iter().all(|n| n.starts_with("attn-a_b-")), "{names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with("attn-a_b-")),
+            "{names:?}"
+        );
         let again: Vec<String> = sweep.runs().into_iter().map(|r| r.name).collect();
         assert_eq!(names, again);
     }
