@@ -315,7 +315,9 @@ fn benchmark_row(dir: &Path) -> Result<Option<Vec<(String, String)>>, ReportErro
         if !columns.iter().any(|c| c == "steps_per_s") {
             continue;
         }
-        let Some(last) = lines.next_back() else { continue };
+        let Some(last) = lines.next_back() else {
+            continue;
+        };
         let values: Vec<&str> = last.split(',').map(str::trim).collect();
         if values.len() != columns.len() {
             return Err(ReportError::BadFile {
