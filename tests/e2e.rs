@@ -9,8 +9,11 @@ mod common;
 mod cli;
 mod realtext;
 mod remote;
+mod report;
 mod robustness;
 mod shared_store;
 mod snapshots;
+#[cfg(feature = "train")]
+mod sweep;
 #[cfg(feature = "train")]
 mod train;

@@ -79,9 +79,11 @@ fn help_of_every_command() {
     snap!(top, &ctx, run(&ctx, &["--help"]));
     let mut commands = vec![
         "build", "push", "pull", "status", "explain", "show", "path", "ls", "verify", "gc",
+        "report",
     ];
     if cfg!(feature = "train") {
         commands.push("train");
+        commands.push("sweep");
     }
     for command in commands {
         snap!(

@@ -25,4 +25,5 @@ run pipeline tests/bench/pipeline.sh "$work/sets" 300
 run sets tests/bench/sets.sh "$work/sets" 1 300
 run tokenize tests/bench/tokenize.sh "$work/tokenize" 1
 run remote tests/bench/remote.sh "$work/remote" 1 300
+run sweep tests/bench/sweep.sh "$work/sweep" 2 10
 echo "smoke: every benchmark script ran"

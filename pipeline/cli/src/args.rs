@@ -185,4 +185,19 @@ pub enum Command {
     /// Train a model on a DAG's artifacts (built with the `train` feature).
     #[cfg(feature = "train")]
     Train(crate::train::TrainArgs),
+    /// Run a sweep: a grid of `ausa train` runs from a TOML file or an embedded sweep.
+    ///
+    /// The artifacts of every run are built first, once per configuration. Runs go one
+    /// at a time or --parallel N at a time (one per GPU, behind an idle gate). Each run
+    /// gets a row in DIR/results.csv whatever happens (ok, oom, failed with its exit
+    /// code, killed); a second `ausa sweep` of the same file and --out skips finished
+    /// runs and shares the work with any other one running there.
+    ///
+    /// GPUs are found with nvidia-smi ($AUSA_NVIDIA_SMI names another program); where
+    /// there is none the gate is skipped with a note. Run `ausa report DIR` afterwards.
+    #[cfg(feature = "train")]
+    Sweep(crate::sweep::SweepArgs),
+    /// Write paper tables (A: fp32 naive vs naive, B: bf16 optimized), ablations,
+    /// figures (PNG, SVG) and report.json from run directories.
+    Report(crate::report::ReportArgs),
 }

@@ -116,6 +116,9 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
         }
         #[cfg(feature = "train")]
         Command::Train(args) => crate::train::run(cli.store.as_deref(), args, out),
+        #[cfg(feature = "train")]
+        Command::Sweep(args) => crate::sweep::run(cli.store.as_deref(), args, out),
+        Command::Report(args) => crate::report::run(args, out),
     }
 }
 

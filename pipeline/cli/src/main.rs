@@ -7,6 +7,9 @@ mod commands;
 mod diagnostics;
 mod output;
 mod remote;
+mod report;
+#[cfg(feature = "train")]
+mod sweep;
 #[cfg(feature = "train")]
 mod train;
 

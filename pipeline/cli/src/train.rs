@@ -217,7 +217,7 @@ fn train_error(e: ausa_train::Error) -> CliError {
 }
 
 /// The flag -> `(stage kind, parameter)` mapping.
-fn stage_overrides(args: &LmArgs, resolved: &Resolved) -> Result<Vec<String>, CliError> {
+pub(crate) fn stage_overrides(args: &LmArgs, resolved: &Resolved) -> Result<Vec<String>, CliError> {
     let mapped = [
         ("--seq-len", args.seq_len, "sequences", "seq_len"),
         ("--seq-stride", args.seq_stride, "sequences", "seq_stride"),
@@ -268,7 +268,7 @@ pub fn run(
 const DEFAULT_STEPS: usize = 100;
 
 /// The kinds whose objects the trainer reads (their upstreams come along).
-const READ_KINDS: [&str; 2] = ["minhash", "routing"];
+pub(crate) const READ_KINDS: [&str; 2] = ["minhash", "routing"];
 
 fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i32, CliError> {
     // Before the first tch call: CUDA must be loaded first (see ausa_train::device).

@@ -57,7 +57,7 @@ use std::time::Duration;
 pub use error::StoreError;
 pub use gc::{GcOptions, GcReport};
 pub use hash::{hash_file, StatCache};
-pub use lock::{Acquired, Held, LockGuard, LockHolder};
+pub use lock::{is_locked, try_lock_path, Acquired, Held, LockGuard, LockHolder};
 pub use manifest::{
     check_file_name, BuildInfo, FileEntry, Manifest, MANIFEST_DIGEST_NAME, MANIFEST_FORMAT,
     MANIFEST_NAME,

@@ -293,22 +293,73 @@ impl Store {
     }
 
     fn take_over(&self, path: &Path, judged_ino: u64) -> Result<(), StoreError> {
-        let grave = path.with_extension(format!("stale.{}", self.identity.token()));
-        match std::fs::rename(path, &grave) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::io(path, e)),
-        }
-        let moved_ino = std::fs::metadata(&grave)
-            .map(|m| m.ino())
-            .unwrap_or(judged_ino);
-        if moved_ino != judged_ino {
-            // We raced another waiter and moved a fresh lock: put it back unless a
-            // newer one already exists (then the publish rename settles it).
-            let _ = std::fs::hard_link(&grave, path);
-        }
-        std::fs::remove_file(&grave).map_err(|e| StoreError::io(&grave, e))
+        take_over(path, judged_ino, &self.identity.token())
     }
+}
+
+/// Removes the stale lock file `path` that a waiter judged (by inode) to be stale:
+/// renames it to a name unique to `token` (only one waiter wins the rename), checks that
+/// the moved file is the judged one, and deletes it.
+fn take_over(path: &Path, judged_ino: u64, token: &str) -> Result<(), StoreError> {
+    let grave = path.with_extension(format!("stale.{token}"));
+    match std::fs::rename(path, &grave) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io(path, e)),
+    }
+    let moved_ino = std::fs::metadata(&grave)
+        .map(|m| m.ino())
+        .unwrap_or(judged_ino);
+    if moved_ino != judged_ino {
+        // We raced another waiter and moved a fresh lock: put it back unless a
+        // newer one already exists (then the publish rename settles it).
+        let _ = std::fs::hard_link(&grave, path);
+    }
+    std::fs::remove_file(&grave).map_err(|e| StoreError::io(&grave, e))
+}
+
+/// Whether the lock file at `path` belongs to a live holder: it exists, and its owner is
+/// not a dead process of this host, and its heartbeat touched it within `lease` (by this
+/// machine's clock, so hosts sharing a directory need clocks within a lease).
+fn live_holder(path: &Path, lease: Duration, me: &ProcessIdentity) -> Option<(bool, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let holder = read_holder(path);
+    let dead = ProcessIdentity::parse(&holder.owner).is_some_and(|o| o.is_dead_on_this_host(me));
+    let expired = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age > lease);
+    Some((!dead && !expired, meta.ino()))
+}
+
+/// Takes a lock on any path without waiting (the lock of one run of a parameter sweep,
+/// shared by every `ausa sweep` writing the same directory, on any host): the file is
+/// created with `O_EXCL` and kept alive by a heartbeat every `lease / 4`, as the store's
+/// build locks are. A lock whose owner is a dead process of this host, or whose
+/// heartbeat stopped a whole `lease` ago, is taken over. `Ok(None)` while a live
+/// holder has it. Dropping the [`Held`] removes the file.
+pub fn try_lock_path(path: &Path, lease: Duration) -> Result<Option<Held>, StoreError> {
+    let me = ProcessIdentity::current();
+    let body = serde_json::json!({"owner": me.token(), "purpose": "run"});
+    // Two tries: a stale file taken over on the first is free on the second.
+    for _ in 0..2 {
+        if let Some(held) = hold_new_file(path, &body, lease / 4)? {
+            return Ok(Some(held));
+        }
+        match live_holder(path, lease, &me) {
+            // Released between our create and our look: try again.
+            None => continue,
+            Some((true, _)) => return Ok(None),
+            Some((false, ino)) => take_over(path, ino, &me.token())?,
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a live process holds the lock at `path` (see [`try_lock_path`]); reads only.
+pub fn is_locked(path: &Path, lease: Duration) -> bool {
+    live_holder(path, lease, &ProcessIdentity::current()).is_some_and(|(live, _)| live)
 }
 
 /// Reads the owner and purpose of a lock or pin file.
@@ -337,6 +388,33 @@ mod tests {
             kind: "k".into(),
             fingerprint: "f".repeat(64),
         }
+    }
+
+    #[test]
+    fn a_path_lock_is_exclusive_released_on_drop_and_taken_from_the_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.lock");
+        let lease = Duration::from_secs(30);
+        let held = try_lock_path(&path, lease).unwrap().expect("free lock");
+        assert!(is_locked(&path, lease));
+        assert!(try_lock_path(&path, lease).unwrap().is_none(), "held twice");
+        drop(held);
+        assert!(!path.exists() && !is_locked(&path, lease));
+        // A lock of a process of this host that is gone is free at once.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let host = ProcessIdentity::current().host;
+        std::fs::write(&path, format!(r#"{{"owner":"{host}.{pid}.dead"}}"#)).unwrap();
+        assert!(!is_locked(&path, lease));
+        assert!(try_lock_path(&path, lease).unwrap().is_some());
+        // Another host's lock is live until its heartbeat is a lease old.
+        std::fs::write(&path, r#"{"owner":"elsewhere.1.abc"}"#).unwrap();
+        assert!(try_lock_path(&path, lease).unwrap().is_none());
+        let short = Duration::from_millis(200);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!is_locked(&path, short));
+        assert!(try_lock_path(&path, short).unwrap().is_some());
     }
 
     #[test]
