@@ -66,8 +66,19 @@ const DELTA: Source = Source {
     text: include_str!("../cuda/delta.cu"),
 };
 
+const ROUTER: Source = Source {
+    file: "router.cu",
+    text: include_str!("../cuda/router.cu"),
+};
+
+/// Tokens per block of the router kernels (`ROWS` in router.cu).
+const ROUTER_ROWS: u32 = 128;
+
+/// The largest router top-k the fused router keeps in registers (`TOPK_MAX`).
+pub const ROUTER_TOPK_MAX: i64 = 8;
+
 /// Every op family's source (what [`compile_all`] checks).
-const SOURCES: &[&Source] = &[&DELTA];
+const SOURCES: &[&Source] = &[&DELTA, &ROUTER];
 
 /// Threads per block side of the pairwise kernels (`TILE` in delta.cu).
 const TILE: u32 = 16;
@@ -117,8 +128,13 @@ pub(crate) fn load_libtorch_cuda_for_tests() -> bool {
 
 /// The compiled kernels on one GPU.
 pub struct CudaKernels {
+    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     delta: Arc<CudaModule>,
+    /// The router module per head dimension (a compile-time constant of router.cu),
+    /// compiled at first use.
+    routers: std::sync::Mutex<std::collections::HashMap<i64, Arc<CudaModule>>>,
+    arch: String,
     ordinal: usize,
 }
 
@@ -145,10 +161,13 @@ impl CudaKernels {
         let ctx = CudaContext::new(ordinal)?;
         let (major, minor) = ctx.compute_capability()?;
         let arch = format!("sm_{major}{minor}");
-        let delta = ctx.load_module(compiled(&DELTA, &arch)?)?;
+        let delta = ctx.load_module(compiled(&DELTA, &arch, &[])?)?;
         Ok(CudaKernels {
             stream: ctx.default_stream(),
+            ctx,
             delta,
+            routers: Default::default(),
+            arch,
             ordinal,
         })
     }
@@ -271,6 +290,93 @@ impl CudaKernels {
         Ok(out)
     }
 
+    /// The fused router forward: for queries `q` (`[B, H, L, D]` fp32) and set outputs
+    /// `z` (`[B, H, M, D]` fp32), with `route` (`[B, L, M]` or `[B, 1, L, M]` bool, token
+    /// `t` may use set `j`), returns `out` (`[B, H, L, D]`: the softmax over the visible
+    /// sets of `q_t . z_j`, or over the `topk` best of them, mixing `z`) and `lse`
+    /// (`[B, H, L]`, the log-sum-exp of the kept logits; `-inf` for a token with no
+    /// visible set, whose output is zero). `topk` 0 keeps every visible set.
+    pub fn router_forward(
+        &self,
+        q: &Tensor,
+        z: &Tensor,
+        route: &Tensor,
+        topk: i64,
+    ) -> Result<(Tensor, Tensor), CudaError> {
+        let [b, h, l, d] = dims(q, "q")?;
+        let [_, _, m, _] = dims(z, "z")?;
+        expect_shape(z, &[b, h, m, d], "z")?;
+        let route = route.reshape([-1, l, m]);
+        expect_shape(&route, &[b, l, m], "route")?;
+        if !(0..=ROUTER_TOPK_MAX).contains(&topk) {
+            return Err(CudaError::Input(format!(
+                "the fused router keeps at most {ROUTER_TOPK_MAX} sets per token, got top-k {topk}"
+            )));
+        }
+        let (q, z, route) = (q.contiguous(), z.contiguous(), route.contiguous());
+        let device = q.device();
+        let out = Tensor::empty([b, h, l, d], (Kind::Float, device));
+        let lse = Tensor::empty([b, h, l], (Kind::Float, device));
+        let (q_ptr, z_ptr, route_ptr, out_ptr, lse_ptr) = (
+            device_ptr(&q, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&z, Kind::Float, b * h * m * d, self.ordinal)?,
+            device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?,
+            device_ptr(&out, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&lse, Kind::Float, b * h * l, self.ordinal)?,
+        );
+        let module = self.router(d)?;
+        let f = module.load_function("router_fwd")?;
+        let (h32, l32, m32, k32) = (to_i32(h)?, to_i32(l)?, to_i32(m)?, to_i32(topk)?);
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(&q_ptr)
+            .arg(&z_ptr)
+            .arg(&route_ptr)
+            .arg(&out_ptr)
+            .arg(&lse_ptr)
+            .arg(&h32)
+            .arg(&l32)
+            .arg(&m32)
+            .arg(&k32);
+        let row_blocks =
+            u32::try_from((l + i64::from(ROUTER_ROWS) - 1) / i64::from(ROUTER_ROWS))
+                .map_err(|_| CudaError::Input(format!("{l} tokens per sequence are too many")))?;
+        let heads = u32::try_from(b * h)
+            .ok()
+            .filter(|&n| n <= 65_535)
+            .ok_or_else(|| {
+                CudaError::Input(format!("B * H = {} is too large (at most 65535)", b * h))
+            })?;
+        let cfg = LaunchConfig {
+            grid_dim: (row_blocks.max(1), heads.max(1), 1),
+            block_dim: (ROUTER_ROWS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: see the module invariant; the kernel reads b*h*l*d + b*h*m*d f32 and
+        // b*l*m bytes, writes b*h*l*d + b*h*l f32, all checked above; HEAD_DIM of the
+        // module is `d`.
+        unsafe { launch.launch(cfg) }?;
+        Ok((out, lse))
+    }
+
+    /// The router module for head dimension `d`, compiled (or read from the cache) at
+    /// first use.
+    fn router(&self, d: i64) -> Result<Arc<CudaModule>, CudaError> {
+        if !(1..=256).contains(&d) {
+            return Err(CudaError::Input(format!(
+                "the fused router supports head dimensions 1..=256, got {d}"
+            )));
+        }
+        let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(module) = routers.get(&d) {
+            return Ok(module.clone());
+        }
+        let ptx = compiled(&ROUTER, &self.arch, &[format!("-DHEAD_DIM={d}")])?;
+        let module = self.ctx.load_module(ptx)?;
+        routers.insert(d, module.clone());
+        Ok(module)
+    }
+
     /// Waits for every kernel launched so far.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         Ok(self.stream.synchronize()?)
@@ -353,23 +459,25 @@ pub fn compile_all(arch: &str) -> Result<(), CudaError> {
     }
     preload_nvrtc_builtins();
     for source in SOURCES {
-        compile(source, arch)?;
+        compile(source, arch, &["-DHEAD_DIM=64".to_string()])?;
     }
     Ok(())
 }
 
-fn compile_options(arch: &str) -> Vec<String> {
-    vec![
+fn compile_options(arch: &str, defines: &[String]) -> Vec<String> {
+    let mut options = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
-    ]
+    ];
+    options.extend(defines.iter().cloned());
+    options
 }
 
-fn compile(source: &Source, arch: &str) -> Result<Ptx, CudaError> {
+fn compile(source: &Source, arch: &str, defines: &[String]) -> Result<Ptx, CudaError> {
     cudarc::nvrtc::compile_ptx_with_opts(
         source.text,
         CompileOptions {
-            options: compile_options(arch),
+            options: compile_options(arch, defines),
             name: Some(source.file.to_string()),
             ..CompileOptions::default()
         },
@@ -380,9 +488,10 @@ fn compile(source: &Source, arch: &str) -> Result<Ptx, CudaError> {
     })
 }
 
-/// The PTX of `source` for `arch`, from the disk cache or compiled now.
-fn compiled(source: &Source, arch: &str) -> Result<Ptx, CudaError> {
-    let options = compile_options(arch);
+/// The PTX of `source` for `arch` with `defines` (`-DNAME=VALUE`), from the disk cache
+/// or compiled now.
+fn compiled(source: &Source, arch: &str, defines: &[String]) -> Result<Ptx, CudaError> {
+    let options = compile_options(arch, defines);
     let key = {
         let mut h = blake3::Hasher::new();
         h.update(source.text.as_bytes());
@@ -398,7 +507,7 @@ fn compiled(source: &Source, arch: &str) -> Result<Ptx, CudaError> {
     {
         return Ok(Ptx::from_src(text));
     }
-    let ptx = compile(source, arch)?;
+    let ptx = compile(source, arch, defines)?;
     if let Some(path) = cached {
         store(&path, &ptx.to_src());
     }

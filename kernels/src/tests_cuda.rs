@@ -275,3 +275,77 @@ fn cuda_delta_rejects_atoms_outside_the_universe() {
     assert!(err.contains("universe of 50"), "{err}");
     assert!(kernels.delta_exact(&layout, 5000).is_err());
 }
+
+/// The router half of `SetAttention::forward`, in tensor ops: gates over the visible
+/// (and top-k) sets, mixed set outputs, and the log-sum-exp of the kept logits.
+fn router_reference(q: &Tensor, z: &Tensor, route: &Tensor, topk: i64) -> (Tensor, Tensor) {
+    let logits = q.matmul(&z.transpose(-1, -2));
+    let mask = route.unsqueeze(1).expand_as(&logits);
+    let mask = crate::top_k_mask(&logits, &mask, topk);
+    let gates = crate::masked_softmax(&logits, &mask);
+    let lse = logits
+        .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+        .logsumexp(&[-1i64][..], false);
+    (gates.matmul(z), lse)
+}
+
+#[test]
+fn cuda_router_matches_the_reference() {
+    let Some(kernels) = gpu("cuda_router_matches_the_reference") else {
+        return;
+    };
+    let device = Device::Cuda(0);
+    let opts = (Kind::Float, device);
+    // (B, H, L, M, D, top-k): one set; L and M not multiples of the tiles; top-k above
+    // some tokens' visible count; a head dimension below the tile width.
+    let shapes = [
+        (1, 1, 8, 1, 16, 0),
+        (2, 3, 70, 15, 64, 0),
+        (2, 4, 256, 7, 64, 4),
+        (1, 2, 1000, 61, 32, 8),
+        (3, 2, 300, 37, 64, 3),
+    ];
+    tch::manual_seed(fresh_seed() as i64);
+    for (n, &(b, h, l, m, d, topk)) in shapes.iter().enumerate() {
+        let q = Tensor::randn([b, h, l, d], opts) * 0.5;
+        let z = Tensor::randn([b, h, m, d], opts) * 0.5;
+        // Causal visibility of windows of 8 by 4 (set j ends at 8 + 4 j), with one in ten
+        // entries dropped so the mask is not a plain prefix.
+        let ends = Tensor::arange(m, (Kind::Int64, device)) * 4 + 8;
+        let t = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(1);
+        let causal = ends.unsqueeze(0).le_tensor(&(t + 1));
+        let keep = Tensor::rand([b, l, m], opts).ge(0.1);
+        let route = causal.unsqueeze(0).logical_and(&keep);
+        let (want, want_lse) = router_reference(&q, &z, &route, topk);
+        let (got, lse) = kernels.router_forward(&q, &z, &route, topk).unwrap();
+        kernels.synchronize().unwrap();
+        assert_eq!(
+            got.isnan().sum(Kind::Int64).int64_value(&[]),
+            0,
+            "shape {n}: NaN"
+        );
+        let err = relative_error(&got, &want);
+        assert!(err <= 1e-5, "shape {n}: relative error {err}");
+        // Tokens with no visible set: zero output, lse -inf, in both.
+        let empty = route
+            .any_dim(-1, false)
+            .logical_not()
+            .unsqueeze(1)
+            .expand_as(&lse);
+        let empties = empty.sum(Kind::Int64).int64_value(&[]);
+        assert!(
+            n == 0 || empties > 0,
+            "shape {n}: the early tokens must have no set"
+        );
+        let finite = empty.logical_not();
+        let lse_err = relative_error(
+            &lse.masked_select(&finite),
+            &want_lse.masked_select(&finite),
+        );
+        assert!(lse_err <= 1e-5, "shape {n}: lse relative error {lse_err}");
+        assert!(
+            bool::try_from(lse.masked_select(&empty).isinf().all()).unwrap(),
+            "shape {n}: lse of an empty row must be -inf"
+        );
+    }
+}

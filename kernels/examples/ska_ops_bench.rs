@@ -1,9 +1,10 @@
-//! Times the set distance `Delta` of one batch at the SKA anchor shapes (B*L = 16384
-//! tokens, window 64, stride 32, k = 128; L from 512 to 16384): the tensor-op reference
-//! (`minhash_delta`, `exact_delta`) against the CUDA kernels, median of 20 synchronized
-//! runs after warm-up. Needs a GPU; prints CSV.
+//! Times the CUDA SKA ops against their tensor-op references at the SKA anchor shapes
+//! (B*L = 16384 tokens, H = 16, D = 64, window 64, stride 32, k = 128; L from 512 to
+//! 16384), median of ITERS synchronized runs after warm-up, fp32. Two CSV tables on
+//! stdout: the per-batch set distance `Delta` (MinHash, exact bitset) and the router
+//! forward (all visible sets, and top-8). Needs a GPU.
 //!
-//! Usage: delta_bench [ITERS]   (LD_LIBRARY_PATH must hold libtorch's lib directory)
+//! Usage: ska_ops_bench [ITERS]   (LD_LIBRARY_PATH must hold libtorch's lib directory)
 #![allow(clippy::print_stdout, unsafe_code)]
 
 use std::time::Instant;
@@ -82,5 +83,39 @@ fn main() {
             "{len},{b},{m},{k},{reference:.4},{cuda:.4},{:.1},{exact_reference:.4},{exact_cuda:.4}",
             reference / cuda
         );
+    }
+    println!();
+    println!("L,B,M,H,D,topk,reference_ms,cuda_ms,speedup,reference_peak_mb_estimate");
+    let (h, d) = (16i64, 64i64);
+    for len in [512i64, 1024, 2048, 4096, 8192, 16384] {
+        let b = 16384 / len;
+        let m = (len - window) / stride + 1;
+        let q = Tensor::randn([b, h, len, d], (Kind::Float, device));
+        let z = Tensor::randn([b, h, m, d], (Kind::Float, device));
+        let ends = Tensor::arange(m, (Kind::Int64, device)) * stride + window;
+        let t = Tensor::arange(len, (Kind::Int64, device)).unsqueeze(1);
+        let route = ends
+            .unsqueeze(0)
+            .le_tensor(&(t + 1))
+            .unsqueeze(0)
+            .expand([b, len, m], false)
+            .contiguous();
+        for topk in [0i64, 8] {
+            let reference = median_ms(iters, || {
+                let logits = q.matmul(&z.transpose(-1, -2));
+                let mask = route.unsqueeze(1).expand_as(&logits);
+                let mask = ausa_kernels::top_k_mask(&logits, &mask, topk);
+                let _ = ausa_kernels::masked_softmax(&logits, &mask).matmul(&z);
+            });
+            let cuda = median_ms(iters, || {
+                let _ = kernels.router_forward(&q, &z, &route, topk).unwrap();
+            });
+            // logits, mask, softmax: three [B, H, L, M] fp32-sized temporaries.
+            let peak = 3.0 * (b * h * len * m * 4) as f64 / 1e6;
+            println!(
+                "{len},{b},{m},{h},{d},{topk},{reference:.4},{cuda:.4},{:.1},{peak:.0}",
+                reference / cuda
+            );
+        }
     }
 }
