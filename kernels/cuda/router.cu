@@ -25,7 +25,8 @@
 extern "C" __global__ void __launch_bounds__(ROWS)
 router_fwd(const float* __restrict__ q, const float* __restrict__ z,
            const unsigned char* __restrict__ route, float* __restrict__ out,
-           float* __restrict__ lse, int heads, int len, int m, int topk) {
+           float* __restrict__ lse, int* __restrict__ kept, int heads, int len, int m,
+           int topk) {
     __shared__ float zs[TJ][HEAD_DIM];
     const int bh = blockIdx.y;
     const int b = bh / heads;
@@ -91,6 +92,10 @@ router_fwd(const float* __restrict__ q, const float* __restrict__ z,
     }
     if (!live) return;
     if (topk > 0) {
+        // The kept sets, for the backward pass (-1 past the visible ones).
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s)
+            kept[((size_t)bh * len + t) * TOPK_MAX + s] = s < topk ? best_j[s] : -1;
         run_max = best[0];
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) {
@@ -108,4 +113,163 @@ router_fwd(const float* __restrict__ q, const float* __restrict__ z,
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; ++d) out[row * HEAD_DIM + d] = acc[d] * inv;
     lse[row] = run_sum > 0.0f ? run_max + logf(run_sum) : NEG_INF;
+}
+
+// ---- Backward -----------------------------------------------------------------------
+// With P_tj = exp(q_t . z_j - lse_t) over the kept sets of token t and
+// D_t = dout_t . out_t:  dS_tj = P_tj (dout_t . z_j - D_t),
+//   dq_t = sum_j dS_tj z_j                       (router_bwd_dq: one thread per token)
+//   dz_j = sum_t dS_tj q_t + P_tj dout_t         (router_bwd_dz: one block per set tile)
+// Each output is a sum in a fixed order by one thread: no atomics, so the gradients are
+// the same bits on every run. Kept = route[b, t, j] and, with top-k, j among kept[t].
+
+// Whether set j is kept for the token whose top-k list is `list` (topk 0: all visible).
+__device__ __forceinline__ bool in_top(const int* list, int topk, int j) {
+    bool found = false;
+#pragma unroll
+    for (int s = 0; s < TOPK_MAX; ++s) found |= (s < topk && list[s] == j);
+    return found;
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS)
+router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
+              const unsigned char* __restrict__ route, const float* __restrict__ out,
+              const float* __restrict__ lse, const int* __restrict__ kept,
+              const float* __restrict__ dout, float* __restrict__ dq,
+              float* __restrict__ dsum, int heads, int len, int m, int topk) {
+    __shared__ float zs[TJ][HEAD_DIM];
+    const int bh = blockIdx.y;
+    const int b = bh / heads;
+    const int t = blockIdx.x * ROWS + threadIdx.x;
+    const bool live = t < len;
+    const size_t row = (size_t)bh * len + (live ? t : 0);
+    const float* zb = z + (size_t)bh * m * HEAD_DIM;
+    const unsigned char* rrow = route + ((size_t)b * len + (live ? t : 0)) * m;
+    const float row_lse = live ? lse[row] : NEG_INF;
+    float qr[HEAD_DIM], gr[HEAD_DIM], acc[HEAD_DIM];
+    float d_t = 0.0f;
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) {
+        qr[d] = live ? q[row * HEAD_DIM + d] : 0.0f;
+        gr[d] = live ? dout[row * HEAD_DIM + d] : 0.0f;
+        d_t += gr[d] * (live ? out[row * HEAD_DIM + d] : 0.0f);
+        acc[d] = 0.0f;
+    }
+    int list[TOPK_MAX];
+#pragma unroll
+    for (int s = 0; s < TOPK_MAX; ++s)
+        list[s] = (live && topk > 0) ? kept[row * TOPK_MAX + s] : -1;
+    const bool empty = !(row_lse > NEG_INF);
+    for (int j0 = 0; j0 < m; j0 += TJ) {
+        const int width = min(TJ, m - j0);
+        for (int e = threadIdx.x; e < TJ * HEAD_DIM; e += ROWS) {
+            const int r = e / HEAD_DIM, d = e % HEAD_DIM;
+            zs[r][d] = r < width ? zb[(size_t)(j0 + r) * HEAD_DIM + d] : 0.0f;
+        }
+        __syncthreads();
+        if (live && !empty) {
+            for (int r = 0; r < width; ++r) {
+                const int j = j0 + r;
+                if (!rrow[j] || (topk > 0 && !in_top(list, topk, j))) continue;
+                float logit = 0.0f, dp = 0.0f;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) {
+                    logit += qr[d] * zs[r][d];
+                    dp += gr[d] * zs[r][d];
+                }
+                const float ds = expf(logit - row_lse) * (dp - d_t);
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) acc[d] += ds * zs[r][d];
+            }
+        }
+        __syncthreads();
+    }
+    if (!live) return;
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) dq[row * HEAD_DIM + d] = acc[d];
+    dsum[row] = d_t;
+}
+
+// Set tiles of SJ sets, token tiles of ST tokens; 256 threads.
+#define SJ 16
+#define ST (HEAD_DIM > 64 ? 16 : 32)
+#define DZ_THREADS 256
+
+extern "C" __global__ void __launch_bounds__(DZ_THREADS)
+router_bwd_dz(const float* __restrict__ q, const float* __restrict__ z,
+              const unsigned char* __restrict__ route, const float* __restrict__ lse,
+              const int* __restrict__ kept, const float* __restrict__ dout,
+              const float* __restrict__ dsum, float* __restrict__ dz, int heads, int len,
+              int m, int topk) {
+    __shared__ float zs[SJ][HEAD_DIM + 1];  // padded: a warp reads 16 rows at once
+    __shared__ float qs[ST][HEAD_DIM];
+    __shared__ float gs[ST][HEAD_DIM];
+    __shared__ float ps[ST][SJ];
+    __shared__ float dss[ST][SJ];
+    const int bh = blockIdx.y;
+    const int b = bh / heads;
+    const int j0 = blockIdx.x * SJ;
+    const int tid = threadIdx.x;
+    const float* zb = z + (size_t)bh * m * HEAD_DIM;
+    for (int e = tid; e < SJ * HEAD_DIM; e += DZ_THREADS) {
+        const int r = e / HEAD_DIM, d = e % HEAD_DIM;
+        zs[r][d] = j0 + r < m ? zb[(size_t)(j0 + r) * HEAD_DIM + d] : 0.0f;
+    }
+    // Outputs (set, dim) owned by this thread: o = tid + DZ_THREADS * u.
+    constexpr int OWN = (SJ * HEAD_DIM + DZ_THREADS - 1) / DZ_THREADS;
+    float acc[OWN];
+#pragma unroll
+    for (int u = 0; u < OWN; ++u) acc[u] = 0.0f;
+    for (int t0 = 0; t0 < len; t0 += ST) {
+        const int width = min(ST, len - t0);
+        __syncthreads();  // the previous tile's reads are done
+        for (int e = tid; e < ST * HEAD_DIM; e += DZ_THREADS) {
+            const int r = e / HEAD_DIM, d = e % HEAD_DIM;
+            const size_t row = (size_t)bh * len + t0 + r;
+            qs[r][d] = r < width ? q[row * HEAD_DIM + d] : 0.0f;
+            gs[r][d] = r < width ? dout[row * HEAD_DIM + d] : 0.0f;
+        }
+        __syncthreads();
+        for (int pair = tid; pair < ST * SJ; pair += DZ_THREADS) {
+            const int r = pair / SJ, c = pair % SJ;
+            const int t = t0 + r, j = j0 + c;
+            float p = 0.0f, ds = 0.0f;
+            if (r < width && j < m && route[((size_t)b * len + t) * m + j]) {
+                const size_t row = (size_t)bh * len + t;
+                const bool keep = topk == 0 || in_top(kept + row * TOPK_MAX, topk, j);
+                const float row_lse = lse[row];
+                if (keep && row_lse > NEG_INF) {
+                    float logit = 0.0f, dp = 0.0f;
+#pragma unroll
+                    for (int d = 0; d < HEAD_DIM; ++d) {
+                        logit += qs[r][d] * zs[c][d];
+                        dp += gs[r][d] * zs[c][d];
+                    }
+                    p = expf(logit - row_lse);
+                    ds = p * (dp - dsum[row]);
+                }
+            }
+            ps[r][c] = p;
+            dss[r][c] = ds;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < OWN; ++u) {
+            const int o = tid + DZ_THREADS * u;
+            if (o < SJ * HEAD_DIM) {
+                const int c = o / HEAD_DIM, d = o % HEAD_DIM;
+                float a = acc[u];
+                for (int r = 0; r < width; ++r) a += dss[r][c] * qs[r][d] + ps[r][c] * gs[r][d];
+                acc[u] = a;
+            }
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < OWN; ++u) {
+        const int o = tid + DZ_THREADS * u;
+        if (o < SJ * HEAD_DIM) {
+            const int c = o / HEAD_DIM, d = o % HEAD_DIM;
+            if (j0 + c < m) dz[((size_t)bh * m + j0 + c) * HEAD_DIM + d] = acc[u];
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! (B*L = 16384 tokens, H = 16, D = 64, window 64, stride 32, k = 128; L from 512 to
 //! 16384), median of ITERS synchronized runs after warm-up, fp32. Two CSV tables on
 //! stdout: the per-batch set distance `Delta` (MinHash, exact bitset) and the router
-//! forward (all visible sets, and top-8). Needs a GPU.
+//! (all visible sets, and top-8), forward alone and forward + backward. Needs a GPU.
 //!
 //! Usage: ska_ops_bench [ITERS]   (LD_LIBRARY_PATH must hold libtorch's lib directory)
 #![allow(clippy::print_stdout, unsafe_code)]
@@ -85,7 +85,10 @@ fn main() {
         );
     }
     println!();
-    println!("L,B,M,H,D,topk,reference_ms,cuda_ms,speedup,reference_peak_mb_estimate");
+    println!(
+        "L,B,M,H,D,topk,reference_ms,cuda_ms,speedup,reference_fwd_bwd_ms,cuda_fwd_bwd_ms,\
+         fwd_bwd_speedup,reference_peak_mb_estimate"
+    );
     let (h, d) = (16i64, 64i64);
     for len in [512i64, 1024, 2048, 4096, 8192, 16384] {
         let b = 16384 / len;
@@ -110,11 +113,35 @@ fn main() {
             let cuda = median_ms(iters, || {
                 let _ = kernels.router_forward(&q, &z, &route, topk).unwrap();
             });
+            // Forward and backward: autograd through the tensor ops against the fused
+            // forward plus the two backward kernels.
+            let dout = Tensor::randn([b, h, len, d], (Kind::Float, device));
+            let (qg, zg) = (
+                q.detach().set_requires_grad(true),
+                z.detach().set_requires_grad(true),
+            );
+            let reference_fb = median_ms(iters, || {
+                let logits = qg.matmul(&zg.transpose(-1, -2));
+                let mask = route.unsqueeze(1).expand_as(&logits);
+                let mask = ausa_kernels::top_k_mask(&logits, &mask, topk);
+                let out = ausa_kernels::masked_softmax(&logits, &mask).matmul(&zg);
+                // A scalar loss whose gradient wrt out is dout (one extra multiply).
+                let loss = (out * &dout).sum(Kind::Float);
+                let _ = Tensor::run_backward(&[loss], &[&qg, &zg], false, false);
+            });
+            let cuda_fb = median_ms(iters, || {
+                let saved = kernels.router_forward(&q, &z, &route, topk).unwrap();
+                let _ = kernels
+                    .router_backward(&q, &z, &route, &saved, &dout)
+                    .unwrap();
+            });
             // logits, mask, softmax: three [B, H, L, M] fp32-sized temporaries.
             let peak = 3.0 * (b * h * len * m * 4) as f64 / 1e6;
             println!(
-                "{len},{b},{m},{h},{d},{topk},{reference:.4},{cuda:.4},{:.1},{peak:.0}",
-                reference / cuda
+                "{len},{b},{m},{h},{d},{topk},{reference:.4},{cuda:.4},{:.1},\
+                 {reference_fb:.4},{cuda_fb:.4},{:.1},{peak:.0}",
+                reference / cuda,
+                reference_fb / cuda_fb
             );
         }
     }

@@ -77,6 +77,96 @@ const ROUTER_ROWS: u32 = 128;
 /// The largest router top-k the fused router keeps in registers (`TOPK_MAX`).
 pub const ROUTER_TOPK_MAX: i64 = 8;
 
+/// Sets per block of the router's `dz` kernel (`SJ` in router.cu).
+const ROUTER_SET_TILE: i64 = 16;
+
+/// The largest head dimension of the router kernels (registers and shared memory).
+pub const ROUTER_MAX_HEAD_DIM: i64 = 128;
+
+/// What the router forward keeps for its backward pass.
+#[derive(Debug)]
+pub struct RouterSaved {
+    /// `[B, H, L, D]` the output.
+    pub out: Tensor,
+    /// `[B, H, L]` log-sum-exp of each token's kept logits (`-inf`: no visible set).
+    pub lse: Tensor,
+    /// `[B * H * L, 8]` the kept sets of each token with top-k (`-1` past them); a
+    /// placeholder row without top-k.
+    pub kept: Tensor,
+    /// The top-k of the forward pass.
+    pub topk: i64,
+}
+
+/// The router's dimensions, checked once per call.
+#[derive(Debug, Clone, Copy)]
+struct RouterShape {
+    b: i64,
+    h: i64,
+    l: i64,
+    m: i64,
+    d: i64,
+}
+
+impl RouterShape {
+    fn check(q: &Tensor, z: &Tensor, route: &Tensor, topk: i64) -> Result<RouterShape, CudaError> {
+        let [b, h, l, d] = dims(q, "q")?;
+        let [_, _, m, _] = dims(z, "z")?;
+        expect_shape(z, &[b, h, m, d], "z")?;
+        if route.numel() as i64 != b * l * m {
+            return Err(CudaError::Input(format!(
+                "route: expected [B, L, M] = [{b}, {l}, {m}], got {:?}",
+                route.size()
+            )));
+        }
+        if !(0..=ROUTER_TOPK_MAX).contains(&topk) {
+            return Err(CudaError::Input(format!(
+                "the fused router keeps at most {ROUTER_TOPK_MAX} sets per token, got top-k {topk}"
+            )));
+        }
+        if !(1..=ROUTER_MAX_HEAD_DIM).contains(&d) {
+            return Err(CudaError::Input(format!(
+                "the fused router supports head dimensions 1..={ROUTER_MAX_HEAD_DIM}, got {d}"
+            )));
+        }
+        Ok(RouterShape { b, h, l, m, d })
+    }
+
+    /// `heads, len, m, topk` as the kernels take them.
+    fn kernel_ints(&self, topk: i64) -> Result<[i32; 4], CudaError> {
+        Ok([
+            to_i32(self.h)?,
+            to_i32(self.l)?,
+            to_i32(self.m)?,
+            to_i32(topk)?,
+        ])
+    }
+
+    fn heads_dim(&self) -> Result<u32, CudaError> {
+        u32::try_from(self.b * self.h)
+            .ok()
+            .filter(|&n| n <= 65_535)
+            .ok_or_else(|| {
+                CudaError::Input(format!(
+                    "B * H = {} is too large (at most 65535)",
+                    self.b * self.h
+                ))
+            })
+    }
+
+    /// One thread per token: blocks of `ROUTER_ROWS` tokens x `B * H`.
+    fn token_grid(&self) -> Result<LaunchConfig, CudaError> {
+        let rows = u32::try_from((self.l + i64::from(ROUTER_ROWS) - 1) / i64::from(ROUTER_ROWS))
+            .map_err(|_| {
+                CudaError::Input(format!("{} tokens per sequence are too many", self.l))
+            })?;
+        Ok(LaunchConfig {
+            grid_dim: (rows.max(1), self.heads_dim()?.max(1), 1),
+            block_dim: (ROUTER_ROWS, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+}
+
 /// Every op family's source (what [`compile_all`] checks).
 const SOURCES: &[&Source] = &[&DELTA, &ROUTER];
 
@@ -292,81 +382,149 @@ impl CudaKernels {
 
     /// The fused router forward: for queries `q` (`[B, H, L, D]` fp32) and set outputs
     /// `z` (`[B, H, M, D]` fp32), with `route` (`[B, L, M]` or `[B, 1, L, M]` bool, token
-    /// `t` may use set `j`), returns `out` (`[B, H, L, D]`: the softmax over the visible
-    /// sets of `q_t . z_j`, or over the `topk` best of them, mixing `z`) and `lse`
-    /// (`[B, H, L]`, the log-sum-exp of the kept logits; `-inf` for a token with no
-    /// visible set, whose output is zero). `topk` 0 keeps every visible set.
+    /// `t` may use set `j`), the softmax over the visible sets of `q_t . z_j` (or over the
+    /// `topk` best of them; 0 keeps every visible set) mixing `z`. A token with no visible
+    /// set gets a zero output. Returns what [`CudaKernels::router_backward`] needs.
     pub fn router_forward(
         &self,
         q: &Tensor,
         z: &Tensor,
         route: &Tensor,
         topk: i64,
-    ) -> Result<(Tensor, Tensor), CudaError> {
-        let [b, h, l, d] = dims(q, "q")?;
-        let [_, _, m, _] = dims(z, "z")?;
-        expect_shape(z, &[b, h, m, d], "z")?;
-        let route = route.reshape([-1, l, m]);
-        expect_shape(&route, &[b, l, m], "route")?;
-        if !(0..=ROUTER_TOPK_MAX).contains(&topk) {
-            return Err(CudaError::Input(format!(
-                "the fused router keeps at most {ROUTER_TOPK_MAX} sets per token, got top-k {topk}"
-            )));
-        }
-        let (q, z, route) = (q.contiguous(), z.contiguous(), route.contiguous());
+    ) -> Result<RouterSaved, CudaError> {
+        let shape = RouterShape::check(q, z, route, topk)?;
+        let RouterShape { b, h, l, m, d } = shape;
+        let (q, z, route) = (
+            q.contiguous(),
+            z.contiguous(),
+            route.reshape([b, l, m]).contiguous(),
+        );
         let device = q.device();
         let out = Tensor::empty([b, h, l, d], (Kind::Float, device));
         let lse = Tensor::empty([b, h, l], (Kind::Float, device));
-        let (q_ptr, z_ptr, route_ptr, out_ptr, lse_ptr) = (
+        let kept_rows = if topk > 0 { b * h * l } else { 1 };
+        let kept = Tensor::empty([kept_rows, ROUTER_TOPK_MAX], (Kind::Int, device));
+        let ptrs = [
             device_ptr(&q, Kind::Float, b * h * l * d, self.ordinal)?,
             device_ptr(&z, Kind::Float, b * h * m * d, self.ordinal)?,
             device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?,
             device_ptr(&out, Kind::Float, b * h * l * d, self.ordinal)?,
             device_ptr(&lse, Kind::Float, b * h * l, self.ordinal)?,
-        );
+            device_ptr(&kept, Kind::Int, kept_rows * ROUTER_TOPK_MAX, self.ordinal)?,
+        ];
         let module = self.router(d)?;
         let f = module.load_function("router_fwd")?;
-        let (h32, l32, m32, k32) = (to_i32(h)?, to_i32(l)?, to_i32(m)?, to_i32(topk)?);
+        let ints = shape.kernel_ints(topk)?;
         let mut launch = self.stream.launch_builder(&f);
-        launch
-            .arg(&q_ptr)
-            .arg(&z_ptr)
-            .arg(&route_ptr)
-            .arg(&out_ptr)
-            .arg(&lse_ptr)
-            .arg(&h32)
-            .arg(&l32)
-            .arg(&m32)
-            .arg(&k32);
-        let row_blocks =
-            u32::try_from((l + i64::from(ROUTER_ROWS) - 1) / i64::from(ROUTER_ROWS))
-                .map_err(|_| CudaError::Input(format!("{l} tokens per sequence are too many")))?;
-        let heads = u32::try_from(b * h)
-            .ok()
-            .filter(|&n| n <= 65_535)
-            .ok_or_else(|| {
-                CudaError::Input(format!("B * H = {} is too large (at most 65535)", b * h))
-            })?;
+        for p in &ptrs {
+            launch.arg(p);
+        }
+        for i in &ints {
+            launch.arg(i);
+        }
+        // SAFETY: see the module invariant; the kernel reads q, z, route and writes out,
+        // lse and (with top-k) kept, each of the element count checked above; the
+        // module's HEAD_DIM is `d`.
+        unsafe { launch.launch(shape.token_grid()?) }?;
+        Ok(RouterSaved {
+            out,
+            lse,
+            kept,
+            topk,
+        })
+    }
+
+    /// The router's gradients `(dq, dz)` for the output gradient `dout` (`[B, H, L, D]`),
+    /// from the forward's inputs and what it saved. Deterministic: every element is
+    /// summed in a fixed order by one thread.
+    pub fn router_backward(
+        &self,
+        q: &Tensor,
+        z: &Tensor,
+        route: &Tensor,
+        saved: &RouterSaved,
+        dout: &Tensor,
+    ) -> Result<(Tensor, Tensor), CudaError> {
+        let shape = RouterShape::check(q, z, route, saved.topk)?;
+        let RouterShape { b, h, l, m, d } = shape;
+        expect_shape(dout, &[b, h, l, d], "dout")?;
+        let (q, z, route) = (
+            q.contiguous(),
+            z.contiguous(),
+            route.reshape([b, l, m]).contiguous(),
+        );
+        let dout = dout.contiguous();
+        let device = q.device();
+        let dq = Tensor::empty([b, h, l, d], (Kind::Float, device));
+        let dz = Tensor::empty([b, h, m, d], (Kind::Float, device));
+        let dsum = Tensor::empty([b, h, l], (Kind::Float, device));
+        let kept_rows = saved.kept.size()[0];
+        let (q_ptr, z_ptr, route_ptr, out_ptr, lse_ptr, kept_ptr, dout_ptr) = (
+            device_ptr(&q, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&z, Kind::Float, b * h * m * d, self.ordinal)?,
+            device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?,
+            device_ptr(&saved.out, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&saved.lse, Kind::Float, b * h * l, self.ordinal)?,
+            device_ptr(
+                &saved.kept,
+                Kind::Int,
+                kept_rows * ROUTER_TOPK_MAX,
+                self.ordinal,
+            )?,
+            device_ptr(&dout, Kind::Float, b * h * l * d, self.ordinal)?,
+        );
+        if saved.topk > 0 && kept_rows != b * h * l {
+            return Err(CudaError::Input(
+                "saved top-k lists do not match the shapes".into(),
+            ));
+        }
+        let (dq_ptr, dz_ptr, dsum_ptr) = (
+            device_ptr(&dq, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&dz, Kind::Float, b * h * m * d, self.ordinal)?,
+            device_ptr(&dsum, Kind::Float, b * h * l, self.ordinal)?,
+        );
+        let module = self.router(d)?;
+        let ints = shape.kernel_ints(saved.topk)?;
+        let f = module.load_function("router_bwd_dq")?;
+        let mut launch = self.stream.launch_builder(&f);
+        for p in [
+            &q_ptr, &z_ptr, &route_ptr, &out_ptr, &lse_ptr, &kept_ptr, &dout_ptr, &dq_ptr,
+            &dsum_ptr,
+        ] {
+            launch.arg(p);
+        }
+        for i in &ints {
+            launch.arg(i);
+        }
+        // SAFETY: see the module invariant; reads the forward's tensors and dout, writes
+        // dq and dsum (per-token dout . out), all of the checked element counts.
+        unsafe { launch.launch(shape.token_grid()?) }?;
+        let f = module.load_function("router_bwd_dz")?;
+        let mut launch = self.stream.launch_builder(&f);
+        for p in [
+            &q_ptr, &z_ptr, &route_ptr, &lse_ptr, &kept_ptr, &dout_ptr, &dsum_ptr, &dz_ptr,
+        ] {
+            launch.arg(p);
+        }
+        for i in &ints {
+            launch.arg(i);
+        }
+        let set_tiles = u32::try_from((m + ROUTER_SET_TILE - 1) / ROUTER_SET_TILE)
+            .map_err(|_| CudaError::Input(format!("{m} sets are too many")))?;
         let cfg = LaunchConfig {
-            grid_dim: (row_blocks.max(1), heads.max(1), 1),
-            block_dim: (ROUTER_ROWS, 1, 1),
+            grid_dim: (set_tiles.max(1), shape.heads_dim()?, 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: see the module invariant; the kernel reads b*h*l*d + b*h*m*d f32 and
-        // b*l*m bytes, writes b*h*l*d + b*h*l f32, all checked above; HEAD_DIM of the
-        // module is `d`.
+        // SAFETY: as above; reads dsum written by the previous launch on this stream,
+        // writes dz.
         unsafe { launch.launch(cfg) }?;
-        Ok((out, lse))
+        Ok((dq, dz))
     }
 
     /// The router module for head dimension `d`, compiled (or read from the cache) at
     /// first use.
     fn router(&self, d: i64) -> Result<Arc<CudaModule>, CudaError> {
-        if !(1..=256).contains(&d) {
-            return Err(CudaError::Input(format!(
-                "the fused router supports head dimensions 1..=256, got {d}"
-            )));
-        }
         let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(module) = routers.get(&d) {
             return Ok(module.clone());

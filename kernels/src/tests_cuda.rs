@@ -289,49 +289,60 @@ fn router_reference(q: &Tensor, z: &Tensor, route: &Tensor, topk: i64) -> (Tenso
     (gates.matmul(z), lse)
 }
 
+/// Router test shapes `(B, H, L, M, D, top-k)`: one set; L and M not multiples of the
+/// tiles; top-k above some tokens' visible count; a head dimension below the tile width;
+/// the largest head dimension.
+const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 6] = [
+    (1, 1, 8, 1, 16, 0),
+    (2, 3, 70, 15, 64, 0),
+    (2, 4, 256, 7, 64, 4),
+    (1, 2, 1000, 61, 32, 8),
+    (3, 2, 300, 37, 64, 3),
+    (1, 2, 130, 20, 128, 2),
+];
+
+/// Random queries and set outputs for one router shape, and a route of causal windows
+/// of 8 by 4 (set j ends at 8 + 4 j) with one in ten entries dropped, so the mask is not
+/// a plain prefix and the earliest tokens see no set.
+fn router_case(shape: (i64, i64, i64, i64, i64, i64), device: Device) -> (Tensor, Tensor, Tensor) {
+    let (b, h, l, m, d, _) = shape;
+    let opts = (Kind::Float, device);
+    let q = Tensor::randn([b, h, l, d], opts) * 0.5;
+    let z = Tensor::randn([b, h, m, d], opts) * 0.5;
+    let ends = Tensor::arange(m, (Kind::Int64, device)) * 4 + 8;
+    let t = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(1);
+    let causal = ends.unsqueeze(0).le_tensor(&(t + 1));
+    let keep = Tensor::rand([b, l, m], opts).ge(0.1);
+    (q, z, causal.unsqueeze(0).logical_and(&keep))
+}
+
 #[test]
 fn cuda_router_matches_the_reference() {
     let Some(kernels) = gpu("cuda_router_matches_the_reference") else {
         return;
     };
     let device = Device::Cuda(0);
-    let opts = (Kind::Float, device);
-    // (B, H, L, M, D, top-k): one set; L and M not multiples of the tiles; top-k above
-    // some tokens' visible count; a head dimension below the tile width.
-    let shapes = [
-        (1, 1, 8, 1, 16, 0),
-        (2, 3, 70, 15, 64, 0),
-        (2, 4, 256, 7, 64, 4),
-        (1, 2, 1000, 61, 32, 8),
-        (3, 2, 300, 37, 64, 3),
-    ];
     tch::manual_seed(fresh_seed() as i64);
-    for (n, &(b, h, l, m, d, topk)) in shapes.iter().enumerate() {
-        let q = Tensor::randn([b, h, l, d], opts) * 0.5;
-        let z = Tensor::randn([b, h, m, d], opts) * 0.5;
-        // Causal visibility of windows of 8 by 4 (set j ends at 8 + 4 j), with one in ten
-        // entries dropped so the mask is not a plain prefix.
-        let ends = Tensor::arange(m, (Kind::Int64, device)) * 4 + 8;
-        let t = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(1);
-        let causal = ends.unsqueeze(0).le_tensor(&(t + 1));
-        let keep = Tensor::rand([b, l, m], opts).ge(0.1);
-        let route = causal.unsqueeze(0).logical_and(&keep);
+    for (n, &shape) in ROUTER_SHAPES.iter().enumerate() {
+        let topk = shape.5;
+        let (q, z, route) = router_case(shape, device);
         let (want, want_lse) = router_reference(&q, &z, &route, topk);
-        let (got, lse) = kernels.router_forward(&q, &z, &route, topk).unwrap();
+        let saved = kernels.router_forward(&q, &z, &route, topk).unwrap();
         kernels.synchronize().unwrap();
+        let (got, lse) = (&saved.out, &saved.lse);
         assert_eq!(
             got.isnan().sum(Kind::Int64).int64_value(&[]),
             0,
             "shape {n}: NaN"
         );
-        let err = relative_error(&got, &want);
+        let err = relative_error(got, &want);
         assert!(err <= 1e-5, "shape {n}: relative error {err}");
         // Tokens with no visible set: zero output, lse -inf, in both.
         let empty = route
             .any_dim(-1, false)
             .logical_not()
             .unsqueeze(1)
-            .expand_as(&lse);
+            .expand_as(lse);
         let empties = empty.sum(Kind::Int64).int64_value(&[]);
         assert!(
             n == 0 || empties > 0,
@@ -348,4 +359,65 @@ fn cuda_router_matches_the_reference() {
             "shape {n}: lse of an empty row must be -inf"
         );
     }
+}
+
+#[test]
+fn cuda_router_backward_matches_autograd_and_repeats_bit_for_bit() {
+    let Some(kernels) = gpu("cuda_router_backward_matches_autograd_and_repeats_bit_for_bit") else {
+        return;
+    };
+    let device = Device::Cuda(0);
+    tch::manual_seed(fresh_seed() as i64);
+    for (n, &shape) in ROUTER_SHAPES.iter().enumerate() {
+        let topk = shape.5;
+        let (q, z, route) = router_case(shape, device);
+        let dout = Tensor::randn(q.size(), (Kind::Float, device));
+        let (qg, zg) = (
+            q.detach().set_requires_grad(true),
+            z.detach().set_requires_grad(true),
+        );
+        let (want, _) = router_reference(&qg, &zg, &route, topk);
+        (want * &dout).sum(Kind::Float).backward();
+        let (want_dq, want_dz) = (qg.grad(), zg.grad());
+
+        let saved = kernels.router_forward(&q, &z, &route, topk).unwrap();
+        let (dq, dz) = kernels
+            .router_backward(&q, &z, &route, &saved, &dout)
+            .unwrap();
+        let (dq2, dz2) = kernels
+            .router_backward(&q, &z, &route, &saved, &dout)
+            .unwrap();
+        kernels.synchronize().unwrap();
+        let dq_err = relative_error(&dq, &want_dq);
+        let dz_err = relative_error(&dz, &want_dz);
+        assert!(dq_err <= 1e-4, "shape {n}: dq relative error {dq_err}");
+        assert!(dz_err <= 1e-4, "shape {n}: dz relative error {dz_err}");
+        assert!(
+            dq.equal(&dq2) && dz.equal(&dz2),
+            "shape {n}: backward must repeat bit for bit"
+        );
+    }
+}
+
+#[test]
+fn cuda_router_rejects_bad_shapes() {
+    let Some(kernels) = gpu("cuda_router_rejects_bad_shapes") else {
+        return;
+    };
+    let device = Device::Cuda(0);
+    let (q, z, route) = router_case((1, 1, 16, 3, 16, 0), device);
+    let err = kernels
+        .router_forward(&q, &z, &route, 9)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at most 8"), "{err}");
+    let wide = Tensor::zeros([1, 1, 16, 200], (Kind::Float, device));
+    let wide_z = Tensor::zeros([1, 1, 3, 200], (Kind::Float, device));
+    let err = kernels
+        .router_forward(&wide, &wide_z, &route, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head dimensions"), "{err}");
+    let short = route.narrow(1, 0, 8);
+    assert!(kernels.router_forward(&q, &z, &short, 0).is_err());
 }
