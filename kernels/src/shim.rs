@@ -248,3 +248,6 @@ pub fn adamw_step(state: AdamWState<'_>, hyper: AdamWHyper) -> Result<Tensor, Sh
     // ownership and frees it on drop.
     Ok(unsafe { Tensor::from_ptr(norm) })
 }
+
+#[cfg(test)]
+mod tests;

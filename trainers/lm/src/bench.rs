@@ -72,7 +72,7 @@ pub struct Bench<'a> {
 }
 
 /// Median milliseconds of each phase of a step (the phase pass).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct PhaseTimes {
     /// Gathering the batch and copying it to the device.
     pub input_ms: f64,
@@ -87,7 +87,7 @@ pub struct PhaseTimes {
 }
 
 /// One benchmark row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct BenchResult {
     /// `dot-naive`, `sdpa` or `ska-naive`.
     pub backend: String,
@@ -193,6 +193,31 @@ impl BenchResult {
     }
 }
 
+/// The CSV header line.
+pub fn csv_header() -> String {
+    let fields = BenchResult::default().fields();
+    fields.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(",")
+}
+
+/// Fails (before anything runs) when `csv` exists with another header.
+fn check_header(csv: &Path) -> Result<(), Error> {
+    let Ok(text) = std::fs::read_to_string(csv) else {
+        return Ok(());
+    };
+    let header = csv_header();
+    match text.lines().next() {
+        Some(first) if first != header => Err(mismatch(csv, &header)),
+        _ => Ok(()),
+    }
+}
+
+fn mismatch(csv: &Path, header: &str) -> Error {
+    Error::Usage(format!(
+        "{}: its header has other columns than this benchmark's ({header}); pass another --benchmark-csv",
+        csv.display()
+    ))
+}
+
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
@@ -226,6 +251,7 @@ pub fn run(bench: &Bench) -> Result<BenchResult, Error> {
     if bench.settings.iters == 0 {
         return Err(Error::Usage("--bench-iters must be at least 1".into()));
     }
+    check_header(&bench.settings.csv)?;
     let result = crate::memory::guard(&crate::train::oom_hint(config), || measure(bench))?;
     append_row(&bench.settings.csv, &result, bench)?;
     Ok(result)
@@ -416,12 +442,7 @@ fn append_line(path: &Path, header: Option<&str>, line: &str) -> Result<(), Erro
         match text.lines().next() {
             None => text = format!("{header}\n"),
             Some(first) if first == header => {}
-            Some(_) => {
-                return Err(Error::Usage(format!(
-                    "{}: its header has other columns than this benchmark's ({header}); pass another --benchmark-csv",
-                    path.display()
-                )))
-            }
+            Some(_) => return Err(mismatch(path, header)),
         }
     }
     if !text.is_empty() && !text.ends_with('\n') {

@@ -295,3 +295,120 @@ pub fn guard<T>(hint: &str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, E
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpt2(attn: Attn, batch: i64, seq_len: i64) -> Shapes {
+        Shapes {
+            vocab: 1024,
+            seq_len,
+            d_model: 768,
+            layers: 12,
+            ska_layers: 0,
+            heads: 12,
+            ffn_mult: 4,
+            attn,
+            precision: Precision::Bf16,
+            batch,
+            window: 64,
+            stride: 32,
+            minhash_k: 128,
+            router_topk: 0,
+            split_tokens: None,
+        }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_estimate_grows_with_batch_and_quadratically_for_dot_naive_scores() {
+        let sdpa = estimate(&gpt2(Attn::Sdpa, 16, 1024));
+        assert!(estimate(&gpt2(Attn::Sdpa, 32, 1024)) > sdpa);
+        // The measured peak of the PyTorch peer at these shapes is 6.7 GB: same scale.
+        assert!((4 * GIB..16 * GIB).contains(&sdpa), "{sdpa}");
+        let dot = |l| estimate(&gpt2(Attn::DotNaive, 4, l)) - estimate(&gpt2(Attn::Sdpa, 4, l));
+        let ratio = dot(2048) as f64 / dot(1024) as f64;
+        assert!((3.9..4.1).contains(&ratio), "scores grow as L^2: {ratio}");
+        let mut with_data = gpt2(Attn::Sdpa, 16, 1024);
+        with_data.split_tokens = Some(100_000_000);
+        assert!(estimate(&with_data) > sdpa + GIB, "the split on the device counts");
+    }
+
+    #[test]
+    fn an_ungiven_batch_is_halved_until_it_fits_and_a_given_one_is_kept() {
+        let start = gpt2(Attn::DotNaive, 64, 4096);
+        let free = 100 * GIB;
+        let choice = choose(&start, Given::default(), free).unwrap();
+        assert!(choice.shapes.batch < 64 && choice.shapes.batch >= 1);
+        assert!(choice.estimate <= choice.budget && choice.budget == (free as f64 * 0.8) as u64);
+        let mut bigger = choice.shapes.clone();
+        bigger.batch *= 2;
+        assert!(estimate(&bigger) > choice.budget, "the largest power-of-two step that fits");
+        assert!(
+            choice.reasons.iter().any(|r| r.contains("--batch") && r.contains("lowered from 64")),
+            "{:?}",
+            choice.reasons
+        );
+        let given = Given {
+            batch: true,
+            ..Given::default()
+        };
+        let err = choose(&start, given, free).unwrap_err();
+        assert!(err.contains("lower --batch") && err.contains("--attn sdpa"), "{err}");
+        let small = choose(&gpt2(Attn::Sdpa, 8, 256), given, free).unwrap();
+        assert_eq!(small.shapes.batch, 8);
+        assert!(small.reasons.iter().any(|r| r.contains("--batch 8: as given")));
+    }
+
+    #[test]
+    fn ska_lowers_minhash_k_then_raises_the_stride_once_the_batch_is_one() {
+        let mut start = gpt2(Attn::DotNaive, 4, 4096);
+        start.ska_layers = 12;
+        start.stride = 8;
+        start.split_tokens = Some(2_000_000_000);
+        let need = |s: &Shapes| estimate(s);
+        let mut at_one = start.clone();
+        at_one.batch = 1;
+        at_one.minhash_k = 32;
+        // A budget between the stride-8 and the stride-64 estimates at batch 1.
+        let mut wide = at_one.clone();
+        wide.stride = 64;
+        let free = ((need(&wide) + need(&at_one)) as f64 / 2.0 / 0.8) as u64;
+        let choice = choose(&start, Given::default(), free).unwrap();
+        assert_eq!(choice.shapes.batch, 1);
+        assert_eq!(choice.shapes.minhash_k, 32);
+        assert!(choice.shapes.stride > 8 && choice.shapes.stride <= 64);
+        assert!(choice.reasons.iter().any(|r| r.contains("--stride") && r.contains("raised from 8")));
+        let given = Given {
+            stride: true,
+            ..Given::default()
+        };
+        assert!(choose(&start, given, free).unwrap_err().contains("raise --stride"));
+    }
+
+    #[test]
+    fn guard_turns_an_out_of_memory_panic_into_an_error_with_the_hint() {
+        let oom = guard("lower --batch (now 16)", || -> Result<(), Error> {
+            panic!("called `Result::unwrap()` on an `Err` value: Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139.81 GiB\\nException raised from malloc at /pytorch/c10/cuda/CUDACachingAllocator.cpp:1499\")")
+        })
+        .unwrap_err();
+        let text = oom.to_string();
+        assert!(matches!(oom, Error::OutOfMemory(_)), "{text}");
+        assert!(text.contains("CUDA out of memory. Tried to allocate 2.00 GiB"), "{text}");
+        assert!(text.contains("lower --batch (now 16)"), "{text}");
+        assert!(!text.contains("Exception raised"), "no C++ backtrace: {text}");
+        assert_eq!(oom.exit_code(), 1);
+        let other = guard("hint", || -> Result<(), Error> { panic!("Torch(\"shape mismatch\")") })
+            .unwrap_err();
+        assert!(matches!(&other, Error::Torch(t) if t == "shape mismatch"), "{other}");
+        assert_eq!(guard("hint", || Ok(7)).unwrap(), 7);
+        let typed = guard("hint", || -> Result<(), Error> {
+            Err(Error::Torch("CUDA out of memory. Tried".into()))
+        });
+        assert!(matches!(typed, Err(Error::OutOfMemory(_))));
+        assert!(is_out_of_memory("DefaultCPUAllocator: can't allocate memory: you tried"));
+        assert!(!is_out_of_memory("index out of range"));
+    }
+}

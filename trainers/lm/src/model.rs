@@ -260,11 +260,12 @@ impl Lm {
                     ska.forward(&h, phi, layout)
                 }
             };
-            // Out of place: the LayerNorm backward needs `x` unmodified.
-            x = &x + drop(mixed.to_kind(Kind::Float));
+            // Out of place: the LayerNorm backward needs `x` unmodified. The add promotes the
+            // branch to fp32 itself (exact from bf16/fp16): no separate cast kernel.
+            x = &x + drop(mixed);
             let h = x.apply(&block.ln2).to_kind(kind);
             let m = linear_kind(&block.down, &linear_kind(&block.up, &h).gelu("none"));
-            x = &x + drop(m.to_kind(Kind::Float));
+            x = &x + drop(m);
         }
         let h = x.apply(&self.ln_f).to_kind(kind);
         h.matmul(&self.tokens.to_kind(kind).transpose(0, 1))
