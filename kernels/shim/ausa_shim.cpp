@@ -92,6 +92,12 @@ char* ausa_cuda_current_stream(int device, void** stream) {
   });
 }
 
+// A pinned copy of CPU tensor `t` in *out (at::Tensor::pin_memory without the deprecated
+// device argument that tch always passes, and its warning).
+char* ausa_pin_memory(at::Tensor* t, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(t->pin_memory()); });
+}
+
 // Drops the gradients of `params` (PyTorch's zero_grad(set_to_none=True)): the next backward
 // writes fresh gradients instead of adding into zeroed ones.
 char* ausa_set_grads_to_none(at::Tensor** params, int64_t n) {

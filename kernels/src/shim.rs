@@ -4,7 +4,7 @@
 //! - CUDA caching-allocator statistics ([`cuda_memory`], [`cuda_reset_peak`]) and the
 //!   driver's free memory ([`cuda_mem_info`]), for `max_vram_mb` and `--memory-safe`;
 //! - libtorch's current CUDA stream ([`cuda_current_stream`]), for kernels launched
-//!   outside libtorch on the same stream;
+//!   outside libtorch on the same stream, and pinned host memory ([`pin_memory`]);
 //! - one AdamW step through libtorch's fused kernel with clipping and the fp16 skip on the
 //!   device, so a training step never waits for the GPU ([`adamw_step`]), and
 //!   [`set_grads_to_none`].
@@ -39,6 +39,7 @@ extern "C" {
     fn ausa_cuda_mem_info(device: c_int, free: *mut u64, total: *mut u64) -> *mut c_char;
     fn ausa_cuda_current_stream(device: c_int, stream: *mut *mut c_void) -> *mut c_char;
     fn ausa_set_grads_to_none(params: *const *mut C_tensor, n: i64) -> *mut c_char;
+    fn ausa_pin_memory(t: *mut C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn ausa_adamw_step(
         params: *const *mut C_tensor,
         exp_avg: *const *mut C_tensor,
@@ -152,6 +153,18 @@ pub fn set_grads_to_none(params: &mut [Tensor]) -> Result<(), ShimError> {
     let ptrs = pointers(params);
     // SAFETY: `ptrs` are handles of the live tensors in `params`, borrowed for the call.
     check(unsafe { ausa_set_grads_to_none(ptrs.as_ptr(), ptrs.len() as i64) })
+}
+
+/// A copy of CPU tensor `t` in pinned (page-locked) memory from libtorch's caching host
+/// allocator, so a `non_blocking` copy to the GPU does not wait for queued GPU work; an
+/// error without CUDA.
+pub fn pin_memory(t: &Tensor) -> Result<Tensor, ShimError> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `t` is a live tensor borrowed for the call; on success `out` is a fresh
+    // `new at::Tensor` (module invariant) whose ownership from_ptr takes.
+    check(unsafe { ausa_pin_memory(t.as_ptr() as *mut C_tensor, &mut out) })?;
+    // SAFETY: as above.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// Hyperparameters of one [`adamw_step`].

@@ -553,7 +553,7 @@ fn benchmark(
         meta,
     };
     out.log(&format!(
-        "benchmarking {} (B {} L {}) on {device:?}: {} warm-up + 2 x {} timed steps",
+        "benchmarking {} (B {} L {}) on {device:?}: {} warm-up + 3 x {} timed steps",
         bench.config.model.attn.as_str(),
         bench.config.batch,
         bench.config.model.seq_len,
@@ -567,10 +567,11 @@ fn benchmark(
         .map(|v| format!(", peak {v:.0} MiB"))
         .unwrap_or_default();
     out.log(&format!(
-        "{} {}: {:.3} ms/step, {:.0} tokens/s{vram}; input {:.3} ms ({:.2}% of a step), forward {:.3}, backward {:.3}, optimizer {:.3} ms -> {}",
+        "{} {}: {:.3} ms/step (loop {:.3}), {:.0} tokens/s{vram}; input {:.3} ms ({:.2}% of a step), forward {:.3}, backward {:.3}, optimizer {:.3} ms -> {}",
         r.backend,
         r.dtype,
         r.elapsed_ms,
+        r.loop_ms,
         r.tokens_per_s,
         r.phases.input_ms,
         r.phases.input_fraction * 100.0,

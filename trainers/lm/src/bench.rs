@@ -1,10 +1,13 @@
 //! `ausa train lm --benchmark`: the training step (forward, backward, AdamW) at fixed
 //! shapes, timed with the device synchronized, as one row of the SPEC's benchmark CSV.
 //!
-//! Two timed passes of `iters` steps follow `warmup` untimed ones:
+//! Three timed passes of `iters` steps follow `warmup` untimed ones:
 //! 1. **step time**: the device is synchronized before and after each step and nothing in
 //!    between, so the step runs as in training; `elapsed_ms` is the median.
-//! 2. **phases**: the same steps with a synchronization after each phase (batch input,
+//! 2. **loop**: the steps back to back with one synchronization at the end, as training
+//!    runs them and as the PyTorch peer (`tests/bench/lm_peer.py`) times itself;
+//!    `loop_ms` is the mean.
+//! 3. **phases**: the same steps with a synchronization after each phase (batch input,
 //!    forward, backward, optimizer; [`Phase`]); the medians say where the time goes, and
 //!    `input_fraction` is the median share of the input path (gathering the batch and
 //!    copying it to the device) in a step.
@@ -115,6 +118,8 @@ pub struct BenchResult {
     pub avg_atoms_per_set: Option<f64>,
     /// Median milliseconds per step.
     pub elapsed_ms: f64,
+    /// Mean milliseconds per step of the loop pass.
+    pub loop_ms: f64,
     /// `1000 / elapsed_ms`.
     pub steps_per_s: f64,
     /// Peak CUDA memory allocated, MiB (None on the CPU).
@@ -181,6 +186,7 @@ impl BenchResult {
             ("d_model", self.d_model.to_string()),
             ("layers", self.layers.to_string()),
             ("model_tflops", format!("{:.3}", self.model_tflops)),
+            ("loop_ms", format!("{:.4}", self.loop_ms)),
             ("input_ms", format!("{:.4}", p.input_ms)),
             ("input_fraction", format!("{:.5}", p.input_fraction)),
             ("forward_ms", format!("{:.4}", p.forward_ms)),
@@ -309,6 +315,12 @@ fn measure(bench: &Bench) -> Result<BenchResult, Error> {
         sync(device);
         steps_ms.push(t0.elapsed().as_secs_f64() * 1e3);
     }
+    let t0 = Instant::now();
+    for _ in 0..settings.iters {
+        let _ = one(&mut |_| {})?;
+    }
+    sync(device);
+    let loop_ms = t0.elapsed().as_secs_f64() * 1e3 / settings.iters as f64;
     // Phase pass: [input, forward, backward, optimizer] milliseconds per step.
     let mut phases: Vec<[f64; 4]> = Vec::with_capacity(settings.iters);
     let mut last = Tensor::zeros([], (tch::Kind::Float, device));
@@ -352,14 +364,9 @@ fn measure(bench: &Bench) -> Result<BenchResult, Error> {
         ),
     };
     let elapsed_ms = median(&mut steps_ms);
-    Ok(result_row(
-        bench,
-        &vs,
-        elapsed_ms,
-        max_vram_mb,
-        phase_times,
-        loss,
-    ))
+    let mut row = result_row(bench, &vs, elapsed_ms, max_vram_mb, phase_times, loss);
+    row.loop_ms = loop_ms;
+    Ok(row)
 }
 
 /// The row's derived fields from the measurements.
@@ -408,6 +415,7 @@ fn result_row(
         avg_sets_per_seq: ska.then_some(sets as f64),
         avg_atoms_per_set: ska.then(|| data.avg_atoms_per_set()),
         elapsed_ms,
+        loop_ms: f64::NAN,
         steps_per_s,
         max_vram_mb,
         scores_computed: scores,

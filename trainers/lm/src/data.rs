@@ -239,8 +239,10 @@ impl SplitData {
         let ids = Tensor::from_slice(ids);
         match self.arrays.tokens.device() {
             Device::Cpu => ids,
-            device => ids
-                .pin_memory(device)
+            // Pinning only fails without CUDA, where there is no device copy either; the
+            // plain copy is then the right fallback.
+            device => ausa_kernels::shim::pin_memory(&ids)
+                .unwrap_or(ids)
                 .to_device_(device, Kind::Int64, true, false),
         }
     }
