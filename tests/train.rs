@@ -261,15 +261,36 @@ fn benchmark_mode_appends_spec_rows_with_the_scores_formula() {
     assert!(num(ska, "avg_atoms_per_set") > 1.0);
     assert!(meta[0]["run"]["artifacts"].as_array().unwrap().len() > 3);
     assert_eq!(first["backend"], "sdpa");
-    assert!(!ctx.path().join("runs").exists(), "--benchmark writes no run directory");
+    assert!(
+        !ctx.path().join("runs").exists(),
+        "--benchmark writes no run directory"
+    );
 
     // A CSV with other columns is never mixed into.
     let other = ctx.write("other.csv", "backend,elapsed_ms\nsdpa,1.0\n");
     let mixed = ctx
         .run(&[
-            "train", "lm", "--dag", "demo", "--device", "cpu", "--threads", "1", "--d-model",
-            "32", "--layers", "1", "--heads", "2", "--batch", "2", "--benchmark",
-            "--bench-iters", "1", "--benchmark-csv", other.to_str().unwrap(),
+            "train",
+            "lm",
+            "--dag",
+            "demo",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--d-model",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--batch",
+            "2",
+            "--benchmark",
+            "--bench-iters",
+            "1",
+            "--benchmark-csv",
+            other.to_str().unwrap(),
         ])
         .code(2);
     assert!(mixed.stderr.contains("other columns"), "{}", mixed.stderr);

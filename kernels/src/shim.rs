@@ -144,7 +144,10 @@ pub fn cuda_current_stream(device: usize) -> Result<usize, ShimError> {
 fn pointers(tensors: &[Tensor]) -> Vec<*mut C_tensor> {
     // The C++ side only copies the handles (module invariant); the cast from `*const` is
     // how tch itself passes tensors to its C API.
-    tensors.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+    tensors
+        .iter()
+        .map(|t| t.as_ptr() as *mut C_tensor)
+        .collect()
 }
 
 /// Drops the gradients of `params` (PyTorch's `zero_grad(set_to_none=True)`), so the next
@@ -223,7 +226,7 @@ pub fn adamw_step(state: AdamWState<'_>, hyper: AdamWHyper) -> Result<Tensor, Sh
             "adamw_step: the step count must be one Float on the parameters' device".into(),
         ));
     }
-    if !(hyper.unscale > 0.0) {
+    if hyper.unscale.is_nan() || hyper.unscale <= 0.0 {
         return Err(ShimError(format!(
             "adamw_step: unscale {} must be positive",
             hyper.unscale

@@ -99,8 +99,8 @@ fn fused_adamw_matches_adamw_with_clipping_decay_and_unscaling() {
     let (mut params, mut m, mut v, mut step) = setup(g0);
     let decay = [true, false];
     let mut p_ref: Vec<Vec<f64>> = params.iter().map(values).collect();
-    let mut m_ref = vec![vec![0.0; 4], vec![0.0; 2]];
-    let mut v_ref = vec![vec![0.0; 4], vec![0.0; 2]];
+    let mut m_ref = [vec![0.0; 4], vec![0.0; 2]];
+    let mut v_ref = [vec![0.0; 4], vec![0.0; 2]];
     let g1: [&[f32]; 2] = [&[4.0, 2.0, -8.0, 1.0], &[3.0, -5.0]];
     // Step 1 unclipped; step 2 with gradients 4x too large (unscale 4) and clipped to 0.5.
     for (t, grads, hyper) in [
@@ -141,7 +141,10 @@ fn fused_adamw_matches_adamw_with_clipping_decay_and_unscaling() {
             hyper,
         )
         .unwrap();
-        assert!((got.double_value(&[]) - norm).abs() < 1e-5, "norm before clipping");
+        assert!(
+            (got.double_value(&[]) - norm).abs() < 1e-5,
+            "norm before clipping"
+        );
         assert_eq!(step.double_value(&[]), f64::from(t));
         for i in 0..2 {
             let g: Vec<f64> = unscaled[i].iter().map(|x| x * clip).collect();
@@ -156,7 +159,8 @@ fn fused_adamw_matches_adamw_with_clipping_decay_and_unscaling() {
 
 #[test]
 fn a_non_finite_gradient_skips_the_step_and_its_count() {
-    let (mut params, mut m, mut v, mut step) = setup([&[f32::INFINITY, 0.0, 1.0, 1.0], &[1.0, 1.0]]);
+    let (mut params, mut m, mut v, mut step) =
+        setup([&[f32::INFINITY, 0.0, 1.0, 1.0], &[1.0, 1.0]]);
     let before: Vec<Vec<f64>> = params.iter().map(values).collect();
     let norm = adamw_step(
         AdamWState {

@@ -13,8 +13,8 @@ use ausa_artifacts::{read_documents, Split, TokensFile};
 use ausa_build::{Pipeline, Resolved, Target};
 use ausa_train::bench::{self, Bench, BenchSettings};
 use ausa_train::data::SplitData;
-use ausa_train::memory;
 use ausa_train::device::{self, DeviceChoice};
+use ausa_train::memory;
 use ausa_train::model::{Attn, ModelConfig};
 use ausa_train::train::{self, Event, Precision, Run, SplitInput, TextStats, TrainConfig};
 use clap::{Args, Subcommand, ValueEnum};
@@ -643,7 +643,11 @@ fn memory_safe(
         ska_layers,
         heads: args.heads,
         ffn_mult: args.ffn_mult,
-        attn: if attn == Attn::Ska { Attn::DotNaive } else { attn },
+        attn: if attn == Attn::Ska {
+            Attn::DotNaive
+        } else {
+            attn
+        },
         precision: match args.precision {
             PrecisionArg::Fp32 => Precision::Fp32,
             PrecisionArg::Bf16 => Precision::Bf16,
@@ -673,8 +677,7 @@ fn memory_safe(
         stride: args.stride.is_some(),
         minhash_k: args.minhash_k.is_some(),
     };
-    let choice =
-        memory::choose(&start, given, free).map_err(|e| CliError::failure(e, None))?;
+    let choice = memory::choose(&start, given, free).map_err(|e| CliError::failure(e, None))?;
     for line in &choice.reasons {
         out.log(line);
     }

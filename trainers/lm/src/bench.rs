@@ -384,7 +384,11 @@ fn result_row(
     let (b, l, h) = (config.batch as i64, m.seq_len, m.heads);
     let ska = m.attn == Attn::Ska;
     let sets = data.sets_per_seq();
-    let scores = if ska { h * b * sets * sets } else { b * h * l * l };
+    let scores = if ska {
+        h * b * sets * sets
+    } else {
+        b * h * l * l
+    };
     let steps_per_s = 1e3 / elapsed_ms;
     let tokens_per_s = (b * l) as f64 * steps_per_s;
     // Parameters a token multiplies by: all but the position table (a lookup).
@@ -394,7 +398,11 @@ fn result_row(
         .filter(|(name, _)| name.as_str() != "pos_emb")
         .map(|(_, t)| t.numel() as i64)
         .sum();
-    let attention = if ska { 0 } else { 12 * m.layers * m.d_model * l };
+    let attention = if ska {
+        0
+    } else {
+        12 * m.layers * m.d_model * l
+    };
     let flops_per_token = (6 * multiplied + attention) as f64;
     let (window, stride) = data.window_stride();
     let set = |v: u32| ska.then_some(v);

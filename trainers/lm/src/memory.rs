@@ -189,7 +189,12 @@ pub fn choose(start: &Shapes, given: Given, free: u64) -> Result<Choice, String>
         why("--batch", given.batch, start.batch, s.batch),
     ];
     if ska {
-        reasons.push(why("--minhash-k", given.minhash_k, start.minhash_k, s.minhash_k));
+        reasons.push(why(
+            "--minhash-k",
+            given.minhash_k,
+            start.minhash_k,
+            s.minhash_k,
+        ));
         let stride = if given.stride || s.stride == start.stride {
             why("--stride", given.stride, start.stride, s.stride)
         } else {
@@ -269,11 +274,17 @@ fn first_line(text: &str) -> String {
         .flatten()
         .min()
         .unwrap_or(text.len());
-    text[..end]
-        .trim_end_matches("\")")
-        .chars()
-        .take(400)
-        .collect()
+    let line = text[..end].trim_end_matches("\")");
+    // libtorch's allocator message runs on with tuning advice: keep whole sentences that
+    // fit in 300 characters (the first one always).
+    let mut kept = String::new();
+    for sentence in line.split_inclusive(". ") {
+        if !kept.is_empty() && kept.len() + sentence.len() > 300 {
+            break;
+        }
+        kept.push_str(sentence);
+    }
+    kept.trim_end().to_string()
 }
 
 /// Runs `f`, turning a libtorch failure that surfaces as a panic (tch's infallible ops
@@ -286,9 +297,9 @@ pub fn guard<T>(hint: &str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, E
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     QUIET.with(|q| q.set(was));
     match result {
-        Ok(Err(Error::Torch(text))) if is_out_of_memory(&text) => Err(Error::OutOfMemory(
-            format!("{}; {hint}", first_line(&text)),
-        )),
+        Ok(Err(Error::Torch(text))) if is_out_of_memory(&text) => {
+            Err(Error::OutOfMemory(format!("{}; {hint}", first_line(&text))))
+        }
         Ok(other) => other,
         Err(payload) => {
             let text = payload_text(payload.as_ref());
@@ -338,7 +349,10 @@ mod tests {
         assert!((3.9..4.1).contains(&ratio), "scores grow as L^2: {ratio}");
         let mut with_data = gpt2(Attn::Sdpa, 16, 1024);
         with_data.split_tokens = Some(100_000_000);
-        assert!(estimate(&with_data) > sdpa + GIB, "the split on the device counts");
+        assert!(
+            estimate(&with_data) > sdpa + GIB,
+            "the split on the device counts"
+        );
     }
 
     /// Peaks of the CUDA caching allocator measured on the H200 at GPT-2-small width
@@ -383,9 +397,15 @@ mod tests {
         assert!(choice.estimate <= choice.budget && choice.budget == (free as f64 * 0.8) as u64);
         let mut bigger = choice.shapes.clone();
         bigger.batch *= 2;
-        assert!(estimate(&bigger) > choice.budget, "the largest power-of-two step that fits");
         assert!(
-            choice.reasons.iter().any(|r| r.contains("--batch") && r.contains("lowered from 64")),
+            estimate(&bigger) > choice.budget,
+            "the largest power-of-two step that fits"
+        );
+        assert!(
+            choice
+                .reasons
+                .iter()
+                .any(|r| r.contains("--batch") && r.contains("lowered from 64")),
             "{:?}",
             choice.reasons
         );
@@ -394,10 +414,16 @@ mod tests {
             ..Given::default()
         };
         let err = choose(&start, given, free).unwrap_err();
-        assert!(err.contains("lower --batch") && err.contains("--attn sdpa"), "{err}");
+        assert!(
+            err.contains("lower --batch") && err.contains("--attn sdpa"),
+            "{err}"
+        );
         let small = choose(&gpt2(Attn::Sdpa, 8, 256), given, free).unwrap();
         assert_eq!(small.shapes.batch, 8);
-        assert!(small.reasons.iter().any(|r| r.contains("--batch 8: as given")));
+        assert!(small
+            .reasons
+            .iter()
+            .any(|r| r.contains("--batch 8: as given")));
     }
 
     #[test]
@@ -418,12 +444,17 @@ mod tests {
         assert_eq!(choice.shapes.batch, 1);
         assert_eq!(choice.shapes.minhash_k, 32);
         assert!(choice.shapes.stride > 8 && choice.shapes.stride <= 64);
-        assert!(choice.reasons.iter().any(|r| r.contains("--stride") && r.contains("raised from 8")));
+        assert!(choice
+            .reasons
+            .iter()
+            .any(|r| r.contains("--stride") && r.contains("raised from 8")));
         let given = Given {
             stride: true,
             ..Given::default()
         };
-        assert!(choose(&start, given, free).unwrap_err().contains("raise --stride"));
+        assert!(choose(&start, given, free)
+            .unwrap_err()
+            .contains("raise --stride"));
     }
 
     #[test]
@@ -434,19 +465,42 @@ mod tests {
         .unwrap_err();
         let text = oom.to_string();
         assert!(matches!(oom, Error::OutOfMemory(_)), "{text}");
-        assert!(text.contains("CUDA out of memory. Tried to allocate 2.00 GiB"), "{text}");
+        assert!(
+            text.contains("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            "{text}"
+        );
         assert!(text.contains("lower --batch (now 16)"), "{text}");
-        assert!(!text.contains("Exception raised"), "no C++ backtrace: {text}");
+        assert!(
+            !text.contains("Exception raised"),
+            "no C++ backtrace: {text}"
+        );
+        let long = guard("hint", || -> Result<(), Error> {
+            panic!("Torch(\"CUDA out of memory. Tried to allocate 12.00 GiB. GPU 0 has a total capacity of 139.80 GiB of which 4.64 GiB is free. Including non-PyTorch memory, this process has 135.15 GiB memory in use. Of the allocated memory 131.51 GiB is allocated by PyTorch, and 2.98 GiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.\\nException raised from malloc\")")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(long.contains("4.64 GiB is free."), "{long}");
+        assert!(
+            !long.contains("PYTORCH_CUDA_ALLOC_CONF"),
+            "whole sentences, cut: {long}"
+        );
         assert_eq!(oom.exit_code(), 1);
-        let other = guard("hint", || -> Result<(), Error> { panic!("Torch(\"shape mismatch\")") })
-            .unwrap_err();
-        assert!(matches!(&other, Error::Torch(t) if t == "shape mismatch"), "{other}");
+        let other = guard("hint", || -> Result<(), Error> {
+            panic!("Torch(\"shape mismatch\")")
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&other, Error::Torch(t) if t == "shape mismatch"),
+            "{other}"
+        );
         assert_eq!(guard("hint", || Ok(7)).unwrap(), 7);
         let typed = guard("hint", || -> Result<(), Error> {
             Err(Error::Torch("CUDA out of memory. Tried".into()))
         });
         assert!(matches!(typed, Err(Error::OutOfMemory(_))));
-        assert!(is_out_of_memory("DefaultCPUAllocator: can't allocate memory: you tried"));
+        assert!(is_out_of_memory(
+            "DefaultCPUAllocator: can't allocate memory: you tried"
+        ));
         assert!(!is_out_of_memory("index out of range"));
     }
 }

@@ -827,7 +827,12 @@ pub fn oom_hint(config: &TrainConfig) -> String {
 /// Removes what a failed fresh run wrote into `out` (and `out` itself when this run
 /// created it and it is empty now). Best effort: the run's own error is what is reported.
 fn remove_partial_run(out: &Path, existed: bool) {
-    for name in ["run_meta.json", "metrics.jsonl", "summary.csv", "summary.json"] {
+    for name in [
+        "run_meta.json",
+        "metrics.jsonl",
+        "summary.csv",
+        "summary.json",
+    ] {
         let _ = std::fs::remove_file(out.join(name));
     }
     let _ = std::fs::remove_dir_all(out.join("checkpoint.tmp"));
