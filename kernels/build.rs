@@ -1,10 +1,37 @@
-//! Puts libtorch's library directory into the RPATH of this crate's test binaries, so
-//! they run without LD_LIBRARY_PATH (torch-sys does not do it for downstream crates),
-//! and beside it the CUDA libraries' directory of the PyPI install (tests/libtorch.sh),
-//! where the NVRTC compile test finds libnvrtc.so on machines without CUDA.
+//! Compiles the C++ shim (`shim/ausa_shim.cpp`) against libtorch's headers, and puts
+//! libtorch's library directory into the RPATH of this crate's test binaries, so they run
+//! without LD_LIBRARY_PATH (torch-sys does not do it for downstream crates), and beside
+//! it the CUDA libraries' directory of the PyPI install (tests/libtorch.sh), where the
+//! NVRTC compile test finds libnvrtc.so on machines without CUDA.
+//!
+//! The headers come from the libtorch torch-sys found (`DEP_TCH_LIBTORCH_LIB` is its `lib`
+//! directory, `../include` beside it), with torch-sys' own flags (C++17, the CXX11 ABI that
+//! PyPI's torch uses). The shim links against nothing but what torch-sys already links
+//! (libtorch_cpu, libc10): see the file's header for why that matters.
+use std::path::PathBuf;
+
 fn main() {
-    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}/../../nvidia/cu13/lib");
-    }
+    println!("cargo:rerun-if-changed=shim/ausa_shim.cpp");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        // torch-sys in doc-only mode: nothing to compile against.
+        return;
+    };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}/../../nvidia/cu13/lib");
+    let include = PathBuf::from(&lib)
+        .parent()
+        .map(|torch| torch.join("include"))
+        .expect("libtorch's lib directory has a parent");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        // libtorch's headers are not warning-clean; our file is checked by review.
+        .flag("-Wno-unused-parameter")
+        .file("shim/ausa_shim.cpp")
+        .compile("ausa_shim");
 }

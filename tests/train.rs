@@ -146,3 +146,189 @@ fn train_lm_rejects_bad_flags_with_usage_errors() {
         .code(2);
     assert!(bad_dag.stderr.contains("no-such-dag"), "{}", bad_dag.stderr);
 }
+
+/// The SPEC's benchmark CSV fields, in order, then what `--benchmark` adds first.
+const SPEC_FIELDS: [&str; 17] = [
+    "backend",
+    "dtype",
+    "B",
+    "L",
+    "H",
+    "D",
+    "window",
+    "stride",
+    "minhash_k",
+    "router_topk",
+    "avg_sets_per_seq",
+    "avg_atoms_per_set",
+    "elapsed_ms",
+    "steps_per_s",
+    "max_vram_mb",
+    "scores_computed",
+    "throughput_per_1e6_scores",
+];
+
+#[test]
+fn benchmark_mode_appends_spec_rows_with_the_scores_formula() {
+    let ctx = Ctx::new();
+    let csv = ctx.path().join("bench/results.csv");
+    let bench = |attn: &str, batch: &str| {
+        ctx.run(&[
+            "train",
+            "lm",
+            "--dag",
+            "demo",
+            "--precache",
+            "--json",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--attn",
+            attn,
+            "--d-model",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--batch",
+            batch,
+            "--benchmark",
+            "--bench-warmup",
+            "1",
+            "--bench-iters",
+            "3",
+            "--benchmark-csv",
+            csv.to_str().unwrap(),
+        ])
+        .ok()
+    };
+    let first = bench("sdpa", "3").json();
+    bench("ska", "2");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "one header and two rows:\n{text}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(&header[..SPEC_FIELDS.len()], &SPEC_FIELDS[..]);
+    assert_eq!(header[SPEC_FIELDS.len()], "tokens_per_s");
+    let rows: Vec<std::collections::HashMap<&str, &str>> = lines[1..]
+        .iter()
+        .map(|l| header.iter().copied().zip(l.split(',')).collect())
+        .collect();
+    let num = |row: &std::collections::HashMap<&str, &str>, k: &str| -> f64 {
+        row[k]
+            .parse()
+            .unwrap_or_else(|_| panic!("{k} = {:?} is not a number", row[k]))
+    };
+    let (dot, ska) = (&rows[0], &rows[1]);
+    assert_eq!((dot["backend"], ska["backend"]), ("sdpa", "ska-naive"));
+    for row in &rows {
+        assert_eq!(row["dtype"], "fp32");
+        assert_eq!((row["L"], row["H"], row["D"]), ("256", "2", "16"));
+        assert_eq!(row["max_vram_mb"], "", "no VRAM on the CPU");
+        let ms = num(row, "elapsed_ms");
+        assert!(ms > 0.0);
+        assert!((num(row, "steps_per_s") - 1e3 / ms).abs() < 1e-2 * num(row, "steps_per_s"));
+        let tokens = num(row, "B") * num(row, "L") * num(row, "steps_per_s");
+        assert!((num(row, "tokens_per_s") - tokens).abs() <= 1e-3 * tokens + 0.1);
+        let per_s = num(row, "scores_computed") * num(row, "steps_per_s") / 1e6;
+        assert!((num(row, "throughput_per_1e6_scores") - per_s).abs() <= 1e-3 * per_s + 1e-3);
+        let fraction = num(row, "input_fraction");
+        assert!((0.0..1.0).contains(&fraction), "{fraction}");
+        assert!(num(row, "loss").is_finite());
+    }
+    // dot attention: B * H * Lq * Lk; no set columns.
+    assert_eq!(num(dot, "scores_computed"), 3.0 * 2.0 * 256.0 * 256.0);
+    assert_eq!(dot["window"], "");
+    assert_eq!(dot["avg_sets_per_seq"], "");
+    // ska: H * sum over sequences |J_q| * |J_k|, every sequence with the demo bank's sets.
+    let meta: Vec<serde_json::Value> =
+        std::fs::read_to_string(ctx.path().join("bench/results.meta.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(meta.len(), 2, "one metadata line per row");
+    assert_eq!(meta[1]["row"], 2);
+    let sets = meta[1]["data"]["train"]["sets_per_seq"].as_f64().unwrap();
+    assert_eq!(num(ska, "avg_sets_per_seq"), sets);
+    assert_eq!(num(ska, "scores_computed"), 2.0 * 2.0 * sets * sets);
+    assert_eq!(
+        (ska["window"], ska["stride"], ska["minhash_k"]),
+        ("64", "32", "128")
+    );
+    assert!(num(ska, "avg_atoms_per_set") > 1.0);
+    assert!(meta[0]["run"]["artifacts"].as_array().unwrap().len() > 3);
+    assert_eq!(first["backend"], "sdpa");
+    assert!(
+        !ctx.path().join("runs").exists(),
+        "--benchmark writes no run directory"
+    );
+
+    // A CSV with other columns is never mixed into.
+    let other = ctx.write("other.csv", "backend,elapsed_ms\nsdpa,1.0\n");
+    let mixed = ctx
+        .run(&[
+            "train",
+            "lm",
+            "--dag",
+            "demo",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--d-model",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--batch",
+            "2",
+            "--benchmark",
+            "--bench-iters",
+            "1",
+            "--benchmark-csv",
+            other.to_str().unwrap(),
+        ])
+        .code(2);
+    assert!(mixed.stderr.contains("other columns"), "{}", mixed.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&other).unwrap(),
+        "backend,elapsed_ms\nsdpa,1.0\n"
+    );
+}
+
+#[test]
+fn memory_safe_on_the_cpu_says_it_applies_only_on_cuda() {
+    let ctx = Ctx::new();
+    let run = ctx
+        .run(&[
+            "train",
+            "lm",
+            "--dag",
+            "demo",
+            "--precache",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--d-model",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--memory-safe",
+            "--benchmark",
+            "--bench-iters",
+            "1",
+        ])
+        .ok();
+    assert!(
+        run.stderr.contains("--memory-safe applies only on CUDA"),
+        "{}",
+        run.stderr
+    );
+}

@@ -18,6 +18,9 @@
 //!   `softmax_j((x_t W_g) . Z_j)` over the sets token `t` may use, optional top-k
 //!   (renormalized), heads merged, output projection.
 //!
+//! Beside them, [`shim`] is the crate's C++ shim over libtorch (CUDA memory statistics and
+//! stream, the fused AdamW step), the place for what `tch` does not expose.
+//!
 //! Every step is a tensor op over the whole batch: there is no loop over sets or tokens in
 //! Rust. Memory is `O(B M^2 k)` for `Delta` (built in chunks of signature columns) and
 //! `O(B H L M)` for the router, with `M` the largest number of sets in one sequence.
@@ -446,4 +449,5 @@ mod tests;
 #[cfg(test)]
 mod tests_cuda;
 
+pub mod shim;
 pub mod toy;

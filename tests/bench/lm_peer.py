@@ -5,9 +5,9 @@ ffn_mult*d, final LayerNorm), init N(0, 0.02) with residual projections scaled b
 timed steps (after warm-up, CUDA-synchronized) for eager and torch.compile, as JSON.
 
 Usage: python3 tests/bench/lm_peer.py --vocab 1024 --d-model 768 --layers 12 --heads 12 \
-           --seq-len 1024 --batch 16 --steps 30 --warmup 10 [--compile]
+           --seq-len 1024 --batch 16 --steps 30 --warmup 10 [--compile] [--phases]
 """
-import argparse, json, math, time
+import argparse, json, math, statistics, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -57,14 +57,17 @@ def run(a, compiled):
     batches = [torch.randint(0, a.vocab, (a.batch, a.seq_len), device="cuda", generator=gen) for _ in range(4)]
     torch.cuda.reset_peak_memory_stats()
 
-    def step(tokens):
+    def step(tokens, mark=lambda phase: None):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = step_model(tokens)
         loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, a.vocab), tokens[:, 1:].reshape(-1))
+        mark("forward_ms")
         loss.backward()
+        mark("backward_ms")
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        mark("optimizer_ms")
         return loss
 
     for i in range(a.warmup):
@@ -75,9 +78,26 @@ def run(a, compiled):
         loss = step(batches[i % 4])
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"mode": "compile" if compiled else "eager", "tokens_per_s": a.batch * a.seq_len * a.steps / dt,
-            "ms_per_step": 1e3 * dt / a.steps, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
-            "loss": float(loss)}
+    out = {"mode": "compile" if compiled else "eager", "tokens_per_s": a.batch * a.seq_len * a.steps / dt,
+           "ms_per_step": 1e3 * dt / a.steps, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+           "loss": float(loss)}
+    if a.phases:
+        # Where the time goes: the same steps with a synchronization after each phase
+        # (as `ausa train lm --benchmark` reports them), medians in ms.
+        times = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
+        for i in range(a.steps):
+            torch.cuda.synchronize()
+            clock = [time.perf_counter()]
+
+            def mark(phase):
+                torch.cuda.synchronize()
+                now = time.perf_counter()
+                times[phase].append(1e3 * (now - clock[0]))
+                clock[0] = now
+
+            step(batches[i % 4], mark)
+        out.update({k: statistics.median(v) for k, v in times.items()})
+    return out
 
 
 if __name__ == "__main__":
@@ -86,6 +106,7 @@ if __name__ == "__main__":
                           ("seq-len", 1024), ("batch", 16), ("steps", 30), ("warmup", 10)]:
         p.add_argument("--" + name, type=int, default=default)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--phases", action="store_true", help="also time forward / backward / optimizer, synchronized")
     a = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     print(json.dumps(run(a, False)))

@@ -11,8 +11,10 @@ use std::path::PathBuf;
 
 use ausa_artifacts::{read_documents, Split, TokensFile};
 use ausa_build::{Pipeline, Resolved, Target};
+use ausa_train::bench::{self, Bench, BenchSettings};
 use ausa_train::data::SplitData;
 use ausa_train::device::{self, DeviceChoice};
+use ausa_train::memory;
 use ausa_train::model::{Attn, ModelConfig};
 use ausa_train::train::{self, Event, Precision, Run, SplitInput, TextStats, TrainConfig};
 use clap::{Args, Subcommand, ValueEnum};
@@ -85,7 +87,7 @@ pub enum SkaBackend {
 }
 
 /// `ausa train lm` flags.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LmArgs {
     /// An embedded DAG name or a DAG file.
     #[arg(long, value_name = "NAME|FILE", default_value = "demo")]
@@ -153,9 +155,9 @@ pub struct LmArgs {
     /// Dropout.
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
+    /// Sequences per micro-batch [default: 8].
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub accum: usize,
@@ -206,7 +208,28 @@ pub struct LmArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Time the training step at fixed shapes instead of training: appends a row to the
+    /// benchmark CSV (the run directory is not used).
+    #[arg(long)]
+    pub benchmark: bool,
+    /// With --benchmark: untimed steps first.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub bench_warmup: usize,
+    /// With --benchmark: timed steps.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub bench_iters: usize,
+    /// With --benchmark: the CSV to append to (its metadata goes beside it, NAME.meta.jsonl)
+    /// [default: runs/benchmark.csv, or benchmark.csv in --out].
+    #[arg(long, value_name = "PATH")]
+    pub benchmark_csv: Option<PathBuf>,
+    /// On CUDA: lower --batch (and for SKA --minhash-k, --stride) where not given until an
+    /// estimate of the step fits the free GPU memory; prints what it chose and why.
+    #[arg(long)]
+    pub memory_safe: bool,
 }
+
+/// `--batch`'s default.
+const DEFAULT_BATCH: usize = 8;
 
 fn train_error(e: ausa_train::Error) -> CliError {
     CliError {
@@ -303,6 +326,13 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
     let first = pipeline
         .resolve(&plain)
         .map_err(|e| CliError::from_build(e, &plain_args))?;
+    let adjusted;
+    let args = if args.memory_safe {
+        adjusted = memory_safe(args, device, &pipeline, &first, out)?;
+        &adjusted
+    } else {
+        args
+    };
     let overrides = stage_overrides(args, &first)?;
     let mut stages = Vec::new();
     for kind in READ_KINDS {
@@ -411,7 +441,7 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
             router_topk: args.gate_topk,
             adapter_rank: args.adapter_rank,
         },
-        batch: args.batch,
+        batch: args.batch.unwrap_or(DEFAULT_BATCH),
         accum: args.accum,
         epochs: args.epochs.unwrap_or(1),
         steps: args.steps.or(if args.epochs.is_none() {
@@ -457,6 +487,9 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         "cache_mode": "full",
         "artifacts": artifacts,
     });
+    if args.benchmark {
+        return benchmark(args, config, &train_split.data, device, meta, out);
+    }
     let run = Run {
         config,
         train: &train_split,
@@ -494,6 +527,190 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         summary.elapsed_s
     ));
     Ok(0)
+}
+
+/// `--benchmark`: one row of the benchmark CSV.
+fn benchmark(
+    args: &LmArgs,
+    config: TrainConfig,
+    data: &SplitData,
+    device: tch::Device,
+    meta: serde_json::Value,
+    out: &Output,
+) -> Result<i32, CliError> {
+    let csv = args.benchmark_csv.clone().unwrap_or_else(|| {
+        args.out
+            .as_deref()
+            .unwrap_or(std::path::Path::new("runs"))
+            .join("benchmark.csv")
+    });
+    let bench = Bench {
+        config,
+        data,
+        device,
+        settings: BenchSettings {
+            warmup: args.bench_warmup,
+            iters: args.bench_iters,
+            csv: csv.clone(),
+        },
+        meta,
+    };
+    out.log(&format!(
+        "benchmarking {} (B {} L {}) on {device:?}: {} warm-up + 3 x {} timed steps",
+        bench.config.model.attn.as_str(),
+        bench.config.batch,
+        bench.config.model.seq_len,
+        args.bench_warmup,
+        args.bench_iters
+    ));
+    let r = bench::run(&bench).map_err(train_error)?;
+    out.json(&r);
+    let vram = r
+        .max_vram_mb
+        .map(|v| format!(", peak {v:.0} MiB"))
+        .unwrap_or_default();
+    out.log(&format!(
+        "{} {}: {:.3} ms/step (loop {:.3}), {:.0} tokens/s{vram}; input {:.3} ms ({:.2}% of a step), forward {:.3}, backward {:.3}, optimizer {:.3} ms -> {}",
+        r.backend,
+        r.dtype,
+        r.elapsed_ms,
+        r.loop_ms,
+        r.tokens_per_s,
+        r.phases.input_ms,
+        r.phases.input_fraction * 100.0,
+        r.phases.forward_ms,
+        r.phases.backward_ms,
+        r.phases.optimizer_ms,
+        csv.display()
+    ));
+    Ok(0)
+}
+
+/// `--memory-safe`: the flags the estimate picks from the free GPU memory (see
+/// `ausa_train::memory`), printed with their reasons; on the CPU the flags as given.
+fn memory_safe(
+    args: &LmArgs,
+    device: tch::Device,
+    pipeline: &Pipeline,
+    first: &Resolved,
+    out: &Output,
+) -> Result<LmArgs, CliError> {
+    let tch::Device::Cuda(index) = device else {
+        out.log("--memory-safe applies only on CUDA: this CPU run uses the flags as given");
+        return Ok(args.clone());
+    };
+    let (free, _) = device::cuda_memory_info(index).map_err(|e| {
+        CliError::failure(
+            format!("--memory-safe: cannot read the free GPU memory ({e})"),
+            Some("run without --memory-safe".into()),
+        )
+    })?;
+    let param = |kind: &str, name: &str| -> Option<i64> {
+        first
+            .dag
+            .stages
+            .iter()
+            .find(|s| s.kind == kind)?
+            .params
+            .get(name)?
+            .to_json()
+            .as_i64()
+    };
+    let missing = |what: &str| {
+        CliError::usage(
+            format!(
+                "--memory-safe: DAG `{}` has no {what} parameter",
+                first.dag.name
+            ),
+            Some("run without --memory-safe".into()),
+        )
+    };
+    let attn = match args.attn {
+        AttnArg::DotNaive => Attn::DotNaive,
+        AttnArg::Sdpa => Attn::Sdpa,
+        AttnArg::Ska => Attn::Ska,
+    };
+    let ska_layers = match attn {
+        Attn::Ska if args.ska_layers.is_empty() => args.layers,
+        Attn::Ska => args.ska_layers.len() as i64,
+        _ => 0,
+    };
+    let start = memory::Shapes {
+        vocab: param("tokenizer", "vocab_size").ok_or_else(|| missing("tokenizer.vocab_size"))?,
+        seq_len: args
+            .seq_len
+            .or_else(|| param("sequences", "seq_len"))
+            .ok_or_else(|| missing("sequences.seq_len"))?,
+        d_model: args.d_model,
+        layers: args.layers,
+        ska_layers,
+        heads: args.heads,
+        ffn_mult: args.ffn_mult,
+        attn: if attn == Attn::Ska {
+            Attn::DotNaive
+        } else {
+            attn
+        },
+        precision: match args.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::Fp16 => Precision::Fp16,
+        },
+        batch: args.batch.unwrap_or(DEFAULT_BATCH) as i64,
+        window: args
+            .window
+            .or_else(|| param("banks", "window"))
+            .ok_or_else(|| missing("banks.window"))?,
+        stride: args
+            .stride
+            .or_else(|| param("banks", "stride"))
+            .ok_or_else(|| missing("banks.stride"))?,
+        minhash_k: args
+            .minhash_k
+            .or_else(|| param("minhash", "minhash_k"))
+            .ok_or_else(|| missing("minhash.minhash_k"))?,
+        router_topk: args
+            .router_topk
+            .or_else(|| param("routing", "router_topk"))
+            .unwrap_or(0),
+        split_tokens: split_tokens(pipeline, args, first),
+    };
+    let given = memory::Given {
+        batch: args.batch.is_some(),
+        stride: args.stride.is_some(),
+        minhash_k: args.minhash_k.is_some(),
+    };
+    let choice = memory::choose(&start, given, free).map_err(|e| CliError::failure(e, None))?;
+    for line in &choice.reasons {
+        out.log(line);
+    }
+    let mut adjusted = args.clone();
+    let s = &choice.shapes;
+    adjusted.batch = Some(s.batch as usize);
+    if s.stride != start.stride {
+        adjusted.stride = Some(s.stride);
+    }
+    if s.minhash_k != start.minhash_k {
+        adjusted.minhash_k = Some(s.minhash_k);
+    }
+    Ok(adjusted)
+}
+
+/// Tokens of all splits in the DAG's built `tokenize` object (None when not built).
+fn split_tokens(pipeline: &Pipeline, args: &LmArgs, first: &Resolved) -> Option<u64> {
+    let stage = first.dag.stages.iter().find(|s| s.kind == "tokenize")?;
+    let target = Target::parse(&format!("{}:{}", args.dag, stage.name), &args.overrides).ok()?;
+    let resolved = pipeline.resolve(&target).ok()?;
+    let dirs = pipeline.object_dirs(&resolved).ok()?;
+    let dir = dirs.dir_of_kind("tokenize").ok()?;
+    let mut tokens = 0u64;
+    for split in Split::ALL {
+        let path = ausa_artifacts::tokens_path(dir, split);
+        if path.exists() {
+            tokens += TokensFile::open_structure(&path).ok()?.num_tokens() as u64;
+        }
+    }
+    Some(tokens)
 }
 
 fn print_event(bar: &StepBar, event: &Event) {

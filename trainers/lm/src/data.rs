@@ -211,6 +211,12 @@ impl SplitData {
         (self.window, self.stride)
     }
 
+    /// Mean atoms per set over the split.
+    pub fn avg_atoms_per_set(&self) -> f64 {
+        let sets = self.arrays.sizes.numel().max(1);
+        self.arrays.values.numel() as f64 / sets as f64
+    }
+
     /// The routing table's recency top-k (0 = all visible sets).
     pub fn router_topk(&self) -> u32 {
         self.router_topk
@@ -226,6 +232,28 @@ impl SplitData {
         Some((range, self.arrays.tokens.data_ptr() as *const u8))
     }
 
+    /// `ids` as an `Int64` tensor on the data's device. On CUDA the copy goes through
+    /// pinned memory and does not block: a copy from pageable memory makes libtorch wait
+    /// for the GPU to finish all queued work first (a host synchronization per batch).
+    fn upload(&self, ids: &[i64]) -> Tensor {
+        let ids = Tensor::from_slice(ids);
+        match self.arrays.tokens.device() {
+            Device::Cpu => ids,
+            // Pinning only fails without CUDA, where there is no device copy either; the
+            // plain copy is then the right fallback.
+            device => ausa_kernels::shim::pin_memory(&ids)
+                .unwrap_or(ids)
+                .to_device_(device, Kind::Int64, true, false),
+        }
+    }
+
+    /// The `[B, L]` `Int64` token ids of sequences `ids` (the tokens of
+    /// [`SplitData::batch`] without gathering the sets: all a model without SKA blocks
+    /// reads).
+    pub fn tokens(&self, ids: &[i64]) -> Tensor {
+        widen(&self.arrays.tokens.index_select(0, &self.upload(ids)))
+    }
+
     /// The batch of sequences `ids` (any order, repeats allowed; each below
     /// [`SplitData::num_sequences`]).
     pub fn batch(&self, ids: &[i64]) -> Batch {
@@ -234,7 +262,7 @@ impl SplitData {
         let long = (Kind::Int64, device);
         let bsz = ids.len() as i64;
         let m = self.sets_per_seq;
-        let seqs = Tensor::from_slice(ids).to_device(device);
+        let seqs = self.upload(ids);
         let tokens = widen(&a.tokens.index_select(0, &seqs));
         let sets = (seqs.unsqueeze(1) * m + Tensor::arange(m, long).unsqueeze(0)).flatten(0, -1);
         let starts = a.set_offsets.index_select(0, &sets);

@@ -101,3 +101,9 @@ pub fn gpu_name() -> Option<String> {
         .find_map(|l| l.strip_prefix("Model:"))
         .map(|m| m.trim().to_string())
 }
+
+/// `(free, total)` bytes of CUDA device `index` as the driver reports them (through the
+/// C++ shim; an error when CUDA is not loaded).
+pub fn cuda_memory_info(index: usize) -> Result<(u64, u64), Error> {
+    ausa_kernels::shim::cuda_mem_info(index).map_err(|e| Error::Torch(e.0))
+}

@@ -6,7 +6,9 @@
 //! - [`train`]: the loop (seeded sampler, AdamW, warmup + cosine, clipping,
 //!   accumulation, fp32/bf16/fp16), evaluation (token and word perplexity, bits per byte),
 //!   metrics, `run_meta.json`, safetensors checkpoints and exact resume.
+//! - [`bench`]: `--benchmark`, the timed training step as a row of the benchmark CSV.
 //! - [`device`]: `--device auto|cpu|cuda` (loads libtorch's CUDA library itself).
+//! - [`memory`]: `--memory-safe`'s shapes from the free VRAM, out-of-memory errors.
 //!
 //! This crate reads artifacts only through `ausa-artifacts` and never touches the store
 //! or the pipeline; the CLI resolves the DAG and passes artifact paths in.
@@ -19,8 +21,10 @@
 //! # Ok::<(), ausa_train::Error>(())
 //! ```
 
+pub mod bench;
 pub mod data;
 pub mod device;
+pub mod memory;
 pub mod model;
 pub mod train;
 
@@ -47,6 +51,9 @@ pub enum Error {
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(String),
+    /// The device ran out of memory; the message names the flags to lower.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
 }
 
 impl Error {

@@ -260,11 +260,12 @@ impl Lm {
                     ska.forward(&h, phi, layout)
                 }
             };
-            // Out of place: the LayerNorm backward needs `x` unmodified.
-            x = &x + drop(mixed.to_kind(Kind::Float));
+            // Out of place: the LayerNorm backward needs `x` unmodified. The add promotes the
+            // branch to fp32 itself (exact from bf16/fp16): no separate cast kernel.
+            x = &x + drop(mixed);
             let h = x.apply(&block.ln2).to_kind(kind);
             let m = linear_kind(&block.down, &linear_kind(&block.up, &h).gelu("none"));
-            x = &x + drop(m.to_kind(Kind::Float));
+            x = &x + drop(m);
         }
         let h = x.apply(&self.ln_f).to_kind(kind);
         h.matmul(&self.tokens.to_kind(kind).transpose(0, 1))
@@ -300,10 +301,21 @@ impl Lm {
 /// Mean next-token cross entropy of `logits` (`[B, L, V]`) against `tokens` (`[B, L]`):
 /// positions `0..L-1` predict `1..L`. Returns the mean (a scalar) and the number of
 /// predicted positions.
+///
+/// The targets are shifted left with the last position ignored, so the loss reads the
+/// logits where they are: slicing off the last position first would copy all the others
+/// (and its backward would zero-fill and copy them again).
 pub fn next_token_loss(logits: &Tensor, tokens: &Tensor) -> (Tensor, i64) {
+    const IGNORE: i64 = -100;
     let (bsz, len, vocab) = logits.size3().expect("logits are [B, L, V]");
-    let pred = logits.narrow(1, 0, len - 1).reshape([-1, vocab]);
-    let target = tokens.narrow(1, 1, len - 1).reshape([-1]);
-    let loss = pred.cross_entropy_for_logits(&target);
+    let last = Tensor::full([bsz, 1], IGNORE, (Kind::Int64, tokens.device()));
+    let target = Tensor::cat(&[tokens.narrow(1, 1, len - 1), last], 1).reshape([-1]);
+    let loss = logits.reshape([-1, vocab]).cross_entropy_loss::<Tensor>(
+        &target,
+        None,
+        tch::Reduction::Mean,
+        IGNORE,
+        0.0,
+    );
     (loss, bsz * (len - 1))
 }

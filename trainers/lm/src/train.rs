@@ -3,9 +3,14 @@
 //! A *step* is one optimizer update over `accum` micro-batches of `batch` sequences;
 //! micro-batches come from a seeded sampler ([`Sampler`]: a fresh permutation of the
 //! training sequences per epoch, the last short batch kept and weighted by its tokens).
-//! AdamW is written here in tensor ops (decoupled weight decay on matrices only), so its
-//! moments are saved and a resumed run continues exactly; dropout is reseeded from
-//! `(seed, step, micro-batch)` before every forward pass for the same reason.
+//! AdamW is libtorch's fused kernel (decoupled weight decay on matrices only) with its
+//! moments and step count saved, so a resumed run continues exactly; dropout is reseeded
+//! from `(seed, step, micro-batch)` before every forward pass for the same reason.
+//!
+//! A step never waits for the GPU: the batch ids go up through pinned memory, the loss and
+//! the gradient norm stay on the device, and the per-step metrics are read in one
+//! transfer when they are written (every step on the CPU; on CUDA at most once a second,
+//! and before evaluations, checkpoints and the end), see [`Pending`].
 //!
 //! The run directory (`--out`):
 //!
@@ -55,6 +60,15 @@ impl Precision {
             "bf16" => Some(Precision::Bf16),
             "fp16" => Some(Precision::Fp16),
             _ => None,
+        }
+    }
+
+    /// The flag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
         }
     }
 
@@ -319,17 +333,23 @@ impl Sampler {
 }
 
 /// AdamW over the model's variables (sorted by name), state saved in checkpoints.
-struct AdamW {
+///
+/// The update is libtorch's fused AdamW kernel (CPU and CUDA) behind
+/// [`ausa_kernels::shim::adamw_step`], with the global-norm clipping and the fp16 skip
+/// computed on the device: a step never waits for the GPU. The step count is a device
+/// scalar for the same reason (it does not advance on a skipped step).
+pub(crate) struct AdamW {
     names: Vec<String>,
     params: Vec<Tensor>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     decay: Vec<bool>,
-    t: i64,
+    /// Steps taken (`Float` scalar on the parameters' device).
+    t: Tensor,
 }
 
 impl AdamW {
-    fn new(vs: &tch::nn::VarStore) -> AdamW {
+    pub(crate) fn new(vs: &tch::nn::VarStore) -> AdamW {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let decay = vars
@@ -345,67 +365,44 @@ impl AdamW {
             m,
             v,
             decay,
-            t: 0,
+            t: Tensor::zeros([], (Kind::Float, vs.device())),
         }
     }
 
-    fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+    fn zero_grad(&mut self) -> Result<(), Error> {
+        ausa_kernels::shim::set_grads_to_none(&mut self.params).map_err(shim_error)
     }
 
-    /// Unscales, clips and applies one update; returns the gradient norm before
-    /// clipping, or `None` (and no update) when a gradient is not finite.
-    fn step(&mut self, config: &TrainConfig, lr: f64, unscale: f64) -> Option<f64> {
-        tch::no_grad(|| {
-            let grads: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| {
-                    let g = p.grad();
-                    if g.defined() {
-                        g / unscale
-                    } else {
-                        p.zeros_like()
-                    }
-                })
-                .collect();
-            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-            let norm = Tensor::stack(&norms, 0).norm().double_value(&[]);
-            if !norm.is_finite() {
-                return None;
-            }
-            let clip = if config.clip > 0.0 && norm > config.clip {
-                config.clip / (norm + 1e-6)
-            } else {
-                1.0
-            };
-            self.t += 1;
-            let (b1, b2) = config.betas;
-            let c1 = 1.0 - b1.powi(self.t as i32);
-            let c2 = 1.0 - b2.powi(self.t as i32);
-            let state = self
-                .params
-                .iter_mut()
-                .zip(&mut self.m)
-                .zip(&mut self.v)
-                .zip(grads.iter().zip(&self.decay));
-            for (((p, m), v), (g, &decay)) in state {
-                let g = g * clip;
-                *m *= b1;
-                *m += &g * (1.0 - b1);
-                *v *= b2;
-                *v += &g * &g * (1.0 - b2);
-                if decay {
-                    *p *= 1.0 - lr * config.weight_decay;
-                }
-                let update = (&*m / c1) / ((&*v / c2).sqrt() + config.eps) * lr;
-                *p -= update;
-            }
-            Some(norm)
-        })
+    /// Unscales, clips and applies one update; returns the gradient norm before clipping
+    /// (a device scalar; non-finite, and no update made, when a gradient is not finite).
+    fn step(&mut self, config: &TrainConfig, lr: f64, unscale: f64) -> Result<Tensor, Error> {
+        let state = ausa_kernels::shim::AdamWState {
+            params: &mut self.params,
+            exp_avg: &mut self.m,
+            exp_avg_sq: &mut self.v,
+            decay: &self.decay,
+            step: &mut self.t,
+        };
+        let hyper = ausa_kernels::shim::AdamWHyper {
+            lr,
+            beta1: config.betas.0,
+            beta2: config.betas.1,
+            weight_decay: config.weight_decay,
+            eps: config.eps,
+            max_norm: config.clip,
+            unscale,
+        };
+        ausa_kernels::shim::adamw_step(state, hyper).map_err(shim_error)
     }
+
+    /// Steps taken (reads the device; for checkpoints).
+    fn steps_taken(&self) -> i64 {
+        self.t.double_value(&[]) as i64
+    }
+}
+
+fn shim_error(e: ausa_kernels::shim::ShimError) -> Error {
+    Error::Torch(e.0)
 }
 
 /// The learning rate at step `step` (0-based) of `total`: linear warmup, cosine decay.
@@ -525,7 +522,7 @@ fn save_checkpoint(
     Tensor::write_safetensors(&moments, tmp.join("optim.safetensors"))?;
     let state = CheckpointState {
         step,
-        adam_t: opt.t,
+        adam_t: opt.steps_taken(),
         config: config.clone(),
     };
     let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Checkpoint(e.to_string()))?;
@@ -587,7 +584,7 @@ fn load_checkpoint(out: &Path, opt: &mut AdamW, config: &TrainConfig) -> Result<
         }
         Ok(())
     })?;
-    opt.t = state.adam_t;
+    let _ = opt.t.fill_(state.adam_t as f64);
     Ok(state.step)
 }
 
@@ -597,11 +594,178 @@ fn total_steps(config: &TrainConfig, sampler: &Sampler) -> usize {
         .unwrap_or_else(|| (config.epochs * sampler.per_epoch()).div_ceil(config.accum.max(1)))
 }
 
-/// Runs training: writes the run directory and returns the summary.
-pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> {
-    let config = &run.config;
+/// The part of an optimizer step that just ended ([`train_step`] marks each; the
+/// benchmark's clock synchronizes the device there and reads the time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// The batch gathered and on the device.
+    Input,
+    /// Forward pass and loss (the batch's set layout included).
+    Forward,
+    /// Backward pass.
+    Backward,
+    /// Clipping and the AdamW update.
+    Optimizer,
+}
+
+/// What [`train_step`] leaves on the device.
+pub(crate) struct StepOutput {
+    /// Mean training NLL of the step (a scalar).
+    pub(crate) loss: Tensor,
+    /// Global gradient norm before clipping (non-finite when the step was skipped).
+    pub(crate) grad_norm: Tensor,
+}
+
+/// The model input of one micro-batch: its tokens and, when a block uses SKA, its set
+/// layout (the only data a model without SKA blocks gathers is the tokens).
+pub(crate) fn micro_batch_inputs(
+    model: &Lm,
+    data: &SplitData,
+    ids: &[i64],
+) -> (Tensor, Option<crate::data::Batch>) {
+    if model.config().uses_sets() {
+        let batch = data.batch(ids);
+        (batch.tokens.shallow_clone(), Some(batch))
+    } else {
+        (data.tokens(ids), None)
+    }
+}
+
+/// One optimizer step over the micro-batches `micro` (sequence ids each): forward,
+/// backward (the loss of each weighted by its share of the step's positions), then AdamW.
+/// Nothing is read back from the device.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_step(
+    model: &Lm,
+    opt: &mut AdamW,
+    data: &SplitData,
+    micro: &[Vec<i64>],
+    config: &TrainConfig,
+    step: usize,
+    lr: f64,
+    mark: &mut dyn FnMut(Phase),
+) -> Result<StepOutput, Error> {
+    let kind = config.precision.kind();
+    let scale = config.precision.loss_scale();
+    let seq_len = data.seq_len();
+    opt.zero_grad()?;
+    let positions: i64 = micro
+        .iter()
+        .map(|ids| ids.len() as i64 * (seq_len - 1))
+        .sum();
+    let mut loss_sum: Option<Tensor> = None;
+    for (a, ids) in micro.iter().enumerate() {
+        tch::manual_seed((config.seed ^ ((step as u64) << 16) ^ a as u64) as i64);
+        let (tokens, batch) = micro_batch_inputs(model, data, ids);
+        mark(Phase::Input);
+        let layout = batch.map(|b| SetLayout::new(&b.sets, seq_len));
+        let logits = model.forward(&Inputs {
+            tokens: &tokens,
+            sets: layout.as_ref(),
+            kind,
+            train: true,
+        });
+        let (loss, n) = next_token_loss(&logits, &tokens);
+        let weight = n as f64 / positions as f64;
+        mark(Phase::Forward);
+        (&loss * (weight * scale)).backward();
+        mark(Phase::Backward);
+        let part = loss.detach() * weight;
+        loss_sum = Some(match loss_sum {
+            Some(sum) => sum + part,
+            None => part,
+        });
+    }
+    let grad_norm = opt.step(config, lr, scale)?;
+    mark(Phase::Optimizer);
+    let loss = loss_sum.ok_or_else(|| Error::Usage("a step needs a micro-batch".into()))?;
+    Ok(StepOutput { loss, grad_norm })
+}
+
+/// A step whose loss and gradient norm are still on the device.
+struct PendingStep {
+    step: usize,
+    steps: usize,
+    epoch: usize,
+    lr: f64,
+    loss: Tensor,
+    grad_norm: Tensor,
+    tokens: i64,
+    elapsed_s: f64,
+}
+
+/// Steps not yet written to `metrics.jsonl`: their device scalars are read in one
+/// transfer (one synchronization) per flush, so training runs ahead of the logging.
+struct Pending {
+    steps: Vec<PendingStep>,
+    /// Flush every step (the CPU: reading a value costs nothing there) or at most this often.
+    every: std::time::Duration,
+    last_flush: Instant,
+    first_loss: Option<f64>,
+    last_loss: Option<f64>,
+}
+
+impl Pending {
+    fn new(device: Device) -> Pending {
+        let every = match device {
+            Device::Cpu => std::time::Duration::ZERO,
+            _ => std::time::Duration::from_secs(1),
+        };
+        Pending {
+            steps: vec![],
+            every,
+            last_flush: Instant::now(),
+            first_loss: None,
+            last_loss: None,
+        }
+    }
+
+    fn push(&mut self, step: PendingStep) {
+        self.steps.push(step);
+    }
+
+    fn due(&self) -> bool {
+        self.last_flush.elapsed() >= self.every
+    }
+
+    /// Reads the pending scalars (one transfer) and reports one event per step.
+    fn flush(&mut self, log: &mut dyn FnMut(&Event) -> Result<(), Error>) -> Result<(), Error> {
+        self.last_flush = Instant::now();
+        if self.steps.is_empty() {
+            return Ok(());
+        }
+        let scalars: Vec<Tensor> = self
+            .steps
+            .iter()
+            .flat_map(|p| [p.loss.view([1]), p.grad_norm.view([1])])
+            .collect();
+        let values = Vec::<f64>::try_from(
+            Tensor::cat(&scalars, 0)
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu),
+        )?;
+        for (p, v) in self.steps.drain(..).zip(values.chunks(2)) {
+            let (loss, grad_norm) = (v[0], v[1]);
+            self.first_loss.get_or_insert(loss);
+            self.last_loss = Some(loss);
+            log(&Event::Train {
+                step: p.step,
+                steps: p.steps,
+                epoch: p.epoch,
+                loss,
+                lr: p.lr,
+                grad_norm,
+                tokens_per_s: p.tokens as f64 / p.elapsed_s.max(1e-9),
+                elapsed_s: p.elapsed_s,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the model against the training data and the batch settings (usage errors).
+pub(crate) fn check_shapes(config: &TrainConfig, data: &SplitData) -> Result<(), Error> {
     config.model.check().map_err(Error::Usage)?;
-    let data = &run.train.data;
     if data.seq_len() != config.model.seq_len || i64::from(data.vocab()) != config.model.vocab {
         return Err(Error::Usage(format!(
             "the model is for --seq-len {} and vocabulary {}, the training artifacts have sequences of {} tokens and vocabulary {}",
@@ -613,6 +777,14 @@ pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error
             "--batch and --accum must be at least 1".into(),
         ));
     }
+    Ok(())
+}
+
+/// Runs training: writes the run directory and returns the summary.
+pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> {
+    let config = &run.config;
+    let data = &run.train.data;
+    check_shapes(config, data)?;
     let out = &run.out;
     let metrics_path = out.join("metrics.jsonl");
     if !run.resume && metrics_path.exists() {
@@ -627,8 +799,54 @@ pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error
             out.display()
         )));
     }
+    let existed = out.exists();
     std::fs::create_dir_all(out).map_err(io(out))?;
+    let result = crate::memory::guard(&oom_hint(config), || train(run, progress));
+    if result.is_err() && !run.resume && !out.join("checkpoint").exists() {
+        // Nothing to resume: leave no half-written run behind (a retry can use this --out).
+        remove_partial_run(out, existed);
+    }
+    result
+}
 
+/// The flags that lower a run's memory, with their values (for out-of-memory errors).
+pub fn oom_hint(config: &TrainConfig) -> String {
+    let m = &config.model;
+    let attn = match m.attn {
+        crate::model::Attn::DotNaive => {
+            ", or --attn sdpa (dot-naive keeps B*H*L^2 scores per layer)"
+        }
+        _ => "",
+    };
+    format!(
+        "lower --batch (now {}, --accum keeps the tokens per step), --seq-len ({}), --d-model ({}) or --layers ({}){attn}; or pass --memory-safe to pick from the free memory",
+        config.batch, m.seq_len, m.d_model, m.layers
+    )
+}
+
+/// Removes what a failed fresh run wrote into `out` (and `out` itself when this run
+/// created it and it is empty now). Best effort: the run's own error is what is reported.
+fn remove_partial_run(out: &Path, existed: bool) {
+    for name in [
+        "run_meta.json",
+        "metrics.jsonl",
+        "summary.csv",
+        "summary.json",
+    ] {
+        let _ = std::fs::remove_file(out.join(name));
+    }
+    let _ = std::fs::remove_dir_all(out.join("checkpoint.tmp"));
+    if !existed {
+        let _ = std::fs::remove_dir(out);
+    }
+}
+
+/// The body of [`run`] once the run directory exists.
+fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> {
+    let config = &run.config;
+    let data = &run.train.data;
+    let out = &run.out;
+    let metrics_path = out.join("metrics.jsonl");
     tch::manual_seed(config.seed as i64);
     let vs = tch::nn::VarStore::new(run.device);
     let model = Lm::new(&vs.root(), &config.model);
@@ -650,10 +868,9 @@ pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error
     };
 
     let kind = config.precision.kind();
-    let scale = config.precision.loss_scale();
-    let seq_len = data.seq_len();
     let started = Instant::now();
-    let (mut first_loss, mut last_loss, mut tokens) = (None, None, 0i64);
+    let mut tokens = 0i64;
+    let mut pending = Pending::new(run.device);
     let mut step = start;
     let mut valid = None;
     while step < total {
@@ -661,54 +878,29 @@ pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error
             break;
         }
         let lr = learning_rate(config, step, total);
-        opt.zero_grad();
         let micro: Vec<(usize, Vec<i64>)> = (0..config.accum)
             .map(|a| sampler.micro_batch(step * config.accum + a))
             .collect();
-        let positions: i64 = micro
-            .iter()
-            .map(|(_, ids)| ids.len() as i64 * (seq_len - 1))
-            .sum();
-        let mut loss_sum = 0.0;
-        for (a, (_, ids)) in micro.iter().enumerate() {
-            tch::manual_seed((config.seed ^ ((step as u64) << 16) ^ a as u64) as i64);
-            let batch = data.batch(ids);
-            let layout = model
-                .config()
-                .uses_sets()
-                .then(|| SetLayout::new(&batch.sets, seq_len));
-            let logits = model.forward(&Inputs {
-                tokens: &batch.tokens,
-                sets: layout.as_ref(),
-                kind,
-                train: true,
-            });
-            let (loss, n) = next_token_loss(&logits, &batch.tokens);
-            let weight = n as f64 / positions as f64;
-            (&loss * (weight * scale)).backward();
-            loss_sum += loss.double_value(&[]) * weight;
-            tokens += ids.len() as i64 * seq_len;
-        }
-        let grad_norm = opt.step(config, lr, scale).unwrap_or(f64::NAN);
+        let ids: Vec<Vec<i64>> = micro.iter().map(|(_, ids)| ids.clone()).collect();
+        let out_step = train_step(&model, &mut opt, data, &ids, config, step, lr, &mut |_| {})?;
+        tokens += ids.iter().map(|i| i.len() as i64).sum::<i64>() * data.seq_len();
         step += 1;
-        first_loss.get_or_insert(loss_sum);
-        last_loss = Some(loss_sum);
-        let elapsed = started.elapsed().as_secs_f64();
-        let event = Event::Train {
+        pending.push(PendingStep {
             step,
             steps: total,
             epoch: micro[0].0,
-            loss: loss_sum,
             lr,
-            grad_norm,
-            tokens_per_s: tokens as f64 / elapsed.max(1e-9),
-            elapsed_s: elapsed,
-        };
-        log(&event, &mut metrics)?;
-        if let Some(split) = run
-            .valid
-            .filter(|_| config.eval_every > 0 && step % config.eval_every == 0 && step < total)
-        {
+            loss: out_step.loss,
+            grad_norm: out_step.grad_norm,
+            tokens,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        });
+        let evaluate_now = config.eval_every > 0 && step % config.eval_every == 0 && step < total;
+        let save_now = config.save_every > 0 && step % config.save_every == 0;
+        if pending.due() || evaluate_now || save_now {
+            pending.flush(&mut |e| log(e, &mut metrics))?;
+        }
+        if let Some(split) = run.valid.filter(|_| evaluate_now) {
             let result = evaluate(&model, split, config.batch, config.eval_batches, kind);
             log(
                 &Event::Eval {
@@ -719,10 +911,12 @@ pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error
                 &mut metrics,
             )?;
         }
-        if config.save_every > 0 && step % config.save_every == 0 {
+        if save_now {
             save_checkpoint(out, &opt, step, config)?;
         }
     }
+    pending.flush(&mut |e| log(e, &mut metrics))?;
+    let (first_loss, last_loss) = (pending.first_loss, pending.last_loss);
     let elapsed = started.elapsed().as_secs_f64();
     save_checkpoint(out, &opt, step, config)?;
     let mut test = None;
@@ -789,7 +983,7 @@ fn open_metrics(path: &Path, resume: bool, step: usize) -> Result<std::fs::File,
         .map_err(io(path))
 }
 
-fn git_revision() -> Option<String> {
+pub(crate) fn git_revision() -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
         .output()
@@ -800,7 +994,11 @@ fn git_revision() -> Option<String> {
 }
 
 fn split_meta(split: &SplitInput) -> serde_json::Value {
-    let d = &split.data;
+    data_meta(&split.data, split.stats)
+}
+
+/// The shape of one split's set artifacts, for the metadata.
+pub(crate) fn data_meta(d: &SplitData, stats: Option<TextStats>) -> serde_json::Value {
     let (window, stride) = d.window_stride();
     json!({
         "sequences": d.num_sequences(),
@@ -810,7 +1008,7 @@ fn split_meta(split: &SplitInput) -> serde_json::Value {
         "stride": stride,
         "minhash_k": d.minhash_k(),
         "router_topk": d.router_topk(),
-        "text": split.stats,
+        "text": stats,
     })
 }
 

@@ -1,0 +1,216 @@
+//! The shim on the CPU: its CUDA calls fail cleanly without CUDA (the test binary never
+//! loads libtorch_cuda), and the fused AdamW step matches AdamW written out in f64.
+
+use tch::{Device, Kind, Tensor};
+
+use super::*;
+
+#[test]
+fn cuda_calls_fail_with_a_message_when_cuda_is_not_loaded() {
+    let errors = [
+        cuda_memory(0).err(),
+        cuda_reset_peak(0).err(),
+        cuda_mem_info(0).err(),
+        cuda_current_stream(0).err(),
+    ];
+    for e in errors {
+        let e = e.expect("no CUDA in this process: the call must fail");
+        assert!(!e.0.is_empty());
+        assert!(
+            !e.0.contains("Exception raised from"),
+            "the message carries no C++ backtrace: {}",
+            e.0
+        );
+    }
+}
+
+/// Two parameters (a decayed matrix, an undecayed vector) with gradient `grads` each.
+fn setup(grads: [&[f32]; 2]) -> (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, Tensor) {
+    let params = vec![
+        Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25])
+            .view([2, 2])
+            .set_requires_grad(true),
+        Tensor::from_slice(&[1.0f32, -0.5]).set_requires_grad(true),
+    ];
+    give_grads(&params, grads);
+    let m = params.iter().map(|p| p.zeros_like()).collect();
+    let v = params.iter().map(|p| p.zeros_like()).collect();
+    (params, m, v, Tensor::zeros([], (Kind::Float, Device::Cpu)))
+}
+
+/// Sets `p.grad = g` through a backward of `sum(p * g)`.
+fn give_grads(params: &[Tensor], grads: [&[f32]; 2]) {
+    let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
+    for (p, g) in params.iter().zip(grads) {
+        loss += (p * Tensor::from_slice(g).view(p.size().as_slice())).sum(Kind::Float);
+    }
+    loss.backward();
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+const HYPER: AdamWHyper = AdamWHyper {
+    lr: 0.1,
+    beta1: 0.9,
+    beta2: 0.95,
+    weight_decay: 0.1,
+    eps: 0.5,
+    max_norm: 0.0,
+    unscale: 1.0,
+};
+
+/// AdamW in f64 for one parameter: returns (p, m, v) after a step at count `t` with
+/// gradient `g` already clipped and unscaled.
+fn reference(
+    p: &[f64],
+    m: &[f64],
+    v: &[f64],
+    g: &[f64],
+    t: i32,
+    decay: bool,
+    h: AdamWHyper,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (c1, c2) = (1.0 - h.beta1.powi(t), 1.0 - h.beta2.powi(t));
+    let mut out = (vec![], vec![], vec![]);
+    for i in 0..p.len() {
+        let m1 = h.beta1 * m[i] + (1.0 - h.beta1) * g[i];
+        let v1 = h.beta2 * v[i] + (1.0 - h.beta2) * g[i] * g[i];
+        let wd = if decay { h.lr * h.weight_decay } else { 0.0 };
+        let p1 = p[i] * (1.0 - wd) - h.lr * (m1 / c1) / ((v1 / c2).sqrt() + h.eps);
+        out.0.push(p1);
+        out.1.push(m1);
+        out.2.push(v1);
+    }
+    out
+}
+
+fn close(a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn fused_adamw_matches_adamw_with_clipping_decay_and_unscaling() {
+    let g0: [&[f32]; 2] = [&[0.4, -0.2, 0.1, 0.3], &[-0.6, 0.2]];
+    let (mut params, mut m, mut v, mut step) = setup(g0);
+    let decay = [true, false];
+    let mut p_ref: Vec<Vec<f64>> = params.iter().map(values).collect();
+    let mut m_ref = [vec![0.0; 4], vec![0.0; 2]];
+    let mut v_ref = [vec![0.0; 4], vec![0.0; 2]];
+    let g1: [&[f32]; 2] = [&[4.0, 2.0, -8.0, 1.0], &[3.0, -5.0]];
+    // Step 1 unclipped; step 2 with gradients 4x too large (unscale 4) and clipped to 0.5.
+    for (t, grads, hyper) in [
+        (1, g0, HYPER),
+        (
+            2,
+            g1,
+            AdamWHyper {
+                max_norm: 0.5,
+                unscale: 4.0,
+                ..HYPER
+            },
+        ),
+    ] {
+        if t == 2 {
+            set_grads_to_none(&mut params).unwrap();
+            assert!(!params[0].grad().defined(), "set_grads_to_none drops them");
+            give_grads(&params, grads);
+        }
+        let unscaled: Vec<Vec<f64>> = grads
+            .iter()
+            .map(|g| g.iter().map(|&x| f64::from(x) / hyper.unscale).collect())
+            .collect();
+        let norm: f64 = unscaled.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
+        let clip = if hyper.max_norm > 0.0 {
+            (hyper.max_norm / (norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        };
+        let got = adamw_step(
+            AdamWState {
+                params: &mut params,
+                exp_avg: &mut m,
+                exp_avg_sq: &mut v,
+                decay: &decay,
+                step: &mut step,
+            },
+            hyper,
+        )
+        .unwrap();
+        assert!(
+            (got.double_value(&[]) - norm).abs() < 1e-5,
+            "norm before clipping"
+        );
+        assert_eq!(step.double_value(&[]), f64::from(t));
+        for i in 0..2 {
+            let g: Vec<f64> = unscaled[i].iter().map(|x| x * clip).collect();
+            let (p1, m1, v1) = reference(&p_ref[i], &m_ref[i], &v_ref[i], &g, t, decay[i], hyper);
+            close(&values(&params[i]), &p1);
+            close(&values(&m[i]), &m1);
+            close(&values(&v[i]), &v1);
+            (p_ref[i], m_ref[i], v_ref[i]) = (p1, m1, v1);
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_gradient_skips_the_step_and_its_count() {
+    let (mut params, mut m, mut v, mut step) =
+        setup([&[f32::INFINITY, 0.0, 1.0, 1.0], &[1.0, 1.0]]);
+    let before: Vec<Vec<f64>> = params.iter().map(values).collect();
+    let norm = adamw_step(
+        AdamWState {
+            params: &mut params,
+            exp_avg: &mut m,
+            exp_avg_sq: &mut v,
+            decay: &[true, false],
+            step: &mut step,
+        },
+        AdamWHyper {
+            max_norm: 1.0,
+            ..HYPER
+        },
+    )
+    .unwrap();
+    assert!(!norm.double_value(&[]).is_finite());
+    assert_eq!(step.double_value(&[]), 0.0, "the count does not advance");
+    for (p, b) in params.iter().zip(&before) {
+        assert_eq!(&values(p), b, "no update");
+    }
+    assert!(values(&m[1]).iter().all(|&x| x == 0.0), "no moment update");
+}
+
+#[test]
+fn adamw_step_rejects_mismatched_state() {
+    let (mut params, mut m, mut v, _) = setup([&[0.0; 4], &[0.0; 2]]);
+    let mut step = Tensor::zeros([], (Kind::Int64, Device::Cpu));
+    let err = adamw_step(
+        AdamWState {
+            params: &mut params,
+            exp_avg: &mut m,
+            exp_avg_sq: &mut v,
+            decay: &[true, false],
+            step: &mut step,
+        },
+        HYPER,
+    )
+    .unwrap_err();
+    assert!(err.0.contains("step count"), "{err}");
+    let mut step = Tensor::zeros([], (Kind::Float, Device::Cpu));
+    let err = adamw_step(
+        AdamWState {
+            params: &mut params,
+            exp_avg: &mut m[..1],
+            exp_avg_sq: &mut v,
+            decay: &[true, false],
+            step: &mut step,
+        },
+        HYPER,
+    )
+    .unwrap_err();
+    assert!(err.0.contains("moments"), "{err}");
+}
