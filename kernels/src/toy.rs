@@ -46,7 +46,8 @@ pub fn signature(atoms: &[u32], shape: ToyShape) -> Vec<u32> {
 
 /// The set inputs of equal-length sequences `tokens` (each `L` ids), on `device`.
 pub fn sets(tokens: &[Vec<u32>], shape: ToyShape, device: Device) -> SetInputs {
-    let (mut seq_sets, mut sigs, mut sizes, mut ends) = (vec![0i64], vec![], vec![], vec![]);
+    let (mut seq_sets, mut sigs, mut sizes) = (vec![0i64], vec![], vec![]);
+    let (mut starts, mut ends) = (vec![], vec![]);
     let (mut values, mut set_offsets) = (vec![], vec![0i64]);
     let len = tokens.first().map_or(0, Vec::len);
     let mut per_seq = 0;
@@ -59,6 +60,7 @@ pub fn sets(tokens: &[Vec<u32>], shape: ToyShape, device: Device) -> SetInputs {
             atoms.dedup();
             sigs.extend(signature(&atoms, shape).into_iter().map(i64::from));
             sizes.push(atoms.len() as i64);
+            starts.push(start as i64);
             ends.push((start + shape.window) as i64);
             values.extend(atoms.iter().map(|&u| i64::from(u)));
             set_offsets.push(values.len() as i64);
@@ -83,6 +85,7 @@ pub fn sets(tokens: &[Vec<u32>], shape: ToyShape, device: Device) -> SetInputs {
         seq_sets: long(&seq_sets),
         signatures: long(&sigs).view([nsets, shape.k as i64]),
         sizes: long(&sizes),
+        starts: long(&starts),
         ends: long(&ends),
         values: long(&values),
         set_offsets: long(&set_offsets),

@@ -12,7 +12,7 @@ use ausa_kernels::SetLayout;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::SplitData;
-use crate::model::{next_token_loss, Attn, Inputs, Lm, ModelConfig};
+use crate::model::{next_token_loss, Attn, Inputs, Lm, ModelConfig, Pos, SetFeatures};
 use crate::train::{
     self, learning_rate, Precision, Run, Sampler, SplitInput, TextStats, TrainConfig,
 };
@@ -129,7 +129,34 @@ fn tiny_model(attn: Attn, vocab: u32) -> ModelConfig {
         beta: 1.0,
         router_topk: 0,
         adapter_rank: 4,
+        pos: Pos::Learned,
+        set_features: SetFeatures::Atoms,
     }
+}
+
+/// Every model variant the causality and overfit tests cover: each `--attn`, SKA with
+/// both set features, and rotary positions (SKA mixed with a dot block, which is the
+/// one rotary changes).
+fn variants(vocab: u32) -> Vec<(String, ModelConfig)> {
+    let mut out = Vec::new();
+    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
+        out.push((attn.as_str().to_string(), tiny_model(attn, vocab)));
+    }
+    let mut hidden = tiny_model(Attn::Ska, vocab);
+    hidden.set_features = SetFeatures::Hidden;
+    hidden.adapter_rank = 0;
+    out.push(("ska+hidden".into(), hidden));
+    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
+        let mut rotary = tiny_model(attn, vocab);
+        rotary.pos = Pos::Rotary;
+        if attn == Attn::Ska {
+            rotary.ska_layers = vec![1];
+            rotary.set_features = SetFeatures::Hidden;
+            rotary.adapter_rank = 0;
+        }
+        out.push((format!("{}+rotary", attn.as_str()), rotary));
+    }
+    out
 }
 
 fn floats(t: &Tensor) -> Vec<f32> {
@@ -221,10 +248,10 @@ fn logits(model: &Lm, seqs: &[Vec<u32>]) -> Tensor {
 #[test]
 fn logits_up_to_t_ignore_later_tokens_for_every_attn() {
     let _rng = rng_lock();
-    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
+    for (name, config) in variants(VOCAB) {
         tch::manual_seed(0);
         let vs = tch::nn::VarStore::new(Device::Cpu);
-        let model = Lm::new(&vs.root(), &tiny_model(attn, VOCAB));
+        let model = Lm::new(&vs.root(), &config);
         let seqs = random_tokens(3, 2, VOCAB);
         let base = logits(&model, &seqs);
         for t in [2usize, 9, 16] {
@@ -240,20 +267,37 @@ fn logits_up_to_t_ignore_later_tokens_for_every_attn() {
                 .iter()
                 .zip(head(&other))
                 .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(
-                same,
-                "{}: logits at <= {t} changed with tokens after {t}",
-                attn.as_str()
-            );
+            assert!(same, "{name}: logits at <= {t} changed with tokens after {t}");
             let rest = |x: &Tensor| floats(&x.narrow(1, t as i64 + 1, (LEN - t - 1) as i64));
             assert_ne!(
                 rest(&base),
                 rest(&other),
-                "{}: later logits must change",
-                attn.as_str()
+                "{name}: later logits must change"
             );
         }
     }
+}
+
+/// Rotary positions replace the learned table (no `pos_emb` variable) and make the
+/// output depend on where a token is: the same token at two positions differs.
+#[test]
+fn rotary_positions_have_no_table_and_still_see_position() {
+    let _rng = rng_lock();
+    let mut config = tiny_model(Attn::DotNaive, VOCAB);
+    config.pos = Pos::Rotary;
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let model = Lm::new(&vs.root(), &config);
+    assert!(!vs.variables().contains_key("pos_emb"));
+    // Two constant sequences: only the position tells the logits apart.
+    let same = vec![vec![5u32; LEN]];
+    let out = logits(&model, &same);
+    let (first, later) = (floats(&out.get(0).get(1)), floats(&out.get(0).get(7)));
+    assert_ne!(first, later, "rotary logits ignore position");
+    config.d_model = 30;
+    config.heads = 2;
+    let err = config.check().unwrap_err();
+    assert!(err.contains("--pos rotary") && err.contains("even"), "{err}");
 }
 
 #[test]
@@ -265,10 +309,10 @@ fn a_tiny_model_overfits_a_fixed_batch_for_every_attn() {
         data: SplitData::open(&paths).unwrap(),
         stats: None,
     };
-    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
-        let out = dir.path().join(attn.as_str());
+    for (name, model) in variants(16) {
+        let out = dir.path().join(&name);
         let config = TrainConfig {
-            model: tiny_model(attn, 16),
+            model,
             batch: 4,
             steps: Some(120),
             lr: 1e-2,
@@ -278,12 +322,8 @@ fn a_tiny_model_overfits_a_fixed_batch_for_every_attn() {
         };
         let summary = train::run(&run(config, &split, &out), &mut |_| {}).unwrap();
         let (first, last) = (summary.first_loss.unwrap(), summary.last_loss.unwrap());
-        assert!(first > 2.0, "{}: first loss {first}", attn.as_str());
-        assert!(
-            last < 0.3,
-            "{}: loss went from {first} to {last} only",
-            attn.as_str()
-        );
+        assert!(first > 2.0, "{name}: first loss {first}");
+        assert!(last < 0.3, "{name}: loss went from {first} to {last} only");
     }
 }
 
