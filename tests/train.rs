@@ -149,8 +149,22 @@ fn train_lm_rejects_bad_flags_with_usage_errors() {
 
 /// The tiny CPU model of the cache-mode tests: a few deterministic steps.
 const TINY: [&str; 16] = [
-    "--d-model", "32", "--layers", "2", "--heads", "2", "--batch", "4", "--eval-batches", "1",
-    "--device", "cpu", "--threads", "1", "--steps", "3",
+    "--d-model",
+    "32",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+    "--batch",
+    "4",
+    "--eval-batches",
+    "1",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--steps",
+    "3",
 ];
 
 fn strs(a: &[String]) -> Vec<&str> {
@@ -229,7 +243,10 @@ fn the_three_cache_modes_train_identically_and_none_touches_no_store() {
         !bare.path().join("no").exists(),
         "--cache-mode none created the --store path"
     );
-    assert!(!cache_home.exists(), "--cache-mode none created the default store");
+    assert!(
+        !cache_home.exists(),
+        "--cache-mode none created the default store"
+    );
     assert_eq!(run.json()["steps"], 3);
 
     let reference = metrics_without_timings(&full);
@@ -252,14 +269,29 @@ fn the_three_cache_modes_train_identically_and_none_touches_no_store() {
         meta(&tokens)["run"]["built_per_run"],
         serde_json::json!(["banks", "minhash", "routing"])
     );
-    let every = meta(&none)["run"]["built_per_run"].as_array().unwrap().len();
-    assert_eq!(every, meta(&full)["run"]["artifacts"].as_array().unwrap().len());
+    let every = meta(&none)["run"]["built_per_run"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        every,
+        meta(&full)["run"]["artifacts"].as_array().unwrap().len()
+    );
 
     // `tokens` needs the token artifacts of its configuration in the store.
     let short = ctx
         .run(
             &[
-                &["train", "lm", "--dag", "demo", "--cache-mode", "tokens", "--seq-len", "128"][..],
+                &[
+                    "train",
+                    "lm",
+                    "--dag",
+                    "demo",
+                    "--cache-mode",
+                    "tokens",
+                    "--seq-len",
+                    "128",
+                ][..],
                 &TINY[..],
             ]
             .concat(),
@@ -287,10 +319,25 @@ fn early_leading_gives_positions_from_stride_minus_one_a_set() {
     let ctx = Ctx::new();
     let mut seen = Vec::new();
     for early in [None, Some("leading")] {
-        let out = ctx.path().join(format!("run-{}", early.unwrap_or("default")));
+        let out = ctx
+            .path()
+            .join(format!("run-{}", early.unwrap_or("default")));
         let mut args = vec![
-            "train", "lm", "--dag", "demo", "--cache-mode", "none", "--attn", "ska",
-            "--set-features", "hidden", "--pos", "rotary", "--ska-layers", "1", "--out",
+            "train",
+            "lm",
+            "--dag",
+            "demo",
+            "--cache-mode",
+            "none",
+            "--attn",
+            "ska",
+            "--set-features",
+            "hidden",
+            "--pos",
+            "rotary",
+            "--ska-layers",
+            "1",
+            "--out",
             out.to_str().unwrap(),
         ];
         args.extend_from_slice(&TINY);
@@ -306,8 +353,15 @@ fn early_leading_gives_positions_from_stride_minus_one_a_set() {
             train["seq_len"].as_i64().unwrap(),
         );
         let blind = train["positions_without_set"].as_i64().unwrap();
-        let want = if early.is_some() { stride - 1 } else { window - 1 };
-        assert_eq!(blind, want, "{early:?}: {blind} of {len} positions see no set");
+        let want = if early.is_some() {
+            stride - 1
+        } else {
+            window - 1
+        };
+        assert_eq!(
+            blind, want,
+            "{early:?}: {blind} of {len} positions see no set"
+        );
         assert_eq!(m["early_position_remedy"], early.unwrap_or("none"));
         assert_eq!(m["set_features"], "hidden");
         assert_eq!(m["pos"], "rotary");
@@ -315,5 +369,8 @@ fn early_leading_gives_positions_from_stride_minus_one_a_set() {
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
         seen.push(blind);
     }
-    assert!(seen[1] < seen[0], "the remedy must reduce blind positions: {seen:?}");
+    assert!(
+        seen[1] < seen[0],
+        "the remedy must reduce blind positions: {seen:?}"
+    );
 }

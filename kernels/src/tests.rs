@@ -5,9 +5,7 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::toy::{sets, ToyShape};
-use crate::{
-    masked_softmax, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig,
-};
+use crate::{masked_softmax, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig};
 
 const SHAPE: ToyShape = ToyShape {
     window: 6,
@@ -291,7 +289,10 @@ fn hidden_features_are_span_means_and_causal_to_the_last_bit() {
             let set = b * m + j;
             let start = inputs.starts.int64_value(&[set]);
             let end = inputs.ends.int64_value(&[set]);
-            let want = x.get(b).narrow(0, start, end - start).mean_dim(0, false, Kind::Float);
+            let want = x
+                .get(b)
+                .narrow(0, start, end - start)
+                .mean_dim(0, false, Kind::Float);
             let got = phi.get(b).get(j);
             let err = (got - want).abs().max().double_value(&[]);
             assert!(err < 1e-6, "slot {b},{j}: off by {err}");
@@ -319,7 +320,11 @@ fn hidden_features_are_span_means_and_causal_to_the_last_bit() {
             .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "output at <= {t} changed with states after {t}");
         let tail = |y: &Tensor| floats(&y.narrow(1, later, LEN as i64 - later));
-        assert_ne!(tail(&y), tail(&y2), "later outputs must change (test sanity)");
+        assert_ne!(
+            tail(&y),
+            tail(&y2),
+            "later outputs must change (test sanity)"
+        );
     }
 }
 

@@ -59,7 +59,11 @@ impl ObjectDirs {
                 dir: store.object_dir(&id),
             });
         }
-        Ok(ObjectDirs::new(&resolved.plan.dag, &resolved.stages, objects))
+        Ok(ObjectDirs::new(
+            &resolved.plan.dag,
+            &resolved.stages,
+            objects,
+        ))
     }
 
     /// All objects, upstreams first.

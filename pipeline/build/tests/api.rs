@@ -250,19 +250,33 @@ fn scratch_builds_match_the_store_byte_for_byte_and_vanish_when_dropped() {
     // Everything detached: resolving and building never name a store.
     let detached = ausa_build::resolve_detached(&target, pipeline.registry()).expect("resolves");
     let fingerprints = |r: &ausa_build::Resolved| -> Vec<String> {
-        r.plan.stages.iter().map(|s| s.fingerprint.clone()).collect()
+        r.plan
+            .stages
+            .iter()
+            .map(|s| s.fingerprint.clone())
+            .collect()
     };
     assert_eq!(fingerprints(&detached), fingerprints(&resolved));
     let objects_before = pipeline.store().list_objects().expect("list").len();
-    let scratch =
-        ausa_build::build_scratch(pipeline.registry(), &detached, None, &scratch_parent, &Silent)
-            .expect("builds in scratch");
+    let scratch = ausa_build::build_scratch(
+        pipeline.registry(),
+        &detached,
+        None,
+        &scratch_parent,
+        &Silent,
+    )
+    .expect("builds in scratch");
     assert_eq!(
         pipeline.store().list_objects().expect("list").len(),
         objects_before,
         "nothing was published"
     );
-    let all: Vec<&str> = resolved.plan.stages.iter().map(|s| s.name.as_str()).collect();
+    let all: Vec<&str> = resolved
+        .plan
+        .stages
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
     assert_eq!(scratch.built(), all, "every stage ran, in plan order");
     assert!(scratch.path().starts_with(&scratch_parent));
     for object in stored.iter() {
@@ -288,7 +302,11 @@ fn scratch_builds_match_the_store_byte_for_byte_and_vanish_when_dropped() {
 
     // Token artifacts from the store, the set stages in scratch.
     let tokens = pipeline
-        .object_dirs(&pipeline.resolve(&target.with_stages(&["sequences"])).expect("resolves"))
+        .object_dirs(
+            &pipeline
+                .resolve(&target.with_stages(&["sequences"]))
+                .expect("resolves"),
+        )
         .expect("built");
     let scratch = ausa_build::build_scratch(
         pipeline.registry(),
@@ -322,7 +340,12 @@ fn leading_windows_cut_the_positions_without_a_set_to_stride_minus_one() {
         let overrides: Vec<&str> = SMALL.iter().copied().chain(extra.iter().copied()).collect();
         let target = Target::parse("demo:routing", &overrides).expect("parses");
         let resolved = pipeline.resolve(&target).expect("resolves");
-        let banks = resolved.plan.stage("banks").expect("planned").fingerprint.clone();
+        let banks = resolved
+            .plan
+            .stage("banks")
+            .expect("planned")
+            .fingerprint
+            .clone();
         (resolved, banks)
     };
     let (_, default) = fingerprint(&[]);

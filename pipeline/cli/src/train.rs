@@ -280,7 +280,12 @@ fn stage_overrides(args: &LmArgs, resolved: &Resolved) -> Result<Vec<String>, Cl
     let int = |v: Option<i64>| v.map(|v| v.to_string());
     let mapped = [
         ("--seq-len", int(args.seq_len), "sequences", "seq_len"),
-        ("--seq-stride", int(args.seq_stride), "sequences", "seq_stride"),
+        (
+            "--seq-stride",
+            int(args.seq_stride),
+            "sequences",
+            "seq_stride",
+        ),
         ("--window", int(args.window), "banks", "window"),
         ("--stride", int(args.stride), "banks", "stride"),
         (
@@ -290,7 +295,12 @@ fn stage_overrides(args: &LmArgs, resolved: &Resolved) -> Result<Vec<String>, Cl
             "leading",
         ),
         ("--minhash-k", int(args.minhash_k), "minhash", "minhash_k"),
-        ("--router-topk", int(args.router_topk), "routing", "router_topk"),
+        (
+            "--router-topk",
+            int(args.router_topk),
+            "routing",
+            "router_topk",
+        ),
     ];
     let mut out = args.overrides.clone();
     for (flag, value, kind, param) in mapped {
@@ -462,7 +472,8 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
                     let not_built = matches!(e, ausa_build::BuildError::NotBuilt { .. });
                     let mut err = from_build(e);
                     if not_built {
-                        let sets: String = overrides.iter().map(|o| format!(" --set {o}")).collect();
+                        let sets: String =
+                            overrides.iter().map(|o| format!(" --set {o}")).collect();
                         err.message.push_str(&format!(
                             " (`ausa train --cache-mode {}` reads {} from the store)",
                             args.cache_mode.as_str(),

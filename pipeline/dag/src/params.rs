@@ -578,7 +578,10 @@ mod tests {
             .named("leading")
             .keyed_unless_default();
         let p = Params::default();
-        assert!(!spec.in_key(&p, &ParamValue::Bool(false)), "default: left out");
+        assert!(
+            !spec.in_key(&p, &ParamValue::Bool(false)),
+            "default: left out"
+        );
         assert!(spec.in_key(&p, &ParamValue::Bool(true)), "changed: keyed");
         let plain = ParamSpec::bool(false, "old switch").named("causal");
         assert!(plain.in_key(&p, &ParamValue::Bool(false)));

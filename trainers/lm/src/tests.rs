@@ -267,7 +267,10 @@ fn logits_up_to_t_ignore_later_tokens_for_every_attn() {
                 .iter()
                 .zip(head(&other))
                 .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{name}: logits at <= {t} changed with tokens after {t}");
+            assert!(
+                same,
+                "{name}: logits at <= {t} changed with tokens after {t}"
+            );
             let rest = |x: &Tensor| floats(&x.narrow(1, t as i64 + 1, (LEN - t - 1) as i64));
             assert_ne!(
                 rest(&base),
@@ -297,7 +300,10 @@ fn rotary_positions_have_no_table_and_still_see_position() {
     config.d_model = 30;
     config.heads = 2;
     let err = config.check().unwrap_err();
-    assert!(err.contains("--pos rotary") && err.contains("even"), "{err}");
+    assert!(
+        err.contains("--pos rotary") && err.contains("even"),
+        "{err}"
+    );
 }
 
 #[test]
