@@ -371,17 +371,52 @@ const DEFAULT_STEPS: usize = 100;
 /// The kinds whose objects the trainer reads (their upstreams come along).
 const READ_KINDS: [&str; 2] = ["minhash", "routing"];
 
-fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i32, CliError> {
-    // Before the first tch call: CUDA must be loaded first (see ausa_train::device).
-    let choice = match args.device {
-        DeviceArg::Auto => DeviceChoice::Auto,
-        DeviceArg::Cpu => DeviceChoice::Cpu,
-        DeviceArg::Cuda => DeviceChoice::Cuda,
-    };
-    let device = device::select(choice).map_err(train_error)?;
-    if let Some(n) = args.threads {
-        tch::set_num_threads(n.max(1));
+/// The artifacts of one run and where they came from (`--cache-mode`).
+struct RunArtifacts {
+    /// The target `DAG:minhash,routing` with the trainer's overrides.
+    resolved: Resolved,
+    /// The `--set`s: the user's and the mapped flags'.
+    overrides: Vec<String>,
+    /// The target as the user would build it (for hints).
+    target_args: TargetArgs,
+    /// The objects' directories.
+    source: Source,
+}
+
+/// Where a run's objects are.
+enum Source {
+    /// All in the store (`full`).
+    Store(ausa_build::ObjectDirs),
+    /// Some (`tokens`) or all (`none`) built for this run: the directory is deleted
+    /// when this value drops, after the run's tensors over its files.
+    Scratch(ausa_build::Scratch),
+}
+
+impl RunArtifacts {
+    /// Every planned stage's directory.
+    fn dirs(&self) -> &ausa_build::ObjectDirs {
+        match &self.source {
+            Source::Store(dirs) => dirs,
+            Source::Scratch(scratch) => scratch.dirs(),
+        }
     }
+
+    /// The stages built for this run, in plan order.
+    fn built_per_run(&self) -> &[String] {
+        match &self.source {
+            Source::Store(_) => &[],
+            Source::Scratch(scratch) => scratch.built(),
+        }
+    }
+}
+
+/// Finds (`full`), builds per run (`none`) or both (`tokens`) the set artifacts of the
+/// trainer's target; `None` after `--cache-only` built them.
+fn artifacts(
+    store: Option<&std::path::Path>,
+    args: &LmArgs,
+    out: &Output,
+) -> Result<Option<RunArtifacts>, CliError> {
     let building = args.precache || args.cache_only;
     if args.cache_mode == CacheMode::None && building {
         return Err(CliError::usage(
@@ -447,6 +482,7 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
     let from_build = |e| CliError::from_build(e, &target_args);
     let target = Target::parse(&target_args.target, &overrides).map_err(from_build)?;
     let resolved = resolve(&target).map_err(from_build)?;
+    let from_build = |e| CliError::from_build(e, &target_args);
     let stored = match &pipeline {
         Some(pipeline) => {
             let stored_args = TargetArgs {
@@ -501,16 +537,12 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         None => None,
     };
     if args.cache_only {
-        out.log(&format!("{}: artifacts ready", resolved.plan.dag));
-        out.json(&json!({"ok": true, "cache_only": true}));
-        return Ok(0);
+        return Ok(None);
     }
-    // `tokens` and `none`: the stages the store did not give run into a scratch
-    // directory, deleted when `scratch` drops at the end of this function (after the
-    // run, whose tensors map its files).
-    let scratch = match args.cache_mode {
-        CacheMode::Full => None,
-        CacheMode::Tokens | CacheMode::None => {
+    // `tokens` and `none`: what the store did not give runs into a scratch directory.
+    let source = match (args.cache_mode, stored) {
+        (CacheMode::Full, Some(dirs)) => Source::Store(dirs),
+        (_, stored) => {
             let reporter = out.reporter(&resolved.plan.dag);
             let built = ausa_build::build_scratch(
                 registry,
@@ -520,21 +552,36 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
                 &reporter,
             );
             drop(reporter);
-            Some(built.map_err(from_build)?)
+            Source::Scratch(built.map_err(from_build)?)
         }
     };
-    let dirs = match (&scratch, &stored) {
-        (Some(scratch), _) => scratch.dirs(),
-        (None, Some(stored)) => stored,
-        (None, None) => {
-            return Err(CliError::failure(
-                "internal error: no artifacts (neither a store nor a scratch build)",
-                None,
-            ))
-        }
-    };
+    Ok(Some(RunArtifacts {
+        resolved,
+        overrides,
+        target_args,
+        source,
+    }))
+}
 
-    let stats = text_stats(&resolved, dirs).map_err(|e| CliError::failure(e, None))?;
+fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i32, CliError> {
+    // Before the first tch call: CUDA must be loaded first (see ausa_train::device).
+    let choice = match args.device {
+        DeviceArg::Auto => DeviceChoice::Auto,
+        DeviceArg::Cpu => DeviceChoice::Cpu,
+        DeviceArg::Cuda => DeviceChoice::Cuda,
+    };
+    let device = device::select(choice).map_err(train_error)?;
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n.max(1));
+    }
+    let Some(found) = artifacts(store, args, out)? else {
+        out.log(&format!("{}: artifacts ready", args.dag));
+        out.json(&json!({"ok": true, "cache_only": true}));
+        return Ok(0);
+    };
+    let (resolved, overrides, dirs) = (&found.resolved, &found.overrides, found.dirs());
+    let from_build = |e| CliError::from_build(e, &found.target_args);
+    let stats = text_stats(resolved, dirs).map_err(|e| CliError::failure(e, None))?;
     let open = |split: Split| -> Result<Option<SplitInput>, CliError> {
         let paths = dirs.set_paths(split).map_err(from_build)?;
         if !paths.sequences.exists() {
@@ -637,7 +684,7 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         "overrides": overrides,
         "cache_mode": args.cache_mode.as_str(),
         // The stages built outside the store for this run (`tokens`, `none`).
-        "built_per_run": scratch.as_ref().map_or(&[][..], |s| s.built()),
+        "built_per_run": found.built_per_run(),
         "early": if train_split.data.leading_sets() > 0 { "leading" } else { "none" },
         "artifacts": artifacts,
     });
