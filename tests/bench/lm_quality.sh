@@ -3,14 +3,15 @@
 # `<unk>` markers) split by article, the first 50 articles to train and the next 10 to
 # evaluate, and one model trained at the same budget (shape, steps, batch, seed) with
 #   dot-naive, sdpa, ska (early-positions remedy off / on) x (set features atoms / hidden).
-# Writes WORKDIR/results.csv and results.md (validation token perplexity, word-level
-# perplexity, bits per byte, tokens/s), WORKDIR/curves.csv (every train and eval loss), and
+# Writes WORKDIR/results.csv and results.md (final validation token perplexity, word-level
+# perplexity, bits per byte, the best validation loss and its step, tokens/s), WORKDIR/curves.csv (every train and eval loss), and
 # each run's directory under WORKDIR/runs (metrics.jsonl, run_meta.json, summary.json).
 #
 # Usage: tests/bench/lm_quality.sh [WORKDIR] [STEPS=400]
 # Environment (defaults in brackets): AUSA_BIN [target/release/ausa, built when missing],
 #   AUSA_DATA [../shared/data/wikitext-2/valid.txt], DEVICE [auto], PRECISION [fp32],
-#   D_MODEL [128], LAYERS [4], HEADS [4], BATCH [16], LR [2e-3], EVAL_EVERY [STEPS/8],
+#   D_MODEL [128], LAYERS [4], HEADS [4], BATCH [16], LR [2e-3], DROPOUT [0.1],
+#   EVAL_EVERY [STEPS/8],
 #   THREADS [unset: libtorch's], VARIANTS [all six, space-separated names as in the table].
 # The smoke run (tests/bench/smoke.sh) uses STEPS=2 and a tiny model; the numbers of the
 # real run, its command and the device are in docs/benchmarks.md.
@@ -103,6 +104,7 @@ shared=(--dag "$dag" --store "$work/store" --cache-mode full --precache --json -
   --device "${DEVICE:-auto}" --precision "${PRECISION:-fp32}"
   --d-model "${D_MODEL:-128}" --layers "${LAYERS:-4}" --heads "${HEADS:-4}"
   --batch "${BATCH:-16}" --steps "$steps" --lr "${LR:-2e-3}" --warmup $((steps / 20 + 1))
+  --dropout "${DROPOUT:-0.1}"
   --eval-every "${EVAL_EVERY:-$((steps / 8 > 0 ? steps / 8 : 1))}" --eval-batches 0 --seed 0)
 if [ -n "${THREADS:-}" ]; then shared+=(--threads "$THREADS"); fi
 for name in ${VARIANTS:-$variants_all}; do
@@ -143,11 +145,17 @@ for name in names:
         "tokens_per_s": round(summary["tokens_per_s"]),
         "device": meta["device"],
     })
+    evals = []
     for line in open(os.path.join(run, "metrics.jsonl")):
         m = json.loads(line)
-        curves.append({"variant": name, "step": m["step"],
-                       "kind": m["kind"] if m["kind"] == "train" else m["split"],
-                       "loss": m["loss"]})
+        kind = m["kind"] if m["kind"] == "train" else m["split"]
+        curves.append({"variant": name, "step": m["step"], "kind": kind, "loss": m["loss"]})
+        if kind == "valid":
+            evals.append(m)
+    best = min(evals, key=lambda m: m["loss"]) if evals else {}
+    rows[-1]["best_valid_loss"] = round(best.get("loss", float("nan")), 4)
+    rows[-1]["best_valid_word_ppl"] = round(best["word_ppl"], 2) if best.get("word_ppl") else ""
+    rows[-1]["best_at_step"] = best.get("step", "")
 with open(os.path.join(work, "results.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
