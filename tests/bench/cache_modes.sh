@@ -5,13 +5,15 @@
 # chain rebuilt from the synthetic corpus, no store), median of RUNS runs each. A one-step
 # run is almost all start-up and artifact work, so the differences are what the mode costs.
 # Usage: tests/bench/cache_modes.sh [WORKDIR] [RUNS=3]
-# Environment: AUSA_BIN [target/release/ausa, built with --features train when missing].
+# Environment: AUSA_BIN [target/release/ausa, built with --features train].
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-$(mktemp -d)}
 runs=${2:-3}
+# Without AUSA_BIN, build the release binary with the train feature (a no-op when fresh;
+# target/release/ausa may be a pipeline-only build of another script).
 ausa=${AUSA_BIN:-target/release/ausa}
-if [ ! -x "$ausa" ]; then
+if [ -z "${AUSA_BIN:-}" ]; then
   cargo build --release -q --locked -p ausa-cli --features train
 fi
 mkdir -p "$work"

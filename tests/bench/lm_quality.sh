@@ -8,7 +8,7 @@
 # each run's directory under WORKDIR/runs (metrics.jsonl, run_meta.json, summary.json).
 #
 # Usage: tests/bench/lm_quality.sh [WORKDIR] [STEPS=400]
-# Environment (defaults in brackets): AUSA_BIN [target/release/ausa, built when missing],
+# Environment (defaults in brackets): AUSA_BIN [target/release/ausa, built with --features train],
 #   AUSA_DATA [../shared/data/wikitext-2/valid.txt], DEVICE [auto], PRECISION [fp32],
 #   D_MODEL [128], LAYERS [4], HEADS [4], BATCH [16], LR [2e-3], DROPOUT [0.1],
 #   EVAL_EVERY [STEPS/8],
@@ -30,8 +30,10 @@ if [ ! -f "$data" ]; then
   esac
   exit 0
 fi
+# Without AUSA_BIN, build the release binary with the train feature (a no-op when fresh;
+# target/release/ausa may be a pipeline-only build of another script).
 ausa=${AUSA_BIN:-target/release/ausa}
-if [ ! -x "$ausa" ]; then
+if [ -z "${AUSA_BIN:-}" ]; then
   cargo build --release -q --locked -p ausa-cli --features train
 fi
 mkdir -p "$work/runs"
