@@ -12,6 +12,12 @@ const SHAPE: ToyShape = ToyShape {
     stride: 3,
     k: 16,
     seed: 7,
+    leading: false,
+};
+/// [`SHAPE`] with the leading partial windows (`banks.leading`): the early-positions remedy.
+const LEADING: ToyShape = ToyShape {
+    leading: true,
+    ..SHAPE
 };
 const VOCAB: u32 = 12;
 const LEN: usize = 24;
@@ -84,7 +90,16 @@ fn tiny(kind: Kind, beta: f64, router_topk: i64) -> Tiny {
 
 impl Tiny {
     fn forward(&self, toks: &[Vec<u32>], x: &Tensor) -> (Tensor, SetLayout) {
-        let layout = SetLayout::new(&sets(toks, SHAPE, Device::Cpu), LEN as i64);
+        self.forward_shaped(toks, x, SHAPE)
+    }
+
+    fn forward_shaped(
+        &self,
+        toks: &[Vec<u32>],
+        x: &Tensor,
+        shape: ToyShape,
+    ) -> (Tensor, SetLayout) {
+        let layout = SetLayout::new(&sets(toks, shape, Device::Cpu), LEN as i64);
         let phi_values = self
             .adapter
             .forward(&self.embedding.index_select(0, &layout.values));
@@ -134,11 +149,11 @@ fn delta_matches_the_formula_per_pair() {
 
 #[test]
 fn outputs_up_to_t_ignore_later_tokens_bit_for_bit() {
-    for (beta, topk) in [(0.0, 0), (1.0, 2)] {
+    for (beta, topk, shape) in [(0.0, 0, SHAPE), (1.0, 2, SHAPE), (1.0, 2, LEADING)] {
         let model = tiny(Kind::Float, beta, topk);
         let x = Tensor::randn([2, LEN as i64, 8], (Kind::Float, Device::Cpu));
         let toks = tokens(5, 2);
-        let (y, _) = model.forward(&toks, &x);
+        let (y, _) = model.forward_shaped(&toks, &x, shape);
         for t in [5usize, 11, 17] {
             let mut changed = toks.clone();
             for seq in &mut changed {
@@ -146,7 +161,7 @@ fn outputs_up_to_t_ignore_later_tokens_bit_for_bit() {
                     *tok = (*tok + 5) % VOCAB;
                 }
             }
-            let (y2, _) = model.forward(&changed, &x);
+            let (y2, _) = model.forward_shaped(&changed, &x, shape);
             let head = |y: &Tensor| floats(&y.narrow(1, 0, t as i64 + 1));
             let same = head(&y)
                 .iter()
@@ -154,7 +169,8 @@ fn outputs_up_to_t_ignore_later_tokens_bit_for_bit() {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same,
-                "beta {beta} topk {topk}: output at <= {t} changed with tokens after {t}"
+                "beta {beta} topk {topk} leading {}: output at <= {t} changed with tokens after {t}",
+                shape.leading
             );
             let tail = |y: &Tensor| floats(&y.narrow(1, t as i64 + 1, (LEN - t - 1) as i64));
             assert_ne!(
@@ -195,6 +211,13 @@ fn tokens_without_a_visible_set_get_zero_router_output_and_finite_gradients() {
         );
     }
     assert!(floats(&x.grad()).iter().all(|g| g.is_finite()));
+
+    // With the leading partial windows the blind prefix shrinks to stride - 1 positions.
+    let (_, layout) = model.forward_shaped(&tokens(9, 2), &x, LEADING);
+    let early = LEADING.stride as i64 - 1;
+    let visible = layout.route.any_dim(-1, false).squeeze_dim(1);
+    assert!(!bool::try_from(visible.narrow(1, 0, early).any()).unwrap());
+    assert!(bool::try_from(visible.narrow(1, early, LEN as i64 - early).all()).unwrap());
 }
 
 #[test]
