@@ -332,3 +332,231 @@ fn memory_safe_on_the_cpu_says_it_applies_only_on_cuda() {
         run.stderr
     );
 }
+
+/// The tiny CPU model of the cache-mode tests: a few deterministic steps.
+const TINY: [&str; 16] = [
+    "--d-model",
+    "32",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+    "--batch",
+    "4",
+    "--eval-batches",
+    "1",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--steps",
+    "3",
+];
+
+fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+fn meta(run_dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run_dir.join("run_meta.json")).unwrap()).unwrap()
+}
+
+/// Every metrics line without its timings (tokens/s and elapsed differ run to run).
+fn metrics_without_timings(run_dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let obj = v.as_object_mut().unwrap();
+            obj.remove("tokens_per_s");
+            obj.remove("elapsed_s");
+            v
+        })
+        .collect()
+}
+
+/// `--cache-mode full`, `tokens` and `none` read or build the same artifacts with the
+/// same stage code: the same fingerprints, and the same batches, hence bit-identical
+/// losses at every step for the same seed. `none` never creates or opens a store,
+/// even with `--store` (or the default store) pointing at nothing.
+#[test]
+fn the_three_cache_modes_train_identically_and_none_touches_no_store() {
+    let ctx = Ctx::new();
+    let args = |mode: &str, out: &std::path::Path| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "lm", "--dag", "demo", "--attn", "ska", "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["--cache-mode".into(), mode.into()]);
+        a.extend(TINY.iter().map(|s| s.to_string()));
+        a.extend(["--out".into(), out.to_str().unwrap().into()]);
+        a
+    };
+    let full = ctx.path().join("run-full");
+    let mut full_args = args("full", &full);
+    full_args.push("--precache".into());
+    ctx.run(&strs(&full_args)).ok();
+    let objects = ctx.object_files();
+
+    let tokens = ctx.path().join("run-tokens");
+    ctx.run(&strs(&args("tokens", &tokens))).ok();
+    assert_eq!(
+        ctx.object_files(),
+        objects,
+        "--cache-mode tokens adds nothing to the store"
+    );
+
+    // `none` in a directory with no store, the store flag and the default store
+    // pointing at paths that do not exist.
+    let bare = tempfile::tempdir().unwrap();
+    let none = ctx.path().join("run-none");
+    let missing_store = bare.path().join("no/such/store");
+    let cache_home = bare.path().join("xdg-cache");
+    let out = std::process::Command::new(crate::common::bin())
+        .args(strs(&args("none", &none)))
+        .arg("--store")
+        .arg(&missing_store)
+        .env_remove("AUSA_STORE")
+        .env("XDG_CACHE_HOME", &cache_home)
+        .env("HOME", bare.path())
+        .current_dir(bare.path())
+        .output()
+        .unwrap();
+    let run: crate::common::Run = out.into();
+    let run = run.ok();
+    assert!(
+        !bare.path().join("no").exists(),
+        "--cache-mode none created the --store path"
+    );
+    assert!(
+        !cache_home.exists(),
+        "--cache-mode none created the default store"
+    );
+    assert_eq!(run.json()["steps"], 3);
+
+    let reference = metrics_without_timings(&full);
+    assert_eq!(reference.iter().filter(|v| v["kind"] == "train").count(), 3);
+    for (mode, dir) in [("tokens", &tokens), ("none", &none)] {
+        assert_eq!(
+            metrics_without_timings(dir),
+            reference,
+            "--cache-mode {mode}: losses differ from --cache-mode full"
+        );
+        let (m, f) = (meta(dir), meta(&full));
+        assert_eq!(m["run"]["cache_mode"], mode);
+        assert_eq!(
+            m["run"]["artifacts"], f["run"]["artifacts"],
+            "--cache-mode {mode}: other fingerprints"
+        );
+    }
+    assert_eq!(meta(&full)["run"]["built_per_run"], serde_json::json!([]));
+    assert_eq!(
+        meta(&tokens)["run"]["built_per_run"],
+        serde_json::json!(["banks", "minhash", "routing"])
+    );
+    let every = meta(&none)["run"]["built_per_run"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        every,
+        meta(&full)["run"]["artifacts"].as_array().unwrap().len()
+    );
+
+    // `tokens` needs the token artifacts of its configuration in the store.
+    let short = ctx
+        .run(
+            &[
+                &[
+                    "train",
+                    "lm",
+                    "--dag",
+                    "demo",
+                    "--cache-mode",
+                    "tokens",
+                    "--seq-len",
+                    "128",
+                ][..],
+                &TINY[..],
+            ]
+            .concat(),
+        )
+        .code(1);
+    assert!(
+        short
+            .stderr
+            .contains("ausa build demo:sequences --set sequences.seq_len=128"),
+        "{}",
+        short.stderr
+    );
+    // And `none` has nothing to precache.
+    let bad = ctx
+        .run(&["train", "lm", "--cache-mode", "none", "--precache"])
+        .code(2);
+    assert!(bad.stderr.contains("--cache-mode none"), "{}", bad.stderr);
+}
+
+/// `--early leading` maps onto `banks.leading`: the positions of a sequence without a
+/// visible set drop from window - 1 to stride - 1 (counted on the routing table the
+/// trainer reads), and run_meta records the remedy.
+#[test]
+fn early_leading_gives_positions_from_stride_minus_one_a_set() {
+    let ctx = Ctx::new();
+    let mut seen = Vec::new();
+    for early in [None, Some("leading")] {
+        let out = ctx
+            .path()
+            .join(format!("run-{}", early.unwrap_or("default")));
+        let mut args = vec![
+            "train",
+            "lm",
+            "--dag",
+            "demo",
+            "--cache-mode",
+            "none",
+            "--attn",
+            "ska",
+            "--set-features",
+            "hidden",
+            "--pos",
+            "rotary",
+            "--ska-layers",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&TINY);
+        if let Some(e) = early {
+            args.extend(["--early", e]);
+        }
+        ctx.run(&args).ok();
+        let m = meta(&out);
+        let train = &m["data"]["train"];
+        let (window, stride, len) = (
+            train["window"].as_i64().unwrap(),
+            train["stride"].as_i64().unwrap(),
+            train["seq_len"].as_i64().unwrap(),
+        );
+        let blind = train["positions_without_set"].as_i64().unwrap();
+        let want = if early.is_some() {
+            stride - 1
+        } else {
+            window - 1
+        };
+        assert_eq!(
+            blind, want,
+            "{early:?}: {blind} of {len} positions see no set"
+        );
+        assert_eq!(m["early_position_remedy"], early.unwrap_or("none"));
+        assert_eq!(m["set_features"], "hidden");
+        assert_eq!(m["pos"], "rotary");
+        let losses = train_losses(&out);
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        seen.push(blind);
+    }
+    assert!(
+        seen[1] < seen[0],
+        "the remedy must reduce blind positions: {seen:?}"
+    );
+}

@@ -70,6 +70,9 @@ fn main() {
             attend: Tensor::zeros([1], (Kind::Bool, device)),
             route: Tensor::zeros([1], (Kind::Bool, device)),
             sizes: sizes.shallow_clone(),
+            // Spans are not read by the Delta kernels.
+            starts: Tensor::zeros([b, m], (Kind::Int64, device)),
+            ends: Tensor::zeros([b, m], (Kind::Int64, device)),
             values,
             value_slot,
         };

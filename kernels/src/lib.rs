@@ -11,7 +11,11 @@
 //!   attend mask `end_j <= end_i` and the token -> set route mask.
 //! - [`Adapter`] is the low-rank atom adapter `phi + alpha * W2 W1 phi` (rank 0 = off)
 //!   and [`pool_phi`] the differentiable CSR pooling `Phi(S) = sum_{u in S} phi(u)`
-//!   (an `index_add` over the batch's atom occurrences; never cached across batches).
+//!   (an `index_add` over the batch's atom occurrences; never cached across batches):
+//!   the SPEC's `atoms` set features. [`pool_hidden`] is the `hidden` choice: `Phi(S)`
+//!   is the mean of a layer's input hidden states over the set's span `[start, end)`
+//!   (contextual, and still causal: a set visible to token `t` ends at or before
+//!   `t + 1`, so it pools positions `<= t` only).
 //! - [`SetAttention`] is one SKA layer: set x set scores
 //!   `(exp(-gamma_h Delta) + beta (A_h Phi_i).(B_h Phi_j)) / tau_h`, softmax over the visible
 //!   key sets of the same sequence, values `V_h([Phi_j, psi(|S_j|)])`, then the router
@@ -51,6 +55,8 @@ pub struct SetInputs {
     pub signatures: Tensor,
     /// `[Nsets]` exact set sizes.
     pub sizes: Tensor,
+    /// `[Nsets]` each set's `start`, a position of its sequence.
+    pub starts: Tensor,
     /// `[Nsets]` each set's `end` (exclusive), a position of its sequence.
     pub ends: Tensor,
     /// `[Nvalues]` atom ids of every set, concatenated.
@@ -81,6 +87,10 @@ pub struct SetLayout {
     pub route: Tensor,
     /// `[B, M]` fp32 set sizes (0 in padding slots).
     pub sizes: Tensor,
+    /// `[B, M]` `Int64` span starts (0 in padding slots).
+    pub starts: Tensor,
+    /// `[B, M]` `Int64` span ends (0 in padding slots: an empty span).
+    pub ends: Tensor,
     /// `[Nvalues]` atom ids.
     pub values: Tensor,
     /// `[Nvalues]` the padded slot `b * M + m` each atom occurrence belongs to.
@@ -126,6 +136,7 @@ impl SetLayout {
         };
         let valid = pad(&Tensor::ones([nsets], (Kind::Bool, device)), 0.0).view([batch, max_sets]);
         let sizes = pad(&inputs.sizes.to_kind(Kind::Float), 0.0).view([batch, max_sets]);
+        let starts = pad(&inputs.starts.to_kind(Kind::Int64), 0.0).view([batch, max_sets]);
         let ends = pad(&inputs.ends.to_kind(Kind::Int64), 0.0).view([batch, max_sets]);
         let signatures = pad(&inputs.signatures, 0.0).view([batch, max_sets, k]);
 
@@ -161,6 +172,8 @@ impl SetLayout {
             attend,
             route,
             sizes,
+            starts,
+            ends,
             values: inputs.values.to_kind(Kind::Int64),
             value_slot,
         }
@@ -272,6 +285,27 @@ pub fn pool_phi(phi_values: &Tensor, layout: &SetLayout) -> Tensor {
     Tensor::zeros([slots, dim], (phi_values.kind(), phi_values.device()))
         .index_add(0, &layout.value_slot, phi_values)
         .view([layout.batch, layout.max_sets, dim])
+}
+
+/// The `hidden` set features: `Phi(S)` for every set slot (`[B, M, d]`) as the mean
+/// of `hidden` (`[B, L, d]`, a layer's input states) over the set's span
+/// `[start, end)`; padding slots are zero. One batched matmul with the `[B, M, L]`
+/// span-membership weights, differentiable in `hidden`.
+///
+/// The mean (not the sum) keeps `Phi` at the scale of the normalized states whatever
+/// the window; the size still reaches the values through `psi(|S|)`. Causal by
+/// construction: the weights of a set are zero at positions `>= end`, so a set a
+/// token may use (`end <= t + 1`) mixes positions `<= t` only (exactly: the zero
+/// weights add exact zeros).
+pub fn pool_hidden(hidden: &Tensor, layout: &SetLayout) -> Tensor {
+    let device = hidden.device();
+    let positions = Tensor::arange(layout.seq_len, (Kind::Int64, device)).view([1, 1, -1]);
+    let inside = positions
+        .ge_tensor(&layout.starts.unsqueeze(-1))
+        .logical_and(&positions.lt_tensor(&layout.ends.unsqueeze(-1)));
+    let len = (&layout.ends - &layout.starts).clamp_min(1).unsqueeze(-1);
+    let weights = inside.to_kind(Kind::Float) / len.to_kind(Kind::Float);
+    weights.to_kind(hidden.kind()).matmul(hidden)
 }
 
 /// The size feature `psi(|S|) = ln(1 + |S|)`, appended to `Phi` before the value map.

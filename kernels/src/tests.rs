@@ -5,13 +5,19 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::toy::{sets, ToyShape};
-use crate::{masked_softmax, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig};
+use crate::{masked_softmax, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig};
 
 const SHAPE: ToyShape = ToyShape {
     window: 6,
     stride: 3,
     k: 16,
     seed: 7,
+    leading: false,
+};
+/// [`SHAPE`] with the leading partial windows (`banks.leading`): the early-positions remedy.
+const LEADING: ToyShape = ToyShape {
+    leading: true,
+    ..SHAPE
 };
 const VOCAB: u32 = 12;
 const LEN: usize = 24;
@@ -84,7 +90,16 @@ fn tiny(kind: Kind, beta: f64, router_topk: i64) -> Tiny {
 
 impl Tiny {
     fn forward(&self, toks: &[Vec<u32>], x: &Tensor) -> (Tensor, SetLayout) {
-        let layout = SetLayout::new(&sets(toks, SHAPE, Device::Cpu), LEN as i64);
+        self.forward_shaped(toks, x, SHAPE)
+    }
+
+    fn forward_shaped(
+        &self,
+        toks: &[Vec<u32>],
+        x: &Tensor,
+        shape: ToyShape,
+    ) -> (Tensor, SetLayout) {
+        let layout = SetLayout::new(&sets(toks, shape, Device::Cpu), LEN as i64);
         let phi_values = self
             .adapter
             .forward(&self.embedding.index_select(0, &layout.values));
@@ -134,11 +149,11 @@ fn delta_matches_the_formula_per_pair() {
 
 #[test]
 fn outputs_up_to_t_ignore_later_tokens_bit_for_bit() {
-    for (beta, topk) in [(0.0, 0), (1.0, 2)] {
+    for (beta, topk, shape) in [(0.0, 0, SHAPE), (1.0, 2, SHAPE), (1.0, 2, LEADING)] {
         let model = tiny(Kind::Float, beta, topk);
         let x = Tensor::randn([2, LEN as i64, 8], (Kind::Float, Device::Cpu));
         let toks = tokens(5, 2);
-        let (y, _) = model.forward(&toks, &x);
+        let (y, _) = model.forward_shaped(&toks, &x, shape);
         for t in [5usize, 11, 17] {
             let mut changed = toks.clone();
             for seq in &mut changed {
@@ -146,7 +161,7 @@ fn outputs_up_to_t_ignore_later_tokens_bit_for_bit() {
                     *tok = (*tok + 5) % VOCAB;
                 }
             }
-            let (y2, _) = model.forward(&changed, &x);
+            let (y2, _) = model.forward_shaped(&changed, &x, shape);
             let head = |y: &Tensor| floats(&y.narrow(1, 0, t as i64 + 1));
             let same = head(&y)
                 .iter()
@@ -154,7 +169,8 @@ fn outputs_up_to_t_ignore_later_tokens_bit_for_bit() {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same,
-                "beta {beta} topk {topk}: output at <= {t} changed with tokens after {t}"
+                "beta {beta} topk {topk} leading {}: output at <= {t} changed with tokens after {t}",
+                shape.leading
             );
             let tail = |y: &Tensor| floats(&y.narrow(1, t as i64 + 1, (LEN - t - 1) as i64));
             assert_ne!(
@@ -195,6 +211,13 @@ fn tokens_without_a_visible_set_get_zero_router_output_and_finite_gradients() {
         );
     }
     assert!(floats(&x.grad()).iter().all(|g| g.is_finite()));
+
+    // With the leading partial windows the blind prefix shrinks to stride - 1 positions.
+    let (_, layout) = model.forward_shaped(&tokens(9, 2), &x, LEADING);
+    let early = LEADING.stride as i64 - 1;
+    let visible = layout.route.any_dim(-1, false).squeeze_dim(1);
+    assert!(!bool::try_from(visible.narrow(1, 0, early).any()).unwrap());
+    assert!(bool::try_from(visible.narrow(1, early, LEN as i64 - early).all()).unwrap());
 }
 
 #[test]
@@ -271,4 +294,104 @@ fn gamma_and_tau_stay_positive_for_any_raw_value() {
     });
     assert!(floats(&model.layer.tau()).iter().all(|&t| t > 0.0));
     assert!(floats(&model.layer.gamma()).iter().all(|&g| g > 0.0));
+}
+
+/// `hidden` set features: each real slot is the mean of the states over its span, and
+/// the layer's output at positions `<= t` ignores states (and tokens) after `t`.
+#[test]
+fn hidden_features_are_span_means_and_causal_to_the_last_bit() {
+    let model = tiny(Kind::Float, 1.0, 2);
+    let toks = tokens(13, 2);
+    let inputs = sets(&toks, SHAPE, Device::Cpu);
+    let layout = SetLayout::new(&inputs, LEN as i64);
+    let x = Tensor::randn([2, LEN as i64, 8], (Kind::Float, Device::Cpu));
+    let phi = pool_hidden(&x, &layout);
+    let m = layout.max_sets;
+    for b in 0..2 {
+        for j in 0..m {
+            let set = b * m + j;
+            let start = inputs.starts.int64_value(&[set]);
+            let end = inputs.ends.int64_value(&[set]);
+            let want = x
+                .get(b)
+                .narrow(0, start, end - start)
+                .mean_dim(0, false, Kind::Float);
+            let got = phi.get(b).get(j);
+            let err = (got - want).abs().max().double_value(&[]);
+            assert!(err < 1e-6, "slot {b},{j}: off by {err}");
+        }
+    }
+    let forward = |toks: &[Vec<u32>], x: &Tensor| {
+        let layout = SetLayout::new(&sets(toks, SHAPE, Device::Cpu), LEN as i64);
+        model.layer.forward(x, &pool_hidden(x, &layout), &layout)
+    };
+    let y = forward(&toks, &x);
+    for t in [5usize, 11, 17] {
+        let (mut changed, later) = (toks.clone(), t as i64 + 1);
+        for seq in &mut changed {
+            for tok in &mut seq[t + 1..] {
+                *tok = (*tok + 5) % VOCAB;
+            }
+        }
+        let noise = Tensor::randn([2, LEN as i64 - later, 8], (Kind::Float, Device::Cpu));
+        let x2 = Tensor::cat(&[x.narrow(1, 0, later), noise], 1);
+        let y2 = forward(&changed, &x2);
+        let head = |y: &Tensor| floats(&y.narrow(1, 0, later));
+        let same = head(&y)
+            .iter()
+            .zip(head(&y2))
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "output at <= {t} changed with states after {t}");
+        let tail = |y: &Tensor| floats(&y.narrow(1, later, LEN as i64 - later));
+        assert_ne!(
+            tail(&y),
+            tail(&y2),
+            "later outputs must change (test sanity)"
+        );
+    }
+}
+
+/// Central differences in fp64: the gradient of an SKA layer with `hidden` set
+/// features reaches the hidden states through the pooling (not only through the router).
+#[test]
+fn gradients_reach_the_hidden_states_through_the_pooled_features() {
+    let model = tiny(Kind::Double, 0.7, 0);
+    let toks = tokens(17, 2);
+    let layout = SetLayout::new(&sets(&toks, SHAPE, Device::Cpu), LEN as i64);
+    let x = Tensor::randn([2, LEN as i64, 8], (Kind::Double, Device::Cpu));
+    let weights = Tensor::randn([2, LEN as i64, 8], (Kind::Double, Device::Cpu));
+    // The router query sees `x` too; a detached copy there isolates the pooling path.
+    let loss = |pooled: &Tensor| {
+        let y = model
+            .layer
+            .forward(&x.detach(), &pool_hidden(pooled, &layout), &layout);
+        (y * &weights).sum(Kind::Double)
+    };
+    let leaf = x.detach().set_requires_grad(true);
+    loss(&leaf).backward();
+    let grad = Vec::<f64>::try_from(leaf.grad().flatten(0, -1)).unwrap();
+    assert!(
+        grad.iter().any(|g| g.abs() > 1e-8),
+        "no gradient reaches the hidden states through Phi"
+    );
+    let flat = x.flatten(0, -1);
+    let n = flat.size()[0];
+    for idx in [0, n / 5, n / 3, n / 2, n - 9] {
+        let eps = 1e-6;
+        let at = |delta: f64| {
+            tch::no_grad(|| {
+                let bumped = x.flatten(0, -1).copy();
+                let mut v = bumped.get(idx);
+                let _ = v.fill_(flat.double_value(&[idx]) + delta);
+                loss(&bumped.view_as(&x)).double_value(&[])
+            })
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+        let analytic = grad[idx as usize];
+        let tol = 1e-6 + 1e-4 * numeric.abs().max(analytic.abs());
+        assert!(
+            (numeric - analytic).abs() < tol,
+            "x[{idx}]: autograd {analytic}, finite difference {numeric}"
+        );
+    }
 }

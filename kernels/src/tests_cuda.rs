@@ -68,6 +68,7 @@ fn exact_delta_counts_the_symmetric_difference() {
         stride: 3,
         k: 16,
         seed: 3,
+        leading: false,
     };
     let seqs = tokens(fresh_seed(), 3, 40, 30);
     let layout = layout(&seqs, shape, Device::Cpu);
@@ -93,6 +94,7 @@ fn minhash_delta_is_near_the_exact_one_for_large_k() {
         stride: 4,
         k: 512,
         seed: 11,
+        leading: false,
     };
     let seqs = tokens(fresh_seed(), 2, 64, 40);
     let layout = layout(&seqs, shape, Device::Cpu);
@@ -146,7 +148,8 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
 }
 
 /// Odd shapes: one set, set counts not a multiple of the 16-wide tile, k not a multiple
-/// of the 64-column chunk, batches of one and of several sequences.
+/// of the 64-column chunk, batches of one and of several sequences, leading partial
+/// windows (`--early leading`).
 const SHAPES: [(usize, usize, ToyShape); 5] = [
     (
         1,
@@ -156,6 +159,7 @@ const SHAPES: [(usize, usize, ToyShape); 5] = [
             stride: 4,
             k: 32,
             seed: 1,
+            leading: false,
         },
     ),
     (
@@ -166,6 +170,7 @@ const SHAPES: [(usize, usize, ToyShape); 5] = [
             stride: 4,
             k: 100,
             seed: 2,
+            leading: false,
         },
     ),
     (
@@ -176,6 +181,7 @@ const SHAPES: [(usize, usize, ToyShape); 5] = [
             stride: 32,
             k: 128,
             seed: 3,
+            leading: true,
         },
     ),
     (
@@ -186,6 +192,7 @@ const SHAPES: [(usize, usize, ToyShape); 5] = [
             stride: 16,
             k: 256,
             seed: 4,
+            leading: false,
         },
     ),
     (
@@ -196,6 +203,7 @@ const SHAPES: [(usize, usize, ToyShape); 5] = [
             stride: 8,
             k: 64,
             seed: 5,
+            leading: false,
         },
     ),
 ];
@@ -269,6 +277,7 @@ fn cuda_delta_rejects_atoms_outside_the_universe() {
         stride: 4,
         k: 32,
         seed: 1,
+        leading: false,
     };
     let layout = layout(&tokens(5, 1, 32, 100), shape, Device::Cuda(0));
     let err = kernels.delta_exact(&layout, 50).unwrap_err().to_string();

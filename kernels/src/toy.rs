@@ -3,9 +3,11 @@
 //!
 //! This is *not* the pipeline's implementation (the `banks`, `minhash` and `routing`
 //! stages are): it exists so that kernel and model tests can change tokens and rebuild
-//! the matching set structure without a store. Same layout rules as the stages: set `s`
-//! of a sequence covers `[s * stride, s * stride + window)` (full windows only), its atoms
-//! are the sorted distinct ids, and token `t` routes to sets with `end <= t + 1`.
+//! the matching set structure without a store. Same layout rules as the stages: full
+//! windows `[s * stride, s * stride + window)` (the ones that fit; no clipped tail), with
+//! `leading` first the partial windows `[0, k * stride)` below `window` (the `banks`
+//! stage's `leading` option), atoms the sorted distinct ids, and token `t` routes to
+//! sets with `end <= t + 1`.
 
 use tch::{Device, Kind, Tensor};
 
@@ -22,6 +24,28 @@ pub struct ToyShape {
     pub k: usize,
     /// Hash family seed.
     pub seed: u64,
+    /// Also the leading partial windows `[0, k * stride)`, `k * stride < window`.
+    pub leading: bool,
+}
+
+impl ToyShape {
+    /// The spans `[start, end)` of a sequence of `len` tokens, in end order.
+    pub fn spans(&self, len: usize) -> Vec<(usize, usize)> {
+        let mut spans = Vec::new();
+        if self.leading && len >= self.window {
+            spans.extend(
+                (1..)
+                    .map(|k| (0, k * self.stride))
+                    .take_while(|&(_, end)| end < self.window),
+            );
+        }
+        let mut start = 0;
+        while start + self.window <= len {
+            spans.push((start, start + self.window));
+            start += self.stride;
+        }
+        spans
+    }
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -46,34 +70,32 @@ pub fn signature(atoms: &[u32], shape: ToyShape) -> Vec<u32> {
 
 /// The set inputs of equal-length sequences `tokens` (each `L` ids), on `device`.
 pub fn sets(tokens: &[Vec<u32>], shape: ToyShape, device: Device) -> SetInputs {
-    let (mut seq_sets, mut sigs, mut sizes, mut ends) = (vec![0i64], vec![], vec![], vec![]);
+    let (mut seq_sets, mut sigs, mut sizes) = (vec![0i64], vec![], vec![]);
+    let (mut starts, mut ends) = (vec![], vec![]);
     let (mut values, mut set_offsets) = (vec![], vec![0i64]);
     let len = tokens.first().map_or(0, Vec::len);
-    let mut per_seq = 0;
+    // Every sequence has the same length, hence the same spans.
+    let spans = shape.spans(len);
     for seq in tokens {
-        let mut count = 0;
-        let mut start = 0;
-        while start + shape.window <= seq.len() {
-            let mut atoms = seq[start..start + shape.window].to_vec();
+        for &(start, end) in &spans {
+            let mut atoms = seq[start..end].to_vec();
             atoms.sort_unstable();
             atoms.dedup();
             sigs.extend(signature(&atoms, shape).into_iter().map(i64::from));
             sizes.push(atoms.len() as i64);
-            ends.push((start + shape.window) as i64);
+            starts.push(start as i64);
+            ends.push(end as i64);
             values.extend(atoms.iter().map(|&u| i64::from(u)));
             set_offsets.push(values.len() as i64);
-            count += 1;
-            start += shape.stride;
         }
-        per_seq = count;
-        seq_sets.push(seq_sets.last().copied().unwrap_or(0) + count as i64);
+        seq_sets.push(seq_sets.last().copied().unwrap_or(0) + spans.len() as i64);
     }
-    // Every sequence has the same length, hence the same set ends.
+    let per_seq = spans.len();
     let mut route = vec![false; tokens.len() * len * per_seq];
     for b in 0..tokens.len() {
         for t in 0..len {
-            for m in 0..per_seq {
-                route[(b * len + t) * per_seq + m] = m * shape.stride + shape.window <= t + 1;
+            for (m, &(_, end)) in spans.iter().enumerate() {
+                route[(b * len + t) * per_seq + m] = end <= t + 1;
             }
         }
     }
@@ -83,6 +105,7 @@ pub fn sets(tokens: &[Vec<u32>], shape: ToyShape, device: Device) -> SetInputs {
         seq_sets: long(&seq_sets),
         signatures: long(&sigs).view([nsets, shape.k as i64]),
         sizes: long(&sizes),
+        starts: long(&starts),
         ends: long(&ends),
         values: long(&values),
         set_offsets: long(&set_offsets),

@@ -26,4 +26,13 @@ run sets tests/bench/sets.sh "$work/sets" 1 300
 run tokenize tests/bench/tokenize.sh "$work/tokenize" 1
 run remote tests/bench/remote.sh "$work/remote" 1 300
 run sweep tests/bench/sweep.sh "$work/sweep" 2 10
+# The trainer scripts use the debug binary with the train feature that tests/run.sh built
+# (CI runs it first): a release build of the trainer would cost minutes and gigabytes.
+if ! target/debug/ausa train lm --help >/dev/null 2>&1; then
+  echo "smoke: target/debug/ausa lacks \`train\` (run tests/run.sh first, which builds it)" >&2
+  exit 1
+fi
+run cache_modes env AUSA_BIN=target/debug/ausa tests/bench/cache_modes.sh "$work/cache_modes" 1
+run lm_quality env AUSA_BIN=target/debug/ausa D_MODEL=32 LAYERS=1 HEADS=2 BATCH=4 THREADS=1 \
+  tests/bench/lm_quality.sh "$work/lm_quality" 2
 echo "smoke: every benchmark script ran"

@@ -1,12 +1,25 @@
-//! The shim on the CPU: its CUDA calls fail cleanly without CUDA (the test binary never
-//! loads libtorch_cuda), and the fused AdamW step matches AdamW written out in f64.
+//! The shim: its CUDA calls fail cleanly without CUDA and answer with it, and the fused
+//! AdamW step matches AdamW written out in f64.
 
 use tch::{Device, Kind, Tensor};
 
 use super::*;
 
+/// On a machine without a GPU every CUDA call is an error with a one-line message; on a
+/// GPU machine they answer. The test loads libtorch_cuda where it can, as the CUDA kernel
+/// tests of this binary do: c10 fixes "no CUDA" for the whole process at the first CUDA
+/// query, so a test that queried before the library was loaded would turn every later
+/// GPU test of the process into a skip, depending on test order.
 #[test]
-fn cuda_calls_fail_with_a_message_when_cuda_is_not_loaded() {
+fn cuda_calls_fail_with_a_message_without_cuda_and_answer_with_it() {
+    if crate::cuda::load_libtorch_cuda_for_tests() && tch::Cuda::is_available() {
+        let (free, total) = cuda_mem_info(0).expect("a GPU is present");
+        assert!(free > 0 && free <= total, "free {free} of {total}");
+        cuda_memory(0).expect("allocator statistics on a GPU");
+        cuda_reset_peak(0).expect("peak reset on a GPU");
+        cuda_current_stream(0).expect("the current stream on a GPU");
+        return;
+    }
     let errors = [
         cuda_memory(0).err(),
         cuda_reset_peak(0).err(),

@@ -64,6 +64,24 @@ pub enum BuildError {
     /// A build that was asked for failed; the report has every stage's outcome.
     #[error("build of `{}` failed ({} stage(s) not built)", .0.dag, .0.stages.iter().filter(|s| !s.outcome.is_ok()).count())]
     BuildFailed(Box<BuildReport>),
+    /// A stage run into a scratch directory (outside the store) failed.
+    #[error("{dag}:{stage} failed while building outside the store: {error}")]
+    ScratchStage {
+        /// The DAG's name.
+        dag: String,
+        /// The stage.
+        stage: String,
+        /// The error with its causes, one line.
+        error: String,
+    },
+    /// The scratch directory could not be created.
+    #[error("cannot create a scratch directory in {}: {source}", dir.display())]
+    ScratchDir {
+        /// Where it was to be created.
+        dir: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// An artifact in the store could not be opened.
     #[error(transparent)]
     Artifact(#[from] ausa_artifacts::ArtifactError),

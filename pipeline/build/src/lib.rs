@@ -26,14 +26,16 @@
 
 mod error;
 mod objects;
+mod scratch;
 
-use ausa_dag::{DagSpec, Override, Plan, PlannedStage, Registry};
+use ausa_dag::{ContentHasher, DagSpec, Override, PlainHasher, Plan, PlannedStage, Registry};
 use ausa_engine::{BuildOptions, BuildReport, ObjectSource, Reporter, StageState, StoreHasher};
 use ausa_store::Store;
 
 pub use ausa_engine::{Outcome, StateKind};
 pub use error::BuildError;
 pub use objects::{ObjectDir, ObjectDirs};
+pub use scratch::{build_scratch, default_scratch_parent, Scratch};
 
 /// A DAG target: a DAG (an embedded name or a `.toml` path), optionally stages of
 /// it (`demo:routing`, `demo:minhash,routing`), and `STAGE.PARAM=VALUE` overrides.
@@ -173,21 +175,7 @@ impl Pipeline {
     /// inputs are hashed (through the store's stat cache), keys and fingerprints
     /// computed. Nothing is built or downloaded.
     pub fn resolve(&self, target: &Target) -> Result<Resolved, BuildError> {
-        let source = ausa_dag::locate(&target.dag)?;
-        let dag = DagSpec::load(&source, &self.registry, &target.overrides)?;
-        let hasher = StoreHasher::new(&self.store);
-        let plan = match target.stages.as_slice() {
-            [] => Plan::resolve(&dag, None, &self.registry, &hasher)?,
-            [one] => Plan::resolve(&dag, Some(one), &self.registry, &hasher)?,
-            several => plan_of_stages(&dag, several, &self.registry, &hasher)?,
-        };
-        let config = config_of(&plan.dag, &target.overrides);
-        Ok(Resolved {
-            dag,
-            plan,
-            stages: target.stages.clone(),
-            config,
-        })
+        resolve_with(target, &self.registry, &StoreHasher::new(&self.store))
     }
 
     /// The state of every planned stage in the target's configuration (up to date,
@@ -258,13 +246,41 @@ impl Pipeline {
     }
 }
 
+/// [`Pipeline::resolve`] without a store: external inputs are hashed in full every
+/// time (no stat cache), and nothing is read from or written to any store. The keys
+/// and fingerprints are the same as a store's. What `--cache-mode none` resolves with.
+pub fn resolve_detached(target: &Target, registry: &Registry) -> Result<Resolved, BuildError> {
+    resolve_with(target, registry, &PlainHasher)
+}
+
+fn resolve_with(
+    target: &Target,
+    registry: &Registry,
+    hasher: &dyn ContentHasher,
+) -> Result<Resolved, BuildError> {
+    let source = ausa_dag::locate(&target.dag)?;
+    let dag = DagSpec::load(&source, registry, &target.overrides)?;
+    let plan = match target.stages.as_slice() {
+        [] => Plan::resolve(&dag, None, registry, hasher)?,
+        [one] => Plan::resolve(&dag, Some(one), registry, hasher)?,
+        several => plan_of_stages(&dag, several, registry, hasher)?,
+    };
+    let config = config_of(&plan.dag, &target.overrides);
+    Ok(Resolved {
+        dag,
+        plan,
+        stages: target.stages.clone(),
+        config,
+    })
+}
+
 /// The plan of several stages and their upstreams: the whole DAG's plan restricted
 /// to the union of their closures, input indices renumbered.
 fn plan_of_stages(
     dag: &DagSpec,
     names: &[String],
     registry: &Registry,
-    hasher: &StoreHasher,
+    hasher: &dyn ContentHasher,
 ) -> Result<Plan, BuildError> {
     let mut needed = std::collections::BTreeSet::new();
     for name in names {

@@ -31,6 +31,15 @@ pub struct ObjectDirs {
 }
 
 impl ObjectDirs {
+    /// The objects of a plan named `dag` whose target selected `target`.
+    pub(crate) fn new(dag: &str, target: &[String], objects: Vec<ObjectDir>) -> ObjectDirs {
+        ObjectDirs {
+            dag: dag.to_string(),
+            target: target.to_vec(),
+            objects,
+        }
+    }
+
     /// Every planned stage's object; [`BuildError::NotBuilt`] for the first missing.
     pub(crate) fn of_plan(store: &Store, resolved: &Resolved) -> Result<ObjectDirs, BuildError> {
         let mut objects = Vec::with_capacity(resolved.plan.stages.len());
@@ -50,11 +59,11 @@ impl ObjectDirs {
                 dir: store.object_dir(&id),
             });
         }
-        Ok(ObjectDirs {
-            dag: resolved.plan.dag.clone(),
-            target: resolved.stages.clone(),
+        Ok(ObjectDirs::new(
+            &resolved.plan.dag,
+            &resolved.stages,
             objects,
-        })
+        ))
     }
 
     /// All objects, upstreams first.

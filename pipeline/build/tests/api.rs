@@ -217,3 +217,175 @@ fn a_failed_build_is_a_typed_error_with_the_report() {
         "nothing published after a failure"
     );
 }
+
+/// The files of an object directory (the stage's outputs; a store object's manifest
+/// is the store's, not the stage's), name -> bytes.
+fn stage_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("object dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().expect("name").to_string_lossy().into_owned();
+            (name, std::fs::read(&p).expect("read"))
+        })
+        .filter(|(name, _)| !name.starts_with("manifest"))
+        .collect()
+}
+
+/// `--cache-mode none` and `tokens`: the stages run outside the store give the same
+/// bytes as the store's objects, the detached path touches no store, stored objects
+/// are read in place, and the scratch directory is gone once dropped.
+#[test]
+fn scratch_builds_match_the_store_byte_for_byte_and_vanish_when_dropped() {
+    let (dir, pipeline) = pipeline();
+    let target = Target::parse("demo:minhash,routing", &SMALL).expect("target parses");
+    let resolved = pipeline.resolve(&target).expect("resolves");
+    let stored = pipeline
+        .ensure_built(&resolved, &BuildOptions::default(), &Silent)
+        .expect("builds");
+    let scratch_parent = dir.path().join("scratch");
+    std::fs::create_dir(&scratch_parent).expect("scratch parent");
+
+    // Everything detached: resolving and building never name a store.
+    let detached = ausa_build::resolve_detached(&target, pipeline.registry()).expect("resolves");
+    let fingerprints = |r: &ausa_build::Resolved| -> Vec<String> {
+        r.plan
+            .stages
+            .iter()
+            .map(|s| s.fingerprint.clone())
+            .collect()
+    };
+    assert_eq!(fingerprints(&detached), fingerprints(&resolved));
+    let objects_before = pipeline.store().list_objects().expect("list").len();
+    let scratch = ausa_build::build_scratch(
+        pipeline.registry(),
+        &detached,
+        None,
+        &scratch_parent,
+        &Silent,
+    )
+    .expect("builds in scratch");
+    assert_eq!(
+        pipeline.store().list_objects().expect("list").len(),
+        objects_before,
+        "nothing was published"
+    );
+    let all: Vec<&str> = resolved
+        .plan
+        .stages
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(scratch.built(), all, "every stage ran, in plan order");
+    assert!(scratch.path().starts_with(&scratch_parent));
+    for object in stored.iter() {
+        let built = scratch.dirs().stage(&object.stage).expect("in scratch");
+        assert!(built.dir.starts_with(scratch.path()));
+        assert_eq!(built.fingerprint, object.fingerprint);
+        assert_eq!(
+            stage_files(&built.dir),
+            stage_files(&object.dir),
+            "stage {}: scratch files differ from the store's",
+            object.stage
+        );
+    }
+    let paths = scratch.dirs().set_paths(Split::Train).expect("set paths");
+    assert!(paths.banks.starts_with(scratch.path()));
+    scratch
+        .dirs()
+        .set_artifacts(Split::Train)
+        .expect("scratch set artifacts open");
+    let path = scratch.path().to_path_buf();
+    drop(scratch);
+    assert!(!path.exists(), "the scratch dir is removed on drop");
+
+    // Token artifacts from the store, the set stages in scratch.
+    let tokens = pipeline
+        .object_dirs(
+            &pipeline
+                .resolve(&target.with_stages(&["sequences"]))
+                .expect("resolves"),
+        )
+        .expect("built");
+    let scratch = ausa_build::build_scratch(
+        pipeline.registry(),
+        &resolved,
+        Some(&tokens),
+        &scratch_parent,
+        &Silent,
+    )
+    .expect("builds the set stages");
+    assert_eq!(scratch.built(), ["banks", "minhash", "routing"]);
+    let sequences = scratch.dirs().stage("sequences").expect("planned");
+    assert_eq!(
+        sequences.dir,
+        stored.stage("sequences").expect("built").dir,
+        "read in place from the store"
+    );
+    for kind in ["banks", "minhash", "routing"] {
+        let built = scratch.dirs().dir_of_kind(kind).expect("kind");
+        let reference = stored.dir_of_kind(kind).expect("kind");
+        assert_eq!(stage_files(built), stage_files(reference), "{kind}");
+    }
+}
+
+/// The early-positions remedy on real routing: with `banks.leading` the positions of a
+/// sequence that route to no set drop from `window - 1` to `stride - 1`; off (the
+/// default, given or not) it leaves the banks fingerprint as it was.
+#[test]
+fn leading_windows_cut_the_positions_without_a_set_to_stride_minus_one() {
+    let (_dir, pipeline) = pipeline();
+    let fingerprint = |extra: &[&str]| {
+        let overrides: Vec<&str> = SMALL.iter().copied().chain(extra.iter().copied()).collect();
+        let target = Target::parse("demo:routing", &overrides).expect("parses");
+        let resolved = pipeline.resolve(&target).expect("resolves");
+        let banks = resolved
+            .plan
+            .stage("banks")
+            .expect("planned")
+            .fingerprint
+            .clone();
+        (resolved, banks)
+    };
+    let (_, default) = fingerprint(&[]);
+    let (_, off) = fingerprint(&["banks.leading=false"]);
+    assert_eq!(default, off, "leading = false stays out of the key");
+    for (leading, window, stride) in [(false, 16, 4), (true, 16, 4), (true, 64, 32)] {
+        // The stride first: each override is checked as it is applied.
+        let extra = [
+            format!("banks.leading={leading}"),
+            format!("banks.stride={stride}"),
+            format!("banks.window={window}"),
+        ];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (resolved, banks) = fingerprint(&extra);
+        if leading {
+            assert_ne!(banks, default, "leading = true is a new fingerprint");
+        }
+        let dirs = pipeline
+            .ensure_built(&resolved, &BuildOptions::default(), &Silent)
+            .expect("builds");
+        let routing = ausa_artifacts::RoutingFile::open(ausa_artifacts::routing_path(
+            dirs.dir_of_kind("routing").expect("routing"),
+            Split::Train,
+        ))
+        .expect("routing opens");
+        let banks = ausa_artifacts::BanksFile::open(ausa_artifacts::banks_path(
+            dirs.dir_of_kind("banks").expect("banks"),
+            Split::Train,
+        ))
+        .expect("banks open");
+        let spans = banks.spans();
+        let sets = banks.sets_of(0).expect("sequence 0");
+        let ends: Vec<u32> = sets.map(|s| spans[2 * s + 1]).collect();
+        let table = routing.layout_of(&ends).expect("the layout of sequence 0");
+        let len = table.num_tokens();
+        let blind = (0..len).filter(|&t| table.candidates(t).is_empty()).count();
+        let want = if leading { stride - 1 } else { window - 1 };
+        assert_eq!(
+            blind, want,
+            "leading {leading}, window {window}, stride {stride}: {blind} of {len} positions see no set"
+        );
+    }
+}

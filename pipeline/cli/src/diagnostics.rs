@@ -72,7 +72,12 @@ impl CliError {
             BuildError::EmptyTarget | BuildError::EmptyStage { .. } => {
                 Some("e.g. `demo`, `demo:tokens` or `demo:minhash,routing`".into())
             }
-            BuildError::AmbiguousKind { .. } | BuildError::Artifact(_) => None,
+            BuildError::ScratchDir { .. } => {
+                Some("set TMPDIR to a writable directory with free space".into())
+            }
+            BuildError::AmbiguousKind { .. }
+            | BuildError::Artifact(_)
+            | BuildError::ScratchStage { .. } => None,
         };
         CliError {
             message: e.to_string(),

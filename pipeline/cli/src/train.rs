@@ -2,10 +2,17 @@
 //! DAG's stage parameters, finds (or with `--precache` builds) the set artifacts through
 //! `ausa-build`, and runs the `ausa-train` loop on them.
 //!
-//! The familiar flags (`--seq-len --seq-stride --window --stride --minhash-k
+//! The familiar flags (`--seq-len --seq-stride --window --stride --early --minhash-k
 //! --router-topk`) become `--set` overrides of the DAG's `sequences`, `banks`, `minhash`
 //! and `routing` stages (found by kind), so the model's shapes and the artifacts it
 //! reads can never disagree: a changed flag is a different fingerprint.
+//!
+//! `--cache-mode` picks where the artifacts come from (docs/cache-modes.md): `full`
+//! reads every object from the store; `tokens` reads the token artifacts (the chain
+//! up to `sequences`) from the store and runs the set stages into a private scratch
+//! directory; `none` runs the whole chain there and never opens a store. All three
+//! go through `ausa_build` (`object_dirs`, `build_scratch`: the stages' own code) and
+//! hand the trainer the same `SetPaths`.
 
 use std::path::PathBuf;
 
@@ -15,7 +22,7 @@ use ausa_train::bench::{self, Bench, BenchSettings};
 use ausa_train::data::SplitData;
 use ausa_train::device::{self, DeviceChoice};
 use ausa_train::memory;
-use ausa_train::model::{Attn, ModelConfig};
+use ausa_train::model::{Attn, ModelConfig, Pos, SetFeatures};
 use ausa_train::train::{self, Event, Precision, Run, SplitInput, TextStats, TrainConfig};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -73,10 +80,53 @@ pub enum DeviceArg {
 }
 
 /// `--cache-mode`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
     /// Tokens, banks, signatures and routing from the store (memory-mapped).
     Full,
+    /// Token artifacts from the store; banks, signatures and routing built per run
+    /// outside it (a scratch dir deleted at exit).
+    Tokens,
+    /// Everything built per run from the corpus outside any store (--store unused).
+    None,
+}
+
+impl CacheMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Full => "full",
+            CacheMode::Tokens => "tokens",
+            CacheMode::None => "none",
+        }
+    }
+}
+
+/// `--early`: the early-positions remedy (`banks.leading`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EarlyArg {
+    /// Leading partial windows [0, stride), [0, 2*stride), ...: every position from
+    /// stride-1 on sees a set.
+    Leading,
+    /// Full windows only: the first window-1 positions see no set.
+    None,
+}
+
+/// `--pos`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PosArg {
+    /// Learned position embeddings.
+    Learned,
+    /// Rotary positions on the queries and keys of dot and SDPA blocks.
+    Rotary,
+}
+
+/// `--set-features`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SetFeaturesArg {
+    /// Phi pooled from the (adapted) atom embeddings of each set.
+    Atoms,
+    /// Phi pooled from each SKA block's input hidden states over the set's span.
+    Hidden,
 }
 
 /// `--ska-backend`.
@@ -107,6 +157,9 @@ pub struct LmArgs {
     /// Set stride (`banks.stride`).
     #[arg(long)]
     pub stride: Option<i64>,
+    /// Early-positions remedy (`banks.leading`) [default: the DAG's, none].
+    #[arg(long, value_enum)]
+    pub early: Option<EarlyArg>,
     /// MinHash values per set (`minhash.minhash_k`).
     #[arg(long)]
     pub minhash_k: Option<i64>,
@@ -140,6 +193,12 @@ pub struct LmArgs {
     /// Rank of the atom adapter (0 = off).
     #[arg(long, default_value_t = 0)]
     pub adapter_rank: i64,
+    /// With --attn ska: where the set features Phi come from.
+    #[arg(long, value_enum, default_value = "atoms")]
+    pub set_features: SetFeaturesArg,
+    /// Positions.
+    #[arg(long, value_enum, default_value = "learned")]
+    pub pos: PosArg,
     /// Model width.
     #[arg(long, default_value_t = 64)]
     pub d_model: i64,
@@ -241,13 +300,30 @@ fn train_error(e: ausa_train::Error) -> CliError {
 
 /// The flag -> `(stage kind, parameter)` mapping.
 pub(crate) fn stage_overrides(args: &LmArgs, resolved: &Resolved) -> Result<Vec<String>, CliError> {
+    let int = |v: Option<i64>| v.map(|v| v.to_string());
     let mapped = [
-        ("--seq-len", args.seq_len, "sequences", "seq_len"),
-        ("--seq-stride", args.seq_stride, "sequences", "seq_stride"),
-        ("--window", args.window, "banks", "window"),
-        ("--stride", args.stride, "banks", "stride"),
-        ("--minhash-k", args.minhash_k, "minhash", "minhash_k"),
-        ("--router-topk", args.router_topk, "routing", "router_topk"),
+        ("--seq-len", int(args.seq_len), "sequences", "seq_len"),
+        (
+            "--seq-stride",
+            int(args.seq_stride),
+            "sequences",
+            "seq_stride",
+        ),
+        ("--window", int(args.window), "banks", "window"),
+        ("--stride", int(args.stride), "banks", "stride"),
+        (
+            "--early",
+            args.early.map(|e| (e == EarlyArg::Leading).to_string()),
+            "banks",
+            "leading",
+        ),
+        ("--minhash-k", int(args.minhash_k), "minhash", "minhash_k"),
+        (
+            "--router-topk",
+            int(args.router_topk),
+            "routing",
+            "router_topk",
+        ),
     ];
     let mut out = args.overrides.clone();
     for (flag, value, kind, param) in mapped {
@@ -276,6 +352,31 @@ pub(crate) fn stage_overrides(args: &LmArgs, resolved: &Resolved) -> Result<Vec<
     Ok(out)
 }
 
+/// The one stage of kind `kind` in `resolved`'s DAG (the trainer reads one chain).
+fn one_stage_of_kind(resolved: &Resolved, kind: &str) -> Result<String, CliError> {
+    let names: Vec<&str> = resolved
+        .dag
+        .stages
+        .iter()
+        .filter(|s| s.kind == kind)
+        .map(|s| s.name.as_str())
+        .collect();
+    match names.as_slice() {
+        [name] => Ok(name.to_string()),
+        _ => Err(CliError::usage(
+            format!(
+                "DAG `{}` has {} stages of kind `{kind}`; `ausa train lm` needs exactly one",
+                resolved.dag.name,
+                names.len()
+            ),
+            Some(
+                "use a DAG with one sequences -> banks -> minhash, routing chain (e.g. demo, wt2)"
+                    .into(),
+            ),
+        )),
+    }
+}
+
 /// Runs `ausa train TASK`.
 pub fn run(
     store: Option<&std::path::Path>,
@@ -293,6 +394,209 @@ const DEFAULT_STEPS: usize = 100;
 /// The kinds whose objects the trainer reads (their upstreams come along).
 pub(crate) const READ_KINDS: [&str; 2] = ["minhash", "routing"];
 
+/// The artifacts of one run and where they came from (`--cache-mode`).
+struct RunArtifacts {
+    /// The flags in effect: the user's, or what `--memory-safe` chose from them.
+    args: LmArgs,
+    /// The target `DAG:minhash,routing` with the trainer's overrides.
+    resolved: Resolved,
+    /// The `--set`s: the user's and the mapped flags'.
+    overrides: Vec<String>,
+    /// The target as the user would build it (for hints).
+    target_args: TargetArgs,
+    /// The objects' directories.
+    source: Source,
+}
+
+/// Where a run's objects are.
+enum Source {
+    /// All in the store (`full`).
+    Store(ausa_build::ObjectDirs),
+    /// Some (`tokens`) or all (`none`) built for this run: the directory is deleted
+    /// when this value drops, after the run's tensors over its files.
+    Scratch(ausa_build::Scratch),
+}
+
+impl RunArtifacts {
+    /// Every planned stage's directory.
+    fn dirs(&self) -> &ausa_build::ObjectDirs {
+        match &self.source {
+            Source::Store(dirs) => dirs,
+            Source::Scratch(scratch) => scratch.dirs(),
+        }
+    }
+
+    /// The stages built for this run, in plan order.
+    fn built_per_run(&self) -> &[String] {
+        match &self.source {
+            Source::Store(_) => &[],
+            Source::Scratch(scratch) => scratch.built(),
+        }
+    }
+}
+
+/// Finds (`full`), builds per run (`none`) or both (`tokens`) the set artifacts of the
+/// trainer's target; `None` after `--cache-only` built them.
+fn artifacts(
+    store: Option<&std::path::Path>,
+    args: &LmArgs,
+    device: tch::Device,
+    out: &Output,
+) -> Result<Option<RunArtifacts>, CliError> {
+    let building = args.precache || args.cache_only;
+    if args.cache_mode == CacheMode::None && building {
+        return Err(CliError::usage(
+            "--cache-mode none builds everything per run and never writes a store: --precache and --cache-only do not apply",
+            Some("drop them, or use --cache-mode full or tokens to build into the store".into()),
+        ));
+    }
+    // `none` never opens (or creates) a store: resolving hashes external inputs directly.
+    let pipeline = match args.cache_mode {
+        CacheMode::None => None,
+        CacheMode::Full | CacheMode::Tokens => {
+            let root = ausa_store::Store::default_root(store);
+            // Only a run that may build creates a store; reading needs an existing one.
+            Some(Pipeline::new(if building {
+                ausa_store::Store::create(&root)?
+            } else {
+                ausa_store::Store::open(&root).map_err(|e| {
+                    let mut err = CliError::from(e);
+                    err.hints.push(
+                        "or pass --precache to build the artifacts into a new store, or --cache-mode none to use no store"
+                            .into(),
+                    );
+                    err
+                })?
+            }))
+        }
+    };
+    let detached;
+    let registry = match &pipeline {
+        Some(p) => p.registry(),
+        None => {
+            detached = ausa_stages::registry();
+            &detached
+        }
+    };
+    let resolve = |target: &Target| match &pipeline {
+        Some(p) => p.resolve(target),
+        None => ausa_build::resolve_detached(target, registry),
+    };
+    let plain_args = TargetArgs {
+        target: args.dag.clone(),
+        overrides: args.overrides.clone(),
+    };
+    let plain = Target::parse(&args.dag, &args.overrides)
+        .map_err(|e| CliError::from_build(e, &plain_args))?;
+    let first = resolve(&plain).map_err(|e| CliError::from_build(e, &plain_args))?;
+    let adjusted;
+    let args = if args.memory_safe {
+        adjusted = memory_safe(args, device, pipeline.as_ref(), &first, out)?;
+        &adjusted
+    } else {
+        args
+    };
+    let overrides = stage_overrides(args, &first)?;
+    let stages = READ_KINDS
+        .iter()
+        .map(|kind| one_stage_of_kind(&first, kind))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The objects read from the store: all of them (`full`), those up to the
+    // `sequences` stage (`tokens`: the set stages run per run), none (`none`).
+    let stored_stages = match args.cache_mode {
+        CacheMode::Full => stages.clone(),
+        CacheMode::Tokens => vec![one_stage_of_kind(&first, "sequences")?],
+        CacheMode::None => vec![],
+    };
+    let target_args = TargetArgs {
+        target: format!("{}:{}", args.dag, stages.join(",")),
+        overrides: overrides.clone(),
+    };
+    let from_build = |e| CliError::from_build(e, &target_args);
+    let target = Target::parse(&target_args.target, &overrides).map_err(from_build)?;
+    let resolved = resolve(&target).map_err(from_build)?;
+    let from_build = |e| CliError::from_build(e, &target_args);
+    let stored = match &pipeline {
+        Some(pipeline) => {
+            let stored_args = TargetArgs {
+                target: format!("{}:{}", args.dag, stored_stages.join(",")),
+                overrides: overrides.clone(),
+            };
+            let from_build = |e| CliError::from_build(e, &stored_args);
+            let stored_resolved = if stored_stages == stages {
+                resolved.clone()
+            } else {
+                let names: Vec<&str> = stored_stages.iter().map(String::as_str).collect();
+                pipeline
+                    .resolve(&target.with_stages(&names))
+                    .map_err(from_build)?
+            };
+            let dirs = if building {
+                let reporter = out.reporter(&stored_resolved.plan.dag);
+                let dirs = pipeline.ensure_built(&stored_resolved, &Default::default(), &reporter);
+                drop(reporter);
+                dirs.map_err(from_build)?
+            } else {
+                pipeline.object_dirs(&stored_resolved).map_err(|e| {
+                    let not_built = matches!(e, ausa_build::BuildError::NotBuilt { .. });
+                    let mut err = from_build(e);
+                    if not_built {
+                        let sets: String =
+                            overrides.iter().map(|o| format!(" --set {o}")).collect();
+                        err.message.push_str(&format!(
+                            " (`ausa train --cache-mode {}` reads {} from the store)",
+                            args.cache_mode.as_str(),
+                            match args.cache_mode {
+                                CacheMode::Tokens => "its token artifacts",
+                                _ => "its artifacts",
+                            }
+                        ));
+                        err.hints = vec![
+                            format!("run `ausa build {}{sets}`", stored_args.target),
+                            "or pass --precache to build them first".into(),
+                        ];
+                        if args.cache_mode == CacheMode::Full {
+                            err.hints.push(
+                                "or --cache-mode tokens or none to build the set artifacts per run"
+                                    .into(),
+                            );
+                        }
+                    }
+                    err
+                })?
+            };
+            Some(dirs)
+        }
+        None => None,
+    };
+    if args.cache_only {
+        return Ok(None);
+    }
+    // `tokens` and `none`: what the store did not give runs into a scratch directory.
+    let source = match (args.cache_mode, stored) {
+        (CacheMode::Full, Some(dirs)) => Source::Store(dirs),
+        (_, stored) => {
+            let reporter = out.reporter(&resolved.plan.dag);
+            let built = ausa_build::build_scratch(
+                registry,
+                &resolved,
+                stored.as_ref(),
+                &ausa_build::default_scratch_parent(),
+                &reporter,
+            );
+            drop(reporter);
+            Source::Scratch(built.map_err(from_build)?)
+        }
+    };
+    Ok(Some(RunArtifacts {
+        args: args.clone(),
+        resolved,
+        overrides,
+        target_args,
+        source,
+    }))
+}
+
 fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i32, CliError> {
     // Before the first tch call: CUDA must be loaded first (see ausa_train::device).
     let choice = match args.device {
@@ -304,94 +608,16 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
     if let Some(n) = args.threads {
         tch::set_num_threads(n.max(1));
     }
-    let root = ausa_store::Store::default_root(store);
-    // Only a run that may build creates a store; reading needs an existing one.
-    let store = if args.precache || args.cache_only {
-        ausa_store::Store::create(&root)?
-    } else {
-        ausa_store::Store::open(&root).map_err(|e| {
-            let mut err = CliError::from(e);
-            err.hints
-                .push("or pass --precache to build the artifacts into a new store".into());
-            err
-        })?
-    };
-    let pipeline = Pipeline::new(store);
-    let plain_args = TargetArgs {
-        target: args.dag.clone(),
-        overrides: args.overrides.clone(),
-    };
-    let plain = Target::parse(&args.dag, &args.overrides)
-        .map_err(|e| CliError::from_build(e, &plain_args))?;
-    let first = pipeline
-        .resolve(&plain)
-        .map_err(|e| CliError::from_build(e, &plain_args))?;
-    let adjusted;
-    let args = if args.memory_safe {
-        adjusted = memory_safe(args, device, &pipeline, &first, out)?;
-        &adjusted
-    } else {
-        args
-    };
-    let overrides = stage_overrides(args, &first)?;
-    let mut stages = Vec::new();
-    for kind in READ_KINDS {
-        let names: Vec<&str> = first
-            .dag
-            .stages
-            .iter()
-            .filter(|s| s.kind == kind)
-            .map(|s| s.name.as_str())
-            .collect();
-        match names.as_slice() {
-            [name] => stages.push(name.to_string()),
-            _ => {
-                return Err(CliError::usage(
-                    format!(
-                        "DAG `{}` has {} stages of kind `{kind}`; `ausa train lm` needs exactly one",
-                        first.dag.name,
-                        names.len()
-                    ),
-                    Some("use a DAG with one sequences -> banks -> minhash, routing chain (e.g. demo, wt2)".into()),
-                ))
-            }
-        }
-    }
-    let target_args = TargetArgs {
-        target: format!("{}:{}", args.dag, stages.join(",")),
-        overrides: overrides.clone(),
-    };
-    let from_build = |e| CliError::from_build(e, &target_args);
-    let target = Target::parse(&target_args.target, &overrides).map_err(from_build)?;
-    let resolved = pipeline.resolve(&target).map_err(from_build)?;
-    let dirs = if args.precache || args.cache_only {
-        let reporter = out.reporter(&resolved.plan.dag);
-        let dirs = pipeline.ensure_built(&resolved, &Default::default(), &reporter);
-        drop(reporter);
-        dirs.map_err(from_build)?
-    } else {
-        pipeline.object_dirs(&resolved).map_err(|e| {
-            let not_built = matches!(e, ausa_build::BuildError::NotBuilt { .. });
-            let mut err = from_build(e);
-            if not_built {
-                let sets: String = overrides.iter().map(|o| format!(" --set {o}")).collect();
-                err.message
-                    .push_str(" (`ausa train` reads its artifacts from the store)");
-                err.hints = vec![
-                    format!("run `ausa build {}{sets}`", target_args.target),
-                    "or pass --precache to build them first".into(),
-                ];
-            }
-            err
-        })?
-    };
-    if args.cache_only {
-        out.log(&format!("{}: artifacts ready", resolved.plan.dag));
+    let Some(found) = artifacts(store, args, device, out)? else {
+        out.log(&format!("{}: artifacts ready", args.dag));
         out.json(&json!({"ok": true, "cache_only": true}));
         return Ok(0);
-    }
-
-    let stats = text_stats(&resolved, &dirs).map_err(|e| CliError::failure(e, None))?;
+    };
+    // The flags in effect (`--memory-safe` may have changed some).
+    let args = &found.args;
+    let (resolved, overrides, dirs) = (&found.resolved, &found.overrides, found.dirs());
+    let from_build = |e| CliError::from_build(e, &found.target_args);
+    let stats = text_stats(resolved, dirs).map_err(|e| CliError::failure(e, None))?;
     let open = |split: Split| -> Result<Option<SplitInput>, CliError> {
         let paths = dirs.set_paths(split).map_err(from_build)?;
         if !paths.sequences.exists() {
@@ -440,6 +666,14 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
             beta: args.beta,
             router_topk: args.gate_topk,
             adapter_rank: args.adapter_rank,
+            pos: match args.pos {
+                PosArg::Learned => Pos::Learned,
+                PosArg::Rotary => Pos::Rotary,
+            },
+            set_features: match args.set_features {
+                SetFeaturesArg::Atoms => SetFeatures::Atoms,
+                SetFeaturesArg::Hidden => SetFeatures::Hidden,
+            },
         },
         batch: args.batch.unwrap_or(DEFAULT_BATCH),
         accum: args.accum,
@@ -484,7 +718,10 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         "command": std::env::args().collect::<Vec<_>>(),
         "dag": resolved.plan.dag,
         "overrides": overrides,
-        "cache_mode": "full",
+        "cache_mode": args.cache_mode.as_str(),
+        // The stages built outside the store for this run (`tokens`, `none`).
+        "built_per_run": found.built_per_run(),
+        "early": if train_split.data.leading_sets() > 0 { "leading" } else { "none" },
         "artifacts": artifacts,
     });
     if args.benchmark {
@@ -591,7 +828,7 @@ fn benchmark(
 fn memory_safe(
     args: &LmArgs,
     device: tch::Device,
-    pipeline: &Pipeline,
+    pipeline: Option<&Pipeline>,
     first: &Resolved,
     out: &Output,
 ) -> Result<LmArgs, CliError> {
@@ -696,8 +933,10 @@ fn memory_safe(
     Ok(adjusted)
 }
 
-/// Tokens of all splits in the DAG's built `tokenize` object (None when not built).
-fn split_tokens(pipeline: &Pipeline, args: &LmArgs, first: &Resolved) -> Option<u64> {
+/// Tokens of all splits in the DAG's built `tokenize` object (None when not built, or
+/// with no store: `--cache-mode none`).
+fn split_tokens(pipeline: Option<&Pipeline>, args: &LmArgs, first: &Resolved) -> Option<u64> {
+    let pipeline = pipeline?;
     let stage = first.dag.stages.iter().find(|s| s.kind == "tokenize")?;
     let target = Target::parse(&format!("{}:{}", args.dag, stage.name), &args.overrides).ok()?;
     let resolved = pipeline.resolve(&target).ok()?;

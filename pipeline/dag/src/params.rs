@@ -113,6 +113,9 @@ pub struct ParamSpec {
     /// the string `value` (`docs` only for `source = "synthetic"`). Otherwise it is
     /// left out of the stage's key, and a `Paths` parameter is not even expanded.
     pub only_if: Option<(&'static str, &'static str)>,
+    /// The parameter enters the stage's key only when it differs from its default
+    /// (see [`ParamSpec::keyed_unless_default`]).
+    pub keyed_unless_default: bool,
 }
 
 /// Constructors, one per type, so that a schema entry fits on one line (the name is
@@ -125,6 +128,7 @@ impl ParamSpec {
             default,
             doc,
             only_if: None,
+            keyed_unless_default: false,
         }
     }
 
@@ -190,6 +194,15 @@ impl ParamSpec {
         self
     }
 
+    /// This spec, left out of the stage's key while it has its default value: for a
+    /// parameter added to an existing stage kind whose default reproduces the old
+    /// output, so objects built before it existed keep their fingerprints (only a
+    /// non-default value gives a new key).
+    pub const fn keyed_unless_default(mut self) -> ParamSpec {
+        self.keyed_unless_default = true;
+        self
+    }
+
     /// Whether the parameter matters for the given values (see [`ParamSpec::only_if`]).
     pub fn applies(&self, params: &Params) -> bool {
         match self.only_if {
@@ -198,6 +211,14 @@ impl ParamSpec {
                 matches!(params.get(other), Some(ParamValue::Str(v)) if v == value)
             }
         }
+    }
+
+    /// Whether `value` of this parameter enters the stage's key: it applies (see
+    /// [`ParamSpec::applies`]) and, for a [`ParamSpec::keyed_unless_default`]
+    /// parameter, differs from the default.
+    pub fn in_key(&self, params: &Params, value: &ParamValue) -> bool {
+        self.applies(params)
+            && !(self.keyed_unless_default && self.default.value().as_ref() == Some(value))
     }
 }
 
@@ -549,6 +570,21 @@ mod tests {
         assert!(!specs[2].applies(&p), "extra does not apply in mode a");
         p.set("mode", ParamValue::Str("b".into()));
         assert!(specs[2].applies(&p));
+    }
+
+    #[test]
+    fn a_keyed_unless_default_parameter_enters_the_key_only_when_changed() {
+        let spec = ParamSpec::bool(false, "new switch")
+            .named("leading")
+            .keyed_unless_default();
+        let p = Params::default();
+        assert!(
+            !spec.in_key(&p, &ParamValue::Bool(false)),
+            "default: left out"
+        );
+        assert!(spec.in_key(&p, &ParamValue::Bool(true)), "changed: keyed");
+        let plain = ParamSpec::bool(false, "old switch").named("causal");
+        assert!(plain.in_key(&p, &ParamValue::Bool(false)));
     }
 
     #[test]

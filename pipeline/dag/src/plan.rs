@@ -112,9 +112,10 @@ impl Plan {
             let mut external_key = serde_json::Map::new();
             for (name, value) in stage.params.iter() {
                 let param = kind.param(name);
-                if param.is_some_and(|p| !p.applies(&stage.params)) {
-                    // Irrelevant for these values (`docs` of a local corpus): not in
-                    // the key, and its paths are not read.
+                if param.is_some_and(|p| !p.in_key(&stage.params, value)) {
+                    // Irrelevant for these values (`docs` of a local corpus), or a
+                    // later-added parameter at its default: not in the key, and its
+                    // paths are not read.
                     continue;
                 }
                 match (param.map(|p| p.ty), value) {

@@ -5,7 +5,18 @@
 //! last window is the first one reaching the sequence's end (clipped to it), so
 //! every token lies in some window. A set is the sorted distinct ids of its
 //! window. Sequences are processed in parallel and written in order, so the bytes
-//! do not depend on the thread count. Parameters owned here: `window`, `stride`.
+//! do not depend on the thread count. Parameters owned here: `window`, `stride`,
+//! `leading`.
+//!
+//! `leading = true` is the SPEC's early-positions remedy: with full windows only, a
+//! causal token `t` sees its first set at `t = window - 1`, so the first `window - 1`
+//! positions of every sequence get no set context. The leading partial windows
+//! `[0, stride)`, `[0, 2 * stride)`, ... (every multiple of `stride` below the first
+//! window's end) come first in the bank, so every position from `stride - 1` on
+//! sees a set. Their ends are increasing and below the first window's, so the bank
+//! stays in end order (what routing and the causal attend rule rely on). Off by
+//! default, and then out of the key, so banks built before the option existed keep
+//! their fingerprints.
 
 use std::path::Path;
 
@@ -26,6 +37,10 @@ ausa_dag::stage_params! {
         window: u32 = int(1, 1 << 20, 64, "tokens per window (set)"),
         stride: u32 = int(1, 1 << 20, 32,
             "tokens between window starts (at most window, so every token is covered)"),
+        leading: bool = bool(false,
+            "also the leading partial windows [0, stride), [0, 2*stride), ... before the first \
+             full one, so every position from stride-1 on sees a set (early-positions remedy)")
+            .keyed_unless_default(),
     }
 }
 
@@ -49,8 +64,9 @@ impl TypedStage for BanksStage {
 
     fn doc(&self) -> &'static str {
         "For every sequence, windows of `window` tokens every `stride` tokens (the last one \
-         clipped at the sequence end); each set is the sorted distinct atom ids of its window \
-         with its span. Writes banks-<split>.arrow: a two-level CSR (values, set offsets, \
+         clipped at the sequence end; with `leading`, first the partial windows [0, stride), \
+         [0, 2*stride), ... below the first window's end); each set is the sorted distinct \
+         atom ids of its window with its span. Writes banks-<split>.arrow: a two-level CSR (values, set offsets, \
          sequence offsets, spans)."
     }
 
@@ -59,7 +75,7 @@ impl TypedStage for BanksStage {
     }
 
     fn check(&self, params: &BanksParams) -> Result<(), String> {
-        let BanksParams { window, stride } = *params;
+        let BanksParams { window, stride, .. } = *params;
         if stride > window {
             return Err(format!(
                 "stride ({stride}) must not exceed window ({window}): tokens between windows \
@@ -70,38 +86,101 @@ impl TypedStage for BanksStage {
     }
 
     fn run(&self, params: &BanksParams, ctx: &StageContext<'_>) -> Result<Stats, StageError> {
-        let BanksParams { window, stride } = *params;
+        let shape = Windows::of(params);
         let dir = &ctx.input("sequences")?.dir;
         let mut splits = serde_json::Map::new();
         for split in Split::ALL {
             let path = sequences_path(dir, split);
             if path.exists() {
                 let out = banks_path(ctx.out_dir, split);
-                let stats = bank_split(&path, &out, window, stride)?;
+                let stats = bank_split(&path, &out, shape)?;
                 splits.insert(split.as_str().into(), stats);
             }
         }
         let mut stats = Stats::new();
-        stats.insert("window".into(), json!(window));
-        stats.insert("stride".into(), json!(stride));
+        stats.insert("window".into(), json!(shape.window));
+        stats.insert("stride".into(), json!(shape.stride));
+        if shape.leading {
+            stats.insert("leading".into(), json!(true));
+        }
         stats.insert("splits".into(), Value::Object(splits));
         Ok(stats)
     }
 }
 
-/// The spans `[start, end)` of the windows of a sequence of `len` tokens.
-pub fn windows(len: u32, window: u32, stride: u32) -> Vec<(u32, u32)> {
-    let mut spans = Vec::new();
-    let mut start = 0;
-    while start < len {
-        let end = (start + window).min(len);
-        spans.push((start, end));
-        if end == len {
-            break;
+/// How a sequence is cut into sets: the `banks` stage's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// Tokens per window.
+    pub window: u32,
+    /// Tokens between window starts.
+    pub stride: u32,
+    /// Also the leading partial windows `[0, k * stride)` below the first window's end.
+    pub leading: bool,
+}
+
+impl Windows {
+    /// Full windows only (`leading` off).
+    pub fn full(window: u32, stride: u32) -> Windows {
+        Windows {
+            window,
+            stride,
+            leading: false,
         }
-        start += stride;
     }
-    spans
+
+    /// The shape the stage's parameters describe.
+    pub fn of(params: &BanksParams) -> Windows {
+        Windows {
+            window: params.window,
+            stride: params.stride,
+            leading: params.leading,
+        }
+    }
+
+    /// The spans `[start, end)` of the sets of a sequence of `len` tokens, in bank
+    /// (end) order.
+    pub fn spans(self, len: u32) -> Vec<(u32, u32)> {
+        let Windows {
+            window,
+            stride,
+            leading,
+        } = self;
+        let mut spans = Vec::new();
+        if leading && len > 0 {
+            // The first full window ends at min(window, len); the partial windows
+            // [0, k * stride) below that end give positions stride-1 .. a set.
+            let first_end = window.min(len);
+            let mut end = stride;
+            while end < first_end {
+                spans.push((0, end));
+                end += stride;
+            }
+        }
+        let mut start = 0;
+        while start < len {
+            let end = (start + window).min(len);
+            spans.push((start, end));
+            if end == len {
+                break;
+            }
+            start += stride;
+        }
+        spans
+    }
+
+    /// One sequence's bank: its sets with their spans.
+    pub fn bank(self, ids: &[u32]) -> Vec<(Vec<u32>, u32, u32)> {
+        self.spans(ids.len() as u32)
+            .into_iter()
+            .map(|(s, e)| (set_of(ids[s as usize..e as usize].iter().copied()), s, e))
+            .collect()
+    }
+}
+
+/// The spans `[start, end)` of the full windows of a sequence of `len` tokens.
+pub fn windows(len: u32, window: u32, stride: u32) -> Vec<(u32, u32)> {
+    Windows::full(window, stride).spans(len)
 }
 
 /// The sorted distinct ids of `ids`.
@@ -112,20 +191,17 @@ pub fn set_of(ids: impl Iterator<Item = u32>) -> Vec<u32> {
     set
 }
 
-/// One sequence's bank: its sets with their spans.
+/// One sequence's bank of full windows: its sets with their spans.
 pub fn bank(ids: &[u32], window: u32, stride: u32) -> Vec<(Vec<u32>, u32, u32)> {
-    windows(ids.len() as u32, window, stride)
-        .into_iter()
-        .map(|(s, e)| (set_of(ids[s as usize..e as usize].iter().copied()), s, e))
-        .collect()
+    Windows::full(window, stride).bank(ids)
 }
 
-fn bank_split(path: &Path, out: &Path, window: u32, stride: u32) -> Result<Value, StageError> {
+fn bank_split(path: &Path, out: &Path, windows: Windows) -> Result<Value, StageError> {
     let file = TokensFile::open(path)?;
     let shape = BankShape {
         vocab_size: file.vocab_size(),
-        window,
-        stride,
+        window: windows.window,
+        stride: windows.stride,
     };
     let mut writer = BanksWriter::new(out, shape);
     let mut hist = Histograms::default();
@@ -135,13 +211,7 @@ fn bank_split(path: &Path, out: &Path, window: u32, stride: u32) -> Result<Value
         .into_par_iter()
         .map(|first| {
             (first..(first + CHUNK_SEQS).min(n))
-                .map(|i| {
-                    bank(
-                        &file.document(i).map(|d| d.to_vec()).unwrap_or_default(),
-                        window,
-                        stride,
-                    )
-                })
+                .map(|i| windows.bank(&file.document(i).map(|d| d.to_vec()).unwrap_or_default()))
                 .collect()
         })
         .collect();

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use ausa_artifacts::{BankShape, BanksFile, BanksWriter};
-use ausa_stages::banks::{bank, windows};
+use ausa_stages::banks::{bank, windows, Windows};
 use ausa_stages::minhash::{estimated_jaccard, hash, sign_all, MinHasher};
 use ausa_stages::routing::route_layout;
 use proptest::prelude::*;
@@ -17,9 +17,14 @@ proptest! {
         ids in prop::collection::vec(0u32..50, 1..300),
         window in 1u32..70,
         stride_frac in 0.0f64..1.0,
+        leading in any::<bool>(),
     ) {
         let stride = 1 + ((window - 1) as f64 * stride_frac) as u32;
-        let sets = bank(&ids, window, stride);
+        let shape = Windows { window, stride, leading };
+        let sets = shape.bank(&ids);
+        if !leading {
+            prop_assert_eq!(&sets, &bank(&ids, window, stride));
+        }
         let mut covered = vec![false; ids.len()];
         let mut last_end = 0;
         for (atoms, start, end) in &sets {
@@ -42,9 +47,11 @@ proptest! {
         window in 1u32..70,
         stride_frac in 0.0f64..1.0,
         topk in 0u32..5,
+        leading in any::<bool>(),
     ) {
         let stride = 1 + ((window - 1) as f64 * stride_frac) as u32;
-        let ends: Vec<u32> = windows(len, window, stride).iter().map(|w| w.1).collect();
+        let shape = Windows { window, stride, leading };
+        let ends: Vec<u32> = shape.spans(len).iter().map(|w| w.1).collect();
         let routing = route_layout(&ends, true, topk);
         prop_assert_eq!(routing.token_offsets.len() - 1, len as usize);
         for t in 0..len as usize {
@@ -54,6 +61,32 @@ proptest! {
                 .collect();
             let keep = if topk == 0 { visible.len() } else { visible.len().min(topk as usize) };
             prop_assert_eq!(cands, &visible[visible.len() - keep..], "token {}", t);
+        }
+    }
+
+    /// With the leading partial windows every position from `stride - 1` on sees a
+    /// set (without them, from `window - 1` on), and the extra sets are exactly the
+    /// prefixes `[0, k * stride)` below the first window's end.
+    #[test]
+    fn leading_windows_give_every_position_from_stride_minus_one_a_set(
+        len in 1u32..300,
+        window in 1u32..70,
+        stride_frac in 0.0f64..1.0,
+    ) {
+        let stride = 1 + ((window - 1) as f64 * stride_frac) as u32;
+        let full = windows(len, window, stride);
+        let with = Windows { window, stride, leading: true }.spans(len);
+        let extra = &with[..with.len() - full.len()];
+        prop_assert_eq!(&with[extra.len()..], &full[..]);
+        let want: Vec<(u32, u32)> = (1..).map(|k| (0, k * stride)).take_while(|s| s.1 < window.min(len)).collect();
+        prop_assert_eq!(extra, &want[..]);
+        for (spans, first_seen) in [(&full, window.min(len)), (&with, stride.min(len))] {
+            let ends: Vec<u32> = spans.iter().map(|w| w.1).collect();
+            let routing = route_layout(&ends, true, 0);
+            let blind = (0..len as usize)
+                .filter(|&t| routing.token_offsets[t] == routing.token_offsets[t + 1])
+                .count() as u32;
+            prop_assert_eq!(blind, first_seen - 1, "positions without a visible set");
         }
     }
 

@@ -55,6 +55,10 @@ pub struct SplitData {
     window: u32,
     stride: u32,
     router_topk: u32,
+    /// Leading partial windows per sequence (the banks' early-positions remedy).
+    leading_sets: i64,
+    /// Positions of a sequence that route to no set.
+    blind_positions: i64,
     /// Whether `arrays` are views of the maps (false after [`SplitData::to_device`]).
     zero_copy: bool,
 }
@@ -123,11 +127,18 @@ impl SplitData {
             })?;
         let m = per_seq as usize;
         let mut route = vec![false; seq_len as usize * m];
+        let mut blind_positions = 0;
         for t in 0..seq_len as usize {
-            for &j in table.candidates(t) {
+            let candidates = table.candidates(t);
+            blind_positions += i64::from(candidates.is_empty());
+            for &j in candidates {
                 route[t * m + j as usize] = true;
             }
         }
+        // Full windows start every `stride > 0` tokens, so exactly one starts at 0; every
+        // other set starting at 0 is a leading partial window.
+        let at_zero = spans[..per].chunks(2).filter(|s| s[0] == 0).count() as i64;
+        let leading_sets = (at_zero - 1).max(0);
         let shape = banks.shape();
         let vocab = shape.vocab_size;
         let k = signatures.k();
@@ -158,6 +169,8 @@ impl SplitData {
             window: shape.window,
             stride: shape.stride,
             router_topk: routing.topk(),
+            leading_sets,
+            blind_positions,
             zero_copy: true,
         })
     }
@@ -222,6 +235,18 @@ impl SplitData {
         self.router_topk
     }
 
+    /// Leading partial windows per sequence (`banks.leading`, the early-positions
+    /// remedy); 0 without them.
+    pub fn leading_sets(&self) -> i64 {
+        self.leading_sets
+    }
+
+    /// Positions of every sequence that may use no set (the routing table's empty
+    /// rows): `window - 1` with full windows only, `stride - 1` with leading ones.
+    pub fn blind_positions(&self) -> i64 {
+        self.blind_positions
+    }
+
     /// The memory range of the mapped token ids, and the data pointer of the token tensor
     /// (for the zero-copy test); `None` after [`SplitData::to_device`].
     pub fn token_pointers(&self) -> Option<(std::ops::Range<*const u8>, *const u8)> {
@@ -279,15 +304,13 @@ impl SplitData {
             + Tensor::arange(total, long);
         let values = widen(&a.values.index_select(0, &value_index));
         let set_offsets = Tensor::cat(&[Tensor::zeros([1], long), cum], 0);
+        let spans = a.spans.index_select(0, &sets).to_kind(Kind::Int64);
         let sets = SetInputs {
             seq_sets: Tensor::arange(bsz + 1, long) * m,
             signatures: a.signatures.index_select(0, &sets),
             sizes: a.sizes.index_select(0, &sets).to_kind(Kind::Int64),
-            ends: a
-                .spans
-                .index_select(0, &sets)
-                .select(1, 1)
-                .to_kind(Kind::Int64),
+            starts: spans.select(1, 0),
+            ends: spans.select(1, 1),
             values,
             set_offsets,
             route: a.route.unsqueeze(0).expand([bsz, self.seq_len, m], false),

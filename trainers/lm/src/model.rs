@@ -1,13 +1,21 @@
-//! The decoder-only transformer: learned token and position embeddings (the token
-//! embedding tied to the output layer), pre-LN blocks of attention + GELU MLP, a final
-//! LayerNorm. The attention of each block is `dot-naive`, `sdpa` or `ska` (set-kernel
-//! attention from `ausa-kernels`, the layers named by `--ska-layers`).
+//! The decoder-only transformer: a learned token embedding (tied to the output layer),
+//! learned position embeddings or rotary positions (`--pos`), pre-LN blocks of
+//! attention + GELU MLP, a final LayerNorm. The attention of each block is
+//! `dot-naive`, `sdpa` or `ska` (set-kernel attention from `ausa-kernels`, the layers
+//! named by `--ska-layers`), whose set features are pooled from the atom embeddings or
+//! from the block's input hidden states (`--set-features`).
+//!
+//! Rotary positions (RoFormer, the GPT-NeoX "rotate half" layout) rotate each head's
+//! query and key pairs `(x_i, x_{i + dh/2})` by `t * 10000^(-2i/dh)`: dot and SDPA
+//! blocks see relative positions; SKA blocks get positions from the set spans only.
 //!
 //! Precision: parameters are fp32 (the optimizer's master copy); with bf16/fp16 compute
 //! the matmuls run in the compute kind (weights cast at use) while LayerNorm, softmax
 //! statistics of the loss, and the SKA distance `Delta` stay fp32.
 
-use ausa_kernels::{linear_kind, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig};
+use ausa_kernels::{
+    linear_kind, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig,
+};
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
@@ -44,6 +52,50 @@ impl Attn {
     }
 }
 
+/// Positions (`--pos`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pos {
+    /// A learned `[seq_len, d]` embedding added to the token embedding.
+    #[default]
+    Learned,
+    /// Rotary positions on the queries and keys of dot and SDPA blocks.
+    Rotary,
+}
+
+impl Pos {
+    /// The `--pos` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pos::Learned => "learned",
+            Pos::Rotary => "rotary",
+        }
+    }
+}
+
+/// Where SKA's set features `Phi` come from (`--set-features`, SPEC "Set features,
+/// two choices").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SetFeatures {
+    /// `Phi(S) = sum_{u in S} adapter(E[u])`: static, pooled once per forward.
+    #[default]
+    Atoms,
+    /// The mean of each SKA block's input hidden states over the set's span: contextual,
+    /// pooled per block.
+    Hidden,
+}
+
+impl SetFeatures {
+    /// The `--set-features` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetFeatures::Atoms => "atoms",
+            SetFeatures::Hidden => "hidden",
+        }
+    }
+}
+
 /// Model shape and attention options.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
@@ -71,6 +123,12 @@ pub struct ModelConfig {
     pub router_topk: i64,
     /// With `ska`: rank of the atom adapter (0 = off).
     pub adapter_rank: i64,
+    /// Learned or rotary positions (absent in checkpoints before the option: learned).
+    #[serde(default)]
+    pub pos: Pos,
+    /// With `ska`: atom or hidden-state set features (absent in older checkpoints: atoms).
+    #[serde(default)]
+    pub set_features: SetFeatures,
 }
 
 impl ModelConfig {
@@ -87,6 +145,20 @@ impl ModelConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("--dropout {} must be in [0, 1)", self.dropout));
+        }
+        if self.pos == Pos::Rotary && (self.d_model / self.heads) % 2 != 0 {
+            return Err(format!(
+                "--pos rotary rotates pairs of a head's dimensions: --d-model {} / --heads {} = {} must be even",
+                self.d_model,
+                self.heads,
+                self.d_model / self.heads
+            ));
+        }
+        if self.set_features == SetFeatures::Hidden && self.adapter_rank > 0 {
+            return Err(format!(
+                "--adapter-rank {} adapts atom embeddings, which --set-features hidden does not use; pass --adapter-rank 0 or --set-features atoms",
+                self.adapter_rank
+            ));
         }
         if let Some(bad) = self.ska_layers.iter().find(|&&l| l < 0 || l >= self.layers) {
             return Err(format!(
@@ -129,7 +201,10 @@ struct Block {
 pub struct Lm {
     config: ModelConfig,
     tokens: Tensor,
-    positions: Tensor,
+    /// `[seq_len, d]` learned positions (`--pos learned`).
+    positions: Option<Tensor>,
+    /// `[seq_len, dh]` cos and sin tables (`--pos rotary`): constants, not variables.
+    rotary: Option<(Tensor, Tensor)>,
     adapter: Adapter,
     blocks: Vec<Block>,
     ln_f: nn::LayerNorm,
@@ -208,10 +283,22 @@ impl Lm {
                 }
             })
             .collect();
+        let tokens = path.var("tok_emb", &[config.vocab, d], normal);
+        let (positions, rotary) = match config.pos {
+            Pos::Learned => (
+                Some(path.var("pos_emb", &[config.seq_len, d], normal)),
+                None,
+            ),
+            Pos::Rotary => {
+                let tables = rotary_tables(config.seq_len, d / config.heads, path.device());
+                (None, Some(tables))
+            }
+        };
         Lm {
             config: config.clone(),
-            tokens: path.var("tok_emb", &[config.vocab, d], normal),
-            positions: path.var("pos_emb", &[config.seq_len, d], normal),
+            tokens,
+            positions,
+            rotary,
             adapter: Adapter::new(path / "adapter", d, config.adapter_rank, 1.0),
             blocks,
             ln_f: ln(path / "ln_f"),
@@ -233,10 +320,15 @@ impl Lm {
                 inputs.train && self.config.dropout > 0.0,
             )
         };
-        let pos = self.positions.narrow(0, 0, len).unsqueeze(0);
-        let mut x = drop(Tensor::embedding(&self.tokens, inputs.tokens, -1, false, false) + pos);
+        let embedded = Tensor::embedding(&self.tokens, inputs.tokens, -1, false, false);
+        let mut x = drop(match &self.positions {
+            Some(pos) => embedded + pos.narrow(0, 0, len).unsqueeze(0),
+            None => embedded,
+        });
         let phi = match inputs.sets {
-            Some(layout) if self.config.uses_sets() => {
+            Some(layout)
+                if self.config.uses_sets() && self.config.set_features == SetFeatures::Atoms =>
+            {
                 // Phi(S) = sum over the set's atoms of adapter(E[u]), once per forward.
                 let phi_values = self
                     .adapter
@@ -253,11 +345,14 @@ impl Lm {
                     linear_kind(out, &y)
                 }
                 Mixer::Ska(ska) => {
-                    let (layout, phi) = inputs
+                    let layout = inputs
                         .sets
-                        .zip(phi.as_ref())
                         .expect("an SKA block needs the batch's sets (Inputs::sets)");
-                    ska.forward(&h, phi, layout)
+                    match &phi {
+                        Some(phi) => ska.forward(&h, phi, layout),
+                        // `hidden`: this block's own input states, pooled per set span.
+                        None => ska.forward(&h, &pool_hidden(&h, layout), layout),
+                    }
                 }
             };
             // Out of place: the LayerNorm backward needs `x` unmodified. The add promotes the
@@ -285,7 +380,12 @@ impl Lm {
         let split = linear_kind(qkv, h)
             .view([bsz, len, 3, heads, dh])
             .permute([2, 0, 3, 1, 4]); // [3, B, H, L, dh]
-        let (q, k, v) = (split.get(0), split.get(1), split.get(2));
+        let (mut q, mut k, v) = (split.get(0), split.get(1), split.get(2));
+        if let Some((cos, sin)) = &self.rotary {
+            let (cos, sin) = (cos.narrow(0, 0, len), sin.narrow(0, 0, len));
+            q = rotate(&q, &cos, &sin);
+            k = rotate(&k, &cos, &sin);
+        }
         let y = if fused {
             Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false)
         } else {
@@ -296,6 +396,26 @@ impl Lm {
         };
         y.transpose(1, 2).reshape([bsz, len, heads * dh])
     }
+}
+
+/// The rotary `cos` and `sin` tables, `[seq_len, dh]` fp32 on `device`: column `i` and
+/// `i + dh/2` of row `t` hold the angle `t * 10000^(-2i/dh)`.
+fn rotary_tables(seq_len: i64, dh: i64, device: tch::Device) -> (Tensor, Tensor) {
+    let half = dh / 2;
+    let opts = (Kind::Float, device);
+    let inv_freq = (Tensor::arange(half, opts) * (-2.0 * 10000f64.ln() / dh as f64)).exp();
+    let angles = Tensor::arange(seq_len, opts).unsqueeze(1) * inv_freq.unsqueeze(0);
+    let angles = Tensor::cat(&[&angles, &angles], 1);
+    (angles.cos(), angles.sin())
+}
+
+/// `x` (`[.., L, dh]`) rotated by the tables: `x * cos + rotate_half(x) * sin`, with
+/// `rotate_half([x1, x2]) = [-x2, x1]`.
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
+    let rotated = Tensor::cat(&[x2.neg(), x1], -1);
+    x * cos.to_kind(x.kind()) + rotated * sin.to_kind(x.kind())
 }
 
 /// Mean next-token cross entropy of `logits` (`[B, L, V]`) against `tokens` (`[B, L]`):

@@ -12,7 +12,7 @@ use ausa_kernels::SetLayout;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::SplitData;
-use crate::model::{next_token_loss, Attn, Inputs, Lm, ModelConfig};
+use crate::model::{next_token_loss, Attn, Inputs, Lm, ModelConfig, Pos, SetFeatures};
 use crate::train::{
     self, learning_rate, Precision, Run, Sampler, SplitInput, TextStats, TrainConfig,
 };
@@ -33,6 +33,7 @@ const SHAPE: ToyShape = ToyShape {
     stride: 3,
     k: 16,
     seed: 1,
+    leading: false,
 };
 const LEN: usize = 24;
 const VOCAB: u32 = 32;
@@ -53,8 +54,14 @@ fn random_tokens(seed: u64, n: usize, vocab: u32) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Writes a split's four set artifacts for `seqs` (the toy bank rules) under `dir`.
+/// Writes a split's four set artifacts for `seqs` (the toy bank rules of [`SHAPE`])
+/// under `dir`.
 fn write_split(dir: &Path, seqs: &[Vec<u32>], vocab: u32) -> SetPaths {
+    write_split_shaped(dir, seqs, vocab, SHAPE)
+}
+
+/// [`write_split`] with the bank rules of `shape`.
+fn write_split_shaped(dir: &Path, seqs: &[Vec<u32>], vocab: u32, shape: ToyShape) -> SetPaths {
     let paths = SetPaths {
         sequences: dir.join("sequences-train.arrow"),
         banks: dir.join("banks-train.arrow"),
@@ -62,34 +69,30 @@ fn write_split(dir: &Path, seqs: &[Vec<u32>], vocab: u32) -> SetPaths {
         routing: dir.join("routing-train.arrow"),
     };
     let mut tokens = TokensWriter::create(&paths.sequences, vocab).unwrap();
-    let shape = BankShape {
+    let bank_shape = BankShape {
         vocab_size: vocab,
-        window: SHAPE.window as u32,
-        stride: SHAPE.stride as u32,
+        window: shape.window as u32,
+        stride: shape.stride as u32,
     };
-    let mut banks = BanksWriter::new(&paths.banks, shape);
-    let (mut sigs, mut sizes, mut ends) = (vec![], vec![], vec![]);
+    let mut banks = BanksWriter::new(&paths.banks, bank_shape);
+    let (mut sigs, mut sizes) = (vec![], vec![]);
+    let spans = shape.spans(LEN);
     for (i, seq) in seqs.iter().enumerate() {
         tokens.push_document(i as u64, seq).unwrap();
-        ends.clear();
-        let mut start = 0;
-        while start + SHAPE.window <= seq.len() {
-            let mut atoms = seq[start..start + SHAPE.window].to_vec();
+        for &(start, end) in &spans {
+            let mut atoms = seq[start..end].to_vec();
             atoms.sort_unstable();
             atoms.dedup();
-            banks
-                .push_set(&atoms, start as u32, (start + SHAPE.window) as u32)
-                .unwrap();
-            sigs.extend(toy::signature(&atoms, SHAPE));
+            banks.push_set(&atoms, start as u32, end as u32).unwrap();
+            sigs.extend(toy::signature(&atoms, shape));
             sizes.push(atoms.len() as u32);
-            ends.push((start + SHAPE.window) as u32);
-            start += SHAPE.stride;
         }
         banks.end_sequence();
     }
     tokens.finish().unwrap();
     banks.finish().unwrap();
-    write_signatures(&paths.signatures, SHAPE.k as u32, SHAPE.seed, sigs, sizes).unwrap();
+    write_signatures(&paths.signatures, shape.k as u32, shape.seed, sigs, sizes).unwrap();
+    let ends: Vec<u32> = spans.iter().map(|&(_, end)| end as u32).collect();
     let mut layout = RoutingLayout {
         ends: ends.clone(),
         token_offsets: vec![0],
@@ -129,7 +132,41 @@ fn tiny_model(attn: Attn, vocab: u32) -> ModelConfig {
         beta: 1.0,
         router_topk: 0,
         adapter_rank: 4,
+        pos: Pos::Learned,
+        set_features: SetFeatures::Atoms,
     }
+}
+
+/// Every model variant the causality and overfit tests cover, with the bank shape it
+/// reads: each `--attn`, SKA with both set features and with the leading partial
+/// windows (`--early leading`), and rotary positions (SKA mixed with a dot block, which
+/// is the one rotary changes).
+fn variants(vocab: u32) -> Vec<(String, ModelConfig, ToyShape)> {
+    let mut out = Vec::new();
+    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
+        out.push((attn.as_str().to_string(), tiny_model(attn, vocab), SHAPE));
+    }
+    let mut hidden = tiny_model(Attn::Ska, vocab);
+    hidden.set_features = SetFeatures::Hidden;
+    hidden.adapter_rank = 0;
+    out.push(("ska+hidden".into(), hidden.clone(), SHAPE));
+    let leading = ToyShape {
+        leading: true,
+        ..SHAPE
+    };
+    out.push(("ska+leading".into(), tiny_model(Attn::Ska, vocab), leading));
+    out.push(("ska+hidden+leading".into(), hidden, leading));
+    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
+        let mut rotary = tiny_model(attn, vocab);
+        rotary.pos = Pos::Rotary;
+        if attn == Attn::Ska {
+            rotary.ska_layers = vec![1];
+            rotary.set_features = SetFeatures::Hidden;
+            rotary.adapter_rank = 0;
+        }
+        out.push((format!("{}+rotary", attn.as_str()), rotary, SHAPE));
+    }
+    out
 }
 
 fn floats(t: &Tensor) -> Vec<f32> {
@@ -207,9 +244,9 @@ fn tensor_batches_equal_the_copying_gather() {
     }
 }
 
-fn logits(model: &Lm, seqs: &[Vec<u32>]) -> Tensor {
+fn logits(model: &Lm, seqs: &[Vec<u32>], shape: ToyShape) -> Tensor {
     let tokens = toy::token_tensor(seqs, Device::Cpu);
-    let layout = SetLayout::new(&toy::sets(seqs, SHAPE, Device::Cpu), LEN as i64);
+    let layout = SetLayout::new(&toy::sets(seqs, shape, Device::Cpu), LEN as i64);
     model.forward(&Inputs {
         tokens: &tokens,
         sets: Some(&layout),
@@ -221,12 +258,12 @@ fn logits(model: &Lm, seqs: &[Vec<u32>]) -> Tensor {
 #[test]
 fn logits_up_to_t_ignore_later_tokens_for_every_attn() {
     let _rng = rng_lock();
-    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
+    for (name, config, shape) in variants(VOCAB) {
         tch::manual_seed(0);
         let vs = tch::nn::VarStore::new(Device::Cpu);
-        let model = Lm::new(&vs.root(), &tiny_model(attn, VOCAB));
+        let model = Lm::new(&vs.root(), &config);
         let seqs = random_tokens(3, 2, VOCAB);
-        let base = logits(&model, &seqs);
+        let base = logits(&model, &seqs, shape);
         for t in [2usize, 9, 16] {
             let mut changed = seqs.clone();
             for seq in &mut changed {
@@ -234,7 +271,7 @@ fn logits_up_to_t_ignore_later_tokens_for_every_attn() {
                     *tok = (*tok + 7) % VOCAB;
                 }
             }
-            let other = logits(&model, &changed);
+            let other = logits(&model, &changed, shape);
             let head = |x: &Tensor| floats(&x.narrow(1, 0, t as i64 + 1));
             let same = head(&base)
                 .iter()
@@ -242,33 +279,66 @@ fn logits_up_to_t_ignore_later_tokens_for_every_attn() {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same,
-                "{}: logits at <= {t} changed with tokens after {t}",
-                attn.as_str()
+                "{name}: logits at <= {t} changed with tokens after {t}"
             );
             let rest = |x: &Tensor| floats(&x.narrow(1, t as i64 + 1, (LEN - t - 1) as i64));
             assert_ne!(
                 rest(&base),
                 rest(&other),
-                "{}: later logits must change",
-                attn.as_str()
+                "{name}: later logits must change"
             );
         }
     }
+}
+
+/// Rotary positions replace the learned table (no `pos_emb` variable) and make the
+/// output depend on where a token is: the same token at two positions differs.
+#[test]
+fn rotary_positions_have_no_table_and_still_see_position() {
+    let _rng = rng_lock();
+    let mut config = tiny_model(Attn::DotNaive, VOCAB);
+    config.pos = Pos::Rotary;
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let model = Lm::new(&vs.root(), &config);
+    assert!(!vs.variables().contains_key("pos_emb"));
+    // Two constant sequences: only the position tells the logits apart.
+    let same = vec![vec![5u32; LEN]];
+    let out = logits(&model, &same, SHAPE);
+    let (first, later) = (floats(&out.get(0).get(1)), floats(&out.get(0).get(7)));
+    assert_ne!(first, later, "rotary logits ignore position");
+    config.d_model = 30;
+    config.heads = 2;
+    let err = config.check().unwrap_err();
+    assert!(
+        err.contains("--pos rotary") && err.contains("even"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_tiny_model_overfits_a_fixed_batch_for_every_attn() {
     let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let paths = write_split(dir.path(), &random_tokens(4, 4, 16), 16);
-    let split = SplitInput {
-        data: SplitData::open(&paths).unwrap(),
-        stats: None,
-    };
-    for attn in [Attn::DotNaive, Attn::Sdpa, Attn::Ska] {
-        let out = dir.path().join(attn.as_str());
+    let seqs = random_tokens(4, 4, 16);
+    for (name, model, shape) in variants(16) {
+        let data_dir = dir.path().join(format!("{name}-data"));
+        std::fs::create_dir(&data_dir).unwrap();
+        let paths = write_split_shaped(&data_dir, &seqs, 16, shape);
+        let split = SplitInput {
+            data: SplitData::open(&paths).unwrap(),
+            stats: None,
+        };
+        assert_eq!(split.data.leading_sets(), i64::from(shape.leading));
+        let blind = if shape.leading {
+            shape.stride
+        } else {
+            shape.window
+        } - 1;
+        assert_eq!(split.data.blind_positions(), blind as i64, "{name}");
+        let out = dir.path().join(&name);
         let config = TrainConfig {
-            model: tiny_model(attn, 16),
+            model,
             batch: 4,
             steps: Some(120),
             lr: 1e-2,
@@ -278,12 +348,8 @@ fn a_tiny_model_overfits_a_fixed_batch_for_every_attn() {
         };
         let summary = train::run(&run(config, &split, &out), &mut |_| {}).unwrap();
         let (first, last) = (summary.first_loss.unwrap(), summary.last_loss.unwrap());
-        assert!(first > 2.0, "{}: first loss {first}", attn.as_str());
-        assert!(
-            last < 0.3,
-            "{}: loss went from {first} to {last} only",
-            attn.as_str()
-        );
+        assert!(first > 2.0, "{name}: first loss {first}");
+        assert!(last < 0.3, "{name}: loss went from {first} to {last} only");
     }
 }
 

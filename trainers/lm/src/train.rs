@@ -143,6 +143,8 @@ impl Default for TrainConfig {
                 beta: 0.0,
                 router_topk: 0,
                 adapter_rank: 0,
+                pos: crate::model::Pos::Learned,
+                set_features: crate::model::SetFeatures::Atoms,
             },
             batch: 16,
             accum: 1,
@@ -1008,6 +1010,8 @@ pub(crate) fn data_meta(d: &SplitData, stats: Option<TextStats>) -> serde_json::
         "stride": stride,
         "minhash_k": d.minhash_k(),
         "router_topk": d.router_topk(),
+        "leading_sets": d.leading_sets(),
+        "positions_without_set": d.blind_positions(),
         "text": stats,
     })
 }
@@ -1029,8 +1033,10 @@ fn write_meta(run: &Run, total: usize) -> Result<(), Error> {
         "config": run.config,
         "steps": total,
         "seeds": { "seed": run.config.seed },
-        "early_position_remedy": "none",
-        "set_features": "atoms",
+        // What the artifacts hold (leading partial windows in the banks), not a flag.
+        "early_position_remedy": if run.train.data.leading_sets() > 0 { "leading" } else { "none" },
+        "set_features": run.config.model.set_features.as_str(),
+        "pos": run.config.model.pos.as_str(),
         "ska_backend": "naive",
         "resume": run.resume,
         "data": {
