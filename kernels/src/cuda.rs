@@ -216,6 +216,24 @@ pub(crate) fn load_libtorch_cuda_for_tests() -> bool {
         .is_ok()
 }
 
+/// This crate's test binary loads libtorch_cuda.so before `main`, before any test runs.
+/// libtorch decides once per process, at its first CUDA query (any tensor op may make
+/// one), whether CUDA is there; a GPU test that loaded the library only when it started
+/// would find CUDA missing whenever a CPU test of the same process ran first (seen on the
+/// H200 with `--test-threads 1`). On a machine without the library this does nothing.
+///
+/// An `.init_array` entry is how an ELF program runs code before `main` (what the `ctor`
+/// crate does); its dependencies, libtorch_cpu among them, are initialized by then.
+#[cfg(all(test, target_os = "linux"))]
+#[used]
+#[link_section = ".init_array"]
+static LOAD_LIBTORCH_CUDA_BEFORE_MAIN: extern "C" fn() = {
+    extern "C" fn load() {
+        let _ = load_libtorch_cuda_for_tests();
+    }
+    load
+};
+
 /// The compiled kernels on one GPU.
 pub struct CudaKernels {
     ctx: Arc<CudaContext>,

@@ -6,13 +6,14 @@ use tch::{Device, Kind, Tensor};
 use super::*;
 
 /// On a machine without a GPU every CUDA call is an error with a one-line message; on a
-/// GPU machine they answer. The test loads libtorch_cuda where it can, as the CUDA kernel
-/// tests of this binary do: c10 fixes "no CUDA" for the whole process at the first CUDA
-/// query, so a test that queried before the library was loaded would turn every later
-/// GPU test of the process into a skip, depending on test order.
+/// GPU machine (libtorch_cuda is loaded before `main` in this binary, see
+/// `cuda::LOAD_LIBTORCH_CUDA_BEFORE_MAIN`) they answer.
 #[test]
 fn cuda_calls_fail_with_a_message_without_cuda_and_answer_with_it() {
     if crate::cuda::load_libtorch_cuda_for_tests() && tch::Cuda::is_available() {
+        // The caching allocator answers once CUDA is initialized, which the first tensor
+        // on the device does (the trainer asks only after its model is there).
+        let _first = Tensor::zeros([1], (Kind::Float, Device::Cuda(0)));
         let (free, total) = cuda_mem_info(0).expect("a GPU is present");
         assert!(free > 0 && free <= total, "free {free} of {total}");
         cuda_memory(0).expect("allocator statistics on a GPU");
