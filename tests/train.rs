@@ -145,6 +145,37 @@ fn train_lm_rejects_bad_flags_with_usage_errors() {
         ])
         .code(2);
     assert!(bad_dag.stderr.contains("no-such-dag"), "{}", bad_dag.stderr);
+    // The CUDA router on the CPU: a usage error naming both ways out, before any run
+    // directory exists.
+    let out = ctx.path().join("run-cuda-on-cpu");
+    let cuda_on_cpu = ctx
+        .run(&[
+            "train",
+            "lm",
+            "--dag",
+            "demo",
+            "--precache",
+            "--device",
+            "cpu",
+            "--attn",
+            "ska",
+            "--ska-backend",
+            "cuda",
+            "--steps",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .code(2);
+    assert!(
+        cuda_on_cpu
+            .stderr
+            .contains("--ska-backend cuda needs a CUDA device")
+            && cuda_on_cpu.stderr.contains("--ska-backend naive"),
+        "{}",
+        cuda_on_cpu.stderr
+    );
+    assert!(!out.exists(), "no run directory after a usage error");
 }
 
 /// The SPEC's benchmark CSV fields, in order, then what `--benchmark` adds first.

@@ -13,6 +13,7 @@
 // exception crosses the C boundary.
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -20,6 +21,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace {
@@ -156,6 +159,133 @@ char* ausa_adamw_step(at::Tensor** params, at::Tensor** exp_avg, at::Tensor** ex
                         /*maximize=*/false, grad_scale, found_inf);
     }
     *norm_out = new at::Tensor(norm);
+  });
+}
+
+}  // extern "C"
+
+// ---- Custom autograd ops implemented in Rust -------------------------------------------
+// tch has no custom autograd Function. RustFunction is one: its forward and backward call
+// back into Rust (kernels/src/shim/autograd.rs) with the op's registry id. Tensors cross
+// the boundary as heap handles: C++ hands Rust `new at::Tensor` copies (Rust owns and
+// frees them); Rust hands back handles it gave up (C++ copies the value and deletes the
+// handle). A callback returns 0, or non-zero with a NUL-terminated message in `err`, which
+// becomes a C++ exception here (and, from `apply`, an error string again for Rust).
+
+namespace {
+
+// Capacity of the output, saved-tensor and gradient arrays a callback fills.
+constexpr int64_t kMaxTensors = 32;
+constexpr int64_t kErrorCap = 1024;
+
+using ForwardCallback = int (*)(uint64_t op, at::Tensor** inputs, int64_t n_in,
+                                at::Tensor** outputs, int64_t* n_out, at::Tensor** saved,
+                                int64_t* n_saved, int64_t cap, char* err, int64_t err_cap);
+using BackwardCallback = int (*)(uint64_t op, at::Tensor** saved, int64_t n_saved,
+                                 at::Tensor** grad_outputs, int64_t n_grad_outputs,
+                                 at::Tensor** grad_inputs, int64_t n_in, char* err,
+                                 int64_t err_cap);
+
+std::vector<at::Tensor*> handles(const std::vector<at::Tensor>& tensors) {
+  std::vector<at::Tensor*> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(new at::Tensor(t));
+  return out;
+}
+
+// Takes back `n` handles Rust gave up; a null handle is an undefined tensor.
+std::vector<at::Tensor> take(at::Tensor** ptrs, int64_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (ptrs[i] == nullptr) {
+      out.emplace_back();
+    } else {
+      out.push_back(*ptrs[i]);
+      delete ptrs[i];
+    }
+  }
+  return out;
+}
+
+struct RustFunction : public torch::autograd::Function<RustFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                at::TensorList inputs, int64_t op,
+                                                int64_t forward_fn, int64_t backward_fn) {
+    std::vector<at::Tensor> in(inputs.begin(), inputs.end());
+    auto in_handles = handles(in);
+    at::Tensor* outputs[kMaxTensors] = {nullptr};
+    at::Tensor* saved[kMaxTensors] = {nullptr};
+    int64_t n_out = 0, n_saved = 0;
+    char err[kErrorCap] = {0};
+    auto cb = reinterpret_cast<ForwardCallback>(forward_fn);
+    // Rust owns (and frees) the input handles from here on, on success or failure.
+    int rc = cb(static_cast<uint64_t>(op), in_handles.data(), static_cast<int64_t>(in.size()),
+                outputs, &n_out, saved, &n_saved, kMaxTensors, err, kErrorCap);
+    if (rc != 0) {
+      err[kErrorCap - 1] = 0;
+      throw std::runtime_error(err);
+    }
+    auto out = take(outputs, n_out);
+    ctx->save_for_backward(take(saved, n_saved));
+    ctx->saved_data["op"] = op;
+    ctx->saved_data["backward"] = backward_fn;
+    ctx->saved_data["inputs"] = static_cast<int64_t>(in.size());
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    const int64_t n_in = ctx->saved_data["inputs"].toInt();
+    auto saved_handles = handles(saved);
+    // libtorch materializes the gradient of an output that did not reach the loss as
+    // zeros; an undefined one would still reach Rust, as a null handle.
+    std::vector<at::Tensor*> grad_handles;
+    grad_handles.reserve(grad_outputs.size());
+    for (const auto& g : grad_outputs) grad_handles.push_back(g.defined() ? new at::Tensor(g) : nullptr);
+    at::Tensor* grads[kMaxTensors] = {nullptr};
+    char err[kErrorCap] = {0};
+    auto cb = reinterpret_cast<BackwardCallback>(ctx->saved_data["backward"].toInt());
+    int rc = cb(static_cast<uint64_t>(ctx->saved_data["op"].toInt()), saved_handles.data(),
+                static_cast<int64_t>(saved.size()), grad_handles.data(),
+                static_cast<int64_t>(grad_outputs.size()), grads, n_in, err, kErrorCap);
+    if (rc != 0) {
+      err[kErrorCap - 1] = 0;
+      throw std::runtime_error(err);
+    }
+    auto out = take(grads, n_in);
+    // No gradient for the three non-tensor arguments of forward.
+    out.emplace_back();
+    out.emplace_back();
+    out.emplace_back();
+    return out;
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// Runs Rust op `op` under autograd: `forward_fn` computes its outputs from `inputs` (and the
+// tensors it keeps for the backward pass); `backward_fn` later turns the outputs' gradients
+// into the inputs'. Writes up to `cap` output handles into `outputs` and their count into
+// `*n_out`.
+char* ausa_autograd_apply(uint64_t op, at::Tensor** inputs, int64_t n_in, void* forward_fn,
+                          void* backward_fn, at::Tensor** outputs, int64_t cap,
+                          int64_t* n_out) {
+  return guarded([&] {
+    std::vector<at::Tensor> in;
+    in.reserve(static_cast<size_t>(n_in));
+    for (int64_t i = 0; i < n_in; ++i) in.push_back(*inputs[i]);
+    auto out = RustFunction::apply(at::TensorList(in), static_cast<int64_t>(op),
+                                   reinterpret_cast<int64_t>(forward_fn),
+                                   reinterpret_cast<int64_t>(backward_fn));
+    if (static_cast<int64_t>(out.size()) > cap) {
+      throw std::runtime_error("a custom op returned more outputs than the caller expects");
+    }
+    for (size_t i = 0; i < out.size(); ++i) outputs[i] = new at::Tensor(out[i]);
+    *n_out = static_cast<int64_t>(out.size());
   });
 }
 

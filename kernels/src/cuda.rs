@@ -280,6 +280,20 @@ impl CudaKernels {
         })
     }
 
+    /// The kernels of device `ordinal`, opened at the first call and shared by every
+    /// later caller of the process (a failed open is not kept: the next call retries).
+    pub fn shared(ordinal: usize) -> Result<Arc<CudaKernels>, CudaError> {
+        static OPENED: std::sync::Mutex<Vec<(usize, Arc<CudaKernels>)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, k)) = opened.iter().find(|(o, _)| *o == ordinal) {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(CudaKernels::open(ordinal)?);
+        opened.push((ordinal, k.clone()));
+        Ok(k)
+    }
+
     /// `[B, M, M]` MinHash `Delta` from padded `[B, M, k]` signatures (any 32-bit integer
     /// kind; only equality matters) and `[B, M]` fp32 set sizes, as
     /// `crate::minhash_delta` computes it.

@@ -23,7 +23,9 @@
 //!   (renormalized), heads merged, output projection.
 //!
 //! Beside them, [`shim`] is the crate's C++ shim over libtorch (CUDA memory statistics and
-//! stream, the fused AdamW step), the place for what `tch` does not expose.
+//! stream, the fused AdamW step, custom autograd ops written in Rust), the place for what
+//! `tch` does not expose; [`router`] is the router as such an op (a hand-written backward
+//! in tensor ops, or the fused CUDA kernels of [`cuda`]).
 //!
 //! Every step is a tensor op over the whole batch: there is no loop over sets or tokens in
 //! Rust. Memory is `O(B M^2 k)` for `Delta` (built in chunks of signature columns) and
@@ -328,6 +330,10 @@ pub struct SkaConfig {
     pub gamma_init: f64,
     /// Initial `tau_h` (all heads).
     pub tau_init: f64,
+    /// How the router is computed and differentiated ([`router::RouterImpl`]). For
+    /// `Cuda`, the caller opens the device's kernels first (`cuda::CudaKernels::shared`),
+    /// so a missing GPU is its error, not a panic in [`SetAttention::new`].
+    pub router: router::RouterImpl,
 }
 
 impl Default for SkaConfig {
@@ -339,6 +345,7 @@ impl Default for SkaConfig {
             router_topk: 0,
             gamma_init: 0.05,
             tau_init: 0.1,
+            router: router::RouterImpl::Autograd,
         }
     }
 }
@@ -364,11 +371,13 @@ pub struct SetAttention {
     gate: nn::Linear,
     /// `[H * dh, d]` output projection.
     out: nn::Linear,
+    /// The router op (`None`: tensor ops under libtorch's autograd).
+    router: Option<router::Router>,
 }
 
 impl SetAttention {
-    /// A layer under `path`; panics if `d_model` is not divisible by `heads` (checked by the
-    /// caller's configuration first).
+    /// A layer under `path`; panics if `d_model` is not divisible by `heads`, or if the
+    /// CUDA router's kernels do not open (both checked by the caller first).
     pub fn new(path: nn::Path, config: &SkaConfig) -> SetAttention {
         let (d, h) = (config.d_model, config.heads);
         assert!(
@@ -406,6 +415,8 @@ impl SetAttention {
             v: linear("v", d + 1, d),
             gate: linear("gate", d, d),
             out: linear("out", d, d),
+            router: router::Router::new(config.router, config.router_topk)
+                .unwrap_or_else(|e| panic!("the SKA router: {e}")),
         }
     }
 
@@ -459,11 +470,18 @@ impl SetAttention {
         let query = linear_kind(&self.gate, x)
             .view([bsz, l, h, dh])
             .transpose(1, 2);
-        let logits = query.matmul(&z.transpose(-1, -2)); // [B, H, L, M]
-        let mask = layout.route.expand_as(&logits);
-        let mask = top_k_mask(&logits, &mask, self.router_topk);
-        let gates = masked_softmax(&logits, &mask);
-        let mixed = gates.matmul(&z).transpose(1, 2).reshape([bsz, l, h * dh]);
+        let routed = match &self.router {
+            Some(router) => router
+                .forward(&query, &z, &layout.route)
+                .unwrap_or_else(|e| panic!("{e}")),
+            None => {
+                let logits = query.matmul(&z.transpose(-1, -2)); // [B, H, L, M]
+                let mask = layout.route.expand_as(&logits);
+                let mask = top_k_mask(&logits, &mask, self.router_topk);
+                masked_softmax(&logits, &mask).matmul(&z)
+            }
+        };
+        let mixed = routed.transpose(1, 2).reshape([bsz, l, h * dh]);
         linear_kind(&self.out, &mixed)
     }
 }
@@ -483,5 +501,6 @@ mod tests;
 #[cfg(test)]
 mod tests_cuda;
 
+pub mod router;
 pub mod shim;
 pub mod toy;

@@ -265,5 +265,7 @@ pub fn adamw_step(state: AdamWState<'_>, hyper: AdamWHyper) -> Result<Tensor, Sh
     Ok(unsafe { Tensor::from_ptr(norm) })
 }
 
+pub mod autograd;
+
 #[cfg(test)]
 mod tests;

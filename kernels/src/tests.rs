@@ -4,6 +4,7 @@
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
+use crate::router::RouterImpl;
 use crate::toy::{sets, ToyShape};
 use crate::{masked_softmax, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig};
 
@@ -47,6 +48,10 @@ struct Tiny {
 }
 
 fn tiny(kind: Kind, beta: f64, router_topk: i64) -> Tiny {
+    tiny_with_router(kind, beta, router_topk, RouterImpl::Autograd)
+}
+
+fn tiny_with_router(kind: Kind, beta: f64, router_topk: i64, router: RouterImpl) -> Tiny {
     tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
@@ -65,6 +70,7 @@ fn tiny(kind: Kind, beta: f64, router_topk: i64) -> Tiny {
         heads: 2,
         beta,
         router_topk,
+        router,
         ..SkaConfig::default()
     };
     let layer = SetAttention::new(&root / "ska", &config);
@@ -393,5 +399,59 @@ fn gradients_reach_the_hidden_states_through_the_pooled_features() {
             (numeric - analytic).abs() < tol,
             "x[{idx}]: autograd {analytic}, finite difference {numeric}"
         );
+    }
+}
+
+/// The router with its hand-written backward (the math of the CUDA kernels, through the
+/// autograd bridge) against libtorch's autograd of the tensor-op router: the same layer
+/// output and the same gradient into every parameter and into the token states, with
+/// and without top-k, on batches whose first positions see no set.
+#[test]
+fn manual_router_backward_matches_autograd_everywhere() {
+    for topk in [0, 2] {
+        let toks = tokens(23, 3);
+        tch::manual_seed(5);
+        let x0 = Tensor::randn([3, LEN as i64, 8], (Kind::Double, Device::Cpu));
+        let weights = Tensor::randn([3, LEN as i64, 8], (Kind::Double, Device::Cpu));
+        // The same parameters in both models: copied, since the global RNG that seeds
+        // them is shared with the tests running in parallel.
+        let reference = tiny_with_router(Kind::Double, 0.7, topk, RouterImpl::Autograd);
+        let mut manual = tiny_with_router(Kind::Double, 0.7, topk, RouterImpl::Manual);
+        manual.vs.copy(&reference.vs).unwrap();
+        let run = |model: &Tiny| {
+            let x = x0.detach().set_requires_grad(true);
+            let (y, layout) = model.forward(&toks, &x);
+            assert!(
+                bool::try_from(layout.route.any_dim(-1, false).logical_not().any()).unwrap(),
+                "the batch must have tokens without a set"
+            );
+            (&y * &weights).sum(Kind::Double).backward();
+            let mut grads: Vec<(String, Tensor)> = model
+                .vs
+                .variables()
+                .into_iter()
+                .map(|(name, v)| (name, v.grad()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            grads.push(("x".into(), x.grad()));
+            (y.detach(), grads)
+        };
+        let (want_y, want) = run(&reference);
+        let (got_y, got) = run(&manual);
+        let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        assert!(
+            diff(&got_y, &want_y) < 1e-12,
+            "top-k {topk}: outputs differ"
+        );
+        assert_eq!(got.len(), want.len());
+        for ((name, g), (_, w)) in got.iter().zip(&want) {
+            assert!(w.defined() && g.defined(), "{name}: no gradient");
+            let scale = w.abs().max().double_value(&[]).max(1e-30);
+            let err = diff(g, w) / scale;
+            assert!(
+                err < 1e-10,
+                "top-k {topk}, {name}: relative gradient error {err}"
+            );
+        }
     }
 }

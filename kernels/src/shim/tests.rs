@@ -228,3 +228,100 @@ fn adamw_step_rejects_mismatched_state() {
     .unwrap_err();
     assert!(err.0.contains("moments"), "{err}");
 }
+
+/// Test ops for the autograd bridge: `y = 3 x` (and a second output `x^2` that a loss may
+/// ignore), failing in forward or backward, panicking, or returning the wrong number of
+/// gradients, as asked.
+struct TestOp {
+    fail: Option<&'static str>,
+}
+
+impl autograd::CustomOp for TestOp {
+    fn name(&self) -> &str {
+        "test op"
+    }
+
+    fn forward(&self, inputs: &[Tensor]) -> Result<autograd::Forward, String> {
+        match self.fail {
+            Some("forward") => return Err("forward refused".into()),
+            Some("forward panic") => panic!("forward panicked"),
+            _ => {}
+        }
+        let x = &inputs[0];
+        Ok(autograd::Forward {
+            outputs: vec![x * 3.0, x * x],
+            saved: vec![x.shallow_clone()],
+        })
+    }
+
+    fn backward(&self, saved: &[Tensor], grads: &[Tensor]) -> Result<Vec<Option<Tensor>>, String> {
+        match self.fail {
+            Some("backward") => return Err("backward refused".into()),
+            Some("backward panic") => panic!("backward panicked"),
+            Some("count") => return Ok(vec![]),
+            _ => {}
+        }
+        assert_eq!(grads.len(), 2, "one gradient per output");
+        Ok(vec![Some(&grads[0] * 3.0 + &grads[1] * &saved[0] * 2.0)])
+    }
+}
+
+fn test_op(fail: Option<&'static str>) -> autograd::OpHandle {
+    autograd::OpHandle::register(std::sync::Arc::new(TestOp { fail }))
+}
+
+#[test]
+fn a_rust_op_runs_under_autograd_and_its_unused_output_gets_a_zero_gradient() {
+    let mut x = Tensor::from_slice(&[1.0f64, -2.0, 0.5]).set_requires_grad(true);
+    let op = test_op(None);
+    let out = op.apply(&[&x]).unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(out[0].requires_grad(), "the output is part of the graph");
+    assert_eq!(Vec::<f64>::try_from(&out[0]).unwrap(), vec![3.0, -6.0, 1.5]);
+    // Only the first output reaches the loss: d/dx sum(3x) = 3.
+    out[0].sum(Kind::Double).backward();
+    assert_eq!(Vec::<f64>::try_from(x.grad()).unwrap(), vec![3.0; 3]);
+    // Both outputs: 3 + 2x.
+    x.zero_grad();
+    let out = op.apply(&[&x]).unwrap();
+    (&out[0] + &out[1]).sum(Kind::Double).backward();
+    assert_eq!(
+        Vec::<f64>::try_from(x.grad()).unwrap(),
+        vec![5.0, -1.0, 4.0]
+    );
+}
+
+#[test]
+fn failures_in_a_rust_op_are_errors_not_crashes() {
+    let mut x = Tensor::from_slice(&[1.0f64, 2.0]).set_requires_grad(true);
+    for (fail, want) in [
+        ("forward", "forward refused"),
+        ("forward panic", "forward panicked"),
+    ] {
+        let err = test_op(Some(fail)).apply(&[&x]).unwrap_err().0;
+        assert!(
+            err.contains("test op") || err.contains(want),
+            "{fail}: {err}"
+        );
+        assert!(err.contains(want), "{fail}: {err}");
+        assert!(!err.contains("Exception raised from"), "{fail}: {err}");
+    }
+    for (fail, want) in [
+        ("backward", "backward refused"),
+        ("backward panic", "backward panicked"),
+        ("count", "0 gradients for 1 inputs"),
+    ] {
+        let out = test_op(Some(fail)).apply(&[&x]).unwrap();
+        let err = out[0]
+            .sum(Kind::Double)
+            .f_backward()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{fail}: {err}");
+    }
+    // The process and the bridge still work afterwards.
+    x.zero_grad();
+    let out = test_op(None).apply(&[&x]).unwrap();
+    out[0].sum(Kind::Double).backward();
+    assert_eq!(Vec::<f64>::try_from(x.grad()).unwrap(), vec![3.0, 3.0]);
+}

@@ -134,6 +134,9 @@ pub enum SetFeaturesArg {
 pub enum SkaBackend {
     /// Batched tensor ops (CPU and GPU; the reference).
     Naive,
+    /// The router as fused CUDA kernels (GPU only; set attention itself still the
+    /// reference ops).
+    Cuda,
 }
 
 /// `ausa train lm` flags.
@@ -696,6 +699,10 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
         save_every: args.save_every,
+        ska_backend: match args.ska_backend {
+            SkaBackend::Naive => ausa_train::model::SkaBackend::Naive,
+            SkaBackend::Cuda => ausa_train::model::SkaBackend::Cuda,
+        },
         ..TrainConfig::default()
     };
     let run_dir = args.out.clone().unwrap_or_else(|| {

@@ -92,7 +92,7 @@ pub struct PhaseTimes {
 /// One benchmark row.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct BenchResult {
-    /// `dot-naive`, `sdpa` or `ska-naive`.
+    /// `dot-naive`, `sdpa`, `ska-naive` or `ska-cuda`.
     pub backend: String,
     /// `fp32`, `bf16` or `fp16`.
     pub dtype: String,
@@ -273,7 +273,11 @@ fn measure(bench: &Bench) -> Result<BenchResult, Error> {
     let n = data.num_sequences();
     tch::manual_seed(config.seed as i64);
     let vs = tch::nn::VarStore::new(device);
-    let model = Lm::new(&vs.root(), &config.model);
+    let router = config
+        .ska_backend
+        .router(&config.model, device)
+        .map_err(Error::Usage)?;
+    let model = Lm::with_router(&vs.root(), &config.model, router);
     let mut opt = AdamW::new(&vs);
     let order = Sampler::new(n as usize, config.batch, config.seed).permutation(0);
     let ids_of = |i: usize| -> Vec<i64> {
@@ -408,7 +412,7 @@ fn result_row(
     let set = |v: u32| ska.then_some(v);
     BenchResult {
         backend: match m.attn {
-            Attn::Ska => "ska-naive".to_string(),
+            Attn::Ska => format!("ska-{}", config.ska_backend.as_str()),
             other => other.as_str().to_string(),
         },
         dtype: config.precision.as_str().to_string(),

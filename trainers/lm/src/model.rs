@@ -13,6 +13,8 @@
 //! the matmuls run in the compute kind (weights cast at use) while LayerNorm, softmax
 //! statistics of the loss, and the SKA distance `Delta` stay fp32.
 
+use ausa_kernels::cuda::{CudaKernels, ROUTER_MAX_HEAD_DIM, ROUTER_TOPK_MAX};
+use ausa_kernels::router::RouterImpl;
 use ausa_kernels::{
     linear_kind, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig,
 };
@@ -92,6 +94,63 @@ impl SetFeatures {
         match self {
             SetFeatures::Atoms => "atoms",
             SetFeatures::Hidden => "hidden",
+        }
+    }
+}
+
+/// How SKA blocks compute (`--ska-backend`): the same model and parameters either way,
+/// so a checkpoint resumes under either.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkaBackend {
+    /// Batched tensor ops differentiated by libtorch (the reference; CPU and GPU).
+    #[default]
+    Naive,
+    /// The router as fused CUDA kernels with their own backward (`ausa_kernels::router`);
+    /// set attention itself still the reference ops until its fused kernels land.
+    Cuda,
+}
+
+impl SkaBackend {
+    /// The `--ska-backend` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkaBackend::Naive => "naive",
+            SkaBackend::Cuda => "cuda",
+        }
+    }
+
+    /// The router implementation on `device`, after checking that this backend can run
+    /// there (the message names the flag to change).
+    pub fn router(self, model: &ModelConfig, device: tch::Device) -> Result<RouterImpl, String> {
+        match self {
+            SkaBackend::Naive => Ok(RouterImpl::Autograd),
+            SkaBackend::Cuda => {
+                let tch::Device::Cuda(ordinal) = device else {
+                    return Err(
+                        "--ska-backend cuda needs a CUDA device: pass --device cuda on a GPU machine, or use --ska-backend naive".into(),
+                    );
+                };
+                if model.attn != Attn::Ska {
+                    return Err("--ska-backend cuda applies only with --attn ska".into());
+                }
+                if model.router_topk > ROUTER_TOPK_MAX {
+                    return Err(format!(
+                        "--ska-backend cuda keeps at most {ROUTER_TOPK_MAX} sets per token: lower --gate-topk {} or use --ska-backend naive",
+                        model.router_topk
+                    ));
+                }
+                let head_dim = model.d_model / model.heads.max(1);
+                if head_dim > ROUTER_MAX_HEAD_DIM {
+                    return Err(format!(
+                        "--ska-backend cuda supports head dimensions up to {ROUTER_MAX_HEAD_DIM}, --d-model / --heads is {head_dim}: raise --heads or use --ska-backend naive"
+                    ));
+                }
+                CudaKernels::shared(ordinal).map_err(|e| {
+                    format!("--ska-backend cuda: the CUDA kernels do not load ({e}); use --ska-backend naive")
+                })?;
+                Ok(RouterImpl::Cuda { ordinal })
+            }
         }
     }
 }
@@ -230,8 +289,15 @@ pub struct Inputs<'a> {
 
 impl Lm {
     /// A model under `path` (GPT-2 style init: normal(0, 0.02), residual projections
-    /// scaled by `1/sqrt(2 * layers)`).
+    /// scaled by `1/sqrt(2 * layers)`), SKA routers in tensor ops.
     pub fn new(path: &nn::Path, config: &ModelConfig) -> Lm {
+        Lm::with_router(path, config, RouterImpl::Autograd)
+    }
+
+    /// [`Lm::new`] with the SKA blocks' router computed by `router` (from
+    /// [`SkaBackend::router`], which checked that it runs here). The parameters, and their
+    /// initialization, do not depend on it.
+    pub fn with_router(path: &nn::Path, config: &ModelConfig, router: RouterImpl) -> Lm {
         let d = config.d_model;
         let std = 0.02;
         let normal = Init::Randn {
@@ -264,6 +330,7 @@ impl Lm {
                         heads: config.heads,
                         beta: config.beta,
                         router_topk: config.router_topk,
+                        router,
                         ..SkaConfig::default()
                     };
                     Mixer::Ska(SetAttention::new(&p / "ska", &ska))

@@ -125,6 +125,9 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Checkpoint every N steps (0 = only at the end).
     pub save_every: usize,
+    /// How SKA blocks compute (absent in older run configurations: naive).
+    #[serde(default)]
+    pub ska_backend: crate::model::SkaBackend,
 }
 
 impl Default for TrainConfig {
@@ -146,6 +149,7 @@ impl Default for TrainConfig {
                 pos: crate::model::Pos::Learned,
                 set_features: crate::model::SetFeatures::Atoms,
             },
+            ska_backend: crate::model::SkaBackend::Naive,
             batch: 16,
             accum: 1,
             epochs: 1,
@@ -787,6 +791,11 @@ pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error
     let config = &run.config;
     let data = &run.train.data;
     check_shapes(config, data)?;
+    // Before the run directory exists: a backend that cannot run here is a usage error.
+    config
+        .ska_backend
+        .router(&config.model, run.device)
+        .map_err(Error::Usage)?;
     let out = &run.out;
     let metrics_path = out.join("metrics.jsonl");
     if !run.resume && metrics_path.exists() {
@@ -851,7 +860,11 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
     let metrics_path = out.join("metrics.jsonl");
     tch::manual_seed(config.seed as i64);
     let vs = tch::nn::VarStore::new(run.device);
-    let model = Lm::new(&vs.root(), &config.model);
+    let router = config
+        .ska_backend
+        .router(&config.model, run.device)
+        .map_err(Error::Usage)?;
+    let model = Lm::with_router(&vs.root(), &config.model, router);
     let mut opt = AdamW::new(&vs);
     let sampler = Sampler::new(data.num_sequences() as usize, config.batch, config.seed);
     let total = total_steps(config, &sampler);
@@ -1037,7 +1050,7 @@ fn write_meta(run: &Run, total: usize) -> Result<(), Error> {
         "early_position_remedy": if run.train.data.leading_sets() > 0 { "leading" } else { "none" },
         "set_features": run.config.model.set_features.as_str(),
         "pos": run.config.model.pos.as_str(),
-        "ska_backend": "naive",
+        "ska_backend": run.config.ska_backend.as_str(),
         "resume": run.resume,
         "data": {
             "train": split_meta(run.train),

@@ -1,0 +1,202 @@
+//! The token -> set router of an SKA layer as an op with its own backward, in two
+//! implementations behind one [`CustomOp`]:
+//!
+//! - [`RouterImpl::Manual`]: tensor ops on any device, forward and backward written out
+//!   (the plain reference of the CUDA kernels' math, and the way the autograd bridge is
+//!   tested on a machine without a GPU);
+//! - [`RouterImpl::Cuda`]: the fused kernels of `cuda/router.cu` (fp32 inside; other
+//!   kinds are cast in and out).
+//!
+//! [`RouterImpl::Autograd`] is the default: the router in tensor ops differentiated by
+//! libtorch (`SetAttention::forward`'s own code, `--ska-backend naive`).
+//!
+//! The math, for token `t` with query `q_t` and set outputs `z_j`: over the kept sets
+//! (visible, and among the `topk` best when `topk > 0`) `P_tj = exp(q_t . z_j - lse_t)`,
+//! `out_t = sum_j P_tj z_j`; a token without a kept set gets zeros. Backward:
+//! `D_t = dout_t . out_t`, `dS_tj = P_tj (dout_t . z_j - D_t)`, `dq_t = sum_j dS_tj z_j`,
+//! `dz_j = sum_t dS_tj q_t + P_tj dout_t`.
+
+use std::sync::Arc;
+
+use tch::{Kind, Tensor};
+
+use crate::cuda::{CudaKernels, RouterSaved};
+use crate::shim::autograd::{CustomOp, Forward, OpHandle};
+use crate::top_k_mask;
+
+/// How an SKA layer computes its router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouterImpl {
+    /// Tensor ops, gradient by libtorch's autograd (the reference).
+    #[default]
+    Autograd,
+    /// Tensor ops with the hand-written backward, through the autograd bridge.
+    Manual,
+    /// The fused CUDA kernels on CUDA device `ordinal`.
+    Cuda {
+        /// The CUDA device.
+        ordinal: usize,
+    },
+}
+
+/// A registered router op (cheap to copy; one per layer configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Router {
+    handle: OpHandle,
+}
+
+impl Router {
+    /// The router with top-k `topk` (0: every visible set) as `imp` computes it; `None`
+    /// for [`RouterImpl::Autograd`], which needs no op. For `Cuda`, the kernels of that
+    /// device are opened (or reused) here.
+    pub fn new(imp: RouterImpl, topk: i64) -> Result<Option<Router>, String> {
+        let backend = match imp {
+            RouterImpl::Autograd => return Ok(None),
+            RouterImpl::Manual => Backend::Manual,
+            RouterImpl::Cuda { ordinal } => {
+                Backend::Cuda(CudaKernels::shared(ordinal).map_err(|e| e.to_string())?)
+            }
+        };
+        let op = RouterOp { topk, backend };
+        Ok(Some(Router {
+            handle: OpHandle::register(Arc::new(op)),
+        }))
+    }
+
+    /// `[B, H, L, D]` router output for queries `q` (`[B, H, L, D]`), set outputs `z`
+    /// (`[B, H, M, D]`) and `route` (`[B, 1, L, M]` bool), differentiable in `q` and `z`.
+    pub fn forward(&self, q: &Tensor, z: &Tensor, route: &Tensor) -> Result<Tensor, String> {
+        let outputs = self
+            .handle
+            .apply(&[q, z, route])
+            .map_err(|e| e.to_string())?;
+        outputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the router op returned no output".to_string())
+    }
+}
+
+enum Backend {
+    Manual,
+    Cuda(Arc<CudaKernels>),
+}
+
+struct RouterOp {
+    topk: i64,
+    backend: Backend,
+}
+
+/// The manual forward: output, and `P` (zero outside the kept sets) for the backward.
+fn manual_forward(q: &Tensor, z: &Tensor, route: &Tensor, topk: i64) -> (Tensor, Tensor) {
+    let logits = q.matmul(&z.transpose(-1, -2));
+    let mask = top_k_mask(&logits, &route.expand_as(&logits), topk);
+    let hidden = mask.logical_not();
+    let lse = logits
+        .masked_fill(&hidden, f64::NEG_INFINITY)
+        .logsumexp([-1i64].as_slice(), true);
+    // A row without a kept set has lse = -inf: its logits - lse are +inf, masked to 0.
+    let p = (logits - lse).exp().masked_fill(&hidden, 0.0);
+    let out = p.matmul(z);
+    (out, p)
+}
+
+/// The manual backward: `(dq, dz)`.
+fn manual_backward(
+    q: &Tensor,
+    z: &Tensor,
+    p: &Tensor,
+    out: &Tensor,
+    dout: &Tensor,
+) -> (Tensor, Tensor) {
+    let dp = dout.matmul(&z.transpose(-1, -2));
+    let d = (dout * out).sum_dim_intlist([-1i64].as_slice(), true, out.kind());
+    let ds = p * (dp - d);
+    let dq = ds.matmul(z);
+    let dz = ds.transpose(-1, -2).matmul(q) + p.transpose(-1, -2).matmul(dout);
+    (dq, dz)
+}
+
+impl CustomOp for RouterOp {
+    fn name(&self) -> &str {
+        match self.backend {
+            Backend::Manual => "router (manual backward)",
+            Backend::Cuda(_) => "router (CUDA)",
+        }
+    }
+
+    fn forward(&self, inputs: &[Tensor]) -> Result<Forward, String> {
+        let [q, z, route] = inputs else {
+            return Err(format!(
+                "expected q, z, route; got {} tensors",
+                inputs.len()
+            ));
+        };
+        match &self.backend {
+            Backend::Manual => {
+                let (out, p) = manual_forward(q, z, route, self.topk);
+                Ok(Forward {
+                    saved: vec![q.shallow_clone(), z.shallow_clone(), p, out.shallow_clone()],
+                    outputs: vec![out],
+                })
+            }
+            Backend::Cuda(kernels) => {
+                let kind = q.kind();
+                let (q32, z32) = (q.to_kind(Kind::Float), z.to_kind(Kind::Float));
+                let saved = kernels
+                    .router_forward(&q32, &z32, route, self.topk)
+                    .map_err(|e| e.to_string())?;
+                let out = saved.out.to_kind(kind);
+                Ok(Forward {
+                    outputs: vec![out],
+                    saved: vec![
+                        q32,
+                        z32,
+                        route.shallow_clone(),
+                        saved.out,
+                        saved.lse,
+                        saved.kept,
+                    ],
+                })
+            }
+        }
+    }
+
+    fn backward(
+        &self,
+        saved: &[Tensor],
+        grad_outputs: &[Tensor],
+    ) -> Result<Vec<Option<Tensor>>, String> {
+        let [dout] = grad_outputs else {
+            return Err(format!(
+                "expected one output gradient, got {}",
+                grad_outputs.len()
+            ));
+        };
+        match &self.backend {
+            Backend::Manual => {
+                let [q, z, p, out] = saved else {
+                    return Err(format!("expected 4 saved tensors, got {}", saved.len()));
+                };
+                let (dq, dz) = manual_backward(q, z, p, out, &dout.to_kind(out.kind()));
+                Ok(vec![Some(dq), Some(dz), None])
+            }
+            Backend::Cuda(kernels) => {
+                let [q, z, route, out, lse, kept] = saved else {
+                    return Err(format!("expected 6 saved tensors, got {}", saved.len()));
+                };
+                let kind = dout.kind();
+                let fwd = RouterSaved {
+                    out: out.shallow_clone(),
+                    lse: lse.shallow_clone(),
+                    kept: kept.shallow_clone(),
+                    topk: self.topk,
+                };
+                let (dq, dz) = kernels
+                    .router_backward(q, z, route, &fwd, &dout.to_kind(Kind::Float))
+                    .map_err(|e| e.to_string())?;
+                Ok(vec![Some(dq.to_kind(kind)), Some(dz.to_kind(kind)), None])
+            }
+        }
+    }
+}
