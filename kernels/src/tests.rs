@@ -5,7 +5,7 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::router::RouterImpl;
-use crate::toy::{sets, ToyShape};
+use crate::toy::{random_tokens, sets, ToyShape};
 use crate::{masked_softmax, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig};
 
 const SHAPE: ToyShape = ToyShape {
@@ -24,19 +24,7 @@ const VOCAB: u32 = 12;
 const LEN: usize = 24;
 
 fn tokens(seed: u64, batch: usize) -> Vec<Vec<u32>> {
-    let mut state = seed;
-    (0..batch)
-        .map(|_| {
-            (0..LEN)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((state >> 33) % u64::from(VOCAB)) as u32
-                })
-                .collect()
-        })
-        .collect()
+    random_tokens(seed, batch, LEN, VOCAB)
 }
 
 /// The pieces of a tiny SKA model: embedding, adapter, one layer.

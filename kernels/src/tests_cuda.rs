@@ -12,19 +12,7 @@ use crate::{minhash_delta, SetLayout};
 
 /// Seeded pseudo-random token ids (a fresh seed per call site keeps inputs varied).
 fn tokens(seed: u64, batch: usize, len: usize, vocab: u32) -> Vec<Vec<u32>> {
-    let mut state = seed ^ 0x5DEE_CE66;
-    (0..batch)
-        .map(|_| {
-            (0..len)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((state >> 33) % u64::from(vocab)) as u32
-                })
-                .collect()
-        })
-        .collect()
+    crate::toy::random_tokens(seed, batch, len, vocab)
 }
 
 /// A run-dependent seed: the kernels must agree on any input, not one fixed draw.

@@ -13,6 +13,24 @@ use tch::{Device, Kind, Tensor};
 
 use crate::SetInputs;
 
+/// `batch` sequences of `len` token ids below `vocab`, pseudo-random from `seed` (a
+/// 64-bit LCG: the same ids on every machine, no RNG crate and no global state).
+pub fn random_tokens(seed: u64, batch: usize, len: usize, vocab: u32) -> Vec<Vec<u32>> {
+    let mut state = seed;
+    (0..batch)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) % u64::from(vocab.max(1))) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// A bank shape for [`sets`].
 #[derive(Debug, Clone, Copy)]
 pub struct ToyShape {

@@ -39,19 +39,7 @@ const LEN: usize = 24;
 const VOCAB: u32 = 32;
 
 fn random_tokens(seed: u64, n: usize, vocab: u32) -> Vec<Vec<u32>> {
-    let mut state = seed.wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            (0..LEN)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((state >> 33) % u64::from(vocab)) as u32
-                })
-                .collect()
-        })
-        .collect()
+    ausa_kernels::toy::random_tokens(seed.wrapping_add(1), n, LEN, vocab)
 }
 
 /// Writes a split's four set artifacts for `seqs` (the toy bank rules of [`SHAPE`])

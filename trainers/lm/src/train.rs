@@ -875,14 +875,28 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
     };
     write_meta(run, total)?;
     let mut metrics = open_metrics(&metrics_path, run.resume, start)?;
-    let mut log = |event: &Event, metrics: &mut std::fs::File| -> Result<(), Error> {
+    let mut log = |event: &Event| -> Result<(), Error> {
         let line = serde_json::to_string(event).map_err(|e| Error::Torch(e.to_string()))?;
         writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
         progress(event);
         Ok(())
     };
-
     let kind = config.precision.kind();
+    // One evaluation of `split`, logged as the `eval` event of `step`.
+    let evaluate_and_log = |split: &SplitInput,
+                            name: &str,
+                            step: usize,
+                            log: &mut dyn FnMut(&Event) -> Result<(), Error>|
+     -> Result<EvalResult, Error> {
+        let result = evaluate(&model, split, config.batch, config.eval_batches, kind);
+        log(&Event::Eval {
+            step,
+            split: name.into(),
+            result,
+        })?;
+        Ok(result)
+    };
+
     let started = Instant::now();
     let mut tokens = 0i64;
     let mut pending = Pending::new(run.device);
@@ -913,52 +927,26 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
         let evaluate_now = config.eval_every > 0 && step % config.eval_every == 0 && step < total;
         let save_now = config.save_every > 0 && step % config.save_every == 0;
         if pending.due() || evaluate_now || save_now {
-            pending.flush(&mut |e| log(e, &mut metrics))?;
+            pending.flush(&mut log)?;
         }
         if let Some(split) = run.valid.filter(|_| evaluate_now) {
-            let result = evaluate(&model, split, config.batch, config.eval_batches, kind);
-            log(
-                &Event::Eval {
-                    step,
-                    split: "valid".into(),
-                    result,
-                },
-                &mut metrics,
-            )?;
+            evaluate_and_log(split, "valid", step, &mut log)?;
         }
         if save_now {
             save_checkpoint(out, &opt, step, config)?;
         }
     }
-    pending.flush(&mut |e| log(e, &mut metrics))?;
+    pending.flush(&mut log)?;
     let (first_loss, last_loss) = (pending.first_loss, pending.last_loss);
     let elapsed = started.elapsed().as_secs_f64();
     save_checkpoint(out, &opt, step, config)?;
     let mut test = None;
     if step == total {
         if let Some(split) = run.valid {
-            let result = evaluate(&model, split, config.batch, config.eval_batches, kind);
-            log(
-                &Event::Eval {
-                    step,
-                    split: "valid".into(),
-                    result,
-                },
-                &mut metrics,
-            )?;
-            valid = Some(result);
+            valid = Some(evaluate_and_log(split, "valid", step, &mut log)?);
         }
         if let Some(split) = run.test {
-            let result = evaluate(&model, split, config.batch, config.eval_batches, kind);
-            log(
-                &Event::Eval {
-                    step,
-                    split: "test".into(),
-                    result,
-                },
-                &mut metrics,
-            )?;
-            test = Some(result);
+            test = Some(evaluate_and_log(split, "test", step, &mut log)?);
         }
     }
     let summary = Summary {

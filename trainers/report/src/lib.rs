@@ -256,7 +256,7 @@ fn cell_with(stat: Option<Stat>, fmt: &dyn Fn(f64) -> String) -> String {
 }
 
 /// The column headers and cells of Tables A and B (Markdown and CSV share them).
-const COLUMNS: [&str; 17] = [
+const COLUMNS: [&str; 19] = [
     "method",
     "L",
     "B",
@@ -265,6 +265,8 @@ const COLUMNS: [&str; 17] = [
     "window/stride",
     "minhash k",
     "router top-k",
+    "gate top-k",
+    "options",
     "sets/seq",
     "atoms/set",
     "steps/s",
@@ -287,6 +289,8 @@ fn cells(row: &Row) -> Vec<String> {
         format!("{}/{}", k.window, k.stride),
         k.minhash_k.to_string(),
         k.router_topk.to_string(),
+        k.gate_topk.to_string(),
+        k.options(),
         cell(row.avg_sets_per_seq, 1),
         cell(row.avg_atoms_per_set, 1),
         cell_short(row.steps_per_s),

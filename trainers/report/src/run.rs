@@ -47,9 +47,40 @@ pub struct Knobs {
     pub beta: f64,
     /// Sets per sequence (the banks' layout).
     pub sets_per_seq: i64,
+    /// Positions: `learned` or `rotary`.
+    pub pos: String,
+    /// SKA set features (`atoms`, `hidden`); for SKA runs only.
+    pub set_features: Option<String>,
+    /// SKA early-positions remedy (`none`, `leading`); for SKA runs only.
+    pub early: Option<String>,
+    /// The blocks that use SKA (`all`, or e.g. `1,3`); for SKA runs only.
+    pub ska_layers: Option<String>,
 }
 
 impl Knobs {
+    /// The options beside the table columns that set a run apart (SKA's set features,
+    /// early remedy and blocks, rotary positions), `-` when there are none.
+    pub fn options(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(f) = &self.set_features {
+            parts.push(format!("{f} features"));
+        }
+        if let Some(e) = self.early.as_deref().filter(|e| *e != "none") {
+            parts.push(format!("early {e}"));
+        }
+        if let Some(l) = self.ska_layers.as_deref().filter(|l| *l != "all") {
+            parts.push(format!("SKA blocks {l}"));
+        }
+        if self.pos != "learned" {
+            parts.push(format!("{} positions", self.pos));
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     /// The method's name in tables and legends: `dot-naive`, `sdpa`, `ska/naive`.
     pub fn method(&self) -> String {
         match &self.ska_backend {
@@ -167,9 +198,33 @@ impl Run {
         let heads = int(&model["heads"], "config.model.heads")?.max(1);
         let d_model = int(&model["d_model"], "config.model.d_model")?;
         let accum = config["accum"].as_i64().unwrap_or(1).max(1);
+        let ska = attn == "ska";
+        let layers = int(&model["layers"], "config.model.layers")?;
+        // Fields added to run_meta.json later default to what older runs did.
+        let ska_text = |v: &serde_json::Value, default: &str| {
+            ska.then(|| v.as_str().unwrap_or(default).to_string())
+        };
+        let ska_layers = ska.then(|| {
+            let listed: Vec<i64> = model["ska_layers"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
+                .unwrap_or_default();
+            if listed.is_empty() || listed == (0..layers).collect::<Vec<_>>() {
+                "all".to_string()
+            } else {
+                listed
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        });
         let knobs = Knobs {
-            ska_backend: (attn == "ska")
-                .then(|| meta["ska_backend"].as_str().unwrap_or("naive").to_string()),
+            ska_backend: ska_text(&meta["ska_backend"], "naive"),
+            set_features: ska_text(&meta["set_features"], "atoms"),
+            early: ska_text(&meta["early_position_remedy"], "none"),
+            ska_layers,
+            pos: meta["pos"].as_str().unwrap_or("learned").to_string(),
             attn,
             precision: config["precision"]
                 .as_str()
@@ -181,7 +236,7 @@ impl Run {
             heads,
             head_dim: d_model / heads,
             d_model,
-            layers: int(&model["layers"], "config.model.layers")?,
+            layers,
             window: int(&train["window"], "data.train.window")?,
             stride: int(&train["stride"], "data.train.stride")?,
             minhash_k: int(&train["minhash_k"], "data.train.minhash_k")?,

@@ -164,7 +164,7 @@ pub struct Knob {
 }
 
 /// The knobs ablations are drawn for: the method, the spec's ablations, the shape.
-pub const KNOBS: [Knob; 13] = [
+pub const KNOBS: [Knob; 17] = [
     Knob {
         name: "method",
         value: |k| k.method(),
@@ -217,6 +217,30 @@ pub const KNOBS: [Knob; 13] = [
         name: "batch",
         value: |k| k.batch.to_string(),
     },
+    Knob {
+        name: "set-features",
+        value: |k| {
+            k.set_features
+                .clone()
+                .unwrap_or_else(|| NOT_APPLICABLE.into())
+        },
+    },
+    Knob {
+        name: "early",
+        value: |k| k.early.clone().unwrap_or_else(|| NOT_APPLICABLE.into()),
+    },
+    Knob {
+        name: "ska-layers",
+        value: |k| {
+            k.ska_layers
+                .clone()
+                .unwrap_or_else(|| NOT_APPLICABLE.into())
+        },
+    },
+    Knob {
+        name: "pos",
+        value: |k| k.pos.clone(),
+    },
 ];
 
 /// One value of an ablation.
@@ -259,10 +283,14 @@ fn sort_values(values: &mut [String]) {
     }
 }
 
+/// The value of a knob that does not apply to a run (an SKA option of a dot run).
+const NOT_APPLICABLE: &str = "-";
+
 /// The ablations of the complete runs. The base configuration is, per knob, its most
 /// common value (SKA for the method, the method under study; ties: the smallest value);
 /// knob K's ablation compares the runs equal to the base in every knob but K (and the
-/// seed, averaged). A knob with fewer than two values there has none.
+/// seed, averaged); a knob that does not apply to a run (SKA's options for dot
+/// attention) matches any base. A knob with fewer than two values there has none.
 pub fn ablations(runs: &[Run]) -> Vec<Ablation> {
     let done: Vec<&Run> = runs.iter().filter(|r| r.complete).collect();
     let base: Vec<String> = KNOBS
@@ -270,7 +298,10 @@ pub fn ablations(runs: &[Run]) -> Vec<Ablation> {
         .map(|knob| {
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
             for r in &done {
-                *counts.entry((knob.value)(&r.knobs)).or_default() += 1;
+                let v = (knob.value)(&r.knobs);
+                if v != NOT_APPLICABLE {
+                    *counts.entry(v).or_default() += 1;
+                }
             }
             if knob.name == "method" {
                 if let Some(ska) = counts.keys().find(|v| v.starts_with("ska")) {
@@ -292,13 +323,17 @@ pub fn ablations(runs: &[Run]) -> Vec<Ablation> {
             .iter()
             .copied()
             .filter(|r| {
-                KNOBS
-                    .iter()
-                    .enumerate()
-                    .all(|(j, other)| j == i || (other.value)(&r.knobs) == base[j])
+                KNOBS.iter().enumerate().all(|(j, other)| {
+                    let v = (other.value)(&r.knobs);
+                    j == i || v == base[j] || v == NOT_APPLICABLE
+                })
             })
             .collect();
-        let mut values: Vec<String> = slice.iter().map(|r| (knob.value)(&r.knobs)).collect();
+        let mut values: Vec<String> = slice
+            .iter()
+            .map(|r| (knob.value)(&r.knobs))
+            .filter(|v| v != NOT_APPLICABLE)
+            .collect();
         values.sort();
         values.dedup();
         if values.len() < 2 {
