@@ -14,6 +14,7 @@
 #   EVAL_EVERY [STEPS/8], SEED [0],
 #   THREADS [unset: libtorch's], VARIANTS [all six, space-separated names as in the table;
 #   also ska-mixed and ska-mixed-hidden: SKA in the odd blocks, dot-naive in the others],
+#   PREPARE_ONLY [0; 1: write the article split and the DAG, print the DAG's path, stop],
 #   PARALLEL [0; 1: every variant at once, sharing the store, for a GPU the small models
 #   leave mostly idle; tokens/s are then per process under contention].
 # The smoke run (tests/bench/smoke.sh) uses STEPS=2 and a tiny model; the numbers of the
@@ -91,6 +92,9 @@ minhash_k = 128
 kind = "routing"
 inputs = { banks = "banks" }
 TOML
+
+# PREPARE_ONLY=1: the split and the DAG only (for tests/bench/wt2_articles_ablation.sh).
+if [ "${PREPARE_ONLY:-0}" = 1 ]; then echo "$dag"; exit 0; fi
 
 # name | flags beyond the shared ones
 variants_all="dot-naive sdpa ska ska-early ska-hidden ska-early-hidden"

@@ -35,4 +35,6 @@ fi
 run cache_modes env AUSA_BIN=target/debug/ausa tests/bench/cache_modes.sh "$work/cache_modes" 1
 run lm_quality env AUSA_BIN=target/debug/ausa D_MODEL=32 LAYERS=1 HEADS=2 BATCH=4 THREADS=1 \
   tests/bench/lm_quality.sh "$work/lm_quality" 2
+run wt2_ablation env AUSA_BIN=target/debug/ausa tests/bench/wt2_articles_ablation.sh \
+  "$work/wt2_ablation" 2 2
 echo "smoke: every benchmark script ran"
