@@ -84,6 +84,7 @@ fn help_of_every_command() {
     if cfg!(feature = "train") {
         commands.push("train");
         commands.push("sweep");
+        commands.push("bench");
     }
     for command in commands {
         snap!(
@@ -94,6 +95,11 @@ fn help_of_every_command() {
     }
     if cfg!(feature = "train") {
         snap!("help_train_lm", &ctx, run(&ctx, &["train", "lm", "--help"]));
+        snap!(
+            "help_bench_ska",
+            &ctx,
+            run(&ctx, &["bench", "ska", "--help"])
+        );
     }
 }
 

@@ -591,3 +591,114 @@ fn early_leading_gives_positions_from_stride_minus_one_a_set() {
         "the remedy must reduce blind positions: {seen:?}"
     );
 }
+
+/// `ausa bench ska` on the CPU: one row per length x precision with the SPEC's fields
+/// first, consistent derived columns, appended under one header; a CSV with other columns
+/// is left alone; a length below the window is a usage error.
+#[test]
+fn bench_ska_writes_spec_rows_per_length_and_precision() {
+    let ctx = Ctx::new();
+    let csv = ctx.path().join("ska.csv");
+    let bench = |lens: &str| {
+        ctx.run(&[
+            "bench",
+            "ska",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--lens",
+            lens,
+            "--tokens",
+            "512",
+            "--heads",
+            "2",
+            "--head-dim",
+            "8",
+            "--minhash-k",
+            "16",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+            "--precision",
+            "fp32,bf16",
+            "--csv",
+            csv.to_str().unwrap(),
+        ])
+    };
+    bench("128,256").ok();
+    bench("512").ok();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 7, "one header and 3 x 2 rows:\n{text}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(&header[..SPEC_FIELDS.len()], &SPEC_FIELDS[..]);
+    for extra in [
+        "fwd_ms",
+        "bwd_ms",
+        "layout_ms",
+        "model_tflops",
+        "model_gbps",
+    ] {
+        assert!(header.contains(&extra), "{extra} missing: {header:?}");
+    }
+    for line in &lines[1..] {
+        let row: std::collections::HashMap<&str, &str> =
+            header.iter().copied().zip(line.split(',')).collect();
+        let num = |k: &str| -> f64 { row[k].parse().unwrap_or_else(|_| panic!("{k}: {}", row[k])) };
+        assert_eq!(row["backend"], "ska-naive");
+        let (b, l, h, m) = (num("B"), num("L"), num("H"), num("avg_sets_per_seq"));
+        assert_eq!(b * l, 512.0, "B * L is --tokens");
+        assert_eq!(m, (l - 64.0) / 32.0 + 1.0, "full windows of 64 by 32");
+        assert_eq!(num("scores_computed"), b * h * m * m);
+        let (fwd, bwd, all) = (num("fwd_ms"), num("bwd_ms"), num("elapsed_ms"));
+        assert!(fwd > 0.0 && all > 0.0);
+        assert!((fwd + bwd - all).abs() < 1e-3, "{fwd} + {bwd} != {all}");
+        assert!((num("steps_per_s") - 1e3 / all).abs() <= 1e-3 * num("steps_per_s") + 1e-3);
+        assert!(num("model_tflops") > 0.0 && num("avg_atoms_per_set") > 1.0);
+        assert_eq!(row["max_vram_mb"], "", "no VRAM on the CPU");
+    }
+    let dtypes: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(dtypes, ["fp32", "bf16", "fp32", "bf16", "fp32", "bf16"]);
+
+    let other = ctx.write("other.csv", "backend,elapsed_ms\nska,1.0\n");
+    let mixed = ctx
+        .run(&[
+            "bench",
+            "ska",
+            "--device",
+            "cpu",
+            "--lens",
+            "128",
+            "--tokens",
+            "128",
+            "--heads",
+            "2",
+            "--head-dim",
+            "8",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--precision",
+            "fp32",
+            "--csv",
+            other.to_str().unwrap(),
+        ])
+        .code(2);
+    assert!(mixed.stderr.contains("other columns"), "{}", mixed.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&other).unwrap(),
+        "backend,elapsed_ms\nska,1.0\n"
+    );
+    let short = ctx
+        .run(&[
+            "bench", "ska", "--device", "cpu", "--lens", "32", "--tokens", "64",
+        ])
+        .code(2);
+    assert!(short.stderr.contains("--window 64"), "{}", short.stderr);
+}

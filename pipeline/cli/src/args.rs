@@ -197,6 +197,9 @@ pub enum Command {
     /// there is none the gate is skipped with a note. Run `ausa report DIR` afterwards.
     #[cfg(feature = "train")]
     Sweep(crate::sweep::SweepArgs),
+    /// Kernel benchmarks (`ausa bench ska`), as CSV rows with the SPEC's fields.
+    #[cfg(feature = "train")]
+    Bench(crate::bench::BenchArgs),
     /// Write paper tables (A: fp32 naive vs naive, B: bf16 optimized), ablations,
     /// figures (PNG, SVG) and report.json from run directories.
     Report(crate::report::ReportArgs),

@@ -118,6 +118,8 @@ pub fn run(cli: &Cli, out: &Output) -> Result<i32, CliError> {
         Command::Train(args) => crate::train::run(cli.store.as_deref(), args, out),
         #[cfg(feature = "train")]
         Command::Sweep(args) => crate::sweep::run(cli.store.as_deref(), args, out),
+        #[cfg(feature = "train")]
+        Command::Bench(args) => crate::bench::run(args, out),
         Command::Report(args) => crate::report::run(args, out),
     }
 }

@@ -3,6 +3,8 @@
 //! The work lives in the library crates.
 
 mod args;
+#[cfg(feature = "train")]
+mod bench;
 mod commands;
 mod diagnostics;
 mod output;

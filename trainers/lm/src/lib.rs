@@ -26,6 +26,7 @@ pub mod data;
 pub mod device;
 pub mod memory;
 pub mod model;
+pub mod ska_bench;
 pub mod train;
 
 /// Errors of the trainer; [`Error::exit_code`] maps them to the CLI's exit codes.

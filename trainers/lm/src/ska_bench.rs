@@ -1,0 +1,398 @@
+//! `ausa bench ska`: one SKA layer (set attention and router, with the atom pooling that
+//! feeds it) timed at fixed shapes on synthetic sets, per backend and precision, as rows of
+//! a CSV with the SPEC's benchmark fields.
+//!
+//! Inputs: `B = tokens / L` sequences of pseudo-random token ids (a 4096-id vocabulary,
+//! seed 0), windowed into sets and signed with the toy MinHash of `ausa_kernels::toy`
+//! (the same layout rules as the pipeline's stages), token states `x` `[B, L, d]` and atom
+//! embeddings `[4096, d]` with gradients, `d = H * D`. A step is the layer's forward, and
+//! for `fwd+bwd` also the gradients of `x`, the embeddings and every layer parameter
+//! (`run_backward`, so nothing accumulates between steps). The per-batch `SetLayout`
+//! (padding and `Delta`) is timed on its own (`layout_ms`): it runs once per batch for all
+//! layers. Every time is the median of `iters` steps with the device synchronized around
+//! each, after `warmup` untimed ones.
+//!
+//! Columns ([`SkaBenchRow::fields`]): the SPEC's `backend, dtype, B, L, H, D, window,
+//! stride, minhash_k, router_topk, avg_sets_per_seq, avg_atoms_per_set, elapsed_ms,
+//! steps_per_s, max_vram_mb, scores_computed, throughput_per_1e6_scores` (`elapsed_ms` is
+//! forward + backward; `router_topk` is the gate top-k; `scores_computed = B * H * M * M`),
+//! then `fwd_ms, bwd_ms, layout_ms, model_tflops, model_gbps`: FLOP and byte counts of the
+//! math (the GEMM-shaped products; the tensors a fused kernel must read and write once),
+//! over the measured times, so the reference and a fused kernel are rated by the same
+//! count.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ausa_kernels::toy::{random_tokens, sets, ToyShape};
+use ausa_kernels::{pool_phi, SetAttention, SetLayout, SkaConfig};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::{Attn, ModelConfig, SkaBackend};
+use crate::train::Precision;
+use crate::Error;
+
+/// Ids of the synthetic token streams.
+const VOCAB: u32 = 4096;
+
+/// One benchmark configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SkaBenchShape {
+    /// Tokens per step (`B * L`).
+    pub tokens: i64,
+    /// Tokens per sequence (`L`).
+    pub seq_len: i64,
+    /// Heads (`H`).
+    pub heads: i64,
+    /// Head width (`D`).
+    pub head_dim: i64,
+    /// Set window.
+    pub window: i64,
+    /// Set stride.
+    pub stride: i64,
+    /// MinHash values per set.
+    pub minhash_k: i64,
+    /// Router top-k over the gates (0: every visible set).
+    pub gate_topk: i64,
+    /// Compute precision.
+    pub precision: Precision,
+    /// The SKA implementation.
+    pub backend: SkaBackend,
+}
+
+/// Warm-up and timed steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkaBenchSettings {
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps per pass (forward; forward + backward).
+    pub iters: usize,
+}
+
+/// One measured configuration: a CSV row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SkaBenchRow {
+    /// The configuration.
+    pub shape: SkaBenchShape,
+    /// Sequences (`B`).
+    pub batch: i64,
+    /// Set slots per sequence (`M`).
+    pub sets_per_seq: i64,
+    /// Mean distinct atoms per set.
+    pub atoms_per_set: f64,
+    /// Median forward time.
+    pub fwd_ms: f64,
+    /// Median forward + backward time.
+    pub fwd_bwd_ms: f64,
+    /// Median time of the per-batch layout (`Delta`, masks).
+    pub layout_ms: f64,
+    /// Peak CUDA memory over the timed passes (MiB); `None` on the CPU.
+    pub max_vram_mb: Option<f64>,
+    /// `B * H * M * M`.
+    pub scores_computed: f64,
+    /// Forward FLOPs of the math (see the module docs).
+    pub fwd_flops: f64,
+    /// Bytes a fused forward must move at least.
+    pub fwd_bytes: f64,
+}
+
+impl SkaBenchRow {
+    /// `(column, value)` in CSV order.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let s = &self.shape;
+        let steps_per_s = 1e3 / self.fwd_bwd_ms;
+        // Backward ~ 2x forward for GEMM-shaped work: 3x the forward count in all.
+        let flops = 3.0 * self.fwd_flops;
+        let bytes = 3.0 * self.fwd_bytes;
+        let backend = format!("ska-{}", s.backend.as_str());
+        vec![
+            ("backend", backend),
+            ("dtype", s.precision.as_str().to_string()),
+            ("B", self.batch.to_string()),
+            ("L", s.seq_len.to_string()),
+            ("H", s.heads.to_string()),
+            ("D", s.head_dim.to_string()),
+            ("window", s.window.to_string()),
+            ("stride", s.stride.to_string()),
+            ("minhash_k", s.minhash_k.to_string()),
+            ("router_topk", s.gate_topk.to_string()),
+            ("avg_sets_per_seq", self.sets_per_seq.to_string()),
+            ("avg_atoms_per_set", format!("{:.2}", self.atoms_per_set)),
+            ("elapsed_ms", format!("{:.4}", self.fwd_bwd_ms)),
+            ("steps_per_s", format!("{steps_per_s:.3}")),
+            (
+                "max_vram_mb",
+                self.max_vram_mb
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_default(),
+            ),
+            ("scores_computed", format!("{}", self.scores_computed)),
+            (
+                "throughput_per_1e6_scores",
+                format!("{:.4}", self.scores_computed * steps_per_s / 1e6),
+            ),
+            ("fwd_ms", format!("{:.4}", self.fwd_ms)),
+            ("bwd_ms", format!("{:.4}", self.fwd_bwd_ms - self.fwd_ms)),
+            ("layout_ms", format!("{:.4}", self.layout_ms)),
+            (
+                "model_tflops",
+                format!("{:.4}", flops / (self.fwd_bwd_ms * 1e-3) / 1e12),
+            ),
+            (
+                "model_gbps",
+                format!("{:.3}", bytes / (self.fwd_bwd_ms * 1e-3) / 1e9),
+            ),
+        ]
+    }
+}
+
+/// The CSV header of [`SkaBenchRow::fields`].
+pub fn csv_header() -> String {
+    let row = SkaBenchRow {
+        shape: SkaBenchShape {
+            tokens: 1,
+            seq_len: 1,
+            heads: 1,
+            head_dim: 1,
+            window: 1,
+            stride: 1,
+            minhash_k: 1,
+            gate_topk: 0,
+            precision: Precision::Fp32,
+            backend: SkaBackend::Naive,
+        },
+        batch: 1,
+        sets_per_seq: 0,
+        atoms_per_set: 0.0,
+        fwd_ms: 1.0,
+        fwd_bwd_ms: 1.0,
+        layout_ms: 0.0,
+        max_vram_mb: None,
+        scores_computed: 0.0,
+        fwd_flops: 0.0,
+        fwd_bytes: 0.0,
+    };
+    row.fields()
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Median of `iters` synchronized runs of `f` after `warmup` untimed ones, in ms.
+fn median_ms(device: Device, settings: SkaBenchSettings, mut f: impl FnMut()) -> f64 {
+    for _ in 0..settings.warmup {
+        f();
+    }
+    sync(device);
+    let mut times: Vec<f64> = (0..settings.iters.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            sync(device);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Checks a configuration (usage errors name the flag).
+fn check(shape: &SkaBenchShape) -> Result<(), Error> {
+    let positive = [
+        ("--tokens", shape.tokens),
+        ("--lens", shape.seq_len),
+        ("--heads", shape.heads),
+        ("--head-dim", shape.head_dim),
+        ("--window", shape.window),
+        ("--stride", shape.stride),
+        ("--minhash-k", shape.minhash_k),
+    ];
+    if let Some((flag, v)) = positive.iter().find(|(_, v)| *v <= 0) {
+        return Err(Error::Usage(format!("{flag} must be positive, got {v}")));
+    }
+    if shape.seq_len < shape.window {
+        return Err(Error::Usage(format!(
+            "L = {} is shorter than --window {}: a sequence would have no set",
+            shape.seq_len, shape.window
+        )));
+    }
+    if shape.tokens < shape.seq_len {
+        return Err(Error::Usage(format!(
+            "--tokens {} is below L = {}: a step needs at least one sequence",
+            shape.tokens, shape.seq_len
+        )));
+    }
+    Ok(())
+}
+
+/// Measures one configuration on `device`.
+pub fn run(
+    shape: &SkaBenchShape,
+    settings: SkaBenchSettings,
+    device: Device,
+) -> Result<SkaBenchRow, Error> {
+    check(shape)?;
+    let d = shape.heads * shape.head_dim;
+    // The backend's own checks (a CUDA device, top-k and head-width limits).
+    let model = ModelConfig {
+        vocab: i64::from(VOCAB),
+        seq_len: shape.seq_len,
+        d_model: d,
+        layers: 1,
+        heads: shape.heads,
+        ffn_mult: 4,
+        dropout: 0.0,
+        attn: Attn::Ska,
+        ska_layers: vec![],
+        beta: 0.0,
+        router_topk: shape.gate_topk,
+        adapter_rank: 0,
+        pos: Default::default(),
+        set_features: Default::default(),
+    };
+    let router = shape.backend.router(&model, device).map_err(Error::Usage)?;
+    let batch = shape.tokens / shape.seq_len;
+    let toks = random_tokens(0, batch as usize, shape.seq_len as usize, VOCAB);
+    let toy = ToyShape {
+        window: shape.window as usize,
+        stride: shape.stride as usize,
+        k: shape.minhash_k as usize,
+        seed: 1,
+        leading: false,
+    };
+    let inputs = sets(&toks, toy, device);
+    let layout = SetLayout::new(&inputs, shape.seq_len);
+    let kind = shape.precision.kind();
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(device);
+    let config = SkaConfig {
+        d_model: d,
+        heads: shape.heads,
+        router_topk: shape.gate_topk,
+        router,
+        ..SkaConfig::default()
+    };
+    let layer = SetAttention::new(&vs.root() / "ska", &config);
+    let embedding =
+        (Tensor::randn([i64::from(VOCAB), d], (Kind::Float, device)) * 0.3).set_requires_grad(true);
+    let x = Tensor::randn([batch, shape.seq_len, d], (Kind::Float, device))
+        .to_kind(kind)
+        .set_requires_grad(true);
+    let forward = || {
+        let phi = pool_phi(&embedding.index_select(0, &layout.values), &layout);
+        layer.forward(&x, &phi.to_kind(kind), &layout)
+    };
+    let mut wrt: Vec<Tensor> = vs.trainable_variables();
+    wrt.push(embedding.shallow_clone());
+    wrt.push(x.shallow_clone());
+    let wrt_refs: Vec<&Tensor> = wrt.iter().collect();
+    if let Device::Cuda(i) = device {
+        ausa_kernels::shim::cuda_reset_peak(i)
+            .map_err(|e| Error::Torch(format!("resetting the CUDA peak: {e}")))?;
+    }
+    let layout_ms = median_ms(device, settings, || {
+        let _ = SetLayout::new(&inputs, shape.seq_len);
+    });
+    let fwd_ms = median_ms(device, settings, || {
+        let _ = tch::no_grad(forward);
+    });
+    let fwd_bwd_ms = median_ms(device, settings, || {
+        let loss = forward().to_kind(Kind::Float).sum(Kind::Float);
+        let _ = Tensor::run_backward(&[loss], &wrt_refs, false, false);
+    });
+    let max_vram_mb = match device {
+        Device::Cuda(i) => Some(
+            ausa_kernels::shim::cuda_memory(i)
+                .map_err(|e| Error::Torch(format!("reading the CUDA peak: {e}")))?
+                .peak_allocated as f64
+                / (1024.0 * 1024.0),
+        ),
+        _ => None,
+    };
+    let m = layout.max_sets;
+    let real_sets = layout
+        .sizes
+        .gt(0.0)
+        .sum(Kind::Float)
+        .double_value(&[])
+        .max(1.0);
+    let atoms_per_set = layout.sizes.sum(Kind::Float).double_value(&[]) / real_sets;
+    let (b, l, h, dh) = (
+        batch as f64,
+        shape.seq_len as f64,
+        shape.heads as f64,
+        shape.head_dim as f64,
+    );
+    let (mf, df) = (m as f64, d as f64);
+    let fwd_flops = 2.0 * b * l * df * df * 2.0 // gate and output projections
+        + 2.0 * b * mf * (df + 1.0) * df // values
+        + 2.0 * b * h * mf * mf * dh // set weights x values
+        + 2.0 * 2.0 * b * h * l * mf * dh; // router logits and mix
+    let elem = match kind {
+        Kind::Float => 4.0,
+        _ => 2.0,
+    };
+    // x in, y out, the signatures and the pooled features.
+    let fwd_bytes =
+        2.0 * b * l * df * elem + b * mf * shape.minhash_k as f64 * 4.0 + b * mf * df * elem;
+    Ok(SkaBenchRow {
+        shape: shape.clone(),
+        batch,
+        sets_per_seq: m,
+        atoms_per_set,
+        fwd_ms,
+        fwd_bwd_ms,
+        layout_ms,
+        max_vram_mb,
+        scores_computed: b * h * mf * mf,
+        fwd_flops,
+        fwd_bytes,
+    })
+}
+
+/// Appends `rows` to the CSV at `path` (header first when new; a file with another header
+/// is an error and is left as it was), through a temp file and a rename.
+pub fn append_csv(path: &PathBuf, rows: &[SkaBenchRow]) -> Result<(), Error> {
+    let io = |p: &std::path::Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io { path: p, source }
+    };
+    let header = csv_header();
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(path)(e)),
+    };
+    match text.lines().next() {
+        None => text = format!("{header}\n"),
+        Some(first) if first == header => {}
+        Some(_) => {
+            return Err(Error::Usage(format!(
+                "{}: its header has other columns than `ausa bench ska`'s; pass another --csv",
+                path.display()
+            )))
+        }
+    }
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for row in rows {
+        let values: Vec<String> = row.fields().into_iter().map(|(_, v)| v).collect();
+        text.push_str(&values.join(","));
+        text.push('\n');
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
