@@ -71,6 +71,18 @@ const ROUTER: Source = Source {
     text: include_str!("../cuda/router.cu"),
 };
 
+const SET_ATTENTION: Source = Source {
+    file: "set_attention.cu",
+    text: include_str!("../cuda/set_attention.cu"),
+};
+
+/// Rows (query or key sets) per block of the set-attention kernels (`ROWS` in
+/// set_attention.cu).
+const SET_ATTENTION_ROWS: u32 = 64;
+
+/// The largest head dimension of the set-attention kernels (registers).
+pub const SET_ATTENTION_MAX_HEAD_DIM: i64 = 128;
+
 /// Tokens per block of the router kernels (`ROWS` in router.cu).
 const ROUTER_ROWS: u32 = 128;
 
@@ -167,8 +179,146 @@ impl RouterShape {
     }
 }
 
+/// The inputs of the fused set attention (fp32, on one GPU; [`CudaKernels`]'s
+/// `set_attention_*`). `delta` and `attend` are the batch's, shared by every layer.
+#[derive(Debug)]
+pub struct SetAttentionInputs<'a> {
+    /// `[B, M, M]` fp32 `Delta` between set slots.
+    pub delta: &'a Tensor,
+    /// `[B, M, M]` (or `[B, 1, M, M]`) bool: query set `i` may attend key set `j`.
+    pub attend: &'a Tensor,
+    /// `[H]` `gamma_h` (positive).
+    pub gamma: &'a Tensor,
+    /// `[H]` `tau_h` (positive).
+    pub tau: &'a Tensor,
+    /// `[B, H, M, D]` values `V_h([Phi_j, psi(|S_j|)])`.
+    pub v: &'a Tensor,
+    /// The content term: `(qa, kb, beta)`, `qa = A_h Phi_i` and `kb = B_h Phi_j`, both
+    /// `[B, H, M, D]`; `None` when `beta` is 0.
+    pub content: Option<(&'a Tensor, &'a Tensor, f64)>,
+}
+
+/// The gradients of the fused set attention, fp32.
+#[derive(Debug)]
+pub struct SetAttentionGrads {
+    /// `[B, H, M, D]` of `v`.
+    pub dv: Tensor,
+    /// `[H]` of `gamma`.
+    pub dgamma: Tensor,
+    /// `[H]` of `tau`.
+    pub dtau: Tensor,
+    /// `[B, H, M, D]` of `qa` (with the content term).
+    pub dqa: Option<Tensor>,
+    /// `[B, H, M, D]` of `kb` (with the content term).
+    pub dkb: Option<Tensor>,
+}
+
+/// The set attention's dimensions, checked once per call.
+#[derive(Debug, Clone, Copy)]
+struct SetShape {
+    b: i64,
+    h: i64,
+    m: i64,
+    d: i64,
+}
+
+impl SetShape {
+    fn check(inputs: &SetAttentionInputs) -> Result<SetShape, CudaError> {
+        let [b, h, m, d] = dims(inputs.v, "v")?;
+        expect_shape(inputs.delta, &[b, m, m], "delta")?;
+        if inputs.attend.numel() as i64 != b * m * m {
+            return Err(CudaError::Input(format!(
+                "attend: expected [B, M, M] = [{b}, {m}, {m}], got {:?}",
+                inputs.attend.size()
+            )));
+        }
+        expect_shape(inputs.gamma, &[h], "gamma")?;
+        expect_shape(inputs.tau, &[h], "tau")?;
+        if let Some((qa, kb, _)) = inputs.content {
+            expect_shape(qa, &[b, h, m, d], "qa")?;
+            expect_shape(kb, &[b, h, m, d], "kb")?;
+        }
+        if !(1..=SET_ATTENTION_MAX_HEAD_DIM).contains(&d) {
+            return Err(CudaError::Input(format!(
+                "the fused set attention supports head dimensions 1..={SET_ATTENTION_MAX_HEAD_DIM}, got {d}"
+            )));
+        }
+        Ok(SetShape { b, h, m, d })
+    }
+
+    /// One thread per set row: blocks of `SET_ATTENTION_ROWS` rows x `B * H`.
+    fn grid(&self) -> Result<LaunchConfig, CudaError> {
+        let blocks = u32::try_from(
+            (self.m + i64::from(SET_ATTENTION_ROWS) - 1) / i64::from(SET_ATTENTION_ROWS),
+        )
+        .map_err(|_| CudaError::Input(format!("{} sets per sequence are too many", self.m)))?;
+        let bh = u32::try_from(self.b * self.h)
+            .ok()
+            .filter(|&n| n <= 65_535)
+            .ok_or_else(|| {
+                CudaError::Input(format!(
+                    "B * H = {} is too large (at most 65535)",
+                    self.b * self.h
+                ))
+            })?;
+        Ok(LaunchConfig {
+            grid_dim: (blocks.max(1), bh.max(1), 1),
+            block_dim: (SET_ATTENTION_ROWS, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+}
+
+/// The set attention's input pointers (`delta, attend, gamma, tau, v, qa, kb`, in the
+/// kernels' order), `beta` and the integer arguments, with the contiguous copies they
+/// point into kept alive.
+struct SetArgs {
+    ptrs: [u64; 7],
+    beta: f32,
+    heads: i32,
+    m: i32,
+    _keep: Vec<Tensor>,
+}
+
+impl SetArgs {
+    fn new(
+        inputs: &SetAttentionInputs,
+        shape: SetShape,
+        ordinal: usize,
+    ) -> Result<SetArgs, CudaError> {
+        let SetShape { b, h, m, d } = shape;
+        let delta = inputs.delta.contiguous();
+        let attend = inputs.attend.reshape([b, m, m]).contiguous();
+        let gamma = inputs.gamma.contiguous();
+        let tau = inputs.tau.contiguous();
+        let v = inputs.v.contiguous();
+        let rows = b * h * m * d;
+        let (qa, kb, beta) = match inputs.content {
+            Some((qa, kb, beta)) => (qa.contiguous(), kb.contiguous(), beta as f32),
+            // Never read (CONTENT=0): v stands in so every pointer is valid.
+            None => (v.shallow_clone(), v.shallow_clone(), 0.0),
+        };
+        let ptrs = [
+            device_ptr(&delta, Kind::Float, b * m * m, ordinal)?,
+            device_ptr(&attend, Kind::Bool, b * m * m, ordinal)?,
+            device_ptr(&gamma, Kind::Float, h, ordinal)?,
+            device_ptr(&tau, Kind::Float, h, ordinal)?,
+            device_ptr(&v, Kind::Float, rows, ordinal)?,
+            device_ptr(&qa, Kind::Float, rows, ordinal)?,
+            device_ptr(&kb, Kind::Float, rows, ordinal)?,
+        ];
+        Ok(SetArgs {
+            ptrs,
+            beta,
+            heads: to_i32(h)?,
+            m: to_i32(m)?,
+            _keep: vec![delta, attend, gamma, tau, v, qa, kb],
+        })
+    }
+}
+
 /// Every op family's source (what [`compile_all`] checks).
-const SOURCES: &[&Source] = &[&DELTA, &ROUTER];
+const SOURCES: &[&Source] = &[&DELTA, &ROUTER, &SET_ATTENTION];
 
 /// Threads per block side of the pairwise kernels (`TILE` in delta.cu).
 const TILE: u32 = 16;
@@ -239,9 +389,10 @@ pub struct CudaKernels {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     delta: Arc<CudaModule>,
-    /// The router module per head dimension (a compile-time constant of router.cu),
-    /// compiled at first use.
-    routers: std::sync::Mutex<std::collections::HashMap<i64, Arc<CudaModule>>>,
+    /// Modules compiled with `-D` constants (head dimension, content term), per source
+    /// file and defines, compiled at first use.
+    specialized:
+        std::sync::Mutex<std::collections::HashMap<(&'static str, Vec<String>), Arc<CudaModule>>>,
     arch: String,
     ordinal: usize,
 }
@@ -274,7 +425,7 @@ impl CudaKernels {
             stream: ctx.default_stream(),
             ctx,
             delta,
-            routers: Default::default(),
+            specialized: Default::default(),
             arch,
             ordinal,
         })
@@ -554,16 +705,185 @@ impl CudaKernels {
         Ok((dq, dz))
     }
 
-    /// The router module for head dimension `d`, compiled (or read from the cache) at
-    /// first use.
+    /// The fused set attention's forward (`set_attention.cu`): `(out, lse)`, both fp32,
+    /// `[B, H, M, D]` and `[B, H, M]`, as `SetAttention::set_outputs` computes `out`.
+    pub fn set_attention_forward(
+        &self,
+        inputs: &SetAttentionInputs,
+    ) -> Result<(Tensor, Tensor), CudaError> {
+        let SetShape { b, h, m, d } = SetShape::check(inputs)?;
+        let device = inputs.v.device();
+        let mut out = Tensor::empty([b, h, m, d], (Kind::Float, device));
+        let mut lse = Tensor::empty([b, h, m], (Kind::Float, device));
+        self.set_attention_forward_into(inputs, &mut out, &mut lse)?;
+        Ok((out, lse))
+    }
+
+    /// [`CudaKernels::set_attention_forward`] into existing tensors (every element is
+    /// written; the tests poison them first).
+    pub fn set_attention_forward_into(
+        &self,
+        inputs: &SetAttentionInputs,
+        out: &mut Tensor,
+        lse: &mut Tensor,
+    ) -> Result<(), CudaError> {
+        let shape = SetShape::check(inputs)?;
+        let SetShape { b, h, m, d } = shape;
+        expect_shape(out, &[b, h, m, d], "out")?;
+        expect_shape(lse, &[b, h, m], "lse")?;
+        let args = SetArgs::new(inputs, shape, self.ordinal)?;
+        let outs = [
+            device_ptr(out, Kind::Float, b * h * m * d, self.ordinal)?,
+            device_ptr(lse, Kind::Float, b * h * m, self.ordinal)?,
+        ];
+        let module = self.set_attention(d, inputs.content.is_some())?;
+        let f = module.load_function("set_attn_fwd")?;
+        let mut launch = self.stream.launch_builder(&f);
+        for p in &args.ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&args.beta);
+        for p in &outs {
+            launch.arg(p);
+        }
+        launch.arg(&args.heads).arg(&args.m);
+        // SAFETY: see the module invariant; reads delta and attend (b*m*m), gamma and tau
+        // (h), v, qa, kb (b*h*m*d; qa and kb only when the module has CONTENT=1, else
+        // they alias v), writes out and lse, all of the checked element counts; the
+        // module's HEAD_DIM is `d`.
+        unsafe { launch.launch(shape.grid()?) }?;
+        Ok(())
+    }
+
+    /// The fused set attention's gradients for the output gradient `dout` (`[B, H, M,
+    /// D]`), from the forward's inputs and its `out` and `lse`. Deterministic: every
+    /// element is summed in a fixed order by one thread, and `gamma` / `tau` from
+    /// per-row partials by a fixed-shape reduction.
+    pub fn set_attention_backward(
+        &self,
+        inputs: &SetAttentionInputs,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+    ) -> Result<SetAttentionGrads, CudaError> {
+        let shape = SetShape::check(inputs)?;
+        let SetShape { b, h, m, d } = shape;
+        expect_shape(out, &[b, h, m, d], "out")?;
+        expect_shape(lse, &[b, h, m], "lse")?;
+        expect_shape(dout, &[b, h, m, d], "dout")?;
+        let args = SetArgs::new(inputs, shape, self.ordinal)?;
+        let dout = dout.contiguous();
+        let device = inputs.v.device();
+        let rows = |n: i64| Tensor::empty([b, h, n], (Kind::Float, device));
+        let (dsum, gamma_rows, tau_rows) = (rows(m), rows(m), rows(m));
+        let dv = Tensor::empty([b, h, m, d], (Kind::Float, device));
+        let content = inputs.content.is_some();
+        // Without the content term the kernels write no dqa / dkb: a placeholder of one
+        // element stands in for them.
+        let grad_len = if content { b * h * m * d } else { 1 };
+        let dqa = Tensor::empty([grad_len], (Kind::Float, device));
+        let dkb = Tensor::empty([grad_len], (Kind::Float, device));
+        let ptr = |t: &Tensor, n: i64| device_ptr(t, Kind::Float, n, self.ordinal);
+        let (out_ptr, lse_ptr, dout_ptr) = (
+            ptr(out, b * h * m * d)?,
+            ptr(lse, b * h * m)?,
+            ptr(&dout, b * h * m * d)?,
+        );
+        let (dsum_ptr, gamma_rows_ptr, tau_rows_ptr) = (
+            ptr(&dsum, b * h * m)?,
+            ptr(&gamma_rows, b * h * m)?,
+            ptr(&tau_rows, b * h * m)?,
+        );
+        let (dv_ptr, dqa_ptr, dkb_ptr) = (
+            ptr(&dv, b * h * m * d)?,
+            ptr(&dqa, grad_len)?,
+            ptr(&dkb, grad_len)?,
+        );
+        let module = self.set_attention(d, content)?;
+
+        let f = module.load_function("set_attn_bwd_q")?;
+        let mut launch = self.stream.launch_builder(&f);
+        for p in &args.ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&args.beta);
+        for p in [
+            &out_ptr,
+            &lse_ptr,
+            &dout_ptr,
+            &dqa_ptr,
+            &dsum_ptr,
+            &gamma_rows_ptr,
+            &tau_rows_ptr,
+        ] {
+            launch.arg(p);
+        }
+        launch.arg(&args.heads).arg(&args.m);
+        // SAFETY: see the module invariant; reads the forward's inputs, out, lse and dout,
+        // writes dqa (only with CONTENT=1), dsum and the per-row gamma / tau partials,
+        // all of the checked element counts.
+        unsafe { launch.launch(shape.grid()?) }?;
+
+        let f = module.load_function("set_attn_bwd_kv")?;
+        let mut launch = self.stream.launch_builder(&f);
+        for p in &args.ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&args.beta);
+        for p in [&lse_ptr, &dout_ptr, &dsum_ptr, &dv_ptr, &dkb_ptr] {
+            launch.arg(p);
+        }
+        launch.arg(&args.heads).arg(&args.m);
+        // SAFETY: as above; reads dsum written by the previous launch on this stream,
+        // writes dv and (with CONTENT=1) dkb.
+        unsafe { launch.launch(shape.grid()?) }?;
+
+        let per_head = |t: &Tensor| t.sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
+        let (dqa, dkb) = if content {
+            (Some(dqa.view([b, h, m, d])), Some(dkb.view([b, h, m, d])))
+        } else {
+            (None, None)
+        };
+        Ok(SetAttentionGrads {
+            dv,
+            dgamma: per_head(&gamma_rows),
+            dtau: per_head(&tau_rows),
+            dqa,
+            dkb,
+        })
+    }
+
+    /// The set-attention module for head dimension `d`, with or without the content term.
+    fn set_attention(&self, d: i64, content: bool) -> Result<Arc<CudaModule>, CudaError> {
+        self.specialized(
+            &SET_ATTENTION,
+            vec![
+                format!("-DHEAD_DIM={d}"),
+                format!("-DCONTENT={}", i32::from(content)),
+            ],
+        )
+    }
+
+    /// The router module for head dimension `d`.
     fn router(&self, d: i64) -> Result<Arc<CudaModule>, CudaError> {
-        let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(module) = routers.get(&d) {
+        self.specialized(&ROUTER, vec![format!("-DHEAD_DIM={d}")])
+    }
+
+    /// `source` compiled with `defines` (`-DNAME=VALUE`), compiled (or read from the disk
+    /// cache) at first use and kept for the process.
+    fn specialized(
+        &self,
+        source: &'static Source,
+        defines: Vec<String>,
+    ) -> Result<Arc<CudaModule>, CudaError> {
+        let mut modules = self.specialized.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (source.file, defines);
+        if let Some(module) = modules.get(&key) {
             return Ok(module.clone());
         }
-        let ptx = compiled(&ROUTER, &self.arch, &[format!("-DHEAD_DIM={d}")])?;
+        let ptx = compiled(source, &self.arch, &key.1)?;
         let module = self.ctx.load_module(ptx)?;
-        routers.insert(d, module.clone());
+        modules.insert(key, module.clone());
         Ok(module)
     }
 
@@ -649,7 +969,10 @@ pub fn compile_all(arch: &str) -> Result<(), CudaError> {
     }
     preload_nvrtc_builtins();
     for source in SOURCES {
-        compile(source, arch, &["-DHEAD_DIM=64".to_string()])?;
+        for content in ["0", "1"] {
+            let defines = ["-DHEAD_DIM=64".to_string(), format!("-DCONTENT={content}")];
+            compile(source, arch, &defines)?;
+        }
     }
     Ok(())
 }

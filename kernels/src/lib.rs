@@ -330,10 +330,10 @@ pub struct SkaConfig {
     pub gamma_init: f64,
     /// Initial `tau_h` (all heads).
     pub tau_init: f64,
-    /// How the router is computed and differentiated ([`router::RouterImpl`]). For
+    /// How the set attention and the router are computed and differentiated. For
     /// `Cuda`, the caller opens the device's kernels first (`cuda::CudaKernels::shared`),
     /// so a missing GPU is its error, not a panic in [`SetAttention::new`].
-    pub router: router::RouterImpl,
+    pub ops: OpImpl,
 }
 
 impl Default for SkaConfig {
@@ -345,9 +345,26 @@ impl Default for SkaConfig {
             router_topk: 0,
             gamma_init: 0.05,
             tau_init: 0.1,
-            router: router::RouterImpl::Autograd,
+            ops: OpImpl::Autograd,
         }
     }
+}
+
+/// How an SKA layer computes its two ops, the set attention ([`set_attention`]) and the
+/// router ([`router`]), and how they are differentiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpImpl {
+    /// Tensor ops, gradient by libtorch's autograd (the reference, `--ska-backend naive`).
+    #[default]
+    Autograd,
+    /// Tensor ops with the hand-written backward, through the autograd bridge (the plain
+    /// reference of the kernels' math; any device).
+    Manual,
+    /// The fused CUDA kernels on CUDA device `ordinal`.
+    Cuda {
+        /// The CUDA device.
+        ordinal: usize,
+    },
 }
 
 /// One set-kernel attention layer with its router (replaces self-attention in a block).
@@ -373,6 +390,8 @@ pub struct SetAttention {
     out: nn::Linear,
     /// The router op (`None`: tensor ops under libtorch's autograd).
     router: Option<router::Router>,
+    /// The set x set attention op (`None`: tensor ops under libtorch's autograd).
+    attention: Option<set_attention::FusedSetAttention>,
 }
 
 impl SetAttention {
@@ -415,8 +434,10 @@ impl SetAttention {
             v: linear("v", d + 1, d),
             gate: linear("gate", d, d),
             out: linear("out", d, d),
-            router: router::Router::new(config.router, config.router_topk)
+            router: router::Router::new(config.ops, config.router_topk)
                 .unwrap_or_else(|e| panic!("the SKA router: {e}")),
+            attention: set_attention::FusedSetAttention::new(config.ops, config.beta)
+                .unwrap_or_else(|e| panic!("the SKA set attention: {e}")),
         }
     }
 
@@ -434,21 +455,6 @@ impl SetAttention {
     pub fn set_outputs(&self, phi: &Tensor, layout: &SetLayout) -> Tensor {
         let kind = phi.kind();
         let (bsz, m, h, dh) = (layout.batch, layout.max_sets, self.heads, self.head_dim);
-        let view_h = |t: Tensor| t.view([1, h, 1, 1]);
-        let kernel =
-            (layout.delta.to_kind(kind).unsqueeze(1) * -view_h(self.gamma().to_kind(kind))).exp();
-        // Out of place: exp's backward needs its output unmodified.
-        let scores = match (&self.a, &self.b) {
-            (Some(a), Some(b)) => {
-                // (A_h Phi_i) . (B_h Phi_j): [B, H, M, dh] x [B, H, dh, M].
-                let qa = phi.unsqueeze(1).matmul(&a.to_kind(kind).unsqueeze(0));
-                let kb = phi.unsqueeze(1).matmul(&b.to_kind(kind).unsqueeze(0));
-                kernel + qa.matmul(&kb.transpose(-1, -2)) * self.beta
-            }
-            _ => kernel,
-        };
-        let scores = scores / view_h(self.tau().to_kind(kind));
-        let weights = masked_softmax(&scores, &layout.attend);
         let value_in = Tensor::cat(
             &[
                 phi.shallow_clone(),
@@ -459,6 +465,35 @@ impl SetAttention {
         let values = linear_kind(&self.v, &value_in)
             .view([bsz, m, h, dh])
             .transpose(1, 2);
+        // (A_h Phi_i) and (B_h Phi_j): [B, 1, M, d] x [1, H, d, dh] = [B, H, M, dh].
+        let content = match (&self.a, &self.b) {
+            (Some(a), Some(b)) => Some((
+                phi.unsqueeze(1).matmul(&a.to_kind(kind).unsqueeze(0)),
+                phi.unsqueeze(1).matmul(&b.to_kind(kind).unsqueeze(0)),
+            )),
+            _ => None,
+        };
+        if let Some(op) = &self.attention {
+            let args = set_attention::SetAttentionArgs {
+                delta: &layout.delta,
+                attend: &layout.attend,
+                gamma: &self.gamma(),
+                tau: &self.tau(),
+                v: &values,
+                content: content.as_ref().map(|(qa, kb)| (qa, kb)),
+            };
+            return op.forward(&args).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let view_h = |t: Tensor| t.view([1, h, 1, 1]);
+        let kernel =
+            (layout.delta.to_kind(kind).unsqueeze(1) * -view_h(self.gamma().to_kind(kind))).exp();
+        // Out of place: exp's backward needs its output unmodified.
+        let scores = match content {
+            Some((qa, kb)) => kernel + qa.matmul(&kb.transpose(-1, -2)) * self.beta,
+            None => kernel,
+        };
+        let scores = scores / view_h(self.tau().to_kind(kind));
+        let weights = masked_softmax(&scores, &layout.attend);
         weights.matmul(&values)
     }
 
@@ -502,5 +537,6 @@ mod tests;
 mod tests_cuda;
 
 pub mod router;
+pub mod set_attention;
 pub mod shim;
 pub mod toy;

@@ -1,13 +1,13 @@
 //! The token -> set router of an SKA layer as an op with its own backward, in two
 //! implementations behind one [`CustomOp`]:
 //!
-//! - [`RouterImpl::Manual`]: tensor ops on any device, forward and backward written out
+//! - [`OpImpl::Manual`]: tensor ops on any device, forward and backward written out
 //!   (the plain reference of the CUDA kernels' math, and the way the autograd bridge is
 //!   tested on a machine without a GPU);
-//! - [`RouterImpl::Cuda`]: the fused kernels of `cuda/router.cu` (fp32 inside; other
+//! - [`OpImpl::Cuda`]: the fused kernels of `cuda/router.cu` (fp32 inside; other
 //!   kinds are cast in and out).
 //!
-//! [`RouterImpl::Autograd`] is the default: the router in tensor ops differentiated by
+//! [`OpImpl::Autograd`] is the default: the router in tensor ops differentiated by
 //! libtorch (`SetAttention::forward`'s own code, `--ska-backend naive`).
 //!
 //! The math, for token `t` with query `q_t` and set outputs `z_j`: over the kept sets
@@ -22,22 +22,7 @@ use tch::{Kind, Tensor};
 
 use crate::cuda::{CudaKernels, RouterSaved};
 use crate::shim::autograd::{CustomOp, Forward, OpHandle};
-use crate::top_k_mask;
-
-/// How an SKA layer computes its router.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RouterImpl {
-    /// Tensor ops, gradient by libtorch's autograd (the reference).
-    #[default]
-    Autograd,
-    /// Tensor ops with the hand-written backward, through the autograd bridge.
-    Manual,
-    /// The fused CUDA kernels on CUDA device `ordinal`.
-    Cuda {
-        /// The CUDA device.
-        ordinal: usize,
-    },
-}
+use crate::{top_k_mask, OpImpl};
 
 /// A registered router op (cheap to copy; one per layer configuration).
 #[derive(Debug, Clone, Copy)]
@@ -47,13 +32,13 @@ pub struct Router {
 
 impl Router {
     /// The router with top-k `topk` (0: every visible set) as `imp` computes it; `None`
-    /// for [`RouterImpl::Autograd`], which needs no op. For `Cuda`, the kernels of that
+    /// for [`OpImpl::Autograd`], which needs no op. For `Cuda`, the kernels of that
     /// device are opened (or reused) here.
-    pub fn new(imp: RouterImpl, topk: i64) -> Result<Option<Router>, String> {
+    pub fn new(imp: OpImpl, topk: i64) -> Result<Option<Router>, String> {
         let backend = match imp {
-            RouterImpl::Autograd => return Ok(None),
-            RouterImpl::Manual => Backend::Manual,
-            RouterImpl::Cuda { ordinal } => {
+            OpImpl::Autograd => return Ok(None),
+            OpImpl::Manual => Backend::Manual,
+            OpImpl::Cuda { ordinal } => {
                 Backend::Cuda(CudaKernels::shared(ordinal).map_err(|e| e.to_string())?)
             }
         };

@@ -4,8 +4,8 @@
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
-use crate::router::RouterImpl;
 use crate::toy::{random_tokens, sets, ToyShape};
+use crate::OpImpl;
 use crate::{masked_softmax, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig};
 
 const SHAPE: ToyShape = ToyShape {
@@ -36,10 +36,10 @@ struct Tiny {
 }
 
 fn tiny(kind: Kind, beta: f64, router_topk: i64) -> Tiny {
-    tiny_with_router(kind, beta, router_topk, RouterImpl::Autograd)
+    tiny_with_ops(kind, beta, router_topk, OpImpl::Autograd)
 }
 
-fn tiny_with_router(kind: Kind, beta: f64, router_topk: i64, router: RouterImpl) -> Tiny {
+fn tiny_with_ops(kind: Kind, beta: f64, router_topk: i64, router: OpImpl) -> Tiny {
     tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
@@ -58,7 +58,7 @@ fn tiny_with_router(kind: Kind, beta: f64, router_topk: i64, router: RouterImpl)
         heads: 2,
         beta,
         router_topk,
-        router,
+        ops: router,
         ..SkaConfig::default()
     };
     let layer = SetAttention::new(&root / "ska", &config);
@@ -390,21 +390,22 @@ fn gradients_reach_the_hidden_states_through_the_pooled_features() {
     }
 }
 
-/// The router with its hand-written backward (the math of the CUDA kernels, through the
-/// autograd bridge) against libtorch's autograd of the tensor-op router: the same layer
-/// output and the same gradient into every parameter and into the token states, with
-/// and without top-k, on batches whose first positions see no set.
+/// The set attention and the router with their hand-written backwards (the math of the
+/// CUDA kernels, through the autograd bridge) against libtorch's autograd of the tensor
+/// ops: the same layer output and the same gradient into every parameter (gamma, tau, the
+/// content maps, the values, the adapter) and into the token states, with and without
+/// top-k and the content term, on batches whose first positions see no set.
 #[test]
-fn manual_router_backward_matches_autograd_everywhere() {
-    for topk in [0, 2] {
+fn manual_backwards_match_autograd_everywhere() {
+    for (topk, beta) in [(0, 0.7), (2, 0.7), (0, 0.0)] {
         let toks = tokens(23, 3);
         tch::manual_seed(5);
         let x0 = Tensor::randn([3, LEN as i64, 8], (Kind::Double, Device::Cpu));
         let weights = Tensor::randn([3, LEN as i64, 8], (Kind::Double, Device::Cpu));
         // The same parameters in both models: copied, since the global RNG that seeds
         // them is shared with the tests running in parallel.
-        let reference = tiny_with_router(Kind::Double, 0.7, topk, RouterImpl::Autograd);
-        let mut manual = tiny_with_router(Kind::Double, 0.7, topk, RouterImpl::Manual);
+        let reference = tiny_with_ops(Kind::Double, beta, topk, OpImpl::Autograd);
+        let mut manual = tiny_with_ops(Kind::Double, beta, topk, OpImpl::Manual);
         manual.vs.copy(&reference.vs).unwrap();
         let run = |model: &Tiny| {
             let x = x0.detach().set_requires_grad(true);
@@ -429,7 +430,7 @@ fn manual_router_backward_matches_autograd_everywhere() {
         let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
         assert!(
             diff(&got_y, &want_y) < 1e-12,
-            "top-k {topk}: outputs differ"
+            "top-k {topk}, beta {beta}: outputs differ"
         );
         assert_eq!(got.len(), want.len());
         for ((name, g), (_, w)) in got.iter().zip(&want) {
@@ -438,7 +439,7 @@ fn manual_router_backward_matches_autograd_everywhere() {
             let err = diff(g, w) / scale;
             assert!(
                 err < 1e-10,
-                "top-k {topk}, {name}: relative gradient error {err}"
+                "top-k {topk}, beta {beta}, {name}: relative gradient error {err}"
             );
         }
     }

@@ -134,8 +134,8 @@ pub enum SetFeaturesArg {
 pub enum SkaBackend {
     /// Batched tensor ops (CPU and GPU; the reference).
     Naive,
-    /// The router as fused CUDA kernels (GPU only; set attention itself still the
-    /// reference ops).
+    /// Set attention and router as fused CUDA kernels with their own backward (GPU
+    /// only).
     Cuda,
 }
 

@@ -275,9 +275,9 @@ fn measure(bench: &Bench) -> Result<BenchResult, Error> {
     let vs = tch::nn::VarStore::new(device);
     let router = config
         .ska_backend
-        .router(&config.model, device)
+        .ops(&config.model, device)
         .map_err(Error::Usage)?;
-    let model = Lm::with_router(&vs.root(), &config.model, router);
+    let model = Lm::with_ops(&vs.root(), &config.model, router);
     let mut opt = AdamW::new(&vs);
     let order = Sampler::new(n as usize, config.batch, config.seed).permutation(0);
     let ids_of = |i: usize| -> Vec<i64> {

@@ -14,7 +14,7 @@
 //! statistics of the loss, and the SKA distance `Delta` stay fp32.
 
 use ausa_kernels::cuda::{CudaKernels, ROUTER_MAX_HEAD_DIM, ROUTER_TOPK_MAX};
-use ausa_kernels::router::RouterImpl;
+use ausa_kernels::OpImpl;
 use ausa_kernels::{
     linear_kind, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig,
 };
@@ -106,8 +106,9 @@ pub enum SkaBackend {
     /// Batched tensor ops differentiated by libtorch (the reference; CPU and GPU).
     #[default]
     Naive,
-    /// The router as fused CUDA kernels with their own backward (`ausa_kernels::router`);
-    /// set attention itself still the reference ops until its fused kernels land.
+    /// The set attention and the router as fused CUDA kernels with their own backward
+    /// (`ausa_kernels::set_attention`, `ausa_kernels::router`); pooling, projections and
+    /// `Delta` stay tensor ops.
     Cuda,
 }
 
@@ -120,11 +121,11 @@ impl SkaBackend {
         }
     }
 
-    /// The router implementation on `device`, after checking that this backend can run
+    /// The SKA ops' implementation on `device`, after checking that this backend can run
     /// there (the message names the flag to change).
-    pub fn router(self, model: &ModelConfig, device: tch::Device) -> Result<RouterImpl, String> {
+    pub fn ops(self, model: &ModelConfig, device: tch::Device) -> Result<OpImpl, String> {
         match self {
-            SkaBackend::Naive => Ok(RouterImpl::Autograd),
+            SkaBackend::Naive => Ok(OpImpl::Autograd),
             SkaBackend::Cuda => {
                 let tch::Device::Cuda(ordinal) = device else {
                     return Err(
@@ -149,7 +150,7 @@ impl SkaBackend {
                 CudaKernels::shared(ordinal).map_err(|e| {
                     format!("--ska-backend cuda: the CUDA kernels do not load ({e}); use --ska-backend naive")
                 })?;
-                Ok(RouterImpl::Cuda { ordinal })
+                Ok(OpImpl::Cuda { ordinal })
             }
         }
     }
@@ -291,13 +292,13 @@ impl Lm {
     /// A model under `path` (GPT-2 style init: normal(0, 0.02), residual projections
     /// scaled by `1/sqrt(2 * layers)`), SKA routers in tensor ops.
     pub fn new(path: &nn::Path, config: &ModelConfig) -> Lm {
-        Lm::with_router(path, config, RouterImpl::Autograd)
+        Lm::with_ops(path, config, OpImpl::Autograd)
     }
 
     /// [`Lm::new`] with the SKA blocks' router computed by `router` (from
-    /// [`SkaBackend::router`], which checked that it runs here). The parameters, and their
+    /// [`SkaBackend::ops`], which checked that it runs here). The parameters, and their
     /// initialization, do not depend on it.
-    pub fn with_router(path: &nn::Path, config: &ModelConfig, router: RouterImpl) -> Lm {
+    pub fn with_ops(path: &nn::Path, config: &ModelConfig, router: OpImpl) -> Lm {
         let d = config.d_model;
         let std = 0.02;
         let normal = Init::Randn {
@@ -330,7 +331,7 @@ impl Lm {
                         heads: config.heads,
                         beta: config.beta,
                         router_topk: config.router_topk,
-                        router,
+                        ops: router,
                         ..SkaConfig::default()
                     };
                     Mixer::Ska(SetAttention::new(&p / "ska", &ska))

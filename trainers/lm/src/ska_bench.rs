@@ -258,7 +258,7 @@ pub fn run(
         pos: Default::default(),
         set_features: Default::default(),
     };
-    let router = shape.backend.router(&model, device).map_err(Error::Usage)?;
+    let router = shape.backend.ops(&model, device).map_err(Error::Usage)?;
     let batch = shape.tokens / shape.seq_len;
     let toks = random_tokens(0, batch as usize, shape.seq_len as usize, VOCAB);
     let toy = ToyShape {
@@ -277,7 +277,7 @@ pub fn run(
         d_model: d,
         heads: shape.heads,
         router_topk: shape.gate_topk,
-        router,
+        ops: router,
         ..SkaConfig::default()
     };
     let layer = SetAttention::new(&vs.root() / "ska", &config);

@@ -794,7 +794,7 @@ pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error
     // Before the run directory exists: a backend that cannot run here is a usage error.
     config
         .ska_backend
-        .router(&config.model, run.device)
+        .ops(&config.model, run.device)
         .map_err(Error::Usage)?;
     let out = &run.out;
     let metrics_path = out.join("metrics.jsonl");
@@ -862,9 +862,9 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
     let vs = tch::nn::VarStore::new(run.device);
     let router = config
         .ska_backend
-        .router(&config.model, run.device)
+        .ops(&config.model, run.device)
         .map_err(Error::Usage)?;
-    let model = Lm::with_router(&vs.root(), &config.model, router);
+    let model = Lm::with_ops(&vs.root(), &config.model, router);
     let mut opt = AdamW::new(&vs);
     let sampler = Sampler::new(data.num_sequences() as usize, config.batch, config.seed);
     let total = total_steps(config, &sampler);

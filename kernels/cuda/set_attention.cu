@@ -1,0 +1,314 @@
+// Set x set attention of set-kernel attention, fused: for query set i of sequence b and
+// head h, over the key sets j it may attend (attend[b, i, j]: both real sets of the
+// sequence, end_j <= end_i),
+//   s_ij = (exp(-gamma_h Delta_ij) + beta qa_i . kb_j) / tau_h,
+//   out_i = sum_j softmax_j(s_ij) v_j,   lse_i = log sum_j exp(s_ij),
+// a Flash-style online softmax that never stores the [M, M] scores. A row without an
+// attendable set (a padding slot) gets zeros and lse = -inf. The reference is
+// `SetAttention::set_outputs` (kernels/src/lib.rs); the backward's math is written out in
+// tensor ops in kernels/src/set_attention.rs (`manual_backward`); tests in
+// kernels/src/tests_cuda.rs.
+//
+// Layout (fp32, row-major): delta [B, M, M] (shared by every layer and head), attend
+// [B, M, M] u8, gamma [H], tau [H], v / qa / kb / out [B, H, M, D], lse [B, H, M].
+// D = HEAD_DIM and CONTENT (1: the beta term is on, qa and kb are read) are fixed at
+// compile time (NVRTC -D options), so a thread's rows live in registers.
+//
+// Grid: x over blocks of ROWS rows, y over B * H. One thread per row; the block stages a
+// tile of TJ other-side rows (and the Delta / attend tile, read along the contiguous
+// dimension) through shared memory, read by every thread as broadcasts.
+
+#ifndef HEAD_DIM
+#error "compile with -DHEAD_DIM=<head dimension>"
+#endif
+#ifndef CONTENT
+#error "compile with -DCONTENT=0|1"
+#endif
+#define ROWS 64
+#define TJ 32
+#define NEG_INF __int_as_float(0xff800000)
+
+// The score of one pair from its Delta, content dot product and the head's constants;
+// also returns the kernel value K = exp(-gamma Delta) (the gamma gradient needs it).
+__device__ __forceinline__ float pair_score(float delta, float dot, float gamma, float beta,
+                                            float inv_tau, float* kernel) {
+    const float k = expf(-gamma * delta);
+    *kernel = k;
+    return (k + beta * dot) * inv_tau;
+}
+
+// Stages rows j0 .. j0 + TJ of a [M, D] matrix (zeros past m) into `dst`.
+__device__ __forceinline__ void stage_rows(float (*dst)[HEAD_DIM], const float* src, int j0,
+                                           int m, int threads) {
+    for (int e = threadIdx.x; e < TJ * HEAD_DIM; e += threads) {
+        const int r = e / HEAD_DIM, d = e % HEAD_DIM;
+        dst[r][d] = j0 + r < m ? src[(size_t)(j0 + r) * HEAD_DIM + d] : 0.0f;
+    }
+}
+
+// Stages the [ROWS, TJ] tile of Delta and attend at (i0, j0), read along j (contiguous).
+__device__ __forceinline__ void stage_pairs(float (*dl)[TJ + 1], unsigned char (*at)[TJ + 1],
+                                            const float* delta, const unsigned char* attend,
+                                            int i0, int j0, int m) {
+    for (int e = threadIdx.x; e < ROWS * TJ; e += ROWS) {
+        const int r = e / TJ, c = e % TJ;
+        const int i = i0 + r, j = j0 + c;
+        const bool in = i < m && j < m;
+        const size_t at_ij = (size_t)i * m + j;
+        dl[r][c] = in ? delta[at_ij] : 0.0f;
+        at[r][c] = in ? attend[at_ij] : 0;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS)
+set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ attend,
+             const float* __restrict__ gamma, const float* __restrict__ tau,
+             const float* __restrict__ v, const float* __restrict__ qa,
+             const float* __restrict__ kb, float beta, float* __restrict__ out,
+             float* __restrict__ lse, int heads, int m) {
+    __shared__ float vs[TJ][HEAD_DIM];
+#if CONTENT
+    __shared__ float ks[TJ][HEAD_DIM];
+#endif
+    __shared__ float dl[ROWS][TJ + 1];
+    __shared__ unsigned char at[ROWS][TJ + 1];
+    const int bh = blockIdx.y;
+    const int b = bh / heads, h = bh % heads;
+    const int i0 = blockIdx.x * ROWS;
+    const int i = i0 + threadIdx.x;
+    const bool live = i < m;
+    const size_t row = (size_t)bh * m + (live ? i : 0);
+    const float g = gamma[h], inv_tau = 1.0f / tau[h];
+    const float* db = delta + (size_t)b * m * m;
+    const unsigned char* ab = attend + (size_t)b * m * m;
+    const float* vb = v + (size_t)bh * m * HEAD_DIM;
+#if CONTENT
+    const float* kbb = kb + (size_t)bh * m * HEAD_DIM;
+    float qr[HEAD_DIM];
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) qr[d] = live ? qa[row * HEAD_DIM + d] : 0.0f;
+#endif
+    float acc[HEAD_DIM];
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) acc[d] = 0.0f;
+    float run_max = NEG_INF, run_sum = 0.0f;
+
+    for (int j0 = 0; j0 < m; j0 += TJ) {
+        const int width = min(TJ, m - j0);
+        stage_rows(vs, vb, j0, m, ROWS);
+#if CONTENT
+        stage_rows(ks, kbb, j0, m, ROWS);
+#endif
+        stage_pairs(dl, at, db, ab, i0, j0, m);
+        __syncthreads();
+        if (live) {
+            for (int r = 0; r < width; ++r) {
+                if (!at[threadIdx.x][r]) continue;
+                float dot = 0.0f;
+#if CONTENT
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) dot += qr[d] * ks[r][d];
+#endif
+                float k;
+                const float s = pair_score(dl[threadIdx.x][r], dot, g, beta, inv_tau, &k);
+                const float new_max = fmaxf(run_max, s);
+                const float scale = expf(run_max - new_max);
+                const float w = expf(s - new_max);
+                run_sum = run_sum * scale + w;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) acc[d] = acc[d] * scale + w * vs[r][d];
+                run_max = new_max;
+            }
+        }
+        __syncthreads();
+    }
+    if (!live) return;
+    const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) out[row * HEAD_DIM + d] = acc[d] * inv;
+    lse[row] = run_sum > 0.0f ? run_max + logf(run_sum) : NEG_INF;
+}
+
+// ---- Backward -----------------------------------------------------------------------
+// With P_ij = exp(s_ij - lse_i) over the attendable pairs, K_ij = exp(-gamma Delta_ij)
+// and D_i = dout_i . out_i:  dS_ij = P_ij (dout_i . v_j - D_i),
+//   dv_j   = sum_i P_ij dout_i                        (set_attn_bwd_kv: a thread per key)
+//   dkb_j  = beta / tau sum_i dS_ij qa_i              (set_attn_bwd_kv)
+//   dqa_i  = beta / tau sum_j dS_ij kb_j              (set_attn_bwd_q: a thread per query)
+//   dgamma = sum_ij dS_ij (-Delta_ij K_ij) / tau      (per-row partials from bwd_q,
+//   dtau   = sum_ij dS_ij (-s_ij / tau)                summed by the caller in a fixed order)
+// Every output element is summed in a fixed order by one thread: no atomics, so the
+// gradients are the same bits on every run.
+
+extern "C" __global__ void __launch_bounds__(ROWS)
+set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict__ attend,
+               const float* __restrict__ gamma, const float* __restrict__ tau,
+               const float* __restrict__ v, const float* __restrict__ qa,
+               const float* __restrict__ kb, float beta, const float* __restrict__ out,
+               const float* __restrict__ lse, const float* __restrict__ dout,
+               float* __restrict__ dqa, float* __restrict__ dsum,
+               float* __restrict__ gamma_rows, float* __restrict__ tau_rows, int heads,
+               int m) {
+    __shared__ float vs[TJ][HEAD_DIM];
+#if CONTENT
+    __shared__ float ks[TJ][HEAD_DIM];
+#endif
+    __shared__ float dl[ROWS][TJ + 1];
+    __shared__ unsigned char at[ROWS][TJ + 1];
+    const int bh = blockIdx.y;
+    const int b = bh / heads, h = bh % heads;
+    const int i0 = blockIdx.x * ROWS;
+    const int i = i0 + threadIdx.x;
+    const bool live = i < m;
+    const size_t row = (size_t)bh * m + (live ? i : 0);
+    const float g = gamma[h], inv_tau = 1.0f / tau[h];
+    const float* db = delta + (size_t)b * m * m;
+    const unsigned char* ab = attend + (size_t)b * m * m;
+    const float* vb = v + (size_t)bh * m * HEAD_DIM;
+    const float row_lse = live ? lse[row] : NEG_INF;
+    float gr[HEAD_DIM];
+    float d_i = 0.0f;
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) {
+        gr[d] = live ? dout[row * HEAD_DIM + d] : 0.0f;
+        d_i += gr[d] * (live ? out[row * HEAD_DIM + d] : 0.0f);
+    }
+#if CONTENT
+    const float* kbb = kb + (size_t)bh * m * HEAD_DIM;
+    float qr[HEAD_DIM], dq[HEAD_DIM];
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) {
+        qr[d] = live ? qa[row * HEAD_DIM + d] : 0.0f;
+        dq[d] = 0.0f;
+    }
+#endif
+    float g_acc = 0.0f, t_acc = 0.0f;
+    const bool active = live && row_lse > NEG_INF;
+    for (int j0 = 0; j0 < m; j0 += TJ) {
+        const int width = min(TJ, m - j0);
+        stage_rows(vs, vb, j0, m, ROWS);
+#if CONTENT
+        stage_rows(ks, kbb, j0, m, ROWS);
+#endif
+        stage_pairs(dl, at, db, ab, i0, j0, m);
+        __syncthreads();
+        if (active) {
+            for (int r = 0; r < width; ++r) {
+                if (!at[threadIdx.x][r]) continue;
+                float dot = 0.0f, dp = 0.0f;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) {
+#if CONTENT
+                    dot += qr[d] * ks[r][d];
+#endif
+                    dp += gr[d] * vs[r][d];
+                }
+                float k;
+                const float delta_ij = dl[threadIdx.x][r];
+                const float s = pair_score(delta_ij, dot, g, beta, inv_tau, &k);
+                const float ds = expf(s - row_lse) * (dp - d_i);
+                g_acc += ds * (-delta_ij * k) * inv_tau;
+                t_acc += ds * (-s * inv_tau);
+#if CONTENT
+                const float c = ds * beta * inv_tau;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) dq[d] += c * ks[r][d];
+#endif
+            }
+        }
+        __syncthreads();
+    }
+    if (!live) return;
+#if CONTENT
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) dqa[row * HEAD_DIM + d] = dq[d];
+#endif
+    dsum[row] = d_i;
+    gamma_rows[row] = g_acc;
+    tau_rows[row] = t_acc;
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS)
+set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict__ attend,
+                const float* __restrict__ gamma, const float* __restrict__ tau,
+                const float* __restrict__ v, const float* __restrict__ qa,
+                const float* __restrict__ kb, float beta, const float* __restrict__ lse,
+                const float* __restrict__ dout, const float* __restrict__ dsum,
+                float* __restrict__ dv, float* __restrict__ dkb, int heads, int m) {
+    __shared__ float gs[TJ][HEAD_DIM];
+#if CONTENT
+    __shared__ float qs[TJ][HEAD_DIM];
+#endif
+    __shared__ float lse_s[TJ];
+    __shared__ float dsum_s[TJ];
+    const int bh = blockIdx.y;
+    const int b = bh / heads, h = bh % heads;
+    const int j = blockIdx.x * ROWS + threadIdx.x;
+    const bool live = j < m;
+    const size_t row = (size_t)bh * m + (live ? j : 0);
+    const float g = gamma[h], inv_tau = 1.0f / tau[h];
+    const float* db = delta + (size_t)b * m * m;
+    const unsigned char* ab = attend + (size_t)b * m * m;
+    const float* gb = dout + (size_t)bh * m * HEAD_DIM;
+    float vr[HEAD_DIM], dvr[HEAD_DIM];
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) {
+        vr[d] = live ? v[row * HEAD_DIM + d] : 0.0f;
+        dvr[d] = 0.0f;
+    }
+#if CONTENT
+    const float* qb = qa + (size_t)bh * m * HEAD_DIM;
+    float kr[HEAD_DIM], dk[HEAD_DIM];
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) {
+        kr[d] = live ? kb[row * HEAD_DIM + d] : 0.0f;
+        dk[d] = 0.0f;
+    }
+#endif
+    for (int q0 = 0; q0 < m; q0 += TJ) {
+        const int width = min(TJ, m - q0);
+        stage_rows(gs, gb, q0, m, ROWS);
+#if CONTENT
+        stage_rows(qs, qb, q0, m, ROWS);
+#endif
+        if (threadIdx.x < TJ) {
+            const int qi = q0 + threadIdx.x;
+            lse_s[threadIdx.x] = qi < m ? lse[(size_t)bh * m + qi] : NEG_INF;
+            dsum_s[threadIdx.x] = qi < m ? dsum[(size_t)bh * m + qi] : 0.0f;
+        }
+        __syncthreads();
+        if (live) {
+            for (int r = 0; r < width; ++r) {
+                // Threads of a warp read consecutive j of query row q0 + r: coalesced.
+                const size_t at_ij = (size_t)(q0 + r) * m + j;
+                if (!ab[at_ij] || !(lse_s[r] > NEG_INF)) continue;
+                float dot = 0.0f, dp = 0.0f;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) {
+#if CONTENT
+                    dot += qs[r][d] * kr[d];
+#endif
+                    dp += gs[r][d] * vr[d];
+                }
+                float k;
+                const float s = pair_score(db[at_ij], dot, g, beta, inv_tau, &k);
+                const float p = expf(s - lse_s[r]);
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) dvr[d] += p * gs[r][d];
+#if CONTENT
+                const float c = p * (dp - dsum_s[r]) * beta * inv_tau;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) dk[d] += c * qs[r][d];
+#endif
+            }
+        }
+        __syncthreads();
+    }
+    if (!live) return;
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) dv[row * HEAD_DIM + d] = dvr[d];
+#if CONTENT
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) dkb[row * HEAD_DIM + d] = dk[d];
+#endif
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Attention peers for `ausa bench ska`, measured in the same run on the same GPU.
+
+What a researcher would use instead of set-kernel attention, at the issue's shapes
+(bf16, causal, B*L tokens, H heads, D head width; forward and forward + backward,
+median of --iters after --warmup):
+
+- sdpa_flash: torch.nn.functional.scaled_dot_product_attention, causal, flash backend;
+- flex_sw256: FlexAttention (torch.compile) with a causal sliding window of 256 tokens;
+
+and the machine's ceilings for the achieved-rate columns: a large bf16 GEMM (TFLOP/s)
+and a device-to-device copy (GB/s). Writes one CSV (--csv) with rows
+`peer,dtype,B,L,H,D,fwd_ms,elapsed_ms,max_vram_mb,rate` where rate is TFLOP/s for
+attention and GEMM rows (causal: half the QK^T and PV FLOPs), GB/s for the copy.
+
+Usage: python3 tests/bench/attn_peers.py --lens 512,1024,2048 --csv peers.csv
+"""
+
+import argparse
+import csv
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def timed(fn, warmup, iters):
+    """Median milliseconds of fn() with CUDA events, after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def attention_rows(name, attend, b, l, h, d, warmup, iters):
+    q, k, v = (
+        torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(3)
+    )
+    grad = torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16)
+
+    def forward():
+        with torch.no_grad():
+            attend(q, k, v)
+
+    def step():
+        out = attend(q, k, v)
+        out.backward(grad)
+        q.grad = k.grad = v.grad = None
+
+    torch.cuda.reset_peak_memory_stats()
+    fwd = timed(forward, warmup, iters)
+    both = timed(step, warmup, iters)
+    vram = torch.cuda.max_memory_allocated() / 2**20
+    # Causal: half of the 2 * 2 * B H L^2 D forward FLOPs; backward 2.5x the forward.
+    flops = 0.5 * 4 * b * h * l * l * d * 3.5
+    return [name, "bf16", b, l, h, d, f"{fwd:.4f}", f"{both:.4f}", f"{vram:.1f}",
+            f"{flops / (both * 1e-3) / 1e12:.1f}"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lens", default="512,1024,2048,4096,8192,16384")
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--window", type=int, default=256, help="FlexAttention sliding window")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (no compile)")
+    p.add_argument("--csv", required=True)
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("attn_peers.py: no CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    rows = []
+    sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    flex = None
+    if not a.no_flex:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        flex_compiled = torch.compile(flex_attention)
+    for l in [int(x) for x in a.lens.split(",")]:
+        b = max(1, a.tokens // l)
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            rows.append(attention_rows("sdpa_flash", sdpa, b, l, a.heads, a.head_dim,
+                                       a.warmup, a.iters))
+        if not a.no_flex:
+            w = a.window
+            mask = create_block_mask(lambda b_, h_, qi, ki: (qi >= ki) & (qi - ki < w),
+                                     None, None, l, l, device="cuda")
+            flex = lambda q, k, v, m=mask: flex_compiled(q, k, v, block_mask=m)
+            rows.append(attention_rows(f"flex_sw{w}", flex, b, l, a.heads, a.head_dim,
+                                       a.warmup, a.iters))
+        print(rows[-1], flush=True)
+    n = 8192
+    x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    y = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    gemm = timed(lambda: x @ y, a.warmup, a.iters)
+    rows.append(["gemm_bf16", "bf16", 1, n, 1, n, f"{gemm:.4f}", f"{gemm:.4f}", "",
+                 f"{2 * n**3 / (gemm * 1e-3) / 1e12:.1f}"])
+    src = torch.empty(2**30, device="cuda", dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    copy = timed(lambda: dst.copy_(src), a.warmup, a.iters)
+    rows.append(["d2d_copy", "u8", 1, 2**30, 1, 1, f"{copy:.4f}", f"{copy:.4f}", "",
+                 f"{2 * 2**30 / (copy * 1e-3) / 1e9:.1f}"])
+    with open(a.csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["peer", "dtype", "B", "L", "H", "D", "fwd_ms", "elapsed_ms", "max_vram_mb",
+                    "rate"])
+        w.writerows(rows)
+    for r in rows:
+        print(",".join(str(c) for c in r))
+
+
+if __name__ == "__main__":
+    main()

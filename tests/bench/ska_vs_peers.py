@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Joins `ausa bench ska --csv` and `attn_peers.py --csv` of one run into a Markdown
+table of forward + backward times and ratios (peer time / SKA time: above 1 means SKA
+is faster), per sequence length, for one precision and gate top-k.
+
+Usage: python3 tests/bench/ska_vs_peers.py SKA.csv PEERS.csv [--dtype bf16] [--topk 8]
+"""
+
+import argparse
+import csv
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("ska")
+    p.add_argument("peers")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--topk", default=None, help="router_topk rows to use (default: all)")
+    a = p.parse_args()
+    ska = {}
+    with open(a.ska) as f:
+        for r in csv.DictReader(f):
+            if r["dtype"] != a.dtype or (a.topk is not None and r["router_topk"] != a.topk):
+                continue
+            ska[(r["backend"], r["router_topk"], int(r["L"]))] = r
+    peers = {}
+    with open(a.peers) as f:
+        for r in csv.DictReader(f):
+            if r["peer"] in ("gemm_bf16", "d2d_copy"):
+                continue
+            peers[(r["peer"], int(r["L"]))] = r
+    lens = sorted({k[2] for k in ska})
+    backends = sorted({(k[0], k[1]) for k in ska})
+    names = sorted({k[0] for k in peers})
+    head = ["L"] + [f"{b} top{t} ms" for b, t in backends] + [f"{n} ms" for n in names]
+    ratios = [(n, b, t) for n in names for b, t in backends if b != "ska-naive"]
+    head += [f"{n} / {b} top{t}" for n, b, t in ratios]
+    head += ["naive / cuda"] if ("ska-naive", backends[0][1]) in backends else []
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for l in lens:
+        cells = [str(l)]
+        for b, t in backends:
+            r = ska.get((b, t, l))
+            cells.append(f"{float(r['elapsed_ms']):.3f}" if r else "")
+        for n in names:
+            r = peers.get((n, l))
+            cells.append(f"{float(r['elapsed_ms']):.3f}" if r else "")
+        for n, b, t in ratios:
+            r, q = ska.get((b, t, l)), peers.get((n, l))
+            cells.append(f"{float(q['elapsed_ms']) / float(r['elapsed_ms']):.2f}x"
+                         if r and q else "")
+        if "naive / cuda" in head:
+            nv = ska.get(("ska-naive", backends[0][1], l))
+            cu = ska.get(("ska-cuda", backends[0][1], l))
+            cells.append(f"{float(nv['elapsed_ms']) / float(cu['elapsed_ms']):.2f}x"
+                         if nv and cu else "")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
