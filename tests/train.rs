@@ -592,6 +592,39 @@ fn early_leading_gives_positions_from_stride_minus_one_a_set() {
     );
 }
 
+/// `--delta exact` trains on the exact set distance (demo's 1k vocabulary fits the
+/// bitsets) and run_meta records it. (The losses of a 3-step run agree with the MinHash
+/// run to every f32 bit: at initialization `exp(-gamma Delta) / tau` puts nearly all of
+/// a set's weight on itself, so a few atoms of `Delta` error move outputs by less than
+/// an ulp. The unit test `exact_delta_replaces_the_estimate_and_bounds_the_vocabulary`
+/// checks the layout itself.)
+#[test]
+fn delta_exact_trains_and_is_recorded() {
+    let ctx = Ctx::new();
+    for delta in ["minhash", "exact"] {
+        let out = ctx.path().join(format!("run-{delta}"));
+        let mut args = vec![
+            "train",
+            "lm",
+            "--dag",
+            "demo",
+            "--cache-mode",
+            "none",
+            "--attn",
+            "ska",
+            "--delta",
+            delta,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&TINY);
+        ctx.run(&args).ok();
+        assert_eq!(meta(&out)["delta"], delta);
+        let run = train_losses(&out);
+        assert!(run.iter().all(|l| l.is_finite()), "{delta}: {run:?}");
+    }
+}
+
 /// `ausa bench ska` on the CPU: one row per length x precision with the SPEC's fields
 /// first, consistent derived columns, appended under one header; a CSV with other columns
 /// is left alone; a length below the window is a usage error.

@@ -136,7 +136,8 @@ router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
               const unsigned char* __restrict__ route, const float* __restrict__ out,
               const float* __restrict__ lse, const int* __restrict__ kept,
               const float* __restrict__ dout, float* __restrict__ dq,
-              float* __restrict__ dsum, int heads, int len, int m, int topk) {
+              float* __restrict__ dsum, float* __restrict__ kept_p,
+              float* __restrict__ kept_ds, int heads, int len, int m, int topk) {
     __shared__ float zs[TJ][HEAD_DIM];
     const int bh = blockIdx.y;
     const int b = bh / heads;
@@ -160,6 +161,34 @@ router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
     for (int s = 0; s < TOPK_MAX; ++s)
         list[s] = (live && topk > 0) ? kept[row * TOPK_MAX + s] : -1;
     const bool empty = !(row_lse > NEG_INF);
+    if (topk > 0) {
+        // Only the kept sets: O(topk D) per token, the z rows read through the cache.
+        // P and dS of each kept slot go to kept_p / kept_ds for router_bwd_dz_sparse.
+        if (!live) return;
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            float p = 0.0f, ds = 0.0f;
+            if (s < topk && list[s] >= 0 && !empty) {
+                const float* zr = zb + (size_t)list[s] * HEAD_DIM;
+                float logit = 0.0f, dp = 0.0f;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) {
+                    logit += qr[d] * zr[d];
+                    dp += gr[d] * zr[d];
+                }
+                p = expf(logit - row_lse);
+                ds = p * (dp - d_t);
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) acc[d] += ds * zr[d];
+            }
+            kept_p[row * TOPK_MAX + s] = p;
+            kept_ds[row * TOPK_MAX + s] = ds;
+        }
+#pragma unroll
+        for (int d = 0; d < HEAD_DIM; ++d) dq[row * HEAD_DIM + d] = acc[d];
+        dsum[row] = d_t;
+        return;
+    }
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
         for (int e = threadIdx.x; e < TJ * HEAD_DIM; e += ROWS) {
@@ -170,7 +199,7 @@ router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
         if (live && !empty) {
             for (int r = 0; r < width; ++r) {
                 const int j = j0 + r;
-                if (!rrow[j] || (topk > 0 && !in_top(list, topk, j))) continue;
+                if (!rrow[j]) continue;
                 float logit = 0.0f, dp = 0.0f;
 #pragma unroll
                 for (int d = 0; d < HEAD_DIM; ++d) {
@@ -272,4 +301,25 @@ router_bwd_dz(const float* __restrict__ q, const float* __restrict__ z,
             if (j0 + c < m) dz[((size_t)bh * m + j0 + c) * HEAD_DIM + d] = acc[u];
         }
     }
+}
+
+// With top-k: dz_j = sum over the (token, slot) entries that kept set j of
+// kept_ds * q_t + kept_p * dout_t, O(topk) per token instead of a pass over every token
+// per set. `order` lists the B*H*L*TOPK_MAX entries sorted by (bh, j) (a stable sort, so
+// by token within a set), `seg[bh * m + j]` .. `seg[bh * m + j + 1]` is set j's run.
+// One block per (set, bh), one thread per dimension: a fixed order, no atomics.
+extern "C" __global__ void __launch_bounds__(HEAD_DIM)
+router_bwd_dz_sparse(const float* __restrict__ q, const float* __restrict__ dout,
+                     const float* __restrict__ kept_p, const float* __restrict__ kept_ds,
+                     const long long* __restrict__ order, const long long* __restrict__ seg,
+                     float* __restrict__ dz, int m) {
+    const int j = blockIdx.x, bh = blockIdx.y, d = threadIdx.x;
+    const size_t key = (size_t)bh * m + j;
+    float acc = 0.0f;
+    for (long long e = seg[key]; e < seg[key + 1]; ++e) {
+        const long long entry = order[e];
+        const long long row = entry / TOPK_MAX;
+        acc += kept_ds[entry] * q[row * HEAD_DIM + d] + kept_p[entry] * dout[row * HEAD_DIM + d];
+    }
+    dz[key * HEAD_DIM + d] = acc;
 }

@@ -208,7 +208,9 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
                 const float s = pair_score(delta_ij, dot, g, beta, inv_tau, &k);
                 const float ds = expf(s - row_lse) * (dp - d_i);
                 g_acc += ds * (-delta_ij * k) * inv_tau;
-                t_acc += ds * (-s * inv_tau);
+                // sum_j dS_ij = 0, so shifting s by the row's lse changes nothing but
+                // the cancellation error of the fp32 sum (s - lse is small).
+                t_acc += ds * (-(s - row_lse) * inv_tau);
 #if CONTENT
                 const float c = ds * beta * inv_tau;
 #pragma unroll

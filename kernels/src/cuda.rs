@@ -666,13 +666,30 @@ impl CudaKernels {
             device_ptr(&dz, Kind::Float, b * h * m * d, self.ordinal)?,
             device_ptr(&dsum, Kind::Float, b * h * l, self.ordinal)?,
         );
+        // With top-k, P and dS of every kept slot (for the sparse dz); else placeholders.
+        let slots = kept_rows * ROUTER_TOPK_MAX;
+        let kept_p = Tensor::empty([slots], (Kind::Float, device));
+        let kept_ds = Tensor::empty([slots], (Kind::Float, device));
+        let (kept_p_ptr, kept_ds_ptr) = (
+            device_ptr(&kept_p, Kind::Float, slots, self.ordinal)?,
+            device_ptr(&kept_ds, Kind::Float, slots, self.ordinal)?,
+        );
         let module = self.router(d)?;
         let ints = shape.kernel_ints(saved.topk)?;
         let f = module.load_function("router_bwd_dq")?;
         let mut launch = self.stream.launch_builder(&f);
         for p in [
-            &q_ptr, &z_ptr, &route_ptr, &out_ptr, &lse_ptr, &kept_ptr, &dout_ptr, &dq_ptr,
+            &q_ptr,
+            &z_ptr,
+            &route_ptr,
+            &out_ptr,
+            &lse_ptr,
+            &kept_ptr,
+            &dout_ptr,
+            &dq_ptr,
             &dsum_ptr,
+            &kept_p_ptr,
+            &kept_ds_ptr,
         ] {
             launch.arg(p);
         }
@@ -680,8 +697,18 @@ impl CudaKernels {
             launch.arg(i);
         }
         // SAFETY: see the module invariant; reads the forward's tensors and dout, writes
-        // dq and dsum (per-token dout . out), all of the checked element counts.
+        // dq, dsum (per-token dout . out) and with top-k kept_p / kept_ds, all of the
+        // checked element counts.
         unsafe { launch.launch(shape.token_grid()?) }?;
+        if saved.topk > 0 {
+            self.router_dz_sparse(
+                shape,
+                &saved.kept,
+                [q_ptr, dout_ptr, kept_p_ptr, kept_ds_ptr],
+                &dz,
+            )?;
+            return Ok((dq, dz));
+        }
         let f = module.load_function("router_bwd_dz")?;
         let mut launch = self.stream.launch_builder(&f);
         for p in [
@@ -862,6 +889,70 @@ impl CudaKernels {
                 format!("-DCONTENT={}", i32::from(content)),
             ],
         )
+    }
+
+    /// The router's `dz` with top-k: each set sums the (token, slot) entries that kept it,
+    /// found by a stable sort of the entries by `(bh, set)` (so in token order within a
+    /// set: a fixed summation order). `ptrs` are `q, dout, kept_p, kept_ds`.
+    fn router_dz_sparse(
+        &self,
+        shape: RouterShape,
+        kept: &Tensor,
+        ptrs: [u64; 4],
+        dz: &Tensor,
+    ) -> Result<(), CudaError> {
+        let RouterShape { b, h, l, m, d } = shape;
+        let device = kept.device();
+        let long = (Kind::Int64, device);
+        let kept = kept.to_kind(Kind::Int64);
+        let bh = Tensor::arange(b * h * l, long)
+            .divide_scalar_mode(l, "floor")
+            .unsqueeze(1);
+        // Entries past the visible sets (-1) sort last, under key B * H * M.
+        let sentinel = b * h * m;
+        let keys = (bh * m + &kept)
+            .where_self(&kept.ge(0), &Tensor::full([1], sentinel, long))
+            .flatten(0, -1);
+        let (_, order) = keys.sort_stable(true, 0, false);
+        let counts = keys.bincount(None::<Tensor>, sentinel + 1);
+        let seg = Tensor::cat(
+            &[Tensor::zeros([1], long), counts.cumsum(0, Kind::Int64)],
+            0,
+        );
+        let entries = b * h * l * ROUTER_TOPK_MAX;
+        let (order_ptr, seg_ptr, dz_ptr) = (
+            device_ptr(&order, Kind::Int64, entries, self.ordinal)?,
+            device_ptr(&seg, Kind::Int64, sentinel + 2, self.ordinal)?,
+            device_ptr(dz, Kind::Float, b * h * m * d, self.ordinal)?,
+        );
+        let module = self.router(d)?;
+        let f = module.load_function("router_bwd_dz_sparse")?;
+        let mut launch = self.stream.launch_builder(&f);
+        for p in ptrs.iter().chain([&order_ptr, &seg_ptr, &dz_ptr]) {
+            launch.arg(p);
+        }
+        let m32 = to_i32(m)?;
+        launch.arg(&m32);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32::try_from(m.max(1))
+                    .map_err(|_| CudaError::Input(format!("{m} sets are too many")))?,
+                shape.heads_dim()?.max(1),
+                1,
+            ),
+            block_dim: (
+                u32::try_from(d).map_err(|_| CudaError::Input(format!("head dimension {d}")))?,
+                1,
+                1,
+            ),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: see the module invariant; reads q and dout (b*h*l*d), kept_p and
+        // kept_ds (b*h*l*8, written by router_bwd_dq before on this stream), order
+        // (b*h*l*8 entry indices below that count) and seg (b*h*m + 2 offsets into order,
+        // nondecreasing); writes dz, every element once.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
     }
 
     /// The router module for head dimension `d`.

@@ -128,10 +128,14 @@ fn gpu(test: &str) -> Option<CudaKernels> {
     }
 }
 
-/// Relative error `|a - b| / |b|` over whole tensors (in f64).
+/// Relative error `|a - b| / |b|` over whole tensors (in f64). A reference that is zero
+/// up to rounding (one visible set: the softmax is constant, so the gradients of its
+/// logits vanish) is compared against an RMS floor of 0.01 per element instead, far
+/// below the O(1) values these tests draw.
 fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
     let (got, want) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
-    let den = want.norm().double_value(&[]).max(1e-30);
+    let floor = 1e-2 * (want.numel() as f64).sqrt();
+    let den = want.norm().double_value(&[]).max(floor);
     (got - want).norm().double_value(&[]) / den
 }
 
@@ -437,26 +441,29 @@ fn cuda_router_op_matches_the_manual_op_under_autograd() {
         let route = route.unsqueeze(1);
         let dout = Tensor::randn(q.size(), (Kind::Float, device));
         for kind in [Kind::Float, Kind::BFloat16] {
-            let run = |imp: OpImpl| {
+            // Inputs rounded to `kind` once; the reference computes on them in fp64, so
+            // the comparison measures the kernels' error, not the rounding of the inputs.
+            let run = |imp: OpImpl, compute: Kind| {
                 let router = Router::new(imp, topk).unwrap().unwrap();
-                let qg = q.to_kind(kind).detach().set_requires_grad(true);
-                let zg = z.to_kind(kind).detach().set_requires_grad(true);
+                let input = |t: &Tensor| t.to_kind(kind).to_kind(compute);
+                let qg = input(&q).detach().set_requires_grad(true);
+                let zg = input(&z).detach().set_requires_grad(true);
                 let out = router.forward(&qg, &zg, &route).unwrap();
-                assert_eq!(out.kind(), kind);
-                (&out.to_kind(Kind::Float) * &dout)
-                    .sum(Kind::Float)
+                assert_eq!(out.kind(), compute);
+                (&out.to_kind(Kind::Double) * &dout.to_kind(Kind::Double))
+                    .sum(Kind::Double)
                     .backward();
-                assert_eq!(qg.grad().kind(), kind, "gradients keep the input kind");
+                assert_eq!(qg.grad().kind(), compute, "gradients keep the input kind");
                 (
-                    out.to_kind(Kind::Float),
-                    qg.grad().to_kind(Kind::Float),
-                    zg.grad().to_kind(Kind::Float),
+                    out.to_kind(Kind::Double),
+                    qg.grad().to_kind(Kind::Double),
+                    zg.grad().to_kind(Kind::Double),
                 )
             };
-            let want = run(OpImpl::Manual);
-            let got = run(OpImpl::Cuda { ordinal: 0 });
-            // bf16: the manual op computes in bf16, the kernels in fp32.
-            let tol = if kind == Kind::Float { 1e-4 } else { 5e-2 };
+            let want = run(OpImpl::Manual, Kind::Double);
+            let got = run(OpImpl::Cuda { ordinal: 0 }, kind);
+            // fp32 kernels; bf16 outputs and gradients are rounded to bf16 at the end.
+            let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
             for (what, g, w) in [
                 ("out", &got.0, &want.0),
                 ("dq", &got.1, &want.1),
@@ -538,6 +545,23 @@ struct SetCase {
     qa: Tensor,
     kb: Tensor,
     dout: Tensor,
+}
+
+impl SetCase {
+    /// The case with its rows (`v`, `qa`, `kb`) rounded to `kind` and back to fp32.
+    fn rounded(&self, kind: Kind) -> SetCase {
+        let round = |t: &Tensor| t.to_kind(kind).to_kind(Kind::Float);
+        SetCase {
+            delta: self.delta.shallow_clone(),
+            attend: self.attend.shallow_clone(),
+            gamma: self.gamma.shallow_clone(),
+            tau: self.tau.shallow_clone(),
+            v: round(&self.v),
+            qa: round(&self.qa),
+            kb: round(&self.kb),
+            dout: self.dout.shallow_clone(),
+        }
+    }
 }
 
 fn set_case(n: usize, heads: i64, device: Device) -> SetCase {
@@ -628,24 +652,29 @@ fn cuda_set_attention_matches_the_reference_in_fp32_and_bf16_and_repeats_bit_for
     let device = Device::Cuda(0);
     tch::manual_seed(fresh_seed() as i64);
     let cuda = OpImpl::Cuda { ordinal: 0 };
+    let mut failures = Vec::new();
     for n in 0..SET_SHAPES.len() {
         let case = set_case(n, 3, device);
+        let rounded = case.rounded(Kind::BFloat16);
         for beta in [0.0, 0.8] {
             let want = run_set_attention(&case, OpImpl::Manual, Kind::Double, beta);
-            for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 1e-2)] {
+            // bf16 rows: against the fp64 reference on the same bf16-rounded rows, so the
+            // comparison measures the kernels' error, not the rounding of the inputs.
+            let want_bf16 = run_set_attention(&rounded, OpImpl::Manual, Kind::Double, beta);
+            for (kind, tol, want) in [
+                (Kind::Float, 1e-5, &want),
+                (Kind::BFloat16, 1e-2, &want_bf16),
+            ] {
                 let got = run_set_attention(&case, cuda, kind, beta);
                 assert_eq!(got.len(), want.len());
-                for ((name, g), (_, w)) in got.iter().zip(&want) {
+                for ((name, g), (_, w)) in got.iter().zip(want) {
                     let finite = bool::try_from(g.isfinite().all()).unwrap();
-                    assert!(
-                        finite,
-                        "shape {n}, beta {beta}, {kind:?}: {name} is not finite"
-                    );
                     let err = relative_error(g, w);
-                    assert!(
-                        err <= tol,
-                        "shape {n}, beta {beta}, {kind:?}, {name}: relative error {err}"
-                    );
+                    let line = format!("shape {n}, beta {beta}, {kind:?}, {name}: {err:.2e}");
+                    eprintln!("{line}");
+                    if !finite || err > tol {
+                        failures.push(format!("{line} (finite: {finite}, tolerance {tol})"));
+                    }
                 }
             }
             let again = run_set_attention(&case, cuda, Kind::Float, beta);
@@ -665,6 +694,7 @@ fn cuda_set_attention_matches_the_reference_in_fp32_and_bf16_and_repeats_bit_for
             }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The forward overwrites every element of poisoned (NaN) output buffers: the output,

@@ -22,7 +22,7 @@ use ausa_train::bench::{self, Bench, BenchSettings};
 use ausa_train::data::SplitData;
 use ausa_train::device::{self, DeviceChoice};
 use ausa_train::memory;
-use ausa_train::model::{Attn, ModelConfig, Pos, SetFeatures};
+use ausa_train::model::{Attn, DeltaEstimate, ModelConfig, Pos, SetFeatures};
 use ausa_train::train::{self, Event, Precision, Run, SplitInput, TextStats, TrainConfig};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -129,6 +129,15 @@ pub enum SetFeaturesArg {
     Hidden,
 }
 
+/// `--delta`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeltaArg {
+    /// Estimated from the cached MinHash signatures.
+    Minhash,
+    /// The exact symmetric difference of the sets' atoms.
+    Exact,
+}
+
 /// `--ska-backend`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SkaBackend {
@@ -199,6 +208,10 @@ pub struct LmArgs {
     /// With --attn ska: where the set features Phi come from.
     #[arg(long, value_enum, default_value = "atoms")]
     pub set_features: SetFeaturesArg,
+    /// With --attn ska: the set distance Delta from the MinHash signatures, or exact
+    /// (vocabularies of at most 4096 ids; measures what the estimate costs).
+    #[arg(long, value_enum, default_value = "minhash")]
+    pub delta: DeltaArg,
     /// Positions.
     #[arg(long, value_enum, default_value = "learned")]
     pub pos: PosArg,
@@ -676,6 +689,10 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
             set_features: match args.set_features {
                 SetFeaturesArg::Atoms => SetFeatures::Atoms,
                 SetFeaturesArg::Hidden => SetFeatures::Hidden,
+            },
+            delta: match args.delta {
+                DeltaArg::Minhash => DeltaEstimate::Minhash,
+                DeltaArg::Exact => DeltaEstimate::Exact,
             },
         },
         batch: args.batch.unwrap_or(DEFAULT_BATCH),

@@ -88,6 +88,28 @@ pub enum SetFeatures {
     Hidden,
 }
 
+/// How SKA's set distance `Delta` is computed (`--delta`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeltaEstimate {
+    /// From the cached MinHash signatures (the SPEC's estimate; any vocabulary).
+    #[default]
+    Minhash,
+    /// The exact symmetric difference of the sets' atoms (vocabularies of at most
+    /// `ausa_kernels::exact::MAX_EXACT_UNIVERSE` atoms): how much the estimate costs.
+    Exact,
+}
+
+impl DeltaEstimate {
+    /// The `--delta` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeltaEstimate::Minhash => "minhash",
+            DeltaEstimate::Exact => "exact",
+        }
+    }
+}
+
 impl SetFeatures {
     /// The `--set-features` value.
     pub fn as_str(self) -> &'static str {
@@ -189,6 +211,9 @@ pub struct ModelConfig {
     /// With `ska`: atom or hidden-state set features (absent in older checkpoints: atoms).
     #[serde(default)]
     pub set_features: SetFeatures,
+    /// With `ska`: MinHash or exact `Delta` (absent in older checkpoints: MinHash).
+    #[serde(default)]
+    pub delta: DeltaEstimate,
 }
 
 impl ModelConfig {
@@ -220,6 +245,13 @@ impl ModelConfig {
                 self.adapter_rank
             ));
         }
+        let universe = ausa_kernels::exact::MAX_EXACT_UNIVERSE;
+        if self.delta == DeltaEstimate::Exact && self.vocab > universe {
+            return Err(format!(
+                "--delta exact holds each set as a bitset of at most {universe} atoms, but the vocabulary has {}: use --delta minhash, or a tokenizer of at most {universe} ids",
+                self.vocab
+            ));
+        }
         if let Some(bad) = self.ska_layers.iter().find(|&&l| l < 0 || l >= self.layers) {
             return Err(format!(
                 "--ska-layers names layer {bad}, but the model has layers 0..{}",
@@ -232,6 +264,20 @@ impl ModelConfig {
     /// Whether block `layer` uses SKA.
     pub fn is_ska(&self, layer: i64) -> bool {
         self.attn == Attn::Ska && self.ska_layers.contains(&layer)
+    }
+
+    /// The per-batch set structure every SKA block shares, with `Delta` as `--delta`
+    /// says (the exact one replaces the MinHash estimate; [`ModelConfig::check`]
+    /// bounded the vocabulary).
+    pub fn set_layout(&self, sets: &ausa_kernels::SetInputs, seq_len: i64) -> SetLayout {
+        let layout = SetLayout::new(sets, seq_len);
+        match self.delta {
+            DeltaEstimate::Minhash => layout,
+            DeltaEstimate::Exact => {
+                let delta = ausa_kernels::exact::exact_delta(&layout, self.vocab);
+                SetLayout { delta, ..layout }
+            }
+        }
     }
 
     /// Whether any block uses SKA (then batches need their set structure).

@@ -257,6 +257,7 @@ pub fn run(
         adapter_rank: 0,
         pos: Default::default(),
         set_features: Default::default(),
+        delta: Default::default(),
     };
     let router = shape.backend.ops(&model, device).map_err(Error::Usage)?;
     let batch = shape.tokens / shape.seq_len;

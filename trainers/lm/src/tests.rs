@@ -122,6 +122,7 @@ fn tiny_model(attn: Attn, vocab: u32) -> ModelConfig {
         adapter_rank: 4,
         pos: Pos::Learned,
         set_features: SetFeatures::Atoms,
+        delta: Default::default(),
     }
 }
 
@@ -300,6 +301,35 @@ fn rotary_positions_have_no_table_and_still_see_position() {
     let err = config.check().unwrap_err();
     assert!(
         err.contains("--pos rotary") && err.contains("even"),
+        "{err}"
+    );
+}
+
+/// `--delta exact` replaces the layout's MinHash `Delta` by the exact symmetric
+/// difference (it differs from the estimate on these sets), and a vocabulary too large
+/// for the bitsets is refused with the flag to change.
+#[test]
+fn exact_delta_replaces_the_estimate_and_bounds_the_vocabulary() {
+    let seqs = random_tokens(9, 2, VOCAB);
+    let sets = toy::sets(&seqs, SHAPE, Device::Cpu);
+    let mut config = tiny_model(Attn::Ska, VOCAB);
+    let estimate = config.set_layout(&sets, LEN as i64);
+    config.delta = crate::model::DeltaEstimate::Exact;
+    let exact = config.set_layout(&sets, LEN as i64);
+    let want = ausa_kernels::exact::exact_delta(&estimate, i64::from(VOCAB));
+    assert!(
+        exact.delta.equal(&want),
+        "the exact Delta is the reference's"
+    );
+    assert!(
+        !exact.delta.equal(&estimate.delta),
+        "MinHash and exact Delta must differ here (test sanity)"
+    );
+    config.check().unwrap();
+    config.vocab = 5000;
+    let err = config.check().unwrap_err();
+    assert!(
+        err.contains("--delta exact") && err.contains("4096"),
         "{err}"
     );
 }

@@ -148,6 +148,7 @@ impl Default for TrainConfig {
                 adapter_rank: 0,
                 pos: crate::model::Pos::Learned,
                 set_features: crate::model::SetFeatures::Atoms,
+                delta: crate::model::DeltaEstimate::Minhash,
             },
             ska_backend: crate::model::SkaBackend::Naive,
             batch: 16,
@@ -458,7 +459,7 @@ pub fn evaluate(
             let layout = model
                 .config()
                 .uses_sets()
-                .then(|| SetLayout::new(&b.sets, data.seq_len()));
+                .then(|| model.config().set_layout(&b.sets, data.seq_len()));
             let logits = model.forward(&Inputs {
                 tokens: &b.tokens,
                 sets: layout.as_ref(),
@@ -664,7 +665,7 @@ pub(crate) fn train_step(
         tch::manual_seed((config.seed ^ ((step as u64) << 16) ^ a as u64) as i64);
         let (tokens, batch) = micro_batch_inputs(model, data, ids);
         mark(Phase::Input);
-        let layout = batch.map(|b| SetLayout::new(&b.sets, seq_len));
+        let layout = batch.map(|b| model.config().set_layout(&b.sets, seq_len));
         let logits = model.forward(&Inputs {
             tokens: &tokens,
             sets: layout.as_ref(),
@@ -1037,6 +1038,7 @@ fn write_meta(run: &Run, total: usize) -> Result<(), Error> {
         // What the artifacts hold (leading partial windows in the banks), not a flag.
         "early_position_remedy": if run.train.data.leading_sets() > 0 { "leading" } else { "none" },
         "set_features": run.config.model.set_features.as_str(),
+        "delta": run.config.model.delta.as_str(),
         "pos": run.config.model.pos.as_str(),
         "ska_backend": run.config.ska_backend.as_str(),
         "resume": run.resume,
