@@ -22,6 +22,17 @@
 // NVRTC has no math.h: -inf by its bits.
 #define NEG_INF __int_as_float(0xff800000)
 
+// Whether any token of the block may use a set of the tile j0 .. j0 + width: a tile no
+// token sees (under the causal rule, every set ending after the block's last token) is
+// skipped whole, which halves the work of a causal route. Uniform across the block.
+__device__ __forceinline__ bool tile_used(const unsigned char* rrow, bool live, int j0,
+                                          int width) {
+    bool mine = false;
+    if (live)
+        for (int r = 0; r < width; ++r) mine |= rrow[j0 + r] != 0;
+    return __syncthreads_or(mine);
+}
+
 extern "C" __global__ void __launch_bounds__(ROWS)
 router_fwd(const float* __restrict__ q, const float* __restrict__ z,
            const unsigned char* __restrict__ route, float* __restrict__ out,
@@ -51,6 +62,7 @@ router_fwd(const float* __restrict__ q, const float* __restrict__ z,
 
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
+        if (!tile_used(rrow, live, j0, width)) continue;
         for (int e = threadIdx.x; e < TJ * HEAD_DIM; e += ROWS) {
             const int r = e / HEAD_DIM, d = e % HEAD_DIM;
             zs[r][d] = r < width ? zb[(size_t)(j0 + r) * HEAD_DIM + d] : 0.0f;
@@ -191,6 +203,7 @@ router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
     }
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
+        if (!tile_used(rrow, live && !empty, j0, width)) continue;
         for (int e = threadIdx.x; e < TJ * HEAD_DIM; e += ROWS) {
             const int r = e / HEAD_DIM, d = e % HEAD_DIM;
             zs[r][d] = r < width ? zb[(size_t)(j0 + r) * HEAD_DIM + d] : 0.0f;

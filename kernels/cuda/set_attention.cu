@@ -60,6 +60,17 @@ __device__ __forceinline__ void stage_pairs(float (*dl)[TJ + 1], unsigned char (
     }
 }
 
+// After stage_pairs: a barrier, then whether any row of the block may attend a key of
+// the tile (uniform across the block). Under the causal rule the tiles past the block's
+// last set are skipped whole: half the work.
+__device__ __forceinline__ bool tile_used(unsigned char (*at)[TJ + 1], bool live, int width) {
+    __syncthreads();
+    bool mine = false;
+    if (live)
+        for (int r = 0; r < width; ++r) mine |= at[threadIdx.x][r] != 0;
+    return __syncthreads_or(mine);
+}
+
 extern "C" __global__ void __launch_bounds__(ROWS)
 set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ attend,
              const float* __restrict__ gamma, const float* __restrict__ tau,
@@ -95,11 +106,12 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
 
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
+        stage_pairs(dl, at, db, ab, i0, j0, m);
+        if (!tile_used(at, live, width)) continue;
         stage_rows(vs, vb, j0, m, ROWS);
 #if CONTENT
         stage_rows(ks, kbb, j0, m, ROWS);
 #endif
-        stage_pairs(dl, at, db, ab, i0, j0, m);
         __syncthreads();
         if (live) {
             for (int r = 0; r < width; ++r) {
@@ -186,11 +198,12 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
     const bool active = live && row_lse > NEG_INF;
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
+        stage_pairs(dl, at, db, ab, i0, j0, m);
+        if (!tile_used(at, active, width)) continue;
         stage_rows(vs, vb, j0, m, ROWS);
 #if CONTENT
         stage_rows(ks, kbb, j0, m, ROWS);
 #endif
-        stage_pairs(dl, at, db, ab, i0, j0, m);
         __syncthreads();
         if (active) {
             for (int r = 0; r < width; ++r) {
@@ -269,6 +282,11 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
 #endif
     for (int q0 = 0; q0 < m; q0 += TJ) {
         const int width = min(TJ, m - q0);
+        // Skip a query tile none of whose rows attends a key of this block.
+        bool mine = false;
+        if (live)
+            for (int r = 0; r < width; ++r) mine |= ab[(size_t)(q0 + r) * m + j] != 0;
+        if (!__syncthreads_or(mine)) continue;
         stage_rows(gs, gb, q0, m, ROWS);
 #if CONTENT
         stage_rows(qs, qb, q0, m, ROWS);
