@@ -270,6 +270,10 @@ pub struct LmArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Do not write TensorBoard event files (by default every run writes its scalars
+    /// into DIR/tb/, for `tensorboard --logdir DIR`, or a sweep's --out for all its runs).
+    #[arg(long)]
+    pub no_tensorboard: bool,
     /// Time the training step at fixed shapes instead of training: appends a row to the
     /// benchmark CSV (the run directory is not used).
     #[arg(long)]
@@ -744,6 +748,7 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         device,
         meta,
         stop_at: None,
+        tensorboard: !args.no_tensorboard,
     };
     out.log(&format!(
         "training {} on {} ({} sequences of {} tokens) -> {}",
