@@ -25,24 +25,35 @@ pub struct ReportArgs {
     /// configuration (run_meta.json) to Weights & Biases, through the official `wandb`
     /// Python package (`pip install wandb`; log in with `wandb login`). Metrics only:
     /// no models or checkpoints. Each call logs new W&B runs.
-    #[arg(long)]
+    #[arg(long, help_heading = "Weights & Biases")]
     pub wandb: bool,
     /// With --wandb: the W&B project [default: $WANDB_PROJECT, else wandb's own].
-    #[arg(long, value_name = "NAME", requires = "wandb")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "wandb",
+        help_heading = "Weights & Biases"
+    )]
     pub wandb_project: Option<String>,
     /// With --wandb: the W&B group of the runs (e.g. the sweep's name).
-    #[arg(long, value_name = "NAME", requires = "wandb")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "wandb",
+        help_heading = "Weights & Biases"
+    )]
     pub wandb_group: Option<String>,
     /// With --wandb: log offline, as WANDB_MODE=offline does: wandb writes
     /// wandb/offline-run-*/ under --out (or $WANDB_DIR), and `wandb sync` uploads it later.
-    #[arg(long, requires = "wandb")]
+    #[arg(long, requires = "wandb", help_heading = "Weights & Biases")]
     pub wandb_offline: bool,
     /// With --wandb: the Python that has the `wandb` package.
     #[arg(
         long,
         value_name = "PATH",
         default_value = "python3",
-        requires = "wandb"
+        requires = "wandb",
+        help_heading = "Weights & Biases"
     )]
     pub python: PathBuf,
 }

@@ -270,8 +270,9 @@ pub struct LmArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Do not write TensorBoard event files (by default every run writes its scalars
-    /// into DIR/tb/, for `tensorboard --logdir DIR`, or a sweep's --out for all its runs).
+    /// Do not write TensorBoard event files. By default a run writes its scalars into
+    /// DIR/tb/ as it logs them: `tensorboard --logdir DIR` (or a sweep's --out, for all
+    /// its runs).
     #[arg(long)]
     pub no_tensorboard: bool,
     /// Time the training step at fixed shapes instead of training: appends a row to the
