@@ -358,6 +358,52 @@ fn sweep_wandb_yaml_is_the_grid_as_wandb_sweep_configurations() {
         command[2]
     );
 
+    // What `wandb agent` would run for one grid point (without a W&B server: offline,
+    // the agent's WANDB_RUN_ID set by hand, the venv's python3 first on PATH).
+    let path = format!(
+        "{}:{}",
+        python.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let home = ctx.path().join("wandb-home");
+    let agent = std::process::Command::new(command[0])
+        .args([command[1], command[2], crate::common::bin()])
+        .args(["--attn=ska", "--minhash-k=32"])
+        .current_dir(ctx.path())
+        .env("PATH", path)
+        .env("AUSA_STORE", ctx.store())
+        .env("WANDB_RUN_ID", "agentrun1")
+        .env("WANDB_MODE", "offline")
+        .env_remove("WANDB_DIR")
+        .env("WANDB_CONFIG_DIR", &home)
+        .env("WANDB_CACHE_DIR", &home)
+        .env("WANDB_DATA_DIR", &home)
+        .output()
+        .unwrap();
+    assert!(
+        agent.status.success(),
+        "the agent's command failed:\n{}",
+        String::from_utf8_lossy(&agent.stderr)
+    );
+    let run = ctx.path().join("runs/agentrun1");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run_meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["config"]["model"]["attn"], "ska");
+    assert_eq!(meta["data"]["train"]["minhash_k"], 32);
+    let offline: Vec<PathBuf> = std::fs::read_dir(ctx.path().join("reports/agentrun1/wandb"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        // (wandb also links `latest-run` to it)
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("offline-run-")
+        })
+        .filter(|p| p.join("run-agentrun1.wandb").is_file())
+        .collect();
+    assert_eq!(offline.len(), 1, "the agent's run id is the W&B run's");
+
     // The spec's ablations: seven grids, two of them over tables of flags.
     let out = ctx
         .run(&["sweep", "wt2-ablation", "--wandb-yaml", "wt2.yaml"])
