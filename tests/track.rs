@@ -1,8 +1,8 @@
 //! Tracking end to end: the trainer's TensorBoard event files read back by the
 //! `tensorboard` package's own reader, `ausa report --wandb` offline read back with
 //! wandb's own protobuf schema, and `ausa sweep --wandb-yaml` loaded as YAML. The Python
-//! packages come from the repository's `.venv` (`.ci/run` installs them; without them
-//! the tests skip visibly, or fail where `AUSA_REQUIRE` names them).
+//! packages come from the repository's `.venv` (`tests/pyenv.sh` installs them; without
+//! them the tests skip visibly, or fail where `AUSA_REQUIRE` names them).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -10,8 +10,8 @@
 //!   requirement is named in `$AUSA_REQUIRE` (comma-separated; `.ci/run` sets it for
 //!   what CI is equipped with), the skip is a failure instead: a CI run that should
 //!   have run the test cannot pass silently.
-//! - **The test Python** ([`venv_python`]): the repository's `.venv`, where `.ci/run`
-//!   installs the Python packages that tests read our files back with (`tensorboard`,
+//! - **The test Python** ([`venv_python`]): the repository's `.venv`, where
+//!   `tests/pyenv.sh` (run by `tests/run.sh` and `.ci/run`) installs the Python packages that tests read our files back with (`tensorboard`,
 //!   `wandb`, `moto`).
 //! - **The shared real data** ([`shared_file`]): files under the `shared/` folder
 //!   beside the repository (`../shared/data/wikitext-2/valid.txt`), never committed.
@@ -95,7 +95,7 @@ pub fn skip(requirement: Requirement, test: &str, reason: &str) {
     }
 }
 
-/// The repository's `.venv/bin/python` (`.ci/run` creates it) if it can import
+/// The repository's `.venv/bin/python` (`tests/pyenv.sh` creates it) if it can import
 /// `module`; otherwise `None` after a visible [`skip`] of `test` for `requirement`.
 pub fn venv_python(module: &str, requirement: Requirement, test: &str) -> Option<PathBuf> {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
@@ -112,7 +112,7 @@ pub fn venv_python(module: &str, requirement: Requirement, test: &str) -> Option
         requirement,
         test,
         &format!(
-            "{} cannot import {module} (install it: python3 -m venv .venv && .venv/bin/pip install {module})",
+            "{} cannot import {module} (tests/pyenv.sh installs it)",
             python.display()
         ),
     );
