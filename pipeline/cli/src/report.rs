@@ -1,5 +1,6 @@
 //! `ausa report`: tables, figures and report.json from run directories
-//! (the work is `ausa-report`'s).
+//! (the work is `ausa-report`'s), and with `--wandb` each run logged to Weights & Biases
+//! through `ausa-track`'s sidecar.
 
 use std::path::PathBuf;
 
