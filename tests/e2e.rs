@@ -2,7 +2,7 @@
 //! store. One test binary: the shared `common` module is compiled and linked once.
 //!
 //! Run one group with `cargo test --test e2e cli::` (or `realtext::`, `remote::`,
-//! `robustness::`, `shared_store::`, `snapshots::`).
+//! `robustness::`, `shared_store::`, `snapshots::`, `track::`).
 
 mod common;
 
@@ -15,5 +15,7 @@ mod shared_store;
 mod snapshots;
 #[cfg(feature = "train")]
 mod sweep;
+#[cfg(feature = "train")]
+mod track;
 #[cfg(feature = "train")]
 mod train;

@@ -402,6 +402,8 @@ fn metrics_without_timings(run_dir: &std::path::Path) -> Vec<serde_json::Value> 
             let obj = v.as_object_mut().unwrap();
             obj.remove("tokens_per_s");
             obj.remove("elapsed_s");
+            obj.remove("steps_per_s");
+            obj.remove("peak_vram_mib");
             v
         })
         .collect()

@@ -1,10 +1,13 @@
 //! `ausa report`: tables, figures and report.json from run directories
-//! (the work is `ausa-report`'s).
+//! (the work is `ausa-report`'s), and with `--wandb` each run logged to Weights & Biases
+//! through `ausa-track`'s sidecar.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
+
+use ausa_track::wandb::{Logged, Options, RunToLog};
 
 use crate::diagnostics::CliError;
 use crate::output::Output;
@@ -19,6 +22,41 @@ pub struct ReportArgs {
     /// Where report.md, the CSV tables, report.json and the figures go.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Also log every run's metrics (metrics.jsonl, as the TensorBoard tags) and
+    /// configuration (run_meta.json) to Weights & Biases, through the official `wandb`
+    /// Python package (`pip install wandb`; log in with `wandb login`). Metrics only:
+    /// no models or checkpoints. Each call logs new W&B runs.
+    #[arg(long, help_heading = "Weights & Biases")]
+    pub wandb: bool,
+    /// With --wandb: the W&B project [default: $WANDB_PROJECT, else wandb's own].
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "wandb",
+        help_heading = "Weights & Biases"
+    )]
+    pub wandb_project: Option<String>,
+    /// With --wandb: the W&B group of the runs (e.g. the sweep's name).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "wandb",
+        help_heading = "Weights & Biases"
+    )]
+    pub wandb_group: Option<String>,
+    /// With --wandb: log offline, as WANDB_MODE=offline does: wandb writes
+    /// wandb/offline-run-*/ under --out (or $WANDB_DIR), and `wandb sync` uploads it later.
+    #[arg(long, requires = "wandb", help_heading = "Weights & Biases")]
+    pub wandb_offline: bool,
+    /// With --wandb: the Python that has the `wandb` package.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "python3",
+        requires = "wandb",
+        help_heading = "Weights & Biases"
+    )]
+    pub python: PathBuf,
 }
 
 fn report_error(e: ausa_report::ReportError) -> CliError {
@@ -33,7 +71,12 @@ fn report_error(e: ausa_report::ReportError) -> CliError {
 pub fn run(args: &ReportArgs, out: &Output) -> Result<i32, CliError> {
     let loaded = ausa_report::load(&args.inputs).map_err(report_error)?;
     let written = ausa_report::write(&loaded, &args.out).map_err(report_error)?;
-    out.json(&json!({"ok": true, "written": written}));
+    let logged = if args.wandb {
+        Some(wandb(args, &loaded, out)?)
+    } else {
+        None
+    };
+    out.json(&json!({"ok": true, "written": written, "wandb": logged}));
     let (total, incomplete) = written.runs;
     out.line(&format!(
         "report of {total} runs ({incomplete} incomplete, {} ended before training): Table A {} rows, Table B {} rows, {} figures -> {}",
@@ -44,4 +87,59 @@ pub fn run(args: &ReportArgs, out: &Output) -> Result<i32, CliError> {
         written.markdown.display()
     ));
     Ok(0)
+}
+
+/// `--wandb`: every run directory through the `wandb` sidecar (`ausa-track`).
+fn wandb(
+    args: &ReportArgs,
+    loaded: &ausa_report::Loaded,
+    out: &Output,
+) -> Result<Vec<Logged>, CliError> {
+    let runs: Vec<RunToLog> = loaded
+        .runs
+        .iter()
+        .map(|r| RunToLog {
+            dir: r.dir.clone(),
+            name: r.label.clone(),
+        })
+        .collect();
+    let opts = Options {
+        python: args.python.clone(),
+        project: args.wandb_project.clone(),
+        group: args.wandb_group.clone(),
+        offline: args.wandb_offline,
+        // wandb's run directories go beside the report unless WANDB_DIR says otherwise.
+        dir: std::env::var_os("WANDB_DIR")
+            .is_none()
+            .then(|| std::path::absolute(&args.out).unwrap_or(args.out.clone())),
+    };
+    out.log(&format!(
+        "wandb: logging {} runs with {}",
+        runs.len(),
+        opts.python.display()
+    ));
+    let logged = ausa_track::wandb::log_runs(&runs, &opts).map_err(|e| CliError {
+        message: e.to_string(),
+        hints: e.hint().into_iter().collect(),
+        code: 1,
+    })?;
+    for l in &logged {
+        let cut = if l.truncated {
+            ", its cut-off last metrics line left out"
+        } else {
+            ""
+        };
+        let at = match (&l.url, &l.dir) {
+            (Some(url), _) => url.clone(),
+            (None, Some(dir)) => format!("offline: {}", dir.display()),
+            (None, None) => String::new(),
+        };
+        out.log(&format!(
+            "wandb: {} -> run {} ({} steps{cut}) {at}",
+            l.run_dir.display(),
+            l.id,
+            l.steps
+        ));
+    }
+    Ok(logged)
 }

@@ -48,6 +48,12 @@ pub struct SweepArgs {
     /// GPU memory gate: before a run, wait until its GPU has this much free (MiB).
     #[arg(long, value_name = "MIB", default_value_t = 4096)]
     pub gpu_min_free_mib: u64,
+    /// Write the equivalent W&B sweep configuration (method grid) to this file, `-` for
+    /// stdout, and exit. A sweep W&B cannot express as one grid (several grids, tables
+    /// of flags that vary together, explicit runs) gives several: OUT-1.yaml, OUT-2.yaml,
+    /// ... (on stdout, YAML documents separated by `---`).
+    #[arg(long, value_name = "OUT.yaml")]
+    pub wandb_yaml: Option<PathBuf>,
 }
 
 /// The trainer's flags as a parser of their own (`lm ...` without the binary's name).
@@ -196,6 +202,9 @@ fn describe(target: &TargetArgs) -> String {
 pub fn run(store: Option<&Path>, args: &SweepArgs, out: &Output) -> Result<i32, CliError> {
     let source = ausa_sweep::spec::locate(&args.sweep).map_err(sweep_error)?;
     let sweep = Sweep::parse(&source, &schema()).map_err(sweep_error)?;
+    if let Some(path) = &args.wandb_yaml {
+        return wandb_yaml(&sweep, path, out);
+    }
     let runs = sweep.runs();
     let out_dir = args
         .out
@@ -315,6 +324,43 @@ pub fn run(store: Option<&Path>, args: &SweepArgs, out: &Output) -> Result<i32, 
     }
     out.log(&format!("{line} -> {}", dir.csv_path().display()));
     Ok(if not_ok == 0 { 0 } else { 1 })
+}
+
+/// `--wandb-yaml`: the W&B sweep configurations of the sweep file.
+fn wandb_yaml(sweep: &Sweep, path: &Path, out: &Output) -> Result<i32, CliError> {
+    let docs = ausa_sweep::wandb::sweeps(sweep);
+    if path == Path::new("-") {
+        let text: Vec<&str> = docs.iter().map(|d| d.yaml.as_str()).collect();
+        out.data(text.join("---\n").trim_end());
+        out.json(&json!({"ok": true, "wandb_yaml": docs.iter().map(|d| json!({"origin": d.origin, "yaml": d.yaml})).collect::<Vec<_>>()}));
+        return Ok(0);
+    }
+    let paths: Vec<PathBuf> = if docs.len() == 1 {
+        vec![path.to_path_buf()]
+    } else {
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let ext = path
+            .extension()
+            .map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+        (1..=docs.len())
+            .map(|i| path.with_file_name(format!("{stem}-{i}{ext}")))
+            .collect()
+    };
+    let mut written = Vec::new();
+    for (doc, path) in docs.iter().zip(&paths) {
+        std::fs::write(path, &doc.yaml).map_err(|e| {
+            CliError::failure(format!("cannot write {}: {e}", path.display()), None)
+        })?;
+        out.log(&format!("{}: {}", path.display(), doc.origin));
+        written.push(json!({"path": path, "origin": doc.origin}));
+    }
+    out.log(&format!(
+        "{} W&B sweep configuration(s) for {}; create each with `wandb sweep FILE`, run it with `wandb agent ID`",
+        docs.len(),
+        sweep.name
+    ));
+    out.json(&json!({"ok": true, "wandb_yaml": written}));
+    Ok(0)
 }
 
 fn dry_run(

@@ -283,6 +283,11 @@ pub struct LmArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Do not write TensorBoard event files. By default a run writes its scalars into
+    /// DIR/tb/ as it logs them: `tensorboard --logdir DIR` (or a sweep's --out, for all
+    /// its runs).
+    #[arg(long)]
+    pub no_tensorboard: bool,
     /// Time the training step at fixed shapes instead of training: appends a row to the
     /// benchmark CSV (the run directory is not used).
     #[arg(long)]
@@ -761,6 +766,7 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         device,
         meta,
         stop_at: None,
+        tensorboard: !args.no_tensorboard,
     };
     out.log(&format!(
         "training {} on {} ({} sequences of {} tokens) -> {}",

@@ -1,6 +1,6 @@
 //! Test support shared by every test binary of the workspace (a dev-dependency only).
 //!
-//! It owns two things that every test crate needs the same way:
+//! It owns what every test crate needs the same way:
 //!
 //! - **Visible skips.** A test that cannot run here (no `../shared` real data, no S3
 //!   test server, no user namespaces) calls [`skip`]. The line `SKIPPED <test>
@@ -10,6 +10,9 @@
 //!   requirement is named in `$AUSA_REQUIRE` (comma-separated; `.ci/run` sets it for
 //!   what CI is equipped with), the skip is a failure instead: a CI run that should
 //!   have run the test cannot pass silently.
+//! - **The test Python** ([`venv_python`]): the repository's `.venv`, where
+//!   `tests/pyenv.sh` (run by `tests/run.sh` and `.ci/run`) installs the Python packages that tests read our files back with (`tensorboard`,
+//!   `wandb`, `moto`).
 //! - **The shared real data** ([`shared_file`]): files under the `shared/` folder
 //!   beside the repository (`../shared/data/wikitext-2/valid.txt`), never committed.
 //!
@@ -37,6 +40,10 @@ pub enum Requirement {
     Gpu,
     /// NVRTC (`libnvrtc.so`), to compile the CUDA kernel sources; no GPU needed.
     Nvrtc,
+    /// The `tensorboard` Python package in the repository's `.venv` (`.ci/run`).
+    Tensorboard,
+    /// The `wandb` Python package in the repository's `.venv` (`.ci/run`).
+    Wandb,
 }
 
 impl Requirement {
@@ -48,6 +55,8 @@ impl Requirement {
             Requirement::Namespaces => "namespaces",
             Requirement::Gpu => "gpu",
             Requirement::Nvrtc => "nvrtc",
+            Requirement::Tensorboard => "tensorboard",
+            Requirement::Wandb => "wandb",
         }
     }
 
@@ -84,6 +93,30 @@ pub fn skip(requirement: Requirement, test: &str, reason: &str) {
             let _ = writeln!(std::io::stderr(), "cannot append to {log:?}: {e}");
         }
     }
+}
+
+/// The repository's `.venv/bin/python` (`tests/pyenv.sh` creates it) if it can import
+/// `module`; otherwise `None` after a visible [`skip`] of `test` for `requirement`.
+pub fn venv_python(module: &str, requirement: Requirement, test: &str) -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let imports = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if imports {
+        return Some(python);
+    }
+    skip(
+        requirement,
+        test,
+        &format!(
+            "{} cannot import {module} (tests/pyenv.sh installs it)",
+            python.display()
+        ),
+    );
+    None
 }
 
 /// The `shared/` folder beside the repository.

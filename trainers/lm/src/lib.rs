@@ -55,6 +55,9 @@ pub enum Error {
     /// The device ran out of memory; the message names the flags to lower.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// Writing the TensorBoard event file failed.
+    #[error("tensorboard: {0}")]
+    Track(#[from] ausa_track::TrackError),
 }
 
 impl Error {

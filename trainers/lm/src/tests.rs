@@ -1,6 +1,7 @@
 //! Trainer tests on tiny shapes (CPU): zero-copy data path, batches against the copying
 //! gather, causality for every `--attn`, overfitting, sampler, schedule, resume.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use ausa_artifacts::{
@@ -9,6 +10,7 @@ use ausa_artifacts::{
 };
 use ausa_kernels::toy::{self, ToyShape};
 use ausa_kernels::SetLayout;
+use ausa_track::tfevents::SessionLog;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::SplitData;
@@ -382,6 +384,7 @@ fn run<'a>(config: TrainConfig, split: &'a SplitInput, out: &Path) -> Run<'a> {
         device: Device::Cpu,
         meta: serde_json::Value::Null,
         stop_at: None,
+        tensorboard: true,
     }
 }
 
@@ -391,6 +394,53 @@ fn train_lines(out: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["kind"] == "train")
+        .collect()
+}
+
+/// The event files of a run directory, in the order TensorBoard loads them.
+fn tb_files(out: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(out.join(train::TB_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// `(tag, step) -> value` as TensorBoard shows it: files in order, a restart marker at
+/// step `s` dropping what earlier events logged at steps `>= s`.
+fn tb_scalars(out: &Path) -> BTreeMap<(String, u64), f32> {
+    let mut values = BTreeMap::new();
+    for file in tb_files(out) {
+        let events = ausa_track::tfevents::read_events(&file).unwrap();
+        assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
+        for event in events {
+            let step = event.step as u64;
+            if event
+                .session_log
+                .is_some_and(|l| l.status == SessionLog::START)
+            {
+                values.retain(|(_, s): &(String, u64), _| *s < step);
+            }
+            for v in event.summary.map(|s| s.value).unwrap_or_default() {
+                let old = values.insert((v.tag.clone(), step), v.simple_value.unwrap());
+                assert!(old.is_none(), "{} at step {step} twice", v.tag);
+            }
+        }
+    }
+    values
+}
+
+/// `(tag, step) -> value` of metrics.jsonl, as 32-bit floats.
+fn jsonl_scalars(out: &Path) -> BTreeMap<(String, u64), f32> {
+    let file = ausa_track::scalars::MetricsFile::read(&out.join("metrics.jsonl")).unwrap();
+    file.lines
+        .into_iter()
+        .flat_map(|(step, values)| {
+            values
+                .into_iter()
+                .map(move |(tag, v)| ((tag, step), v as f32))
+        })
         .collect()
 }
 
@@ -459,6 +509,18 @@ fn a_resumed_run_matches_an_uninterrupted_one_exactly() {
     for name in ["run_meta.json", "summary.csv", "summary.json"] {
         assert!(parts.join(name).exists(), "{name} missing");
     }
+
+    // TensorBoard: every number of metrics.jsonl at its step, in the event files; the
+    // resumed process wrote a second file that starts with a restart marker at its
+    // first new step.
+    assert_eq!(tb_scalars(&whole), jsonl_scalars(&whole));
+    assert_eq!(tb_scalars(&parts), jsonl_scalars(&parts));
+    assert!(jsonl_scalars(&whole).contains_key(&("valid/word_ppl".into(), 6)));
+    let files = tb_files(&parts);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let second = ausa_track::tfevents::read_events(&files[1]).unwrap();
+    let restart = second[1].session_log.as_ref().expect("a restart marker");
+    assert_eq!((restart.status, second[1].step), (SessionLog::START, 4));
 
     // Another model shape cannot resume this checkpoint.
     let mut other = config.clone();

@@ -20,6 +20,7 @@
 //! | `metrics.jsonl` | one JSON object per step (`"kind": "train"`) and per evaluation (`"kind": "eval"`) |
 //! | `summary.csv`, `summary.json` | at the end (temp file + rename) |
 //! | `checkpoint/` | `model.safetensors`, `optim.safetensors`, `state.json`: written into `checkpoint.tmp/`, then renamed |
+//! | `tb/events.out.tfevents.*` | TensorBoard event files (unless `tensorboard` is off): the scalars of every `metrics.jsonl` line as it is written ([`ausa_track::scalars`]: `train/loss`, `valid/word_ppl`, ...); a resumed run adds a file that starts with a restart marker |
 //!
 //! Perplexities: token perplexity is `exp` of the mean next-token NLL. Word-level
 //! perplexity scales the mean NLL to the split's whole token count and divides by its
@@ -213,6 +214,8 @@ pub struct Run<'a> {
     /// Stop after this many steps as an interrupted run would (the checkpoint is
     /// written); the schedule still runs to the full step count on resume.
     pub stop_at: Option<usize>,
+    /// Write TensorBoard event files into `out/tb/`.
+    pub tensorboard: bool,
 }
 
 /// What a run reports as it goes.
@@ -235,6 +238,12 @@ pub enum Event {
         grad_norm: f64,
         /// Tokens per second over the run so far.
         tokens_per_s: f64,
+        /// Optimizer steps per second over the run (or resume) so far.
+        steps_per_s: f64,
+        /// Peak device memory allocated so far, MiB (CUDA only: the caching
+        /// allocator's peak since the process started).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peak_vram_mib: Option<f64>,
         /// Seconds since the run (or resume) started.
         elapsed_s: f64,
     },
@@ -692,6 +701,8 @@ pub(crate) fn train_step(
 /// A step whose loss and gradient norm are still on the device.
 struct PendingStep {
     step: usize,
+    /// Steps done by this process (a resumed run counts from its resume).
+    steps_here: usize,
     steps: usize,
     epoch: usize,
     lr: f64,
@@ -705,6 +716,8 @@ struct PendingStep {
 /// transfer (one synchronization) per flush, so training runs ahead of the logging.
 struct Pending {
     steps: Vec<PendingStep>,
+    /// The CUDA device whose allocator peak the steps report.
+    cuda: Option<usize>,
     /// Flush every step (the CPU: reading a value costs nothing there) or at most this often.
     every: std::time::Duration,
     last_flush: Instant,
@@ -720,6 +733,10 @@ impl Pending {
         };
         Pending {
             steps: vec![],
+            cuda: match device {
+                Device::Cuda(i) => Some(i),
+                _ => None,
+            },
             every,
             last_flush: Instant::now(),
             first_loss: None,
@@ -751,6 +768,17 @@ impl Pending {
                 .to_kind(Kind::Double)
                 .to_device(Device::Cpu),
         )?;
+        // The allocator's own counters (host memory, no synchronization); after the
+        // transfer above, so the peak covers every pending step.
+        let peak_vram_mib = match self.cuda {
+            Some(i) => Some(
+                ausa_kernels::shim::cuda_memory(i)
+                    .map_err(shim_error)?
+                    .peak_allocated as f64
+                    / (1u64 << 20) as f64,
+            ),
+            None => None,
+        };
         for (p, v) in self.steps.drain(..).zip(values.chunks(2)) {
             let (loss, grad_norm) = (v[0], v[1]);
             self.first_loss.get_or_insert(loss);
@@ -763,6 +791,8 @@ impl Pending {
                 lr: p.lr,
                 grad_norm,
                 tokens_per_s: p.tokens as f64 / p.elapsed_s.max(1e-9),
+                steps_per_s: p.steps_here as f64 / p.elapsed_s.max(1e-9),
+                peak_vram_mib,
                 elapsed_s: p.elapsed_s,
             })?;
         }
@@ -848,10 +878,14 @@ fn remove_partial_run(out: &Path, existed: bool) {
         let _ = std::fs::remove_file(out.join(name));
     }
     let _ = std::fs::remove_dir_all(out.join("checkpoint.tmp"));
+    let _ = std::fs::remove_dir_all(out.join(TB_DIR));
     if !existed {
         let _ = std::fs::remove_dir(out);
     }
 }
+
+/// The TensorBoard directory inside a run directory.
+pub const TB_DIR: &str = "tb";
 
 /// The body of [`run`] once the run directory exists.
 fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> {
@@ -876,9 +910,27 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
     };
     write_meta(run, total)?;
     let mut metrics = open_metrics(&metrics_path, run.resume, start)?;
+    // A new event file per process; a resumed run's begins with a restart marker at
+    // its first new step, so TensorBoard drops what the killed process logged after
+    // the checkpoint (as `open_metrics` did).
+    let mut tb = match run.tensorboard {
+        true => {
+            let mut tb = ausa_track::tfevents::EventWriter::create(&out.join(TB_DIR))?;
+            if run.resume {
+                tb.restart(start as u64 + 1)?;
+            }
+            Some(tb)
+        }
+        false => None,
+    };
     let mut log = |event: &Event| -> Result<(), Error> {
         let line = serde_json::to_string(event).map_err(|e| Error::Torch(e.to_string()))?;
         writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
+        if let Some(tb) = tb.as_mut() {
+            // The same numbers as the line (one mapping: ausa_track::scalars).
+            let value = serde_json::to_value(event).map_err(|e| Error::Torch(e.to_string()))?;
+            tb.metrics_line(&value)?;
+        }
         progress(event);
         Ok(())
     };
@@ -917,6 +969,7 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
         step += 1;
         pending.push(PendingStep {
             step,
+            steps_here: step - start,
             steps: total,
             epoch: micro[0].0,
             lr,

@@ -3,7 +3,7 @@
 //! into the binary ([`embedded`]), the sweep directory with its per-run locks, records
 //! and `results.csv` ([`dir`]), and the executor that runs the trainer processes
 //! sequentially or several at a time, one per GPU behind an idle gate ([`exec`],
-//! [`gpu`]).
+//! [`gpu`]), and the equivalent W&B sweep configurations of a sweep file ([`wandb`]).
 //!
 //! It knows nothing about models or artifacts: the caller (the CLI) checks each run's
 //! flags with the trainer's own parser, builds the artifacts every run needs once,
@@ -26,6 +26,7 @@ pub mod embedded;
 pub mod exec;
 pub mod gpu;
 pub mod spec;
+pub mod wandb;
 
 /// Errors of a sweep.
 #[derive(Debug, thiserror::Error)]

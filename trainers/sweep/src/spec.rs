@@ -132,15 +132,15 @@ impl Flags {
 
 /// One value of a grid axis: its flags and the label it contributes to run names.
 #[derive(Debug, Clone)]
-struct AxisValue {
-    flags: Flags,
-    label: String,
+pub(crate) struct AxisValue {
+    pub(crate) flags: Flags,
+    pub(crate) label: String,
 }
 
 /// A grid axis.
 #[derive(Debug, Clone)]
-struct Axis {
-    values: Vec<AxisValue>,
+pub(crate) struct Axis {
+    pub(crate) values: Vec<AxisValue>,
 }
 
 /// A parsed sweep file.
@@ -156,9 +156,9 @@ pub struct Sweep {
     pub task: Task,
     /// The `--dag` of every run (a file path is absolute).
     pub dag: String,
-    base: Flags,
-    grids: Vec<Vec<Axis>>,
-    runs: Vec<AxisValue>,
+    pub(crate) base: Flags,
+    pub(crate) grids: Vec<Vec<Axis>>,
+    pub(crate) runs: Vec<AxisValue>,
 }
 
 /// One run of a sweep.
