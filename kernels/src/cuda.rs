@@ -384,6 +384,9 @@ static LOAD_LIBTORCH_CUDA_BEFORE_MAIN: extern "C" fn() = {
     load
 };
 
+/// A specialized module: its source file and `-D` defines.
+type ModuleKey = (&'static str, Vec<String>);
+
 /// The compiled kernels on one GPU.
 pub struct CudaKernels {
     ctx: Arc<CudaContext>,
@@ -391,8 +394,7 @@ pub struct CudaKernels {
     delta: Arc<CudaModule>,
     /// Modules compiled with `-D` constants (head dimension, content term), per source
     /// file and defines, compiled at first use.
-    specialized:
-        std::sync::Mutex<std::collections::HashMap<(&'static str, Vec<String>), Arc<CudaModule>>>,
+    specialized: std::sync::Mutex<std::collections::HashMap<ModuleKey, Arc<CudaModule>>>,
     arch: String,
     ordinal: usize,
 }

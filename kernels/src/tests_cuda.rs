@@ -671,7 +671,6 @@ fn cuda_set_attention_matches_the_reference_in_fp32_and_bf16_and_repeats_bit_for
                     let finite = bool::try_from(g.isfinite().all()).unwrap();
                     let err = relative_error(g, w);
                     let line = format!("shape {n}, beta {beta}, {kind:?}, {name}: {err:.2e}");
-                    eprintln!("{line}");
                     if !finite || err > tol {
                         failures.push(format!("{line} (finite: {finite}, tolerance {tol})"));
                     }

@@ -41,7 +41,7 @@ def timed(fn, warmup, iters):
     return statistics.median(times)
 
 
-def attention_rows(name, attend, b, l, h, d, warmup, iters):
+def attention_rows(name, attend, b, l, h, d, warmup, iters, window=None):
     q, k, v = (
         torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         for _ in range(3)
@@ -61,8 +61,10 @@ def attention_rows(name, attend, b, l, h, d, warmup, iters):
     fwd = timed(forward, warmup, iters)
     both = timed(step, warmup, iters)
     vram = torch.cuda.max_memory_allocated() / 2**20
-    # Causal: half of the 2 * 2 * B H L^2 D forward FLOPs; backward 2.5x the forward.
-    flops = 0.5 * 4 * b * h * l * l * d * 3.5
+    # Causal: half of the 2 * 2 * B H L^2 D forward FLOPs (a sliding window: about
+    # L * window pairs instead of L^2 / 2); backward 2.5x the forward.
+    pairs = 0.5 * l * l if window is None else l * min(window, l)
+    flops = 4 * b * h * pairs * d * 3.5
     return [name, "bf16", b, l, h, d, f"{fwd:.4f}", f"{both:.4f}", f"{vram:.1f}",
             f"{flops / (both * 1e-3) / 1e12:.1f}"]
 
@@ -99,7 +101,7 @@ def main():
                                      None, None, l, l, device="cuda")
             flex = lambda q, k, v, m=mask: flex_compiled(q, k, v, block_mask=m)
             rows.append(attention_rows(f"flex_sw{w}", flex, b, l, a.heads, a.head_dim,
-                                       a.warmup, a.iters))
+                                       a.warmup, a.iters, window=w))
         print(rows[-1], flush=True)
     n = 8192
     x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
