@@ -548,7 +548,8 @@ struct SetCase {
 }
 
 impl SetCase {
-    /// The case with its rows (`v`, `qa`, `kb`) rounded to `kind` and back to fp32.
+    /// The case with its rows (`v`, `qa`, `kb`) and the output gradient rounded to
+    /// `kind` and back to fp32 (the gradient of a `kind` output arrives in `kind`).
     fn rounded(&self, kind: Kind) -> SetCase {
         let round = |t: &Tensor| t.to_kind(kind).to_kind(Kind::Float);
         SetCase {
@@ -559,7 +560,7 @@ impl SetCase {
             v: round(&self.v),
             qa: round(&self.qa),
             kb: round(&self.kb),
-            dout: self.dout.shallow_clone(),
+            dout: round(&self.dout),
         }
     }
 }
