@@ -694,6 +694,7 @@ fn bank_plot(banks: &[hist::BankData]) -> plots::HistPlot {
             .map(|d| hist::integer_bins(&d.label, pick(d)))
             .collect(),
         empty_note: "no bank histograms in run_meta.json".into(),
+        integer_x: true,
     };
     plots::HistPlot {
         panels: vec![
@@ -750,6 +751,7 @@ fn minhash_plot(ks: &[hist::MinhashK]) -> plots::HistPlot {
             log_y_over: 20.0,
             series,
             empty_note: "no pairs".into(),
+            integer_x: false,
         }],
     }
 }

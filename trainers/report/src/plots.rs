@@ -113,6 +113,8 @@ pub struct HistPanel {
     pub series: Vec<HistSeries>,
     /// Shown instead of bars when there are none.
     pub empty_note: String,
+    /// Integer values on x (counts): ticks only at integers, and at least 8 wide.
+    pub integer_x: bool,
 }
 
 /// Histogram panels side by side in one figure.
@@ -391,6 +393,13 @@ impl HistPanel {
         let empty = !ymax.is_finite() || ymax <= 0.0;
         let (x0, x1) = if empty || x0 >= x1 {
             (0.0, 1.0)
+        } else if self.integer_x && x1 - x0 < 8.0 {
+            // One or a few bins: a readable span of integers around them.
+            let mid = ((x0 + x1) / 2.0).round();
+            (
+                (mid - 4.0).max(if x0 >= 0.0 { -0.5 } else { f64::MIN }),
+                mid + 4.0,
+            )
         } else {
             let pad = (x1 - x0) * 0.03;
             (x0 - pad, x1 + pad)
@@ -424,7 +433,13 @@ impl HistPanel {
                 short(*v)
             }
         };
-        let x_fmt = |v: &f64| short(*v);
+        let x_fmt = |v: &f64| {
+            if self.integer_x && (v - v.round()).abs() > 1e-6 {
+                String::new()
+            } else {
+                short(*v)
+            }
+        };
         chart
             .configure_mesh()
             .x_desc(&self.x_desc)
@@ -629,6 +644,7 @@ mod tests {
                         bins: vec![(0.5, 1.5, 1.0), (1.5, 2.5, 1000.0), (3.5, 4.5, 10.0)],
                     }],
                     empty_note: String::new(),
+                    integer_x: true,
                 },
                 HistPanel {
                     title: "empty".into(),
@@ -637,6 +653,7 @@ mod tests {
                     log_y_over: 20.0,
                     series: vec![],
                     empty_note: "nothing here".into(),
+                    integer_x: false,
                 },
             ],
         };
