@@ -39,6 +39,53 @@ impl Default for Fake<'_> {
     }
 }
 
+/// Atoms-per-set buckets of `sets` sets: most near 50 of a 64-token window, a tail of
+/// small sets (counts over three decades, for the log scale).
+fn atom_bins(sets: u64) -> Vec<serde_json::Value> {
+    let mut bins = Vec::new();
+    let mut left = sets;
+    for le in (20..=60u64).rev() {
+        let d = le.abs_diff(50);
+        let c = ((sets / 10) >> d.min(20)).max(1).min(left);
+        if c > 0 {
+            bins.push(serde_json::json!({"le": le, "count": c}));
+            left -= c;
+        }
+    }
+    if let Some(first) = bins.iter_mut().find(|b| b["le"] == 50) {
+        first["count"] = (first["count"].as_u64().unwrap() + left).into();
+    }
+    bins.reverse();
+    bins
+}
+
+/// Writes the exact-Delta CSV as `artifacts/examples/minhash_error.rs` prints it (k
+/// rows appended, as `tests/bench/minhash_error.sh` does): an error spread that
+/// shrinks with k.
+fn minhash_csv(path: &Path) {
+    let mut csv = String::from("k,kind,lo,hi,value\n");
+    for k in [32u64, 128] {
+        let spread = 256.0 / k as f64;
+        csv.push_str(&format!("{k},hist,-inf,-40,0\n"));
+        for b in 0..40 {
+            let lo = -40.0 + 2.0 * b as f64;
+            let x = (lo + 1.0) / spread;
+            let count = (10_000.0 * (-x * x / 2.0).exp()).round();
+            csv.push_str(&format!("{k},hist,{lo},{},{count}\n", lo + 2.0));
+        }
+        csv.push_str(&format!("{k},hist,40,inf,3\n"));
+        for (name, v) in [
+            ("mean", -0.5),
+            ("mean_abs", spread),
+            ("rmse", spread * 1.2),
+            ("p90_abs", spread * 1.6),
+        ] {
+            csv.push_str(&format!("{k},stat,{name},,{v}\n"));
+        }
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
 /// Writes a run directory as `ausa train lm` lays it out (the fields the report reads).
 fn fake_run(dir: &Path, f: &Fake) {
     std::fs::create_dir_all(dir).unwrap();
@@ -59,12 +106,21 @@ fn fake_run(dir: &Path, f: &Fake) {
         "seeds": {"seed": f.seed},
         "ska_backend": "naive",
         "data": {"train": {"sequences": 100, "seq_len": f.seq_len, "sets_per_seq": f.seq_len / 32 - 1,
-                           "window": 64, "stride": 32, "minhash_k": f.minhash_k, "router_topk": 0}},
+                           "window": 64, "stride": 32, "minhash_k": f.minhash_k, "router_topk": 0,
+                           "histograms": {
+                               "sets_per_seq": {"unit": "sequences", "bin_width": 1,
+                                                "bins": [{"le": f.seq_len / 32 - 1, "count": 100}]},
+                               "atoms_per_set": {"unit": "sets", "bin_width": 1,
+                                                 "bins": atom_bins(100 * (f.seq_len / 32 - 1) as u64)},
+                           }}},
         "run": {
             "command": ["ausa", "train", f.task, "--attn", f.attn],
             "dag": "demo",
             "overrides": [format!("minhash.minhash_k={}", f.minhash_k)],
-            "artifacts": [{"stage": "minhash", "kind": "minhash", "fingerprint": format!("fp-minhash-{}", f.minhash_k)}],
+            "artifacts": [
+                {"stage": "banks", "kind": "banks", "fingerprint": format!("fp-banks-L{}", f.seq_len)},
+                {"stage": "minhash", "kind": "minhash", "fingerprint": format!("fp-minhash-{}", f.minhash_k)},
+            ],
         },
     });
     std::fs::write(dir.join("run_meta.json"), meta.to_string()).unwrap();
@@ -162,6 +218,7 @@ fn report_of_generated_runs_writes_tables_figures_and_metadata() {
     let ctx = Ctx::new();
     let runs = ctx.path().join("sweep");
     fixture(&runs);
+    minhash_csv(&runs.join("minhash_error.csv"));
     let out = ctx.path().join("rep");
     let run = ctx
         .run(&[
@@ -185,6 +242,8 @@ fn report_of_generated_runs_writes_tables_figures_and_metadata() {
         "ablation_method",
         "ablation_precision",
         "ablation_minhash-k",
+        "bank_histograms",
+        "minhash_error",
     ] {
         let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}.png");
@@ -204,7 +263,7 @@ fn report_of_generated_runs_writes_tables_figures_and_metadata() {
         .iter()
         .find(|r| r["label"] == "ska-fp32-k32-s1")
         .unwrap();
-    assert_eq!(k32["artifacts"][0]["fingerprint"], "fp-minhash-32");
+    assert_eq!(k32["artifacts"][1]["fingerprint"], "fp-minhash-32");
     assert_eq!(k32["versions"]["git_revision"], "0123abc");
     // Every row of a table names the runs its numbers come from.
     let row = &report["table_a"][0];
@@ -215,6 +274,97 @@ fn report_of_generated_runs_writes_tables_figures_and_metadata() {
     assert_eq!(row["valid_word_ppl"]["mean"], 615.0);
     let b = &report["table_b"];
     assert_eq!(b[0]["max_vram_mb"]["mean"], 900.0, "{b}");
+    // One bank series per data configuration (banks fingerprint): L256 and L512.
+    let banks = report["bank_histograms"].as_array().unwrap();
+    let fps: Vec<&str> = banks
+        .iter()
+        .map(|b| b["fingerprint"].as_str().unwrap())
+        .collect();
+    assert_eq!(fps, ["fp-banks-L256", "fp-banks-L512"], "{banks:?}");
+    assert_eq!(banks[0]["runs"].as_array().unwrap().len(), 11);
+    let figures = report["figures"].as_array().unwrap();
+    for f in [
+        "bank_histograms.png",
+        "bank_histograms.svg",
+        "minhash_error.png",
+        "minhash_error.svg",
+    ] {
+        assert!(figures.iter().any(|x| x == f), "{f} not in {figures:?}");
+    }
+    assert_eq!(report["minhash_error"]["k"][1]["k"], 128);
+    let svg = std::fs::read_to_string(out.join("bank_histograms.svg")).unwrap();
+    for text in [
+        "sets per sequence",
+        "atoms per set",
+        "sequences",
+        "(log scale)",
+        "demo L256 w64/s32",
+    ] {
+        assert!(svg.contains(text), "bank_histograms.svg lacks {text:?}");
+    }
+    let svg = std::fs::read_to_string(out.join("minhash_error.svg")).unwrap();
+    assert!(
+        svg.contains("k = 128 (25069 pairs, 3 outside the axis)"),
+        "{svg}"
+    );
+
+    // Without the CSV the report says what would draw the MinHash figure.
+    std::fs::remove_file(runs.join("minhash_error.csv")).unwrap();
+    let bare = ctx.path().join("rep-bare");
+    ctx.run(&[
+        "report",
+        runs.to_str().unwrap(),
+        "--out",
+        bare.to_str().unwrap(),
+    ])
+    .ok();
+    let md = std::fs::read_to_string(bare.join("report.md")).unwrap();
+    assert!(
+        md.contains("not drawn: no exact-Delta data (run `tests/bench/minhash_error.sh"),
+        "{md}"
+    );
+    assert!(!bare.join("minhash_error.png").exists());
+    assert!(bare.join("bank_histograms.png").exists());
+}
+
+#[test]
+fn a_malformed_minhash_csv_is_an_error_naming_the_file_and_line() {
+    let ctx = Ctx::new();
+    fake_run(&ctx.path().join("runs/a"), &Fake::default());
+    let csv = ctx.path().join("m.csv");
+    std::fs::write(
+        &csv,
+        "k,kind,lo,hi,value\n32,hist,-40,-38,5\n32,hist,-38,-36\n",
+    )
+    .unwrap();
+    let run = ctx
+        .run(&[
+            "report",
+            "runs",
+            "--out",
+            "rep",
+            "--minhash-error",
+            csv.to_str().unwrap(),
+        ])
+        .code(1);
+    assert!(
+        run.stderr
+            .contains("m.csv: line 3: 4 fields, expected 5 (k,kind,lo,hi,value)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let missing = ctx
+        .run(&[
+            "report",
+            "runs",
+            "--out",
+            "rep",
+            "--minhash-error",
+            "nope.csv",
+        ])
+        .code(1);
+    assert!(missing.stderr.contains("nope.csv"), "{}", missing.stderr);
 }
 
 #[test]

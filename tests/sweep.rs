@@ -195,6 +195,51 @@ fn a_grid_gets_one_row_per_run_a_rerun_skips_finished_runs_and_the_report_reads_
         fingerprints.contains(&banks.as_str()),
         "{banks} not in {fingerprints:?}"
     );
+
+    // Bank statistics: the three runs share one data configuration, so one series,
+    // and its histograms count what the banks artifact holds.
+    for ext in ["png", "svg"] {
+        let f = rep.join(format!("bank_histograms.{ext}"));
+        assert!(
+            std::fs::metadata(&f).unwrap().len() > 1000,
+            "{}",
+            f.display()
+        );
+    }
+    assert!(md.contains("![bank statistics"), "{md}");
+    assert!(md.contains("not drawn: no exact-Delta data"), "{md}");
+    let series = json["bank_histograms"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0]["fingerprint"], banks.as_str());
+    assert_eq!(series[0]["runs"].as_array().unwrap().len(), 3);
+    let mut target = vec!["demo:banks"];
+    target.extend_from_slice(&small);
+    let dir = std::path::PathBuf::from(
+        ctx.run(&[&["path"], &target[..]].concat())
+            .ok()
+            .stdout
+            .trim(),
+    );
+    let file = ausa_artifacts::BanksFile::open(dir.join("banks-train.arrow")).unwrap();
+    let mut sizes = std::collections::BTreeMap::<u64, u64>::new();
+    for w in file.set_offsets().windows(2) {
+        *sizes.entry(w[1] - w[0]).or_default() += 1;
+    }
+    let bins = |h: &serde_json::Value| -> std::collections::BTreeMap<u64, u64> {
+        h[1].as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b[0].as_u64().unwrap(), b[1].as_u64().unwrap()))
+            .collect()
+    };
+    let sets = bins(&series[0]["sets_per_seq"]);
+    assert_eq!(sets.values().sum::<u64>(), file.num_sequences() as u64);
+    assert_eq!(
+        sets.keys().collect::<Vec<_>>(),
+        vec![&(file.num_sets() as u64 / file.num_sequences() as u64)]
+    );
+    assert_eq!(series[0]["atoms_per_set"][0], 1, "integer bins");
+    assert_eq!(bins(&series[0]["atoms_per_set"]), sizes);
 }
 
 fn spawn(ctx: &Ctx, args: &[&str]) -> std::process::Child {

@@ -13,6 +13,8 @@
 //! - [`routing`]: `routing-<split>.arrow`, each token position's candidate sets, per
 //!   set layout.
 //! - [`gather`]: one split's set artifacts opened together, gathered per batch.
+//! - [`histogram`]: the bucketing of bank statistics (sets per sequence, atoms per
+//!   set) that the manifest statistics and the trainer's run metadata share.
 //!
 //! Writers are deterministic: the same rows always give byte-identical files,
 //! whatever the machine, time or library version (`created_by` is fixed to `"ausa"`).
@@ -26,6 +28,7 @@ pub mod doc_stats;
 pub mod documents;
 mod error;
 pub mod gather;
+pub mod histogram;
 mod ipc;
 mod mmap;
 pub mod routing;

@@ -22,6 +22,11 @@ pub struct ReportArgs {
     /// Where report.md, the CSV tables, report.json and the figures go.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// The exact-Delta data to draw as MinHash error histograms (minhash_error.png):
+    /// the CSV `tests/bench/minhash_error.sh WORKDIR` writes (WORKDIR/minhash_error.csv)
+    /// [default: a minhash_error.csv directly in an input directory, if any].
+    #[arg(long, value_name = "CSV")]
+    pub minhash_error: Option<PathBuf>,
     /// Also log every run's metrics (metrics.jsonl, as the TensorBoard tags) and
     /// configuration (run_meta.json) to Weights & Biases, through the official `wandb`
     /// Python package (`pip install wandb`; log in with `wandb login`). Metrics only:
@@ -69,7 +74,10 @@ fn report_error(e: ausa_report::ReportError) -> CliError {
 
 /// Runs `ausa report`.
 pub fn run(args: &ReportArgs, out: &Output) -> Result<i32, CliError> {
-    let loaded = ausa_report::load(&args.inputs).map_err(report_error)?;
+    let mut loaded = ausa_report::load(&args.inputs).map_err(report_error)?;
+    if let Some(csv) = &args.minhash_error {
+        loaded.minhash_error = Some(csv.clone());
+    }
     let written = ausa_report::write(&loaded, &args.out).map_err(report_error)?;
     let logged = if args.wandb {
         Some(wandb(args, &loaded, out)?)

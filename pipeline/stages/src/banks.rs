@@ -20,6 +20,7 @@
 
 use std::path::Path;
 
+use ausa_artifacts::histogram::Buckets;
 use ausa_artifacts::{banks_path, sequences_path, BankShape, BanksWriter, Split, TokensFile};
 use ausa_dag::{InputSlot, StageContext, StageError, Stats, TypedStage};
 use rayon::prelude::*;
@@ -258,11 +259,7 @@ fn ratio(a: u64, b: u64) -> Value {
 /// Counts per power-of-two bucket, smallest first: `[{"le": 1, "count": n}, {"le": 2,
 /// ...}, {"le": 4, ...}]` (a list, so JSON readers keep the numeric order).
 fn histogram(values: &[u64]) -> Value {
-    let mut buckets = std::collections::BTreeMap::<u64, u64>::new();
-    for &v in values {
-        *buckets.entry(v.max(1).next_power_of_two()).or_default() += 1;
-    }
-    buckets
+    ausa_artifacts::histogram::histogram(values.iter().copied(), Buckets::PowerOfTwo)
         .into_iter()
         .map(|(le, count)| json!({ "le": le, "count": count }))
         .collect()

@@ -12,6 +12,7 @@
 
 use std::path::Path;
 
+use ausa_artifacts::histogram::{self, Buckets};
 use ausa_artifacts::{
     ArtifactError, BanksFile, RoutingFile, SetArtifacts, SetPaths, SignaturesFile, TokensFile,
 };
@@ -41,6 +42,47 @@ pub(crate) struct Arrays {
     pub(crate) route: Tensor,
 }
 
+/// Most buckets of a bank histogram in the run metadata (integer buckets below that).
+pub const MAX_HISTOGRAM_BINS: u64 = 64;
+
+/// One bank histogram: `(le, count)` buckets of width `width` (bucket `le` counts the
+/// values in `(le - width, le]`), as `ausa_artifacts::histogram` makes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BankHistogram {
+    /// Bucket width (1: one bucket per integer).
+    pub width: u64,
+    /// `(le, count)`, smallest first, empty buckets left out.
+    pub bins: Vec<(u64, u64)>,
+}
+
+impl BankHistogram {
+    /// The lengths of the ranges `offsets` delimit, in at most [`MAX_HISTOGRAM_BINS`]
+    /// integer buckets.
+    fn of_offsets(offsets: &[u64]) -> BankHistogram {
+        let max = histogram::lengths(offsets).max().unwrap_or(0);
+        let buckets = Buckets::bounded(max, MAX_HISTOGRAM_BINS);
+        BankHistogram {
+            width: buckets.width().unwrap_or(1),
+            bins: histogram::histogram(histogram::lengths(offsets), buckets),
+        }
+    }
+
+    /// Total count (the number of values).
+    pub fn total(&self) -> u64 {
+        self.bins.iter().map(|b| b.1).sum()
+    }
+}
+
+/// A split's bank statistics: sets per sequence and atoms (distinct ids) per set, one
+/// pass over the bank's offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BankHistograms {
+    /// Sets per sequence (over sequences).
+    pub sets_per_seq: BankHistogram,
+    /// Atoms per set, the set sizes (over sets).
+    pub atoms_per_set: BankHistogram,
+}
+
 /// One split, ready to be batched.
 #[derive(Debug)]
 pub struct SplitData {
@@ -61,6 +103,8 @@ pub struct SplitData {
     blind_positions: i64,
     /// Whether `arrays` are views of the maps (false after [`SplitData::to_device`]).
     zero_copy: bool,
+    /// Sets per sequence and atoms per set.
+    histograms: BankHistograms,
 }
 
 /// One batch as tensors on the data's device.
@@ -139,6 +183,10 @@ impl SplitData {
         // other set starting at 0 is a leading partial window.
         let at_zero = spans[..per].chunks(2).filter(|s| s[0] == 0).count() as i64;
         let leading_sets = (at_zero - 1).max(0);
+        let histograms = BankHistograms {
+            sets_per_seq: BankHistogram::of_offsets(seq_offsets),
+            atoms_per_set: BankHistogram::of_offsets(banks.set_offsets()),
+        };
         let shape = banks.shape();
         let vocab = shape.vocab_size;
         let k = signatures.k();
@@ -172,6 +220,7 @@ impl SplitData {
             leading_sets,
             blind_positions,
             zero_copy: true,
+            histograms,
         })
     }
 
@@ -228,6 +277,11 @@ impl SplitData {
     pub fn avg_atoms_per_set(&self) -> f64 {
         let sets = self.arrays.sizes.numel().max(1);
         self.arrays.values.numel() as f64 / sets as f64
+    }
+
+    /// Histograms of sets per sequence and atoms per set (from the bank's offsets).
+    pub fn histograms(&self) -> &BankHistograms {
+        &self.histograms
     }
 
     /// The routing table's recency top-k (0 = all visible sets).

@@ -185,6 +185,44 @@ fn token_tensor_points_into_the_artifact_mapping() {
 }
 
 #[test]
+fn bank_histograms_in_the_metadata_count_every_sequence_and_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let seqs = random_tokens(9, 7, VOCAB);
+    let paths = write_split(dir.path(), &seqs, VOCAB);
+    let data = SplitData::open(&paths).unwrap();
+    let meta = train::data_meta(&data, None);
+    let h = &meta["histograms"];
+    // Direct counts from the token sequences: distinct ids of every window.
+    let spans = SHAPE.spans(LEN);
+    let mut sizes = BTreeMap::<u64, u64>::new();
+    for seq in &seqs {
+        for &(start, end) in &spans {
+            let mut atoms = seq[start..end].to_vec();
+            atoms.sort_unstable();
+            atoms.dedup();
+            *sizes.entry(atoms.len() as u64).or_default() += 1;
+        }
+    }
+    let bins = |v: &serde_json::Value| -> BTreeMap<u64, u64> {
+        v["bins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b["le"].as_u64().unwrap(), b["count"].as_u64().unwrap()))
+            .collect()
+    };
+    assert_eq!(h["atoms_per_set"]["bin_width"], 1, "{h}");
+    assert_eq!(bins(&h["atoms_per_set"]), sizes, "{h}");
+    let expected = BTreeMap::from([(spans.len() as u64, seqs.len() as u64)]);
+    assert_eq!(bins(&h["sets_per_seq"]), expected, "{h}");
+    assert_eq!(data.histograms().sets_per_seq.total(), 7);
+    assert_eq!(
+        data.histograms().atoms_per_set.total(),
+        (7 * spans.len()) as u64
+    );
+}
+
+#[test]
 fn tensor_batches_equal_the_copying_gather() {
     let dir = tempfile::tempdir().unwrap();
     // A 16-bit vocabulary above 32767 checks the unsigned widening of stored ids.
@@ -509,6 +547,10 @@ fn a_resumed_run_matches_an_uninterrupted_one_exactly() {
     for name in ["run_meta.json", "summary.csv", "summary.json"] {
         assert!(parts.join(name).exists(), "{name} missing");
     }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.join("run_meta.json")).unwrap()).unwrap();
+    let sets = &meta["data"]["train"]["histograms"]["sets_per_seq"]["bins"];
+    assert_eq!(sets[0]["count"], 10, "one count per sequence: {meta}");
 
     // TensorBoard: every number of metrics.jsonl at its step, in the event files; the
     // resumed process wrote a second file that starts with a restart marker at its

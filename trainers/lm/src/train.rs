@@ -1067,6 +1067,24 @@ pub(crate) fn data_meta(d: &SplitData, stats: Option<TextStats>) -> serde_json::
         "leading_sets": d.leading_sets(),
         "positions_without_set": d.blind_positions(),
         "text": stats,
+        "histograms": histograms_meta(d.histograms()),
+    })
+}
+
+/// The bank histograms for the metadata: `{"sets_per_seq": {"unit", "bin_width",
+/// "bins": [{"le", "count"}]}, "atoms_per_set": {...}}` (bucket `le` counts the values
+/// in `(le - bin_width, le]`).
+fn histograms_meta(h: &crate::data::BankHistograms) -> serde_json::Value {
+    let one = |h: &crate::data::BankHistogram, unit: &str| {
+        json!({
+            "unit": unit,
+            "bin_width": h.width,
+            "bins": h.bins.iter().map(|&(le, count)| json!({"le": le, "count": count})).collect::<Vec<_>>(),
+        })
+    };
+    json!({
+        "sets_per_seq": one(&h.sets_per_seq, "sequences"),
+        "atoms_per_set": one(&h.atoms_per_set, "sets"),
     })
 }
 

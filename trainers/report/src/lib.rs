@@ -15,7 +15,8 @@
 //! | `report.md` | the tables, the ablations, the figures, incomplete runs |
 //! | `table_a.csv`, `table_b.csv`, `ablations.csv` | the same numbers for scripts |
 //! | `report.json` | every run with its hardware, versions, seeds, flags and artifact fingerprints, and every row with the runs it averages |
-//! | `loss.{png,svg}`, `throughput_vs_len.{png,svg}`, `vram_vs_len.{png,svg}`, `ablation_<knob>.{png,svg}` | the figures |
+//! | `loss.{png,svg}`, `throughput_vs_len.{png,svg}`, `vram_vs_len.{png,svg}`, `ablation_<knob>.{png,svg}`, `bank_histograms.{png,svg}` | the figures |
+//! | `minhash_error.{png,svg}` | the MinHash error histograms, when a `minhash_error.csv` is given or found ([`hist`]) |
 //!
 //! ```no_run
 //! let loaded = ausa_report::load(&["sweeps/demo".into()])?;
@@ -24,6 +25,7 @@
 //! # Ok::<(), ausa_report::ReportError>(())
 //! ```
 
+pub mod hist;
 pub mod plots;
 pub mod run;
 pub mod tables;
@@ -115,6 +117,10 @@ pub struct Loaded {
     pub runs: Vec<Run>,
     /// Sweep runs that ended before writing a run directory.
     pub unstarted: Vec<Unstarted>,
+    /// The exact-Delta data (`tests/bench/minhash_error.sh`'s `minhash_error.csv`) to
+    /// draw: a `minhash_error.csv` directly in an input directory, or set by the caller
+    /// (`ausa report --minhash-error`).
+    pub minhash_error: Option<PathBuf>,
 }
 
 fn unstarted(dir: &Path) -> Option<Unstarted> {
@@ -200,7 +206,11 @@ pub fn load(inputs: &[PathBuf]) -> Result<Loaded, ReportError> {
             .collect();
         return Err(ReportError::MixedTasks(counts.join(", ")));
     }
-    Ok(Loaded { runs, unstarted })
+    Ok(Loaded {
+        runs,
+        unstarted,
+        minhash_error: hist::find_minhash_csv(None, inputs),
+    })
 }
 
 /// The files a report wrote.
@@ -539,12 +549,84 @@ pub fn write(loaded: &Loaded, out: &Path) -> Result<Written, ReportError> {
     ] {
         let _ = writeln!(md, "![{what}]({name}.png)\n");
     }
-    let _ = writeln!(
-        md,
-        "Not drawn: bank statistics histograms (sets per sequence, atoms per set) and MinHash \
-         error histograms need per-sequence bank data and exact Delta values, which run \
-         directories do not hold.\n"
-    );
+    let banks = hist::bank_data(runs);
+    figures.extend(plots::save_hists(
+        &bank_plot(&banks),
+        out,
+        "bank_histograms",
+    )?);
+    if banks.is_empty() {
+        let _ = writeln!(
+            md,
+            "![bank statistics](bank_histograms.png)\n\nBank statistics: no run's \
+             run_meta.json holds bank histograms (runs of an older `ausa train`).\n"
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "![bank statistics: sets per sequence and atoms per set](bank_histograms.png)\n\n\
+             Bank statistics of the training split, one series per data configuration (banks \
+             artifact fingerprint):\n"
+        );
+        for d in &banks {
+            let _ = writeln!(
+                md,
+                "- `{}`: {} sequences, {} sets; runs {}",
+                d.label,
+                d.sets_per_seq.1.iter().map(|b| b.1).sum::<u64>(),
+                d.atoms_per_set.1.iter().map(|b| b.1).sum::<u64>(),
+                d.runs.join(" ")
+            );
+        }
+        md.push('\n');
+    }
+    let minhash = match &loaded.minhash_error {
+        Some(path) => Some((path.clone(), hist::read_minhash_csv(path)?)),
+        None => None,
+    };
+    match &minhash {
+        Some((path, ks)) => {
+            figures.extend(plots::save_hists(&minhash_plot(ks), out, "minhash_error")?);
+            let _ = writeln!(
+                md,
+                "![MinHash error of Delta per k](minhash_error.png)\n\nMinHash error of Delta \
+                 (estimate - exact, every causal pair of sets) from `{}`:\n",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
+            let head: Vec<String> = [
+                "k", "pairs", "bias", "mean abs", "RMSE", "p50 abs", "p90 abs", "p99 abs",
+                "max abs",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let rows: Vec<Vec<String>> = ks
+                .iter()
+                .map(|k| {
+                    let mut row = vec![k.k.to_string()];
+                    for name in [
+                        "pairs", "mean", "mean_abs", "rmse", "p50_abs", "p90_abs", "p99_abs",
+                        "max_abs",
+                    ] {
+                        let digits = if name == "pairs" { 0 } else { 2 };
+                        row.push(k.stat(name).map_or("-".into(), |v| format!("{v:.digits$}")));
+                    }
+                    row
+                })
+                .collect();
+            md.push_str(&markdown_table(&head, &rows));
+            md.push('\n');
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "MinHash error histograms: not drawn: no exact-Delta data (run \
+                 `tests/bench/minhash_error.sh WORKDIR`, then `ausa report ... --minhash-error \
+                 WORKDIR/minhash_error.csv`, or put `minhash_error.csv` in the report's input \
+                 directory).\n"
+            );
+        }
+    }
     if !incomplete.is_empty() || !loaded.unstarted.is_empty() {
         let _ = writeln!(
             md,
@@ -577,6 +659,8 @@ pub fn write(loaded: &Loaded, out: &Path) -> Result<Written, ReportError> {
         "table_a": a,
         "table_b": b,
         "ablations": ablations,
+        "bank_histograms": banks,
+        "minhash_error": minhash.as_ref().map(|(path, ks)| serde_json::json!({"csv": path, "k": ks})),
         "figures": figures.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>(),
     });
     let json_path = out.join("report.json");
@@ -593,6 +677,83 @@ pub fn write(loaded: &Loaded, out: &Path) -> Result<Written, ReportError> {
         runs: (runs.len(), incomplete.len()),
         unstarted: loaded.unstarted.len(),
     })
+}
+
+/// Sets per sequence and atoms per set, one series per data configuration.
+fn bank_plot(banks: &[hist::BankData]) -> plots::HistPlot {
+    let panel = |title: &str,
+                 x_desc: &str,
+                 y_desc: &str,
+                 pick: fn(&hist::BankData) -> &hist::Bins| plots::HistPanel {
+        title: title.into(),
+        x_desc: x_desc.into(),
+        y_desc: y_desc.into(),
+        log_y_over: 20.0,
+        series: banks
+            .iter()
+            .map(|d| hist::integer_bins(&d.label, pick(d)))
+            .collect(),
+        empty_note: "no bank histograms in run_meta.json".into(),
+        integer_x: true,
+    };
+    plots::HistPlot {
+        panels: vec![
+            panel(
+                "Sets per sequence (train split)",
+                "sets per sequence",
+                "sequences",
+                |d| &d.sets_per_seq,
+            ),
+            panel(
+                "Atoms per set (train split)",
+                "atoms per set (distinct token ids)",
+                "sets",
+                |d| &d.atoms_per_set,
+            ),
+        ],
+    }
+}
+
+/// The MinHash error histogram of each k (the finite bins; the outer ones are counted
+/// in the legend).
+fn minhash_plot(ks: &[hist::MinhashK]) -> plots::HistPlot {
+    let series = ks
+        .iter()
+        .map(|k| {
+            let outside: u64 = k
+                .bins
+                .iter()
+                .filter(|b| !b.0.is_finite() || !b.1.is_finite())
+                .map(|b| b.2)
+                .sum();
+            let total: u64 = k.bins.iter().map(|b| b.2).sum();
+            let mut label = format!("k = {} ({} pairs", k.k, total);
+            if outside > 0 {
+                label.push_str(&format!(", {outside} outside the axis"));
+            }
+            label.push(')');
+            plots::HistSeries {
+                label,
+                bins: k
+                    .bins
+                    .iter()
+                    .filter(|b| b.0.is_finite() && b.1.is_finite())
+                    .map(|&(lo, hi, c)| (lo, hi, c as f64))
+                    .collect(),
+            }
+        })
+        .collect();
+    plots::HistPlot {
+        panels: vec![plots::HistPanel {
+            title: "MinHash error of Delta, per k".into(),
+            x_desc: "estimate - exact Delta (atoms)".into(),
+            y_desc: "pairs of sets".into(),
+            log_y_over: 20.0,
+            series,
+            empty_note: "no pairs".into(),
+            integer_x: false,
+        }],
+    }
 }
 
 fn bar_plot(ab: &Ablation) -> plots::BarPlot {

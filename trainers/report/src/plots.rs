@@ -89,9 +89,49 @@ pub struct BarPlot {
     pub bars: Vec<Bar>,
 }
 
+/// One histogram of a [`HistPlot`] panel.
+#[derive(Debug, Clone)]
+pub struct HistSeries {
+    /// Its legend entry.
+    pub label: String,
+    /// `(lo, hi, count)` bins, left to right.
+    pub bins: Vec<(f64, f64, f64)>,
+}
+
+/// One panel of histograms (outlined steps, one colour per series, lightly filled).
+#[derive(Debug, Clone)]
+pub struct HistPanel {
+    /// The caption.
+    pub title: String,
+    /// The x axis label, with its unit.
+    pub x_desc: String,
+    /// The y axis label, with its unit.
+    pub y_desc: String,
+    /// Log scale on y when the non-zero counts span more than this ratio.
+    pub log_y_over: f64,
+    /// The histograms.
+    pub series: Vec<HistSeries>,
+    /// Shown instead of bars when there are none.
+    pub empty_note: String,
+    /// Integer values on x (counts): ticks only at integers, and at least 8 wide.
+    pub integer_x: bool,
+}
+
+/// Histogram panels side by side in one figure.
+#[derive(Debug, Clone)]
+pub struct HistPlot {
+    /// The panels, left to right.
+    pub panels: Vec<HistPanel>,
+}
+
 /// Something drawn onto any plotters backend.
 trait Figure {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
+
+    /// Pixels of the figure.
+    fn size(&self) -> (u32, u32) {
+        SIZE
+    }
 }
 
 fn err<E: std::fmt::Display>(e: E) -> String {
@@ -340,6 +380,154 @@ impl Figure for BarPlot {
     }
 }
 
+impl HistPanel {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let bins = self.series.iter().flat_map(|s| s.bins.iter());
+        let (x0, x1, ymin, ymax) = bins.fold(
+            (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, 0.0f64),
+            |(a, b, lo, hi), &(l, h, c)| {
+                let lo = if c > 0.0 { lo.min(c) } else { lo };
+                (a.min(l), b.max(h), lo, hi.max(c))
+            },
+        );
+        let empty = !ymax.is_finite() || ymax <= 0.0;
+        let (x0, x1) = if empty || x0 >= x1 {
+            (0.0, 1.0)
+        } else if self.integer_x && x1 - x0 < 8.0 {
+            // One or a few bins: a readable span of integers around them.
+            let mid = ((x0 + x1) / 2.0).round();
+            (
+                (mid - 4.0).max(if x0 >= 0.0 { -0.5 } else { f64::MIN }),
+                mid + 4.0,
+            )
+        } else {
+            let pad = (x1 - x0) * 0.03;
+            (x0 - pad, x1 + pad)
+        };
+        let log = !empty && ymax / ymin > self.log_y_over;
+        let t = |y: f64| if log { y.max(0.5).log10() } else { y };
+        let (lo, hi) = if empty {
+            (0.0, 1.0)
+        } else if log {
+            // Headroom above the highest bin for the legend.
+            (0.5f64.log10(), ymax.log10() + 0.6)
+        } else {
+            (0.0, ymax * 1.3)
+        };
+        let y_desc = if log {
+            format!("{} (log scale)", self.y_desc)
+        } else {
+            self.y_desc.clone()
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(&self.title, (FONT, 22))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d(x0..x1, lo..hi)
+            .map_err(err)?;
+        let y_fmt = |v: &f64| {
+            if log {
+                short(10f64.powf(*v))
+            } else {
+                short(*v)
+            }
+        };
+        let x_fmt = |v: &f64| {
+            if self.integer_x && (v - v.round()).abs() > 1e-6 {
+                String::new()
+            } else {
+                short(*v)
+            }
+        };
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_desc)
+            .y_desc(&y_desc)
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&y_fmt)
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .draw()
+            .map_err(err)?;
+        if empty {
+            let grey = BLACK.mix(0.6);
+            let style = TextStyle::from((FONT, 18).into_font()).color(&grey);
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    self.empty_note.clone(),
+                    (x0 + (x1 - x0) * 0.05, (lo + hi) / 2.0),
+                    style,
+                )))
+                .map_err(err)?;
+            return Ok(());
+        }
+        for (i, s) in self.series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let fill = color.mix(0.18).filled();
+            chart
+                .draw_series(
+                    s.bins
+                        .iter()
+                        .filter(|b| b.2 > 0.0)
+                        .map(|&(l, h, c)| Rectangle::new([(l, lo), (h, t(c))], fill)),
+                )
+                .map_err(err)?;
+            // The outline: a step along the bin tops, down to the axis at both ends.
+            let mut path = Vec::new();
+            let mut last_hi = None;
+            for &(l, h, c) in &s.bins {
+                if last_hi != Some(l) {
+                    if let Some(e) = last_hi {
+                        path.push((e, lo));
+                    }
+                    path.push((l, lo));
+                }
+                let y = if c > 0.0 { t(c) } else { lo };
+                path.push((l, y));
+                path.push((h, y));
+                last_hi = Some(h);
+            }
+            if let Some(e) = last_hi {
+                path.push((e, lo));
+            }
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    path,
+                    color.stroke_width(2),
+                )))
+                .map_err(err)?
+                .label(&s.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(3))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font((FONT, 14))
+            .draw()
+            .map_err(err)
+    }
+}
+
+impl Figure for HistPlot {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(err)?;
+        let areas = root.split_evenly((1, self.panels.len().max(1)));
+        for (panel, area) in self.panels.iter().zip(&areas) {
+            panel.draw(area)?;
+        }
+        root.present().map_err(err)
+    }
+
+    fn size(&self) -> (u32, u32) {
+        (SIZE.0 * 3 / 4 * self.panels.len().max(1) as u32, SIZE.1)
+    }
+}
+
 /// Draws `figure` into `dir/name.png` and `dir/name.svg` (each through a temp file and
 /// a rename); returns both paths.
 fn save(figure: &impl Figure, dir: &Path, name: &str) -> Result<Vec<PathBuf>, ReportError> {
@@ -350,10 +538,10 @@ fn save(figure: &impl Figure, dir: &Path, name: &str) -> Result<Vec<PathBuf>, Re
         // The backends pick the format from the extension: the temp name keeps it.
         let tmp = dir.join(format!(".tmp.{}.{name}.{ext}", std::process::id()));
         let drawn = if ext == "png" {
-            let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+            let root = BitMapBackend::new(&tmp, figure.size()).into_drawing_area();
             figure.draw(&root)
         } else {
-            let root = SVGBackend::new(&tmp, SIZE).into_drawing_area();
+            let root = SVGBackend::new(&tmp, figure.size()).into_drawing_area();
             figure.draw(&root)
         };
         drawn.map_err(|message| ReportError::Plot {
@@ -376,6 +564,11 @@ pub fn save_lines(plot: &LinePlot, dir: &Path, name: &str) -> Result<Vec<PathBuf
 
 /// Draws a bar plot as `name.png` and `name.svg` in `dir`.
 pub fn save_bars(plot: &BarPlot, dir: &Path, name: &str) -> Result<Vec<PathBuf>, ReportError> {
+    save(plot, dir, name)
+}
+
+/// Draws histogram panels as `name.png` and `name.svg` in `dir`.
+pub fn save_hists(plot: &HistPlot, dir: &Path, name: &str) -> Result<Vec<PathBuf>, ReportError> {
     save(plot, dir, name)
 }
 
@@ -439,6 +632,38 @@ mod tests {
         assert!(std::fs::read_to_string(&files[1])
             .unwrap()
             .contains("(n=2)"));
+        let hists = HistPlot {
+            panels: vec![
+                HistPanel {
+                    title: "h".into(),
+                    x_desc: "atoms per set".into(),
+                    y_desc: "sets".into(),
+                    log_y_over: 20.0,
+                    series: vec![HistSeries {
+                        label: "demo".into(),
+                        bins: vec![(0.5, 1.5, 1.0), (1.5, 2.5, 1000.0), (3.5, 4.5, 10.0)],
+                    }],
+                    empty_note: String::new(),
+                    integer_x: true,
+                },
+                HistPanel {
+                    title: "empty".into(),
+                    x_desc: "x".into(),
+                    y_desc: "y".into(),
+                    log_y_over: 20.0,
+                    series: vec![],
+                    empty_note: "nothing here".into(),
+                    integer_x: false,
+                },
+            ],
+        };
+        let files = save_hists(&hists, dir.path(), "hists").unwrap();
+        let svg = std::fs::read_to_string(&files[1]).unwrap();
+        for text in ["atoms per set", "sets (log scale)", "demo", "nothing here"] {
+            assert!(svg.contains(text), "{text}: {svg}");
+        }
+        let png = std::fs::read(&files[0]).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(Result::ok)
