@@ -704,6 +704,7 @@ impl CudaKernels {
         unsafe { launch.launch(shape.token_grid()?) }?;
         if saved.topk > 0 {
             self.router_dz_sparse(
+                &module,
                 shape,
                 &saved.kept,
                 [q_ptr, dout_ptr, kept_p_ptr, kept_ds_ptr],
@@ -898,6 +899,7 @@ impl CudaKernels {
     /// set: a fixed summation order). `ptrs` are `q, dout, kept_p, kept_ds`.
     fn router_dz_sparse(
         &self,
+        module: &Arc<CudaModule>,
         shape: RouterShape,
         kept: &Tensor,
         ptrs: [u64; 4],
@@ -927,7 +929,6 @@ impl CudaKernels {
             device_ptr(&seg, Kind::Int64, sentinel + 2, self.ordinal)?,
             device_ptr(dz, Kind::Float, b * h * m * d, self.ordinal)?,
         );
-        let module = self.router(d)?;
         let f = module.load_function("router_bwd_dz_sparse")?;
         let mut launch = self.stream.launch_builder(&f);
         for p in ptrs.iter().chain([&order_ptr, &seg_ptr, &dz_ptr]) {

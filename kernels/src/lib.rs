@@ -367,6 +367,28 @@ pub enum OpImpl {
     },
 }
 
+impl OpImpl {
+    /// The implementation behind an op with a hand-written backward (the router's, the
+    /// set attention's); `None` for [`OpImpl::Autograd`], which needs no op. For `Cuda`,
+    /// the device's kernels are opened (or reused) here.
+    pub(crate) fn op_backend(self) -> Result<Option<OpBackend>, String> {
+        Ok(Some(match self {
+            OpImpl::Autograd => return Ok(None),
+            OpImpl::Manual => OpBackend::Manual,
+            OpImpl::Cuda { ordinal } => {
+                OpBackend::Cuda(cuda::CudaKernels::shared(ordinal).map_err(|e| e.to_string())?)
+            }
+        }))
+    }
+}
+
+/// How a custom SKA op computes: tensor ops with the written-out backward, or the CUDA
+/// kernels of one device.
+pub(crate) enum OpBackend {
+    Manual,
+    Cuda(std::sync::Arc<cuda::CudaKernels>),
+}
+
 /// One set-kernel attention layer with its router (replaces self-attention in a block).
 #[derive(Debug)]
 pub struct SetAttention {

@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use tch::{Kind, Tensor};
 
-use crate::cuda::{CudaKernels, RouterSaved};
+use crate::cuda::RouterSaved;
 use crate::shim::autograd::{CustomOp, Forward, OpHandle};
-use crate::{top_k_mask, OpImpl};
+use crate::{top_k_mask, OpBackend as Backend, OpImpl};
 
 /// A registered router op (cheap to copy; one per layer configuration).
 #[derive(Debug, Clone, Copy)]
@@ -35,12 +35,8 @@ impl Router {
     /// for [`OpImpl::Autograd`], which needs no op. For `Cuda`, the kernels of that
     /// device are opened (or reused) here.
     pub fn new(imp: OpImpl, topk: i64) -> Result<Option<Router>, String> {
-        let backend = match imp {
-            OpImpl::Autograd => return Ok(None),
-            OpImpl::Manual => Backend::Manual,
-            OpImpl::Cuda { ordinal } => {
-                Backend::Cuda(CudaKernels::shared(ordinal).map_err(|e| e.to_string())?)
-            }
+        let Some(backend) = imp.op_backend()? else {
+            return Ok(None);
         };
         let op = RouterOp { topk, backend };
         Ok(Some(Router {
@@ -51,20 +47,10 @@ impl Router {
     /// `[B, H, L, D]` router output for queries `q` (`[B, H, L, D]`), set outputs `z`
     /// (`[B, H, M, D]`) and `route` (`[B, 1, L, M]` bool), differentiable in `q` and `z`.
     pub fn forward(&self, q: &Tensor, z: &Tensor, route: &Tensor) -> Result<Tensor, String> {
-        let outputs = self
-            .handle
-            .apply(&[q, z, route])
-            .map_err(|e| e.to_string())?;
-        outputs
-            .into_iter()
-            .next()
-            .ok_or_else(|| "the router op returned no output".to_string())
+        self.handle
+            .apply_one(&[q, z, route])
+            .map_err(|e| e.to_string())
     }
-}
-
-enum Backend {
-    Manual,
-    Cuda(Arc<CudaKernels>),
 }
 
 struct RouterOp {

@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use tch::{Kind, Tensor};
 
-use crate::cuda::{CudaKernels, SetAttentionInputs};
+use crate::cuda::SetAttentionInputs;
 use crate::shim::autograd::{CustomOp, Forward, OpHandle};
-use crate::OpImpl;
+use crate::{OpBackend as Backend, OpImpl};
 
 /// A registered set-attention op (cheap to copy; one per layer configuration).
 #[derive(Debug, Clone, Copy)]
@@ -55,12 +55,8 @@ impl FusedSetAttention {
     /// `None` for [`OpImpl::Autograd`]. For `Cuda`, the device's kernels are opened (or
     /// reused) here.
     pub fn new(imp: OpImpl, beta: f64) -> Result<Option<FusedSetAttention>, String> {
-        let backend = match imp {
-            OpImpl::Autograd => return Ok(None),
-            OpImpl::Manual => Backend::Manual,
-            OpImpl::Cuda { ordinal } => {
-                Backend::Cuda(CudaKernels::shared(ordinal).map_err(|e| e.to_string())?)
-            }
+        let Some(backend) = imp.op_backend()? else {
+            return Ok(None);
         };
         let content = beta != 0.0;
         let op = SetAttentionOp {
@@ -84,17 +80,8 @@ impl FusedSetAttention {
             (true, None) => return Err("the set attention op expects qa and kb".into()),
             (false, Some(_)) => return Err("the set attention op has no content term".into()),
         }
-        let outputs = self.handle.apply(&inputs).map_err(|e| e.to_string())?;
-        outputs
-            .into_iter()
-            .next()
-            .ok_or_else(|| "the set attention op returned no output".to_string())
+        self.handle.apply_one(&inputs).map_err(|e| e.to_string())
     }
-}
-
-enum Backend {
-    Manual,
-    Cuda(Arc<CudaKernels>),
 }
 
 struct SetAttentionOp {

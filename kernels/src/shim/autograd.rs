@@ -88,6 +88,14 @@ impl OpHandle {
         OpHandle(ops.len() as u64 - 1)
     }
 
+    /// [`OpHandle::apply`] for an op with one output: that output.
+    pub fn apply_one(self, inputs: &[&Tensor]) -> Result<Tensor, ShimError> {
+        self.apply(inputs)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ShimError("the op returned no output".to_string()))
+    }
+
     /// Runs the op on `inputs` under autograd: its outputs have a gradient function that
     /// calls the op's backward whenever an input requires a gradient.
     pub fn apply(self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, ShimError> {
