@@ -53,6 +53,10 @@ use tch::{Kind, Tensor};
 pub struct SetInputs {
     /// `B + 1` pointers into the sets: sequence `b` owns sets `seq_sets[b]..seq_sets[b+1]`.
     pub seq_sets: Tensor,
+    /// The most sets any one sequence of the batch owns (`max_b seq_sets[b+1] -
+    /// seq_sets[b]`). The producer knows it on the host; reading it back from `seq_sets`
+    /// would make every batch wait for the GPU.
+    pub max_sets: i64,
     /// `[Nsets, k]` MinHash values (any integer kind; only equality is used).
     pub signatures: Tensor,
     /// `[Nsets]` exact set sizes.
@@ -116,11 +120,7 @@ impl SetLayout {
         let seq_sets = inputs.seq_sets.to_kind(Kind::Int64);
         let batch = seq_sets.size()[0] - 1;
         let counts = seq_sets.narrow(0, 1, batch) - seq_sets.narrow(0, 0, batch);
-        let max_sets = if batch == 0 {
-            0
-        } else {
-            counts.max().int64_value(&[])
-        };
+        let max_sets = if batch == 0 { 0 } else { inputs.max_sets };
         let nsets = inputs.sizes.size()[0];
         // slot of set s = b * M + (s - seq_sets[b]), with b its sequence.
         let set_seq =

@@ -121,6 +121,7 @@ pub fn sets(tokens: &[Vec<u32>], shape: ToyShape, device: Device) -> SetInputs {
     let nsets = sizes.len() as i64;
     SetInputs {
         seq_sets: long(&seq_sets),
+        max_sets: per_seq as i64,
         signatures: long(&sigs).view([nsets, shape.k as i64]),
         sizes: long(&sizes),
         starts: long(&starts),

@@ -347,11 +347,15 @@ impl SplitData {
         let starts = a.set_offsets.index_select(0, &sets);
         let lens = a.set_offsets.index_select(0, &(&sets + 1)) - &starts;
         let cum = lens.cumsum(0, Kind::Int64);
-        let total = if bsz == 0 {
-            0
-        } else {
-            cum.get(-1).int64_value(&[])
-        };
+        // The batch's atom count from the host's copy of the offsets (the mapping stays
+        // open after `to_device`): reading `cum`'s last entry would wait for the GPU.
+        let offsets = self._maps.banks.set_offsets();
+        let per_seq = m as usize;
+        let total: u64 = ids
+            .iter()
+            .map(|&i| offsets[(i as usize + 1) * per_seq] - offsets[i as usize * per_seq])
+            .sum();
+        let total = total as i64;
         // Position p of the batch's values reads value starts[s] + (p - first[s]).
         let first = &cum - &lens;
         let value_index = (starts - first).repeat_interleave_self_tensor(&lens, 0, Some(total))
@@ -361,6 +365,7 @@ impl SplitData {
         let spans = a.spans.index_select(0, &sets).to_kind(Kind::Int64);
         let sets = SetInputs {
             seq_sets: Tensor::arange(bsz + 1, long) * m,
+            max_sets: m,
             signatures: a.signatures.index_select(0, &sets),
             sizes: a.sizes.index_select(0, &sets).to_kind(Kind::Int64),
             starts: spans.select(1, 0),

@@ -494,7 +494,13 @@ impl Lm {
         let split = linear_kind(qkv, h)
             .view([bsz, len, 3, heads, dh])
             .permute([2, 0, 3, 1, 4]); // [3, B, H, L, dh]
-        let (mut q, mut k, v) = (split.get(0), split.get(1), split.get(2));
+                                       // `unbind`, not three `select`s: its backward stacks the three gradients in one
+                                       // kernel, where each `select` backward zero-fills a whole [3, B, H, L, dh] tensor
+                                       // and the three are then summed.
+        let [mut q, mut k, v]: [Tensor; 3] = split
+            .unbind(0)
+            .try_into()
+            .expect("the qkv projection splits into 3");
         if let Some((cos, sin)) = &self.rotary {
             let (cos, sin) = (cos.narrow(0, 0, len), sin.narrow(0, 0, len));
             q = rotate(&q, &cos, &sin);
