@@ -10,8 +10,9 @@
 //
 // Grid: x over blocks of ROWS tokens, y over B * H. One thread per token; the block
 // stages TJ sets' z rows in shared memory and every thread reads them as broadcasts.
-// Without top-k the softmax is online (one pass, running max and sum, as FlashAttention);
-// with top-k a first pass keeps the TOPK best logits in registers, a second mixes them.
+// Without top-k (router_fwd) the softmax is online (one pass, running max and sum, as
+// FlashAttention); with top-k (router_fwd_topk) a first pass keeps the TOPK best logits
+// in registers, a second mixes them. The route comes in as bits (route_pack).
 
 #ifndef HEAD_DIM
 #error "compile with -DHEAD_DIM=<head dimension>"
@@ -22,93 +23,139 @@
 // NVRTC has no math.h: -inf by its bits.
 #define NEG_INF __int_as_float(0xff800000)
 
-// Whether any token of the block may use a set of the tile j0 .. j0 + width: a tile no
-// token sees (under the causal rule, every set ending after the block's last token) is
-// skipped whole, which halves the work of a causal route. Uniform across the block.
-__device__ __forceinline__ bool tile_used(const unsigned char* rrow, bool live, int j0,
-                                          int width) {
-    bool mine = false;
-    if (live)
-        for (int r = 0; r < width; ++r) mine |= rrow[j0 + r] != 0;
-    return __syncthreads_or(mine);
+// Route bits: route_bits[b, t, w] bit i = route[b, t, 32 w + i] (0 past m). A thread
+// reads one word per tile of TJ = 32 sets instead of 32 bytes from its own row, which
+// the block's 128 threads (128 different rows) would each fetch as separate L1
+// wavefronts. Built once per router call by route_pack, shared by forward and backward.
+#if TJ != 32
+#error "route words hold one tile of TJ = 32 sets"
+#endif
+extern "C" __global__ void route_pack(const unsigned char* __restrict__ route,
+                                      unsigned int* __restrict__ bits, long long rows, int m,
+                                      int words) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= rows * words) return;
+    const long long row = e / words;
+    const int w = (int)(e % words);
+    const unsigned char* r = route + row * m;
+    unsigned int v = 0;
+    for (int i = 0; i < 32; ++i) {
+        const int j = w * 32 + i;
+        if (j < m && r[j]) v |= 1u << i;
+    }
+    bits[e] = v;
 }
 
-extern "C" __global__ void __launch_bounds__(ROWS)
-router_fwd(const float* __restrict__ q, const float* __restrict__ z,
-           const unsigned char* __restrict__ route, float* __restrict__ out,
-           float* __restrict__ lse, int* __restrict__ kept, int heads, int len, int m,
-           int topk) {
+// Whether any token of the block may use a set of the tile whose route word is `word`: a
+// tile no token sees (under the causal rule, every set ending after the block's last
+// token) is skipped whole, which halves the work of a causal route. Uniform across the
+// block.
+__device__ __forceinline__ bool tile_used(unsigned int word) {
+    return __syncthreads_or(word != 0u);
+}
+
+// q_t . z_r over HEAD_DIM in four independent partial sums (four FMA chains in flight).
+__device__ __forceinline__ float dot_row(const float* qr, const float* zr) {
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma unroll
+    for (int d = 0; d + 3 < HEAD_DIM; d += 4) {
+        s0 += qr[d] * zr[d];
+        s1 += qr[d + 1] * zr[d + 1];
+        s2 += qr[d + 2] * zr[d + 2];
+        s3 += qr[d + 3] * zr[d + 3];
+    }
+#pragma unroll
+    for (int d = HEAD_DIM & ~3; d < HEAD_DIM; ++d) s0 += qr[d] * zr[d];
+    return (s0 + s1) + (s2 + s3);
+}
+
+// One thread per token. TOPK false: the online softmax over every visible set, mixing
+// as it goes. TOPK true: a first pass keeps the `topk` best logits in registers (no
+// accumulator live, so the kernel needs far fewer registers), a second mixes them.
+template <bool TOPK>
+__device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
+                                                const float* __restrict__ z,
+                                                const unsigned int* __restrict__ route_bits,
+                                                float* __restrict__ out,
+                                                float* __restrict__ lse,
+                                                int* __restrict__ kept, int heads, int len,
+                                                int m, int topk) {
     __shared__ float zs[TJ][HEAD_DIM];
     const int bh = blockIdx.y;
     const int b = bh / heads;
     const int t = blockIdx.x * ROWS + threadIdx.x;
     const bool live = t < len;
+    const int words = (m + 31) / 32;
     const float* zb = z + (size_t)bh * m * HEAD_DIM;
-    const unsigned char* rrow = route + ((size_t)b * len + (live ? t : 0)) * m;
+    const unsigned int* rbits = route_bits + ((size_t)b * len + (live ? t : 0)) * words;
 
     float qr[HEAD_DIM];
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; ++d)
         qr[d] = live ? q[((size_t)bh * len + t) * HEAD_DIM + d] : 0.0f;
 
-    float acc[HEAD_DIM];
+    float acc[TOPK ? 1 : HEAD_DIM];
+    if (!TOPK) {
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) acc[d] = 0.0f;
+        for (int d = 0; d < HEAD_DIM; ++d) acc[d] = 0.0f;
+    }
     float run_max = NEG_INF, run_sum = 0.0f;
-    float best[TOPK_MAX];
-    int best_j[TOPK_MAX];
+    float best[TOPK ? TOPK_MAX : 1];
+    int best_j[TOPK ? TOPK_MAX : 1];
+    if (TOPK) {
 #pragma unroll
-    for (int s = 0; s < TOPK_MAX; ++s) { best[s] = NEG_INF; best_j[s] = -1; }
+        for (int s = 0; s < TOPK_MAX; ++s) { best[s] = NEG_INF; best_j[s] = -1; }
+    }
 
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
-        if (!tile_used(rrow, live, j0, width)) continue;
+        const unsigned int word = live ? rbits[j0 / 32] : 0u;
+        if (!tile_used(word)) continue;
         for (int e = threadIdx.x; e < TJ * HEAD_DIM; e += ROWS) {
             const int r = e / HEAD_DIM, d = e % HEAD_DIM;
             zs[r][d] = r < width ? zb[(size_t)(j0 + r) * HEAD_DIM + d] : 0.0f;
         }
         __syncthreads();
-        if (live) {
-            for (int r = 0; r < width; ++r) {
-                if (!rrow[j0 + r]) continue;
-                float logit = 0.0f;
+        for (unsigned int rest = word; rest != 0u; rest &= rest - 1u) {
+            const int r = __ffs(rest) - 1;
+            const float logit = dot_row(qr, zs[r]);
+            if (TOPK) {
+                // Insertion into the descending top-k list; a tie keeps the earlier set.
+                float v = logit;
+                int vj = j0 + r;
 #pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) logit += qr[d] * zs[r][d];
-                if (topk > 0) {
-                    // Insertion into the descending top-k list; a tie keeps the earlier set.
-                    float v = logit;
-                    int vj = j0 + r;
-#pragma unroll
-                    for (int u = 0; u < TOPK_MAX; ++u) {
-                        if (u < topk && v > best[u]) {
-                            const float tv = best[u];
-                            const int tj = best_j[u];
-                            best[u] = v;
-                            best_j[u] = vj;
-                            v = tv;
-                            vj = tj;
-                        }
+                for (int u = 0; u < TOPK_MAX; ++u) {
+                    if (u < topk && v > best[u]) {
+                        const float tv = best[u];
+                        const int tj = best_j[u];
+                        best[u] = v;
+                        best_j[u] = vj;
+                        v = tv;
+                        vj = tj;
                     }
-                } else {
-                    const float new_max = fmaxf(run_max, logit);
-                    const float scale = expf(run_max - new_max);
-                    const float w = expf(logit - new_max);
-                    run_sum = run_sum * scale + w;
-#pragma unroll
-                    for (int d = 0; d < HEAD_DIM; ++d) acc[d] = acc[d] * scale + w * zs[r][d];
-                    run_max = new_max;
                 }
+            } else {
+                const float new_max = fmaxf(run_max, logit);
+                const float scale = expf(run_max - new_max);
+                const float w = expf(logit - new_max);
+                run_sum = run_sum * scale + w;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) acc[d] = acc[d] * scale + w * zs[r][d];
+                run_max = new_max;
             }
         }
         __syncthreads();
     }
     if (!live) return;
-    if (topk > 0) {
+    const size_t row = (size_t)bh * len + t;
+    if (TOPK) {
         // The kept sets, for the backward pass (-1 past the visible ones).
 #pragma unroll
-        for (int s = 0; s < TOPK_MAX; ++s)
-            kept[((size_t)bh * len + t) * TOPK_MAX + s] = s < topk ? best_j[s] : -1;
+        for (int s = 0; s < TOPK_MAX; ++s) kept[row * TOPK_MAX + s] = s < topk ? best_j[s] : -1;
         run_max = best[0];
+        float mix[HEAD_DIM];
+#pragma unroll
+        for (int d = 0; d < HEAD_DIM; ++d) mix[d] = 0.0f;
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) {
             if (s < topk && best_j[s] >= 0) {
@@ -116,15 +163,34 @@ router_fwd(const float* __restrict__ q, const float* __restrict__ z,
                 run_sum += w;
                 const float* zr = zb + (size_t)best_j[s] * HEAD_DIM;
 #pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) acc[d] += w * zr[d];
+                for (int d = 0; d < HEAD_DIM; ++d) mix[d] += w * zr[d];
             }
         }
-    }
-    const size_t row = (size_t)bh * len + t;
-    const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
+        const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) out[row * HEAD_DIM + d] = acc[d] * inv;
+        for (int d = 0; d < HEAD_DIM; ++d) out[row * HEAD_DIM + d] = mix[d] * inv;
+    } else {
+        const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
+#pragma unroll
+        for (int d = 0; d < HEAD_DIM; ++d) out[row * HEAD_DIM + d] = acc[d] * inv;
+    }
     lse[row] = run_sum > 0.0f ? run_max + logf(run_sum) : NEG_INF;
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS)
+router_fwd(const float* __restrict__ q, const float* __restrict__ z,
+           const unsigned int* __restrict__ route_bits, float* __restrict__ out,
+           float* __restrict__ lse, int* __restrict__ kept, int heads, int len, int m,
+           int topk) {
+    router_fwd_body<false>(q, z, route_bits, out, lse, kept, heads, len, m, topk);
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS)
+router_fwd_topk(const float* __restrict__ q, const float* __restrict__ z,
+                const unsigned int* __restrict__ route_bits, float* __restrict__ out,
+                float* __restrict__ lse, int* __restrict__ kept, int heads, int len, int m,
+                int topk) {
+    router_fwd_body<true>(q, z, route_bits, out, lse, kept, heads, len, m, topk);
 }
 
 // ---- Backward -----------------------------------------------------------------------
@@ -143,21 +209,21 @@ __device__ __forceinline__ bool in_top(const int* list, int topk, int j) {
     return found;
 }
 
+// Without top-k: one thread per token over every visible set, z tiles in shared memory.
 extern "C" __global__ void __launch_bounds__(ROWS)
 router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
-              const unsigned char* __restrict__ route, const float* __restrict__ out,
-              const float* __restrict__ lse, const int* __restrict__ kept,
-              const float* __restrict__ dout, float* __restrict__ dq,
-              float* __restrict__ dsum, float* __restrict__ kept_p,
-              float* __restrict__ kept_ds, int heads, int len, int m, int topk) {
+              const unsigned int* __restrict__ route_bits, const float* __restrict__ out,
+              const float* __restrict__ lse, const float* __restrict__ dout,
+              float* __restrict__ dq, float* __restrict__ dsum, int heads, int len, int m) {
     __shared__ float zs[TJ][HEAD_DIM];
     const int bh = blockIdx.y;
     const int b = bh / heads;
     const int t = blockIdx.x * ROWS + threadIdx.x;
     const bool live = t < len;
+    const int words = (m + 31) / 32;
     const size_t row = (size_t)bh * len + (live ? t : 0);
     const float* zb = z + (size_t)bh * m * HEAD_DIM;
-    const unsigned char* rrow = route + ((size_t)b * len + (live ? t : 0)) * m;
+    const unsigned int* rbits = route_bits + ((size_t)b * len + (live ? t : 0)) * words;
     const float row_lse = live ? lse[row] : NEG_INF;
     float qr[HEAD_DIM], gr[HEAD_DIM], acc[HEAD_DIM];
     float d_t = 0.0f;
@@ -168,61 +234,23 @@ router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
         d_t += gr[d] * (live ? out[row * HEAD_DIM + d] : 0.0f);
         acc[d] = 0.0f;
     }
-    int list[TOPK_MAX];
-#pragma unroll
-    for (int s = 0; s < TOPK_MAX; ++s)
-        list[s] = (live && topk > 0) ? kept[row * TOPK_MAX + s] : -1;
     const bool empty = !(row_lse > NEG_INF);
-    if (topk > 0) {
-        // Only the kept sets: O(topk D) per token, the z rows read through the cache.
-        // P and dS of each kept slot go to kept_p / kept_ds for router_bwd_dz_sparse.
-        if (!live) return;
-#pragma unroll
-        for (int s = 0; s < TOPK_MAX; ++s) {
-            float p = 0.0f, ds = 0.0f;
-            if (s < topk && list[s] >= 0 && !empty) {
-                const float* zr = zb + (size_t)list[s] * HEAD_DIM;
-                float logit = 0.0f, dp = 0.0f;
-#pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) {
-                    logit += qr[d] * zr[d];
-                    dp += gr[d] * zr[d];
-                }
-                p = expf(logit - row_lse);
-                ds = p * (dp - d_t);
-#pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) acc[d] += ds * zr[d];
-            }
-            kept_p[row * TOPK_MAX + s] = p;
-            kept_ds[row * TOPK_MAX + s] = ds;
-        }
-#pragma unroll
-        for (int d = 0; d < HEAD_DIM; ++d) dq[row * HEAD_DIM + d] = acc[d];
-        dsum[row] = d_t;
-        return;
-    }
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
-        if (!tile_used(rrow, live && !empty, j0, width)) continue;
+        const unsigned int word = (live && !empty) ? rbits[j0 / 32] : 0u;
+        if (!tile_used(word)) continue;
         for (int e = threadIdx.x; e < TJ * HEAD_DIM; e += ROWS) {
             const int r = e / HEAD_DIM, d = e % HEAD_DIM;
             zs[r][d] = r < width ? zb[(size_t)(j0 + r) * HEAD_DIM + d] : 0.0f;
         }
         __syncthreads();
-        if (live && !empty) {
-            for (int r = 0; r < width; ++r) {
-                const int j = j0 + r;
-                if (!rrow[j]) continue;
-                float logit = 0.0f, dp = 0.0f;
+        for (unsigned int rest = word; rest != 0u; rest &= rest - 1u) {
+            const int r = __ffs(rest) - 1;
+            const float logit = dot_row(qr, zs[r]);
+            const float dp = dot_row(gr, zs[r]);
+            const float ds = expf(logit - row_lse) * (dp - d_t);
 #pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) {
-                    logit += qr[d] * zs[r][d];
-                    dp += gr[d] * zs[r][d];
-                }
-                const float ds = expf(logit - row_lse) * (dp - d_t);
-#pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) acc[d] += ds * zs[r][d];
-            }
+            for (int d = 0; d < HEAD_DIM; ++d) acc[d] += ds * zs[r][d];
         }
         __syncthreads();
     }
@@ -230,6 +258,81 @@ router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; ++d) dq[row * HEAD_DIM + d] = acc[d];
     dsum[row] = d_t;
+}
+
+// The sum of v over the warp, the same bits in every lane (each butterfly step adds the
+// same two values in every pair of lanes).
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// With top-k: one warp per token over only its kept sets (O(topk D) per token), the
+// lanes over the head dimension, so every row of q, dout, out, z and dq is read and
+// written whole by one warp. P and dS of each kept slot go to kept_p / kept_ds for
+// router_bwd_dz_sparse.
+#define DQ_WARPS 8
+#define DQ_PER ((HEAD_DIM + 31) / 32)
+extern "C" __global__ void __launch_bounds__(DQ_WARPS * 32)
+router_bwd_dq_topk(const float* __restrict__ q, const float* __restrict__ z,
+                   const float* __restrict__ out, const float* __restrict__ lse,
+                   const int* __restrict__ kept, const float* __restrict__ dout,
+                   float* __restrict__ dq, float* __restrict__ dsum,
+                   float* __restrict__ kept_p, float* __restrict__ kept_ds, int heads,
+                   int len, int m, int topk) {
+    const int lane = threadIdx.x & 31;
+    const int t = blockIdx.x * DQ_WARPS + (threadIdx.x >> 5);
+    if (t >= len) return;  // uniform across the warp
+    const int bh = blockIdx.y;
+    const size_t row = (size_t)bh * len + t;
+    const float* zb = z + (size_t)bh * m * HEAD_DIM;
+    float qv[DQ_PER], gv[DQ_PER], acc[DQ_PER];
+    float d_t = 0.0f;
+#pragma unroll
+    for (int u = 0; u < DQ_PER; ++u) {
+        const int d = lane + 32 * u;
+        const bool in = d < HEAD_DIM;
+        qv[u] = in ? q[row * HEAD_DIM + d] : 0.0f;
+        gv[u] = in ? dout[row * HEAD_DIM + d] : 0.0f;
+        d_t += gv[u] * (in ? out[row * HEAD_DIM + d] : 0.0f);
+        acc[u] = 0.0f;
+    }
+    d_t = warp_sum(d_t);
+    const float row_lse = lse[row];
+    const bool empty = !(row_lse > NEG_INF);
+#pragma unroll
+    for (int s = 0; s < TOPK_MAX; ++s) {
+        const int j = s < topk ? kept[row * TOPK_MAX + s] : -1;
+        float p = 0.0f, ds = 0.0f;
+        if (j >= 0 && !empty) {
+            float zv[DQ_PER];
+            float logit = 0.0f, dp = 0.0f;
+#pragma unroll
+            for (int u = 0; u < DQ_PER; ++u) {
+                const int d = lane + 32 * u;
+                zv[u] = d < HEAD_DIM ? zb[(size_t)j * HEAD_DIM + d] : 0.0f;
+                logit += qv[u] * zv[u];
+                dp += gv[u] * zv[u];
+            }
+            logit = warp_sum(logit);
+            dp = warp_sum(dp);
+            p = expf(logit - row_lse);
+            ds = p * (dp - d_t);
+#pragma unroll
+            for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[u];
+        }
+        if (lane == 0) {
+            kept_p[row * TOPK_MAX + s] = p;
+            kept_ds[row * TOPK_MAX + s] = ds;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < DQ_PER; ++u) {
+        const int d = lane + 32 * u;
+        if (d < HEAD_DIM) dq[row * HEAD_DIM + d] = acc[u];
+    }
+    if (lane == 0) dsum[row] = d_t;
 }
 
 // Set tiles of SJ sets, token tiles of ST tokens; 256 threads.

@@ -552,6 +552,7 @@ pub fn linear_kind(linear: &nn::Linear, x: &Tensor) -> Tensor {
 
 pub mod cuda;
 pub mod exact;
+pub mod layer_norm;
 
 #[cfg(test)]
 mod tests;

@@ -127,6 +127,7 @@ impl CustomOp for RouterOp {
                         saved.out,
                         saved.lse,
                         saved.kept,
+                        saved.route_bits,
                     ],
                 })
             }
@@ -153,8 +154,8 @@ impl CustomOp for RouterOp {
                 Ok(vec![Some(dq), Some(dz), None])
             }
             Backend::Cuda(kernels) => {
-                let [q, z, route, out, lse, kept] = saved else {
-                    return Err(format!("expected 6 saved tensors, got {}", saved.len()));
+                let [q, z, route, out, lse, kept, route_bits] = saved else {
+                    return Err(format!("expected 7 saved tensors, got {}", saved.len()));
                 };
                 let kind = dout.kind();
                 let fwd = RouterSaved {
@@ -162,6 +163,7 @@ impl CustomOp for RouterOp {
                     lse: lse.shallow_clone(),
                     kept: kept.shallow_clone(),
                     topk: self.topk,
+                    route_bits: route_bits.shallow_clone(),
                 };
                 let (dq, dz) = kernels
                     .router_backward(q, z, route, &fwd, &dout.to_kind(Kind::Float))

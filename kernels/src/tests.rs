@@ -444,3 +444,62 @@ fn manual_backwards_match_autograd_everywhere() {
         }
     }
 }
+
+/// LayerNorm `[rows, cols]` of `x` through `(w, b)` under `imp` (libtorch's layer norm and
+/// a cast for `Autograd`), into `out`, and the gradients of `sum(y * weights)`:
+/// `(y, dx, dw, db)` as f64.
+pub(crate) fn layer_norm_run(
+    imp: OpImpl,
+    [x, w, b]: [&Tensor; 3],
+    weights: &Tensor,
+    out: Kind,
+) -> [Tensor; 4] {
+    let (xg, wg, bg) = (
+        x.detach().set_requires_grad(true),
+        w.detach().set_requires_grad(true),
+        b.detach().set_requires_grad(true),
+    );
+    let cols = x.size()[1];
+    let y = match crate::layer_norm::HalfLayerNorm::new(imp, 1e-5).unwrap() {
+        Some(op) => op.forward_with(&xg, &wg, &bg, out).unwrap(),
+        None => xg
+            .layer_norm([cols], Some(&wg), Some(&bg), 1e-5, false)
+            .to_kind(out),
+    };
+    assert_eq!(y.kind(), out);
+    (y.to_kind(Kind::Float) * weights)
+        .sum(Kind::Float)
+        .backward();
+    [y.detach(), xg.grad(), wg.grad(), bg.grad()].map(|t| t.to_kind(Kind::Double))
+}
+
+/// `|a - b| / |b|` over whole tensors.
+pub(crate) fn norm_error(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30)
+}
+
+#[test]
+fn manual_layer_norm_to_half_matches_libtorch_in_forward_and_backward() {
+    tch::manual_seed(11);
+    let cpu = (Kind::Float, Device::Cpu);
+    // Rows off-centre and scaled, so centring and scaling both matter.
+    let x = Tensor::randn([37, 100], cpu) * 3.0 + 5.0;
+    let (w, b) = (Tensor::randn([100], cpu), Tensor::randn([100], cpu));
+    let weights = Tensor::randn([37, 100], cpu);
+    for out in [Kind::BFloat16, Kind::Half] {
+        let want = layer_norm_run(OpImpl::Autograd, [&x, &w, &b], &weights, out);
+        let got = layer_norm_run(OpImpl::Manual, [&x, &w, &b], &weights, out);
+        // The same fp32 row up to rounding, then one rounding to half: within one unit
+        // in the last place of the half kind, at worst.
+        let err = norm_error(&got[0], &want[0]);
+        assert!(err < 4e-3, "{out:?} y: relative error {err}");
+        for (name, g, w) in [
+            ("dx", &got[1], &want[1]),
+            ("dw", &got[2], &want[2]),
+            ("db", &got[3], &want[3]),
+        ] {
+            let err = norm_error(g, w);
+            assert!(err < 1e-5, "{out:?} {name}: relative error {err}");
+        }
+    }
+}

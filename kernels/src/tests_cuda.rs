@@ -768,3 +768,44 @@ fn cuda_set_attention_rejects_bad_shapes() {
         assert!(err.contains(what), "{what}: {err}");
     }
 }
+
+#[test]
+fn cuda_layer_norm_to_half_matches_the_manual_op_and_repeats_bit_for_bit() {
+    let test = "cuda_layer_norm_to_half_matches_the_manual_op_and_repeats_bit_for_bit";
+    let Some(_kernels) = gpu(test) else {
+        return;
+    };
+    use crate::tests::{layer_norm_run, norm_error};
+    use crate::OpImpl;
+    let device = Device::Cuda(0);
+    tch::manual_seed(fresh_seed() as i64);
+    let f32s = (Kind::Float, device);
+    // One row; rows not a multiple of the block's 8 or of the backward's 32; sizes below,
+    // across and at the 32-lane width and the 1024 limit.
+    for (rows, cols) in [(1, 1), (37, 100), (300, 768), (5, 1024), (64, 33)] {
+        let x = Tensor::randn([rows, cols], f32s) * 3.0 + 5.0;
+        let (w, b) = (Tensor::randn([cols], f32s), Tensor::randn([cols], f32s));
+        let weights = Tensor::randn([rows, cols], f32s);
+        for out in [Kind::BFloat16, Kind::Half] {
+            let want = layer_norm_run(OpImpl::Manual, [&x, &w, &b], &weights, out);
+            let cuda = OpImpl::Cuda { ordinal: 0 };
+            let got = layer_norm_run(cuda, [&x, &w, &b], &weights, out);
+            let again = layer_norm_run(cuda, [&x, &w, &b], &weights, out);
+            // A row of one column normalizes to 0: y = b exactly, dx = 0.
+            let err = norm_error(&got[0], &want[0]);
+            assert!(err < 4e-3, "{rows}x{cols} {out:?} y: relative error {err}");
+            for (i, name) in [(1, "dx"), (2, "dw"), (3, "db")] {
+                let err = if cols == 1 && name == "dx" {
+                    got[i].abs().max().double_value(&[])
+                } else {
+                    norm_error(&got[i], &want[i])
+                };
+                assert!(err < 1e-5, "{rows}x{cols} {out:?} {name}: error {err}");
+                assert!(
+                    got[i].equal(&again[i]),
+                    "{rows}x{cols} {out:?} {name}: two runs differ"
+                );
+            }
+        }
+    }
+}

@@ -11,7 +11,7 @@
 # sequences of 512 so a token has up to 15 candidate sets and router-topk 4 / 8 prune):
 # minhash-k {32,64,128,256}, router-topk {0,4,8}, adapter-rank {0,32,64}, window x stride
 # {(32,16),(64,32)}, beta {0,1}, precision {fp32,bf16}, backend {naive,cuda}, plus the
-# dot-naive fp32 and sdpa bf16 baselines; seeds 0 and 1: 28 runs.
+# dot-naive fp32, sdpa bf16 and SKA naive fp32 (Table A) baselines; seeds 0 and 1: 30 runs.
 #
 # Usage: tests/bench/wt2_articles_ablation.sh [WORKDIR] [STEPS=300] [PARALLEL=2]
 # Environment: AUSA_BIN [target/release/ausa, built with --features train], AUSA_DATA
@@ -94,6 +94,7 @@ seed = [0, 1]
 baseline = [
   { label = "dot-naive-fp32", attn = "dot-naive", precision = "fp32", ska-backend = "naive" },
   { label = "sdpa-bf16", attn = "sdpa", precision = "bf16", ska-backend = "naive" },
+  { label = "ska-naive-fp32", precision = "fp32", ska-backend = "naive" },
 ]
 seed = [0, 1]
 TOML

@@ -335,46 +335,63 @@ impl SplitData {
 
     /// The batch of sequences `ids` (any order, repeats allowed; each below
     /// [`SplitData::num_sequences`]).
+    ///
+    /// Every index the gathers need (the batch's sets, their batch-local offsets, the
+    /// positions of their atoms in the split's values) is computed on the host from the
+    /// mapped offsets, which stay open after [`SplitData::to_device`], and goes up in one
+    /// pinned copy; the device then only gathers. Computing the indices there instead
+    /// takes some twenty small kernels, and sizing the atom gather would wait for the GPU.
     pub fn batch(&self, ids: &[i64]) -> Batch {
         let a = &self.arrays;
-        let device = a.tokens.device();
-        let long = (Kind::Int64, device);
         let bsz = ids.len() as i64;
         let m = self.sets_per_seq;
-        let seqs = self.upload(ids);
-        let tokens = widen(&a.tokens.index_select(0, &seqs));
-        let sets = (seqs.unsqueeze(1) * m + Tensor::arange(m, long).unsqueeze(0)).flatten(0, -1);
-        let starts = a.set_offsets.index_select(0, &sets);
-        let lens = a.set_offsets.index_select(0, &(&sets + 1)) - &starts;
-        let cum = lens.cumsum(0, Kind::Int64);
-        // The batch's atom count from the host's copy of the offsets (the mapping stays
-        // open after `to_device`): reading `cum`'s last entry would wait for the GPU.
-        let offsets = self._maps.banks.set_offsets();
         let per_seq = m as usize;
-        let total: u64 = ids
-            .iter()
-            .map(|&i| offsets[(i as usize + 1) * per_seq] - offsets[i as usize * per_seq])
-            .sum();
-        let total = total as i64;
-        // Position p of the batch's values reads value starts[s] + (p - first[s]).
-        let first = &cum - &lens;
-        let value_index = (starts - first).repeat_interleave_self_tensor(&lens, 0, Some(total))
-            + Tensor::arange(total, long);
-        let values = widen(&a.values.index_select(0, &value_index));
-        let set_offsets = Tensor::cat(&[Tensor::zeros([1], long), cum], 0);
+        let offsets = self._maps.banks.set_offsets();
+        // The sets of sequence i are i*m .. (i+1)*m, and their atoms one contiguous range.
+        let atoms = |i: i64| {
+            let first = i as usize * per_seq;
+            offsets[first] as i64..offsets[first + per_seq] as i64
+        };
+        let total: i64 = ids.iter().map(|&i| atoms(i).end - atoms(i).start).sum();
+        let nsets = bsz * m;
+        let mut host = Vec::with_capacity((bsz + 2 * nsets + 1 + total) as usize);
+        host.extend_from_slice(ids);
+        host.extend(ids.iter().flat_map(|&i| (i * m)..((i + 1) * m)));
+        host.push(0);
+        let mut end = 0i64;
+        for &i in ids {
+            let first = i as usize * per_seq;
+            for g in first..first + per_seq {
+                end += (offsets[g + 1] - offsets[g]) as i64;
+                host.push(end);
+            }
+        }
+        for &i in ids {
+            host.extend(atoms(i));
+        }
+        let up = self.upload(&host);
+        let part = |start: i64, len: i64| up.narrow(0, start, len);
+        let seqs = part(0, bsz);
+        let sets = part(bsz, nsets);
+        let set_offsets = part(bsz + nsets, nsets + 1);
+        let value_index = part(bsz + 2 * nsets + 1, total);
+        let long = (Kind::Int64, a.tokens.device());
         let spans = a.spans.index_select(0, &sets).to_kind(Kind::Int64);
-        let sets = SetInputs {
+        let sets_in = SetInputs {
             seq_sets: Tensor::arange(bsz + 1, long) * m,
             max_sets: m,
             signatures: a.signatures.index_select(0, &sets),
             sizes: a.sizes.index_select(0, &sets).to_kind(Kind::Int64),
             starts: spans.select(1, 0),
             ends: spans.select(1, 1),
-            values,
+            values: widen(&a.values.index_select(0, &value_index)),
             set_offsets,
             route: a.route.unsqueeze(0).expand([bsz, self.seq_len, m], false),
         };
-        Batch { tokens, sets }
+        Batch {
+            tokens: widen(&a.tokens.index_select(0, &seqs)),
+            sets: sets_in,
+        }
     }
 }
 

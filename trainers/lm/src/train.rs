@@ -292,6 +292,9 @@ pub struct Summary {
     pub tokens_per_s: f64,
     /// Seconds of training (this process).
     pub elapsed_s: f64,
+    /// The CUDA caching allocator's peak of this process (training and evaluation), MiB;
+    /// `None` on the CPU.
+    pub peak_vram_mib: Option<f64>,
 }
 
 /// Seeded deterministic order of micro-batches: epoch `e` is a Fisher-Yates permutation
@@ -1011,6 +1014,15 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
         test,
         tokens_per_s: tokens as f64 / elapsed.max(1e-9),
         elapsed_s: elapsed,
+        peak_vram_mib: match run.device {
+            Device::Cuda(i) => Some(
+                ausa_kernels::shim::cuda_memory(i)
+                    .map_err(shim_error)?
+                    .peak_allocated as f64
+                    / (1u64 << 20) as f64,
+            ),
+            _ => None,
+        },
     };
     write_summary(run, &summary)?;
     Ok(summary)
@@ -1128,7 +1140,7 @@ fn write_summary(run: &Run, summary: &Summary) -> Result<(), Error> {
     let c = &run.config;
     let m = &c.model;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
-    let header = "attn,precision,d_model,layers,heads,seq_len,batch,accum,steps,first_loss,last_loss,valid_loss,valid_token_ppl,valid_word_ppl,valid_bpb,test_loss,test_token_ppl,test_word_ppl,test_bpb,tokens_per_s,elapsed_s";
+    let header = "attn,precision,d_model,layers,heads,seq_len,batch,accum,steps,first_loss,last_loss,valid_loss,valid_token_ppl,valid_word_ppl,valid_bpb,test_loss,test_token_ppl,test_word_ppl,test_bpb,tokens_per_s,elapsed_s,peak_vram_mib";
     let eval = |e: Option<EvalResult>| {
         [
             opt(e.map(|e| e.loss)),
@@ -1139,7 +1151,7 @@ fn write_summary(run: &Run, summary: &Summary) -> Result<(), Error> {
         .join(",")
     };
     let row = format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3}",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3},{}",
         m.attn.as_str(),
         serde_json::to_value(c.precision)
             .ok()
@@ -1157,7 +1169,10 @@ fn write_summary(run: &Run, summary: &Summary) -> Result<(), Error> {
         eval(summary.valid),
         eval(summary.test),
         summary.tokens_per_s,
-        summary.elapsed_s
+        summary.elapsed_s,
+        summary
+            .peak_vram_mib
+            .map_or(String::new(), |v| format!("{v:.1}"))
     );
     write_atomic(
         &run.out.join("summary.csv"),

@@ -433,7 +433,8 @@ fn perf(dir: &Path, knobs: &Knobs, summary: &serde_json::Value) -> Result<Perf, 
     Ok(Perf {
         steps_per_s,
         tokens_per_s: summary["tokens_per_s"].as_f64(),
-        max_vram_mb: None,
+        // Runs of older binaries have no peak in their summary.
+        max_vram_mb: summary["peak_vram_mib"].as_f64(),
         throughput_per_1e6_scores: steps_per_s.zip(scores_computed).map(|(s, c)| s * c / 1e6),
         scores_computed,
         avg_sets_per_seq: Some(knobs.sets_per_seq as f64),
