@@ -176,6 +176,37 @@ fn train_lm_rejects_bad_flags_with_usage_errors() {
         cuda_on_cpu.stderr
     );
     assert!(!out.exists(), "no run directory after a usage error");
+    // The fused LayerNorm forced on where it cannot run: the same kind of error.
+    let out = ctx.path().join("run-fused-norm-on-cpu");
+    let fused_on_cpu = ctx
+        .run(&[
+            "train",
+            "lm",
+            "--dag",
+            "demo",
+            "--precache",
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+            "--fused-layernorm",
+            "on",
+            "--steps",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .code(2);
+    assert!(
+        fused_on_cpu.stderr.contains("--fused-layernorm on")
+            && fused_on_cpu.stderr.contains("--device cuda")
+            && fused_on_cpu
+                .stderr
+                .contains("--fused-layernorm auto or off"),
+        "{}",
+        fused_on_cpu.stderr
+    );
+    assert!(!out.exists(), "no run directory after a usage error");
 }
 
 /// The SPEC's benchmark CSV fields, in order, then what `--benchmark` adds first.

@@ -138,6 +138,17 @@ pub enum DeltaArg {
     Exact,
 }
 
+/// `--fused-layernorm`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FusedLayerNormArg {
+    /// The fused kernel where it applies (CUDA, bf16 / fp16, kernels loadable).
+    Auto,
+    /// The fused kernel, or a usage error saying why not.
+    On,
+    /// libtorch's LayerNorm and a cast.
+    Off,
+}
+
 /// `--ska-backend`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SkaBackend {
@@ -196,6 +207,10 @@ pub struct LmArgs {
     /// SKA implementation.
     #[arg(long, value_enum, default_value = "naive")]
     pub ska_backend: SkaBackend,
+    /// LayerNorms before bf16 / fp16 matmuls as one fused CUDA kernel that writes the
+    /// half-precision rows directly (auto: on CUDA in bf16 / fp16 when the kernels load).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub fused_layernorm: FusedLayerNormArg,
     /// SKA content term weight (0 = kernel only).
     #[arg(long, default_value_t = 0.0)]
     pub beta: f64,
@@ -724,6 +739,11 @@ fn lm(store: Option<&std::path::Path>, args: &LmArgs, out: &Output) -> Result<i3
         ska_backend: match args.ska_backend {
             SkaBackend::Naive => ausa_train::model::SkaBackend::Naive,
             SkaBackend::Cuda => ausa_train::model::SkaBackend::Cuda,
+        },
+        fused_norm: match args.fused_layernorm {
+            FusedLayerNormArg::Auto => ausa_train::model::FusedNorm::Auto,
+            FusedLayerNormArg::On => ausa_train::model::FusedNorm::On,
+            FusedLayerNormArg::Off => ausa_train::model::FusedNorm::Off,
         },
         ..TrainConfig::default()
     };

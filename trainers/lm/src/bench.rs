@@ -277,7 +277,13 @@ fn measure(bench: &Bench) -> Result<BenchResult, Error> {
         .ska_backend
         .ops(&config.model, device)
         .map_err(Error::Usage)?;
-    let model = Lm::with_ops(&vs.root(), &config.model, router);
+    let norm = config
+        .fused_norm
+        .ops(config.precision.kind(), device)
+        .map_err(Error::Usage)?;
+    let model = Lm::with_ops(&vs.root(), &config.model, router)
+        .with_layer_norm(norm)
+        .map_err(Error::Usage)?;
     let mut opt = AdamW::new(&vs);
     let order = Sampler::new(n as usize, config.batch, config.seed).permutation(0);
     let ids_of = |i: usize| -> Vec<i64> {

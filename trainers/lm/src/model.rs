@@ -14,12 +14,16 @@
 //! statistics of the loss, and the SKA distance `Delta` stay fp32.
 
 use ausa_kernels::cuda::{CudaKernels, ROUTER_MAX_HEAD_DIM, ROUTER_TOPK_MAX};
+use ausa_kernels::layer_norm::HalfLayerNorm;
 use ausa_kernels::OpImpl;
 use ausa_kernels::{
     linear_kind, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig,
 };
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
+
+/// Epsilon of every LayerNorm of the model (libtorch's default).
+const LAYER_NORM_EPS: f64 = 1e-5;
 
 /// The attention of the blocks (`--attn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -116,6 +120,56 @@ impl SetFeatures {
         match self {
             SetFeatures::Atoms => "atoms",
             SetFeatures::Hidden => "hidden",
+        }
+    }
+}
+
+/// Whether the LayerNorms before the half-precision matmuls run as the fused CUDA kernel
+/// (`--fused-layernorm`; `ausa_kernels::layer_norm`), which writes the normalized rows
+/// in bf16 / fp16 directly, or as libtorch's LayerNorm and a cast. The same math and
+/// parameters either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FusedNorm {
+    /// The fused kernel on CUDA in bf16 / fp16 when the kernels load, else libtorch's.
+    #[default]
+    Auto,
+    /// The fused kernel, or a usage error saying why it cannot run.
+    On,
+    /// libtorch's LayerNorm and a cast.
+    Off,
+}
+
+impl FusedNorm {
+    /// The `--fused-layernorm` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FusedNorm::Auto => "auto",
+            FusedNorm::On => "on",
+            FusedNorm::Off => "off",
+        }
+    }
+
+    /// How the LayerNorms compute for matmuls in `kind` on `device`: `OpImpl::Cuda` for the
+    /// fused kernel, `OpImpl::Autograd` for libtorch's.
+    pub fn ops(self, kind: tch::Kind, device: tch::Device) -> Result<OpImpl, String> {
+        if self == FusedNorm::Off {
+            return Ok(OpImpl::Autograd);
+        }
+        let half = matches!(kind, tch::Kind::BFloat16 | tch::Kind::Half);
+        let why_not = match (device, half) {
+            (_, false) => "it applies to --precision bf16 or fp16".to_string(),
+            (tch::Device::Cuda(ordinal), true) => match CudaKernels::shared(ordinal) {
+                Ok(_) => return Ok(OpImpl::Cuda { ordinal }),
+                Err(e) => format!("the CUDA kernels do not load ({e})"),
+            },
+            _ => "it needs --device cuda".to_string(),
+        };
+        match self {
+            FusedNorm::On => Err(format!(
+                "--fused-layernorm on: {why_not}; use --fused-layernorm auto or off"
+            )),
+            FusedNorm::Auto | FusedNorm::Off => Ok(OpImpl::Autograd),
         }
     }
 }
@@ -314,6 +368,8 @@ pub struct Lm {
     adapter: Adapter,
     blocks: Vec<Block>,
     ln_f: nn::LayerNorm,
+    /// The fused LayerNorm-to-half ops (`None`: libtorch's LayerNorm and a cast).
+    half_norm: Option<HalfLayerNorm>,
 }
 
 impl std::fmt::Debug for Lm {
@@ -367,7 +423,13 @@ impl Lm {
                 },
             )
         };
-        let ln = |p: nn::Path| nn::layer_norm(p, vec![d], Default::default());
+        let ln = |p: nn::Path| {
+            let config = nn::LayerNormConfig {
+                eps: LAYER_NORM_EPS,
+                ..Default::default()
+            };
+            nn::layer_norm(p, vec![d], config)
+        };
         let blocks = (0..config.layers)
             .map(|l| {
                 let p = path / "blocks" / l;
@@ -416,6 +478,25 @@ impl Lm {
             adapter: Adapter::new(path / "adapter", d, config.adapter_rank, 1.0),
             blocks,
             ln_f: ln(path / "ln_f"),
+            half_norm: None,
+        }
+    }
+
+    /// The model with its LayerNorms before half-precision matmuls computed as `imp`
+    /// says (`OpImpl::Autograd`: libtorch's LayerNorm and a cast; see [`FusedNorm`]).
+    pub fn with_layer_norm(mut self, imp: OpImpl) -> Result<Lm, String> {
+        self.half_norm = HalfLayerNorm::new(imp, LAYER_NORM_EPS)?;
+        Ok(self)
+    }
+
+    /// `ln(x)` in `kind`: the fused op for an fp32 `x` going into half-precision
+    /// matmuls when the model has it, else libtorch's LayerNorm and a cast.
+    fn norm(&self, ln: &nn::LayerNorm, x: &Tensor, kind: Kind) -> Tensor {
+        match &self.half_norm {
+            Some(op) if HalfLayerNorm::applies(x, kind) => op
+                .forward(ln, x, kind)
+                .unwrap_or_else(|e| panic!("the fused LayerNorm: {e}")),
+            _ => x.apply(ln).to_kind(kind),
         }
     }
 
@@ -452,7 +533,7 @@ impl Lm {
             _ => None,
         };
         for block in &self.blocks {
-            let h = x.apply(&block.ln1).to_kind(kind);
+            let h = self.norm(&block.ln1, &x, kind);
             let mixed = match &block.mixer {
                 Mixer::Dot { qkv, out, fused } => {
                     let y = self.dot_attention(&h, qkv, *fused, bsz, len);
@@ -472,11 +553,11 @@ impl Lm {
             // Out of place: the LayerNorm backward needs `x` unmodified. The add promotes the
             // branch to fp32 itself (exact from bf16/fp16): no separate cast kernel.
             x = &x + drop(mixed);
-            let h = x.apply(&block.ln2).to_kind(kind);
+            let h = self.norm(&block.ln2, &x, kind);
             let m = linear_kind(&block.down, &linear_kind(&block.up, &h).gelu("none"));
             x = &x + drop(m);
         }
-        let h = x.apply(&self.ln_f).to_kind(kind);
+        let h = self.norm(&self.ln_f, &x, kind);
         h.matmul(&self.tokens.to_kind(kind).transpose(0, 1))
             .to_kind(Kind::Float)
     }

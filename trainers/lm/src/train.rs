@@ -128,6 +128,10 @@ pub struct TrainConfig {
     /// How SKA blocks compute (absent in older run configurations: naive).
     #[serde(default)]
     pub ska_backend: crate::model::SkaBackend,
+    /// How the LayerNorms before half-precision matmuls compute (absent in older run
+    /// configurations: auto).
+    #[serde(default)]
+    pub fused_norm: crate::model::FusedNorm,
 }
 
 impl Default for TrainConfig {
@@ -151,6 +155,7 @@ impl Default for TrainConfig {
                 delta: crate::model::DeltaEstimate::Minhash,
             },
             ska_backend: crate::model::SkaBackend::Naive,
+            fused_norm: crate::model::FusedNorm::Auto,
             batch: 16,
             accum: 1,
             epochs: 1,
@@ -829,6 +834,10 @@ pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error
         .ska_backend
         .ops(&config.model, run.device)
         .map_err(Error::Usage)?;
+    config
+        .fused_norm
+        .ops(config.precision.kind(), run.device)
+        .map_err(Error::Usage)?;
     let out = &run.out;
     let metrics_path = out.join("metrics.jsonl");
     if !run.resume && metrics_path.exists() {
@@ -901,7 +910,13 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
         .ska_backend
         .ops(&config.model, run.device)
         .map_err(Error::Usage)?;
-    let model = Lm::with_ops(&vs.root(), &config.model, router);
+    let norm = config
+        .fused_norm
+        .ops(config.precision.kind(), run.device)
+        .map_err(Error::Usage)?;
+    let model = Lm::with_ops(&vs.root(), &config.model, router)
+        .with_layer_norm(norm)
+        .map_err(Error::Usage)?;
     let mut opt = AdamW::new(&vs);
     let sampler = Sampler::new(data.num_sequences() as usize, config.batch, config.seed);
     let total = total_steps(config, &sampler);
@@ -1123,6 +1138,11 @@ fn write_meta(run: &Run, total: usize) -> Result<(), Error> {
         "delta": run.config.model.delta.as_str(),
         "pos": run.config.model.pos.as_str(),
         "ska_backend": run.config.ska_backend.as_str(),
+        // What --fused-layernorm resolved to on this device and precision.
+        "layer_norm": match run.config.fused_norm.ops(run.config.precision.kind(), run.device) {
+            Ok(ausa_kernels::OpImpl::Cuda { .. }) => "fused-cuda",
+            _ => "libtorch",
+        },
         "resume": run.resume,
         "data": {
             "train": split_meta(run.train),
