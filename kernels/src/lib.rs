@@ -24,8 +24,10 @@
 //!
 //! Beside them, [`shim`] is the crate's C++ shim over libtorch (CUDA memory statistics and
 //! stream, the fused AdamW step, custom autograd ops written in Rust), the place for what
-//! `tch` does not expose; [`router`] is the router as such an op (a hand-written backward
-//! in tensor ops, or the fused CUDA kernels of [`cuda`]).
+//! `tch` does not expose; [`router`] and [`set_attention`] are the two halves of the SKA
+//! layer as such ops (a hand-written backward in tensor ops, or the fused CUDA kernels of
+//! [`cuda`]), and [`layer_norm`] the trainer's LayerNorm into bf16 / fp16 as one (the one
+//! op here that is not SKA's: it lives beside the other CUDA kernels and their loader).
 //!
 //! Every step is a tensor op over the whole batch: there is no loop over sets or tokens in
 //! Rust. Memory is `O(B M^2 k)` for `Delta` (built in chunks of signature columns) and
