@@ -102,6 +102,9 @@ __device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
     float run_max = NEG_INF, run_sum = 0.0f;
     float best[TOPK ? TOPK_MAX : 1];
     int best_j[TOPK ? TOPK_MAX : 1];
+    // The list's smallest kept logit (best[topk - 1]): a logit not above it cannot enter,
+    // which after the first few tiles is nearly every logit, so the insertion is skipped.
+    float kth = NEG_INF;
     if (TOPK) {
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) { best[s] = NEG_INF; best_j[s] = -1; }
@@ -120,6 +123,7 @@ __device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
             const int r = __ffs(rest) - 1;
             const float logit = dot_row(qr, zs[r]);
             if (TOPK) {
+                if (!(logit > kth)) continue;  // also drops a NaN, as the insertion would
                 // Insertion into the descending top-k list; a tie keeps the earlier set.
                 float v = logit;
                 int vj = j0 + r;
@@ -133,6 +137,7 @@ __device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
                         v = tv;
                         vj = tj;
                     }
+                    if (u == topk - 1) kth = best[u];
                 }
             } else {
                 const float new_max = fmaxf(run_max, logit);
@@ -192,6 +197,205 @@ router_fwd_topk(const float* __restrict__ q, const float* __restrict__ z,
                 int topk) {
     router_fwd_body<true>(q, z, route_bits, out, lse, kept, heads, len, m, topk);
 }
+
+// ---- Top-k forward on tensor cores (bf16 inputs) ---------------------------------------
+// For q and z that hold bf16 values (a bf16 training step; the caller says so), the
+// logits of a warp's 16 tokens against a tile of 32 sets are four m16n8k16 bf16 MMAs per
+// 16 dimensions with fp32 accumulation: the products are exact, only the order of the
+// fp32 sums differs from the CUDA-core kernel. A block is 4 warps = 64 tokens. Each lane
+// keeps a top-k list for the two tokens (rows g and g + 8 of its warp's 16) over the 8 of
+// every 32 sets its accumulator fragment holds; the 4 lanes of a quad (the same rows) then
+// merge their lists (by value, a tie going to the lower set index, as the sequential
+// insertion does), and split the mix of the kept z rows by dimension.
+#define MMA_WARPS 4
+#define MMA_ROWS (MMA_WARPS * 16)
+#define ZS_PAD 8  // bf16 per z row of padding: the 8 rows a B fragment reads hit 8 bank groups
+
+__device__ __forceinline__ unsigned int pack_bf16(float lo, float hi) {
+    unsigned short l, h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(l) : "f"(lo));
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(hi));
+    return (unsigned int)l | ((unsigned int)h << 16);
+}
+
+// Whether (va, ja) ranks before (vb, jb): a larger logit, or the same one for an earlier set.
+__device__ __forceinline__ bool ranks_before(float va, int ja, float vb, int jb) {
+    return va > vb || (va == vb && ja < jb);
+}
+
+// The best TOPK_MAX of two ranked lists (this lane's and the one of lane ^ mask), the same
+// in both lanes: each entry's rank in the union is its rank in its list plus the entries
+// of the other list ranking before it.
+__device__ __forceinline__ void merge_lists(float* v, int* j, int mask) {
+    float ov[TOPK_MAX];
+    int oj[TOPK_MAX];
+#pragma unroll
+    for (int u = 0; u < TOPK_MAX; ++u) {
+        ov[u] = __shfl_xor_sync(0xffffffffu, v[u], mask);
+        oj[u] = __shfl_xor_sync(0xffffffffu, j[u], mask);
+    }
+    float rv[TOPK_MAX];
+    int rj[TOPK_MAX];
+#pragma unroll
+    for (int u = 0; u < TOPK_MAX; ++u) { rv[u] = NEG_INF; rj[u] = -1; }
+#pragma unroll
+    for (int u = 0; u < TOPK_MAX; ++u) {
+        int ra = u, rb = u;
+#pragma unroll
+        for (int w = 0; w < TOPK_MAX; ++w) {
+            ra += ranks_before(ov[w], oj[w], v[u], j[u]) ? 1 : 0;
+            rb += ranks_before(v[w], j[w], ov[u], oj[u]) ? 1 : 0;
+        }
+#pragma unroll
+        for (int p = 0; p < TOPK_MAX; ++p) {
+            if (ra == p) { rv[p] = v[u]; rj[p] = j[u]; }
+            if (rb == p) { rv[p] = ov[u]; rj[p] = oj[u]; }
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < TOPK_MAX; ++u) { v[u] = rv[u]; j[u] = rj[u]; }
+}
+
+// Inserts (logit, set) into a descending list of `topk` (a tie keeps the earlier set).
+__device__ __forceinline__ void insert_top(float* best, int* best_j, float& kth, float logit,
+                                           int set, int topk) {
+    if (!(logit > kth)) return;
+    float v = logit;
+    int vj = set;
+#pragma unroll
+    for (int u = 0; u < TOPK_MAX; ++u) {
+        if (u < topk && v > best[u]) {
+            const float tv = best[u];
+            const int tj = best_j[u];
+            best[u] = v;
+            best_j[u] = vj;
+            v = tv;
+            vj = tj;
+        }
+        if (u == topk - 1) kth = best[u];
+    }
+}
+
+#if HEAD_DIM % 16 == 0
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
+router_fwd_topk_mma(const float* __restrict__ q, const float* __restrict__ z,
+                    const unsigned int* __restrict__ route_bits, float* __restrict__ out,
+                    float* __restrict__ lse, int* __restrict__ kept, int heads, int len,
+                    int m, int topk) {
+    constexpr int KS = HEAD_DIM / 16;
+    __shared__ unsigned short zs[TJ][HEAD_DIM + ZS_PAD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tig = lane & 3;
+    const int bh = blockIdx.y;
+    const int b = bh / heads;
+    const int words = (m + 31) / 32;
+    const int t0 = blockIdx.x * MMA_ROWS + warp * 16;
+    const int ta = t0 + g, tb = t0 + g + 8;  // this lane's two tokens
+    const bool live_a = ta < len, live_b = tb < len;
+    const float* zb = z + (size_t)bh * m * HEAD_DIM;
+    const float* qa = q + ((size_t)bh * len + (live_a ? ta : 0)) * HEAD_DIM;
+    const float* qb = q + ((size_t)bh * len + (live_b ? tb : 0)) * HEAD_DIM;
+    // A fragments of the warp's 16 x HEAD_DIM queries, once.
+    unsigned int af[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+        const int c = ks * 16 + tig * 2;
+        af[ks][0] = live_a ? pack_bf16(qa[c], qa[c + 1]) : 0u;
+        af[ks][1] = live_b ? pack_bf16(qb[c], qb[c + 1]) : 0u;
+        af[ks][2] = live_a ? pack_bf16(qa[c + 8], qa[c + 9]) : 0u;
+        af[ks][3] = live_b ? pack_bf16(qb[c + 8], qb[c + 9]) : 0u;
+    }
+    const unsigned int* rbits_a = route_bits + ((size_t)b * len + (live_a ? ta : 0)) * words;
+    const unsigned int* rbits_b = route_bits + ((size_t)b * len + (live_b ? tb : 0)) * words;
+    float best_a[TOPK_MAX], best_b[TOPK_MAX];
+    int ja[TOPK_MAX], jb[TOPK_MAX];
+#pragma unroll
+    for (int u = 0; u < TOPK_MAX; ++u) {
+        best_a[u] = NEG_INF; best_b[u] = NEG_INF; ja[u] = -1; jb[u] = -1;
+    }
+    float kth_a = NEG_INF, kth_b = NEG_INF;
+
+    for (int j0 = 0; j0 < m; j0 += TJ) {
+        const int width = min(TJ, m - j0);
+        const unsigned int word_a = live_a ? rbits_a[j0 / 32] : 0u;
+        const unsigned int word_b = live_b ? rbits_b[j0 / 32] : 0u;
+        if (!__syncthreads_or((word_a | word_b) != 0u)) continue;
+        for (int e = threadIdx.x; e < TJ * HEAD_DIM / 2; e += MMA_WARPS * 32) {
+            const int r = e / (HEAD_DIM / 2), d = (e % (HEAD_DIM / 2)) * 2;
+            const float* zr = zb + (size_t)(j0 + r) * HEAD_DIM + d;
+            const unsigned int v = r < width ? pack_bf16(zr[0], zr[1]) : 0u;
+            *reinterpret_cast<unsigned int*>(&zs[r][d]) = v;
+        }
+        __syncthreads();
+        if (__any_sync(0xffffffffu, (word_a | word_b) != 0u)) {
+#pragma unroll
+            for (int nt = 0; nt < TJ / 8; ++nt) {
+                float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
+#pragma unroll
+                for (int ks = 0; ks < KS; ++ks) {
+                    const unsigned short* zr = &zs[nt * 8 + g][ks * 16 + tig * 2];
+                    const unsigned int b0 = *reinterpret_cast<const unsigned int*>(zr);
+                    const unsigned int b1 = *reinterpret_cast<const unsigned int*>(zr + 8);
+                    asm volatile(
+                        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                        : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
+                        : "r"(af[ks][0]), "r"(af[ks][1]), "r"(af[ks][2]), "r"(af[ks][3]),
+                          "r"(b0), "r"(b1));
+                }
+                const int r0 = nt * 8 + tig * 2;  // the tile's sets of c0 / c2 (+1: c1 / c3)
+                if ((word_a >> r0) & 1u) insert_top(best_a, ja, kth_a, c0, j0 + r0, topk);
+                if ((word_a >> (r0 + 1)) & 1u) insert_top(best_a, ja, kth_a, c1, j0 + r0 + 1, topk);
+                if ((word_b >> r0) & 1u) insert_top(best_b, jb, kth_b, c2, j0 + r0, topk);
+                if ((word_b >> (r0 + 1)) & 1u) insert_top(best_b, jb, kth_b, c3, j0 + r0 + 1, topk);
+            }
+        }
+        __syncthreads();
+    }
+    // The quad's four lists per token -> one, the same in all four lanes.
+    merge_lists(best_a, ja, 1);
+    merge_lists(best_b, jb, 1);
+    merge_lists(best_a, ja, 2);
+    merge_lists(best_b, jb, 2);
+    // Kept sets, log-sum-exp and the mix; lane tig takes dimensions tig * D/4 .. + D/4.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int t = half == 0 ? ta : tb;
+        if (t >= len) continue;
+        const float* bv = half == 0 ? best_a : best_b;
+        const int* bj = half == 0 ? ja : jb;
+        const size_t row = (size_t)bh * len + t;
+        if (tig == half) {
+#pragma unroll
+            for (int s = 0; s < TOPK_MAX; ++s) kept[row * TOPK_MAX + s] = s < topk ? bj[s] : -1;
+        }
+        const float top = bv[0];
+        float sum = 0.0f, w[TOPK_MAX];
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            w[s] = (s < topk && bj[s] >= 0) ? expf(bv[s] - top) : 0.0f;
+            sum += w[s];
+        }
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        constexpr int PART = HEAD_DIM / 4;
+        float mix[PART];
+#pragma unroll
+        for (int d = 0; d < PART; ++d) mix[d] = 0.0f;
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            if (w[s] > 0.0f) {
+                const float* zr = zb + (size_t)bj[s] * HEAD_DIM + tig * PART;
+#pragma unroll
+                for (int d = 0; d < PART; ++d) mix[d] += w[s] * zr[d];
+            }
+        }
+        float* orow = out + row * HEAD_DIM + tig * PART;
+#pragma unroll
+        for (int d = 0; d < PART; ++d) orow[d] = mix[d] * inv;
+        if (tig == half) lse[row] = sum > 0.0f ? top + logf(sum) : NEG_INF;
+    }
+}
+#endif
 
 // ---- Backward -----------------------------------------------------------------------
 // With P_tj = exp(q_t . z_j - lse_t) over the kept sets of token t and

@@ -114,7 +114,7 @@ fn main() {
                 let _ = ausa_kernels::masked_softmax(&logits, &mask).matmul(&z);
             });
             let cuda = median_ms(iters, || {
-                let _ = kernels.router_forward(&q, &z, &route, topk).unwrap();
+                let _ = kernels.router_forward(&q, &z, &route, topk, false).unwrap();
             });
             // Forward and backward: autograd through the tensor ops against the fused
             // forward plus the two backward kernels.
@@ -133,7 +133,7 @@ fn main() {
                 let _ = Tensor::run_backward(&[loss], &[&qg, &zg], false, false);
             });
             let cuda_fb = median_ms(iters, || {
-                let saved = kernels.router_forward(&q, &z, &route, topk).unwrap();
+                let saved = kernels.router_forward(&q, &z, &route, topk, false).unwrap();
                 let _ = kernels
                     .router_backward(&q, &z, &route, &saved, &dout)
                     .unwrap();

@@ -100,8 +100,17 @@ pub const SET_ATTENTION_MAX_HEAD_DIM: i64 = 128;
 /// Tokens per block of the router kernels (`ROWS` in router.cu).
 const ROUTER_ROWS: u32 = 128;
 
+/// Tokens per block of the tensor-core top-k router forward (`MMA_ROWS`: 4 warps of 16
+/// tokens, so 128 threads).
+const ROUTER_MMA_ROWS: u32 = 64;
+
 /// Tokens (one warp each) per block of the router's top-k `dq` kernel (`DQ_WARPS`).
 const ROUTER_DQ_WARPS: u32 = 8;
+
+/// Up to this many sets per sequence the top-k router's `dz` takes the dense kernel
+/// (`router_bwd_dz`, which checks each token's kept list) instead of the sort-based sparse
+/// one: the sort of all `B * H * L * 8` kept entries is the larger fixed cost at short L.
+const ROUTER_DENSE_DZ_MAX_SETS: i64 = 64;
 
 /// The largest router top-k the fused router keeps in registers (`TOPK_MAX`).
 pub const ROUTER_TOPK_MAX: i64 = 8;
@@ -199,6 +208,19 @@ impl RouterShape {
         Ok(LaunchConfig {
             grid_dim: (blocks.max(1), self.heads_dim()?.max(1), 1),
             block_dim: (ROUTER_DQ_WARPS * 32, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+
+    /// Sixteen tokens per warp: blocks of `ROUTER_MMA_ROWS` tokens (4 warps) x `B * H`.
+    fn mma_grid(&self) -> Result<LaunchConfig, CudaError> {
+        let rows = i64::from(ROUTER_MMA_ROWS);
+        let blocks = u32::try_from((self.l + rows - 1) / rows).map_err(|_| {
+            CudaError::Input(format!("{} tokens per sequence are too many", self.l))
+        })?;
+        Ok(LaunchConfig {
+            grid_dim: (blocks.max(1), self.heads_dim()?.max(1), 1),
+            block_dim: (ROUTER_MMA_ROWS * 2, 1, 1),
             shared_mem_bytes: 0,
         })
     }
@@ -608,12 +630,17 @@ impl CudaKernels {
     /// `t` may use set `j`), the softmax over the visible sets of `q_t . z_j` (or over the
     /// `topk` best of them; 0 keeps every visible set) mixing `z`. A token with no visible
     /// set gets a zero output. Returns what [`CudaKernels::router_backward`] needs.
+    ///
+    /// `bf16_values`: every value of `q` and `z` is a bf16 value (they come from a bf16
+    /// step): the top-k logits may then run as bf16 tensor-core products (exact products,
+    /// fp32 sums) when the head dimension is a multiple of 16 on sm_80 or later.
     pub fn router_forward(
         &self,
         q: &Tensor,
         z: &Tensor,
         route: &Tensor,
         topk: i64,
+        bf16_values: bool,
     ) -> Result<RouterSaved, CudaError> {
         let shape = RouterShape::check(q, z, route, topk)?;
         let RouterShape { b, h, l, m, d } = shape;
@@ -643,10 +670,11 @@ impl CudaKernels {
             b * l * shape.route_words(),
             self.ordinal,
         )?;
-        let name = if topk > 0 {
-            "router_fwd_topk"
-        } else {
-            "router_fwd"
+        let tensor_cores = topk > 0 && bf16_values && d % 16 == 0 && self.has_bf16_mma();
+        let (name, grid) = match (topk > 0, tensor_cores) {
+            (true, true) => ("router_fwd_topk_mma", shape.mma_grid()?),
+            (true, false) => ("router_fwd_topk", shape.token_grid()?),
+            (false, _) => ("router_fwd", shape.token_grid()?),
         };
         let f = module.load_function(name)?;
         let ints = shape.kernel_ints(topk)?;
@@ -659,8 +687,8 @@ impl CudaKernels {
         }
         // SAFETY: see the module invariant; the kernel reads q, z, the route bits and
         // writes out, lse and (with top-k) kept, each of the element count checked above;
-        // the module's HEAD_DIM is `d`.
-        unsafe { launch.launch(shape.token_grid()?) }?;
+        // the module's HEAD_DIM is `d` (a multiple of 16 for the MMA kernel).
+        unsafe { launch.launch(grid) }?;
         Ok(RouterSaved {
             out,
             lse,
@@ -817,7 +845,9 @@ impl CudaKernels {
             // bits and dout, writes dq and dsum, all of the checked element counts.
             unsafe { launch.launch(shape.token_grid()?) }?;
         }
-        if saved.topk > 0 {
+        // With few sets per sequence the dense dz (a pass over the tokens per tile of 16
+        // sets, P recomputed for the kept ones) costs less than sorting every kept entry.
+        if saved.topk > 0 && m > ROUTER_DENSE_DZ_MAX_SETS {
             self.router_dz_sparse(
                 &module,
                 shape,
@@ -1111,6 +1141,14 @@ impl CudaKernels {
         // writes 2*c floats.
         unsafe { launch.launch(cfg) }?;
         Ok((dx, dwb.get(0), dwb.get(1)))
+    }
+
+    /// Whether the device has bf16 tensor-core MMA (`mma.sync ... bf16`: sm_80 and later).
+    fn has_bf16_mma(&self) -> bool {
+        self.arch
+            .trim_start_matches("sm_")
+            .parse::<u32>()
+            .is_ok_and(|cc| cc >= 80)
     }
 
     /// The LayerNorm module for `c` columns and output kind `out`.

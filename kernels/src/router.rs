@@ -115,7 +115,7 @@ impl CustomOp for RouterOp {
                 let kind = q.kind();
                 let (q32, z32) = (q.to_kind(Kind::Float), z.to_kind(Kind::Float));
                 let saved = kernels
-                    .router_forward(&q32, &z32, route, self.topk)
+                    .router_forward(&q32, &z32, route, self.topk, kind == Kind::BFloat16)
                     .map_err(|e| e.to_string())?;
                 let out = saved.out.to_kind(kind);
                 Ok(Forward {

@@ -293,13 +293,15 @@ fn router_reference(q: &Tensor, z: &Tensor, route: &Tensor, topk: i64) -> (Tenso
 /// Router test shapes `(B, H, L, M, D, top-k)`: one set; L and M not multiples of the
 /// tiles; top-k above some tokens' visible count; a head dimension below the tile width;
 /// the largest head dimension.
-const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 6] = [
+const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 7] = [
     (1, 1, 8, 1, 16, 0),
     (2, 3, 70, 15, 64, 0),
     (2, 4, 256, 7, 64, 4),
     (1, 2, 1000, 61, 32, 8),
     (3, 2, 300, 37, 64, 3),
     (1, 2, 130, 20, 128, 2),
+    // More sets than the dense top-k dz takes: the sort-based sparse dz.
+    (2, 2, 600, 140, 32, 8),
 ];
 
 /// Random queries and set outputs for one router shape, and a route of causal windows
@@ -324,12 +326,28 @@ fn cuda_router_matches_the_reference() {
     };
     let device = Device::Cuda(0);
     tch::manual_seed(fresh_seed() as i64);
-    for (n, &shape) in ROUTER_SHAPES.iter().enumerate() {
+    // Every shape on the CUDA cores, and again with bf16 values (rounded once, the
+    // reference computing on the rounded values): with top-k and a head dimension of a
+    // multiple of 16 that is the tensor-core kernel.
+    let cases = ROUTER_SHAPES
+        .iter()
+        .enumerate()
+        .flat_map(|(n, &shape)| [(n, shape, false), (n, shape, true)]);
+    for (n, shape, bf16_values) in cases {
         let topk = shape.5;
         let (q, z, route) = router_case(shape, device);
+        let (q, z) = if bf16_values {
+            let round = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+            (round(&q), round(&z))
+        } else {
+            (q, z)
+        };
         let (want, want_lse) = router_reference(&q, &z, &route, topk);
-        let saved = kernels.router_forward(&q, &z, &route, topk).unwrap();
+        let saved = kernels
+            .router_forward(&q, &z, &route, topk, bf16_values)
+            .unwrap();
         kernels.synchronize().unwrap();
+        let n = format!("{n} (bf16 values: {bf16_values})");
         let (got, lse) = (&saved.out, &saved.lse);
         assert_eq!(
             got.isnan().sum(Kind::Int64).int64_value(&[]),
@@ -346,7 +364,7 @@ fn cuda_router_matches_the_reference() {
             .expand_as(lse);
         let empties = empty.sum(Kind::Int64).int64_value(&[]);
         assert!(
-            n == 0 || empties > 0,
+            shape.3 == 1 || empties > 0,
             "shape {n}: the early tokens must have no set"
         );
         let finite = empty.logical_not();
@@ -381,7 +399,7 @@ fn cuda_router_backward_matches_autograd_and_repeats_bit_for_bit() {
         (want * &dout).sum(Kind::Float).backward();
         let (want_dq, want_dz) = (qg.grad(), zg.grad());
 
-        let saved = kernels.router_forward(&q, &z, &route, topk).unwrap();
+        let saved = kernels.router_forward(&q, &z, &route, topk, false).unwrap();
         let (dq, dz) = kernels
             .router_backward(&q, &z, &route, &saved, &dout)
             .unwrap();
@@ -408,19 +426,19 @@ fn cuda_router_rejects_bad_shapes() {
     let device = Device::Cuda(0);
     let (q, z, route) = router_case((1, 1, 16, 3, 16, 0), device);
     let err = kernels
-        .router_forward(&q, &z, &route, 9)
+        .router_forward(&q, &z, &route, 9, false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("at most 8"), "{err}");
     let wide = Tensor::zeros([1, 1, 16, 200], (Kind::Float, device));
     let wide_z = Tensor::zeros([1, 1, 3, 200], (Kind::Float, device));
     let err = kernels
-        .router_forward(&wide, &wide_z, &route, 0)
+        .router_forward(&wide, &wide_z, &route, 0, false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("head dimensions"), "{err}");
     let short = route.narrow(1, 0, 8);
-    assert!(kernels.router_forward(&q, &z, &short, 0).is_err());
+    assert!(kernels.router_forward(&q, &z, &short, 0, false).is_err());
 }
 
 /// The CUDA router under autograd (`--ska-backend cuda`'s router) against the manual
