@@ -69,6 +69,16 @@ __device__ __forceinline__ float dot_row(const float* qr, const float* zr) {
     return (s0 + s1) + (s2 + s3);
 }
 
+// best[topk - 1] of a descending list, as a min over its first topk entries: indexing the
+// register list by the run-time topk would move the whole list to local memory.
+__device__ __forceinline__ float kth_of(const float (&best)[TOPK_MAX], int topk) {
+    float k = __int_as_float(0x7f800000);  // +inf
+#pragma unroll
+    for (int u = 0; u < TOPK_MAX; ++u)
+        if (u < topk) k = fminf(k, best[u]);
+    return k;
+}
+
 // One thread per token. TOPK false: the online softmax over every visible set, mixing
 // as it goes. TOPK true: a first pass keeps the `topk` best logits in registers (no
 // accumulator live, so the kernel needs far fewer registers), a second mixes them.
@@ -100,8 +110,8 @@ __device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
         for (int d = 0; d < HEAD_DIM; ++d) acc[d] = 0.0f;
     }
     float run_max = NEG_INF, run_sum = 0.0f;
-    float best[TOPK ? TOPK_MAX : 1];
-    int best_j[TOPK ? TOPK_MAX : 1];
+    float best[TOPK_MAX];
+    int best_j[TOPK_MAX];
     // The list's smallest kept logit (best[topk - 1]): a logit not above it cannot enter,
     // which after the first few tiles is nearly every logit, so the insertion is skipped.
     float kth = NEG_INF;
@@ -137,8 +147,8 @@ __device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
                         v = tv;
                         vj = tj;
                     }
-                    if (u == topk - 1) kth = best[u];
                 }
+                kth = kth_of(best, topk);
             } else {
                 const float new_max = fmaxf(run_max, logit);
                 const float scale = expf(run_max - new_max);
@@ -226,7 +236,7 @@ __device__ __forceinline__ bool ranks_before(float va, int ja, float vb, int jb)
 // The best TOPK_MAX of two ranked lists (this lane's and the one of lane ^ mask), the same
 // in both lanes: each entry's rank in the union is its rank in its list plus the entries
 // of the other list ranking before it.
-__device__ __forceinline__ void merge_lists(float* v, int* j, int mask) {
+__device__ __forceinline__ void merge_lists(float (&v)[TOPK_MAX], int (&j)[TOPK_MAX], int mask) {
     float ov[TOPK_MAX];
     int oj[TOPK_MAX];
 #pragma unroll
@@ -257,8 +267,8 @@ __device__ __forceinline__ void merge_lists(float* v, int* j, int mask) {
 }
 
 // Inserts (logit, set) into a descending list of `topk` (a tie keeps the earlier set).
-__device__ __forceinline__ void insert_top(float* best, int* best_j, float& kth, float logit,
-                                           int set, int topk) {
+__device__ __forceinline__ void insert_top(float (&best)[TOPK_MAX], int (&best_j)[TOPK_MAX],
+                                           float& kth, float logit, int set, int topk) {
     if (!(logit > kth)) return;
     float v = logit;
     int vj = set;
@@ -272,8 +282,48 @@ __device__ __forceinline__ void insert_top(float* best, int* best_j, float& kth,
             v = tv;
             vj = tj;
         }
-        if (u == topk - 1) kth = best[u];
     }
+    kth = kth_of(best, topk);
+}
+
+// One token's kept sets, log-sum-exp and output from its merged list (the same in the 4
+// lanes of its quad): lane `owner` writes kept and lse, lane tig mixes dimensions
+// tig * D/4 .. + D/4.
+__device__ __forceinline__ void mma_finish_row(const float (&bv)[TOPK_MAX],
+                                               const int (&bj)[TOPK_MAX],
+                                               const float* __restrict__ zb,
+                                               float* __restrict__ out,
+                                               float* __restrict__ lse,
+                                               int* __restrict__ kept, size_t row, int tig,
+                                               int owner, int topk) {
+    if (tig == owner) {
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) kept[row * TOPK_MAX + s] = s < topk ? bj[s] : -1;
+    }
+    const float top = bv[0];
+    float sum = 0.0f, w[TOPK_MAX];
+#pragma unroll
+    for (int s = 0; s < TOPK_MAX; ++s) {
+        w[s] = (s < topk && bj[s] >= 0) ? expf(bv[s] - top) : 0.0f;
+        sum += w[s];
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    constexpr int PART = HEAD_DIM / 4;
+    float mix[PART];
+#pragma unroll
+    for (int d = 0; d < PART; ++d) mix[d] = 0.0f;
+#pragma unroll
+    for (int s = 0; s < TOPK_MAX; ++s) {
+        if (w[s] > 0.0f) {
+            const float* zr = zb + (size_t)bj[s] * HEAD_DIM + tig * PART;
+#pragma unroll
+            for (int d = 0; d < PART; ++d) mix[d] += w[s] * zr[d];
+        }
+    }
+    float* orow = out + row * HEAD_DIM + tig * PART;
+#pragma unroll
+    for (int d = 0; d < PART; ++d) orow[d] = mix[d] * inv;
+    if (tig == owner) lse[row] = sum > 0.0f ? top + logf(sum) : NEG_INF;
 }
 
 #if HEAD_DIM % 16 == 0
@@ -357,43 +407,10 @@ router_fwd_topk_mma(const float* __restrict__ q, const float* __restrict__ z,
     merge_lists(best_b, jb, 1);
     merge_lists(best_a, ja, 2);
     merge_lists(best_b, jb, 2);
-    // Kept sets, log-sum-exp and the mix; lane tig takes dimensions tig * D/4 .. + D/4.
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int t = half == 0 ? ta : tb;
-        if (t >= len) continue;
-        const float* bv = half == 0 ? best_a : best_b;
-        const int* bj = half == 0 ? ja : jb;
-        const size_t row = (size_t)bh * len + t;
-        if (tig == half) {
-#pragma unroll
-            for (int s = 0; s < TOPK_MAX; ++s) kept[row * TOPK_MAX + s] = s < topk ? bj[s] : -1;
-        }
-        const float top = bv[0];
-        float sum = 0.0f, w[TOPK_MAX];
-#pragma unroll
-        for (int s = 0; s < TOPK_MAX; ++s) {
-            w[s] = (s < topk && bj[s] >= 0) ? expf(bv[s] - top) : 0.0f;
-            sum += w[s];
-        }
-        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-        constexpr int PART = HEAD_DIM / 4;
-        float mix[PART];
-#pragma unroll
-        for (int d = 0; d < PART; ++d) mix[d] = 0.0f;
-#pragma unroll
-        for (int s = 0; s < TOPK_MAX; ++s) {
-            if (w[s] > 0.0f) {
-                const float* zr = zb + (size_t)bj[s] * HEAD_DIM + tig * PART;
-#pragma unroll
-                for (int d = 0; d < PART; ++d) mix[d] += w[s] * zr[d];
-            }
-        }
-        float* orow = out + row * HEAD_DIM + tig * PART;
-#pragma unroll
-        for (int d = 0; d < PART; ++d) orow[d] = mix[d] * inv;
-        if (tig == half) lse[row] = sum > 0.0f ? top + logf(sum) : NEG_INF;
-    }
+    // Kept sets, log-sum-exp and the mix of each of the two tokens (separate calls, not
+    // a pointer chosen per token: that would put both lists in local memory).
+    if (ta < len) mma_finish_row(best_a, ja, zb, out, lse, kept, (size_t)bh * len + ta, tig, 0, topk);
+    if (tb < len) mma_finish_row(best_b, jb, zb, out, lse, kept, (size_t)bh * len + tb, tig, 1, topk);
 }
 #endif
 

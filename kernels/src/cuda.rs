@@ -1390,7 +1390,17 @@ pub fn compile_all(arch: &str) -> Result<(), CudaError> {
             } else {
                 ["-DHEAD_DIM=64".to_string(), format!("-DCONTENT={variant}")]
             };
-            compile(source, arch, &defines)?;
+            let ptx = compile(source, arch, &defines)?.to_src();
+            // A register array indexed by a run-time value (a top-k list read at `topk - 1`)
+            // silently moves to local memory, which made the router's forward several times
+            // slower; no kernel here needs local memory, so any is a regression.
+            if ptx.contains("ld.local") || ptx.contains("st.local") {
+                return Err(CudaError::Input(format!(
+                    "{} ({}) uses local memory: a register array indexed at run time?",
+                    source.file,
+                    defines.join(" ")
+                )));
+            }
         }
     }
     Ok(())
