@@ -98,6 +98,7 @@ impl Output {
     }
 
     /// The progress of a training run (see [`StepBar`]).
+    #[cfg(feature = "train")]
     pub fn step_bar(&self) -> StepBar<'_> {
         let bar = (self.tty && !self.quiet && !self.json).then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
@@ -250,16 +251,20 @@ impl Drop for BarProgress {
 
 /// Log lines a training run prints per run without a terminal (about; the first and the
 /// last step always): `metrics.jsonl` has every step, a piped log needs a pulse.
+#[cfg(feature = "train")]
 const PLAIN_STEP_LINES: usize = 200;
 
 /// A training run's progress: on a terminal one bar with the step, loss, tokens/s and
 /// ETA, evaluations printed above it; otherwise plain log lines (every step of a short
-/// run, about [`PLAIN_STEP_LINES`] of a long one). Cleared when dropped.
+/// run, about [`PLAIN_STEP_LINES`] of a long one). Cleared when dropped. Only the trainer
+/// (the `train` feature) has steps.
+#[cfg(feature = "train")]
 pub struct StepBar<'a> {
     out: &'a Output,
     bar: Option<ProgressBar>,
 }
 
+#[cfg(feature = "train")]
 impl StepBar<'_> {
     /// Step `step` of `steps` is done; `status` is its loss and rate, `line` the whole
     /// log line for a log without a terminal.
@@ -285,11 +290,13 @@ impl StepBar<'_> {
 }
 
 /// Whether step `step` of `steps` gets a log line without a terminal.
+#[cfg(feature = "train")]
 fn plain_line_due(step: usize, steps: usize) -> bool {
     let every = (steps / PLAIN_STEP_LINES).max(1);
     step == 1 || step == steps || step.is_multiple_of(every)
 }
 
+#[cfg(feature = "train")]
 impl Drop for StepBar<'_> {
     fn drop(&mut self) {
         if let Some(bar) = &self.bar {
@@ -352,8 +359,11 @@ pub fn bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{bytes, plain_line_due, BarProgress, PLAIN_STEP_LINES};
+    use super::{bytes, BarProgress};
+    #[cfg(feature = "train")]
+    use super::{plain_line_due, PLAIN_STEP_LINES};
 
+    #[cfg(feature = "train")]
     #[test]
     fn a_long_run_logs_about_two_hundred_lines_a_short_one_every_step() {
         let lines = |steps: usize| (1..=steps).filter(|&s| plain_line_due(s, steps)).count();
