@@ -665,3 +665,23 @@ fn bf16_training_runs_and_the_loss_is_finite() {
     assert_eq!(n, 2);
     assert!((loss.double_value(&[]) - 4f64.ln()).abs() < 1e-6);
 }
+
+#[test]
+fn fused_layernorm_resolves_to_libtorch_off_the_gpu_and_on_is_an_error_saying_why() {
+    use crate::model::FusedNorm;
+    use ausa_kernels::OpImpl;
+    for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+        // Off and auto never fail; off the GPU (or in fp32) both are libtorch's LayerNorm.
+        assert_eq!(FusedNorm::Off.ops(kind, Device::Cpu), Ok(OpImpl::Autograd));
+        assert_eq!(FusedNorm::Auto.ops(kind, Device::Cpu), Ok(OpImpl::Autograd));
+        let err = FusedNorm::On.ops(kind, Device::Cpu).unwrap_err();
+        assert!(err.starts_with("--fused-layernorm on:"), "{err}");
+        assert!(err.contains("--fused-layernorm auto or off"), "{err}");
+        let why = if kind == Kind::Float {
+            "--precision bf16 or fp16"
+        } else {
+            "--device cuda"
+        };
+        assert!(err.contains(why), "{kind:?}: {err}");
+    }
+}
