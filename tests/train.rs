@@ -145,11 +145,30 @@ fn train_lm_rejects_bad_flags_with_usage_errors() {
         ])
         .code(2);
     assert!(bad_dag.stderr.contains("no-such-dag"), "{}", bad_dag.stderr);
-    // The CUDA router on the CPU: a usage error naming both ways out, before any run
-    // directory exists.
-    let out = ctx.path().join("run-cuda-on-cpu");
-    let cuda_on_cpu = ctx
-        .run(&[
+    // GPU-only options on the CPU (the CUDA router; the fused LayerNorm forced on): each a
+    // usage error naming the ways out, before any run directory exists.
+    let gpu_only: [(&str, &[&str], &[&str]); 2] = [
+        (
+            "run-cuda-on-cpu",
+            &["--attn", "ska", "--ska-backend", "cuda"],
+            &[
+                "--ska-backend cuda needs a CUDA device",
+                "--ska-backend naive",
+            ],
+        ),
+        (
+            "run-fused-norm-on-cpu",
+            &["--precision", "bf16", "--fused-layernorm", "on"],
+            &[
+                "--fused-layernorm on",
+                "--device cuda",
+                "--fused-layernorm auto or off",
+            ],
+        ),
+    ];
+    for (dir, flags, expected) in gpu_only {
+        let out = ctx.path().join(dir);
+        let mut args = vec![
             "train",
             "lm",
             "--dag",
@@ -157,56 +176,18 @@ fn train_lm_rejects_bad_flags_with_usage_errors() {
             "--precache",
             "--device",
             "cpu",
-            "--attn",
-            "ska",
-            "--ska-backend",
-            "cuda",
             "--steps",
             "1",
             "--out",
             out.to_str().unwrap(),
-        ])
-        .code(2);
-    assert!(
-        cuda_on_cpu
-            .stderr
-            .contains("--ska-backend cuda needs a CUDA device")
-            && cuda_on_cpu.stderr.contains("--ska-backend naive"),
-        "{}",
-        cuda_on_cpu.stderr
-    );
-    assert!(!out.exists(), "no run directory after a usage error");
-    // The fused LayerNorm forced on where it cannot run: the same kind of error.
-    let out = ctx.path().join("run-fused-norm-on-cpu");
-    let fused_on_cpu = ctx
-        .run(&[
-            "train",
-            "lm",
-            "--dag",
-            "demo",
-            "--precache",
-            "--device",
-            "cpu",
-            "--precision",
-            "bf16",
-            "--fused-layernorm",
-            "on",
-            "--steps",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .code(2);
-    assert!(
-        fused_on_cpu.stderr.contains("--fused-layernorm on")
-            && fused_on_cpu.stderr.contains("--device cuda")
-            && fused_on_cpu
-                .stderr
-                .contains("--fused-layernorm auto or off"),
-        "{}",
-        fused_on_cpu.stderr
-    );
-    assert!(!out.exists(), "no run directory after a usage error");
+        ];
+        args.extend_from_slice(flags);
+        let run = ctx.run(&args).code(2);
+        for text in expected {
+            assert!(run.stderr.contains(text), "{dir}: {}", run.stderr);
+        }
+        assert!(!out.exists(), "{dir}: no run directory after a usage error");
+    }
 }
 
 /// The SPEC's benchmark CSV fields, in order, then what `--benchmark` adds first.

@@ -79,6 +79,28 @@ __device__ __forceinline__ float kth_of(const float (&best)[TOPK_MAX], int topk)
     return k;
 }
 
+// Inserts (logit, set) into a descending list of `topk` (a tie keeps the earlier set); a
+// logit not above the current k-th best `kth` cannot enter, which after the first few
+// tiles is nearly every logit, so the insertion is skipped.
+__device__ __forceinline__ void insert_top(float (&best)[TOPK_MAX], int (&best_j)[TOPK_MAX],
+                                           float& kth, float logit, int set, int topk) {
+    if (!(logit > kth)) return;
+    float v = logit;
+    int vj = set;
+#pragma unroll
+    for (int u = 0; u < TOPK_MAX; ++u) {
+        if (u < topk && v > best[u]) {
+            const float tv = best[u];
+            const int tj = best_j[u];
+            best[u] = v;
+            best_j[u] = vj;
+            v = tv;
+            vj = tj;
+        }
+    }
+    kth = kth_of(best, topk);
+}
+
 // One thread per token. TOPK false: the online softmax over every visible set, mixing
 // as it goes. TOPK true: a first pass keeps the `topk` best logits in registers (no
 // accumulator live, so the kernel needs far fewer registers), a second mixes them.
@@ -112,9 +134,7 @@ __device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
     float run_max = NEG_INF, run_sum = 0.0f;
     float best[TOPK_MAX];
     int best_j[TOPK_MAX];
-    // The list's smallest kept logit (best[topk - 1]): a logit not above it cannot enter,
-    // which after the first few tiles is nearly every logit, so the insertion is skipped.
-    float kth = NEG_INF;
+    float kth = NEG_INF;  // the list's k-th best (see insert_top)
     if (TOPK) {
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) { best[s] = NEG_INF; best_j[s] = -1; }
@@ -133,22 +153,7 @@ __device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
             const int r = __ffs(rest) - 1;
             const float logit = dot_row(qr, zs[r]);
             if (TOPK) {
-                if (!(logit > kth)) continue;  // also drops a NaN, as the insertion would
-                // Insertion into the descending top-k list; a tie keeps the earlier set.
-                float v = logit;
-                int vj = j0 + r;
-#pragma unroll
-                for (int u = 0; u < TOPK_MAX; ++u) {
-                    if (u < topk && v > best[u]) {
-                        const float tv = best[u];
-                        const int tj = best_j[u];
-                        best[u] = v;
-                        best_j[u] = vj;
-                        v = tv;
-                        vj = tj;
-                    }
-                }
-                kth = kth_of(best, topk);
+                insert_top(best, best_j, kth, logit, j0 + r, topk);
             } else {
                 const float new_max = fmaxf(run_max, logit);
                 const float scale = expf(run_max - new_max);
@@ -264,26 +269,6 @@ __device__ __forceinline__ void merge_lists(float (&v)[TOPK_MAX], int (&j)[TOPK_
     }
 #pragma unroll
     for (int u = 0; u < TOPK_MAX; ++u) { v[u] = rv[u]; j[u] = rj[u]; }
-}
-
-// Inserts (logit, set) into a descending list of `topk` (a tie keeps the earlier set).
-__device__ __forceinline__ void insert_top(float (&best)[TOPK_MAX], int (&best_j)[TOPK_MAX],
-                                           float& kth, float logit, int set, int topk) {
-    if (!(logit > kth)) return;
-    float v = logit;
-    int vj = set;
-#pragma unroll
-    for (int u = 0; u < TOPK_MAX; ++u) {
-        if (u < topk && v > best[u]) {
-            const float tv = best[u];
-            const int tj = best_j[u];
-            best[u] = v;
-            best_j[u] = vj;
-            v = tv;
-            vj = tj;
-        }
-    }
-    kth = kth_of(best, topk);
 }
 
 // One token's kept sets, log-sum-exp and output from its merged list (the same in the 4

@@ -201,39 +201,29 @@ impl RouterShape {
 
     /// One warp per token: blocks of `ROUTER_DQ_WARPS` tokens x `B * H`.
     fn warp_grid(&self) -> Result<LaunchConfig, CudaError> {
-        let tokens = i64::from(ROUTER_DQ_WARPS);
-        let blocks = u32::try_from((self.l + tokens - 1) / tokens).map_err(|_| {
-            CudaError::Input(format!("{} tokens per sequence are too many", self.l))
-        })?;
-        Ok(LaunchConfig {
-            grid_dim: (blocks.max(1), self.heads_dim()?.max(1), 1),
-            block_dim: (ROUTER_DQ_WARPS * 32, 1, 1),
-            shared_mem_bytes: 0,
-        })
+        self.tokens_grid(ROUTER_DQ_WARPS, ROUTER_DQ_WARPS * 32)
     }
 
     /// Sixteen tokens per warp: blocks of `ROUTER_MMA_ROWS` tokens (4 warps) x `B * H`.
     fn mma_grid(&self) -> Result<LaunchConfig, CudaError> {
-        let rows = i64::from(ROUTER_MMA_ROWS);
-        let blocks = u32::try_from((self.l + rows - 1) / rows).map_err(|_| {
-            CudaError::Input(format!("{} tokens per sequence are too many", self.l))
-        })?;
-        Ok(LaunchConfig {
-            grid_dim: (blocks.max(1), self.heads_dim()?.max(1), 1),
-            block_dim: (ROUTER_MMA_ROWS * 2, 1, 1),
-            shared_mem_bytes: 0,
-        })
+        self.tokens_grid(ROUTER_MMA_ROWS, ROUTER_MMA_ROWS * 2)
     }
 
     /// One thread per token: blocks of `ROUTER_ROWS` tokens x `B * H`.
     fn token_grid(&self) -> Result<LaunchConfig, CudaError> {
-        let rows = u32::try_from((self.l + i64::from(ROUTER_ROWS) - 1) / i64::from(ROUTER_ROWS))
-            .map_err(|_| {
-                CudaError::Input(format!("{} tokens per sequence are too many", self.l))
-            })?;
+        self.tokens_grid(ROUTER_ROWS, ROUTER_ROWS)
+    }
+
+    /// Blocks of `threads` threads, each block `tokens` tokens of one sequence's head,
+    /// over the `L` tokens (x) and `B * H` (y).
+    fn tokens_grid(&self, tokens: u32, threads: u32) -> Result<LaunchConfig, CudaError> {
+        let per_block = i64::from(tokens);
+        let blocks = u32::try_from((self.l + per_block - 1) / per_block).map_err(|_| {
+            CudaError::Input(format!("{} tokens per sequence are too many", self.l))
+        })?;
         Ok(LaunchConfig {
-            grid_dim: (rows.max(1), self.heads_dim()?.max(1), 1),
-            block_dim: (ROUTER_ROWS, 1, 1),
+            grid_dim: (blocks.max(1), self.heads_dim()?.max(1), 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         })
     }

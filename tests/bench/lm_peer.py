@@ -82,34 +82,42 @@ def run(a, compiled):
         mark("optimizer_ms")
         return loss
 
-    for i in range(a.warmup):
-        step(batches[i % 4])
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(a.steps):
-        loss = step(batches[i % 4])
-    torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    dt, loss, phases = time_steps(step, batches, a, torch.cuda.synchronize)
     out = {"mode": "compile" if compiled else "eager", "tokens_per_s": a.batch * a.seq_len * a.steps / dt,
            "ms_per_step": 1e3 * dt / a.steps, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
            "loss": float(loss)}
+    out.update(phases)
+    return out
+
+
+def time_steps(step, batches, a, sync):
+    """`a.warmup` steps, then `a.steps` back to back with one synchronization at the end
+    (seconds, and the last loss); with `a.phases` also the same steps with a synchronization
+    after each phase (as `ausa train lm --benchmark` reports them), medians in ms."""
+    for i in range(a.warmup):
+        step(batches[i % 4])
+    sync()
+    t0 = time.perf_counter()
+    for i in range(a.steps):
+        loss = step(batches[i % 4])
+    sync()
+    dt = time.perf_counter() - t0
+    phases = {}
     if a.phases:
-        # Where the time goes: the same steps with a synchronization after each phase
-        # (as `ausa train lm --benchmark` reports them), medians in ms.
         times = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
         for i in range(a.steps):
-            torch.cuda.synchronize()
+            sync()
             clock = [time.perf_counter()]
 
             def mark(phase):
-                torch.cuda.synchronize()
+                sync()
                 now = time.perf_counter()
                 times[phase].append(1e3 * (now - clock[0]))
                 clock[0] = now
 
             step(batches[i % 4], mark)
-        out.update({k: statistics.median(v) for k, v in times.items()})
-    return out
+        phases = {k: statistics.median(v) for k, v in times.items()}
+    return dt, loss, phases
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,34 +425,14 @@ def run_ska(a, compiled):
         mark("optimizer_ms")
         return loss
 
-    for i in range(a.warmup):
-        step(batches[i % 4])
-    sync()
-    t0 = time.perf_counter()
-    for i in range(a.steps):
-        loss = step(batches[i % 4])
-    sync()
-    dt = time.perf_counter() - t0
+    dt, loss, phases = time_steps(step, batches, a, sync)
     sets0 = batches[0][1]
     out = {"mode": "compile" if compiled else "eager", "attn": "ska",
            "tokens_per_s": a.batch * a.seq_len * a.steps / dt, "ms_per_step": 1e3 * dt / a.steps,
            "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
            "loss": float(loss.detach()), "precision": a.precision, "sets_per_seq": sets0.max_sets,
            "avg_atoms_per_set": sets0.values.numel() / max(sets0.sizes.numel(), 1)}
-    if a.phases:
-        times = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
-        for i in range(a.steps):
-            sync()
-            clock = [time.perf_counter()]
-
-            def mark(phase):
-                sync()
-                now = time.perf_counter()
-                times[phase].append(1e3 * (now - clock[0]))
-                clock[0] = now
-
-            step(batches[i % 4], mark)
-        out.update({k: statistics.median(v) for k, v in times.items()})
+    out.update(phases)
     return out
 
 

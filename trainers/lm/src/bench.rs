@@ -44,8 +44,8 @@ use serde::Serialize;
 use tch::{Device, Tensor};
 
 use crate::data::SplitData;
-use crate::model::{Attn, Lm};
-use crate::train::{train_step, AdamW, Phase, Sampler, TrainConfig};
+use crate::model::Attn;
+use crate::train::{build_model, train_step, AdamW, Phase, Sampler, TrainConfig};
 use crate::Error;
 
 /// `--bench-warmup`, `--bench-iters`, `--benchmark-csv`.
@@ -273,17 +273,7 @@ fn measure(bench: &Bench) -> Result<BenchResult, Error> {
     let n = data.num_sequences();
     tch::manual_seed(config.seed as i64);
     let vs = tch::nn::VarStore::new(device);
-    let router = config
-        .ska_backend
-        .ops(&config.model, device)
-        .map_err(Error::Usage)?;
-    let norm = config
-        .fused_norm
-        .ops(config.precision.kind(), device)
-        .map_err(Error::Usage)?;
-    let model = Lm::with_ops(&vs.root(), &config.model, router)
-        .with_layer_norm(norm)
-        .map_err(Error::Usage)?;
+    let (model, _) = build_model(&vs, config, device)?;
     let mut opt = AdamW::new(&vs);
     let order = Sampler::new(n as usize, config.batch, config.seed).permutation(0);
     let ids_of = |i: usize| -> Vec<i64> {

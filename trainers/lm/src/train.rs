@@ -906,17 +906,7 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
     let metrics_path = out.join("metrics.jsonl");
     tch::manual_seed(config.seed as i64);
     let vs = tch::nn::VarStore::new(run.device);
-    let router = config
-        .ska_backend
-        .ops(&config.model, run.device)
-        .map_err(Error::Usage)?;
-    let norm = config
-        .fused_norm
-        .ops(config.precision.kind(), run.device)
-        .map_err(Error::Usage)?;
-    let model = Lm::with_ops(&vs.root(), &config.model, router)
-        .with_layer_norm(norm)
-        .map_err(Error::Usage)?;
+    let (model, norm) = build_model(&vs, config, run.device)?;
     let mut opt = AdamW::new(&vs);
     let sampler = Sampler::new(data.num_sequences() as usize, config.batch, config.seed);
     let total = total_steps(config, &sampler);
@@ -925,7 +915,7 @@ fn train(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error> 
     } else {
         0
     };
-    write_meta(run, total)?;
+    write_meta(run, total, norm)?;
     let mut metrics = open_metrics(&metrics_path, run.resume, start)?;
     // A new event file per process; a resumed run's begins with a restart marker at
     // its first new step, so TensorBoard drops what the killed process logged after
@@ -1115,7 +1105,30 @@ fn histograms_meta(h: &crate::data::BankHistograms) -> serde_json::Value {
     })
 }
 
-fn write_meta(run: &Run, total: usize) -> Result<(), Error> {
+/// The model of `config` in `vs` with the ops `--ska-backend` and `--fused-layernorm`
+/// resolve to on `device`, and the LayerNorm's (for run_meta). One place for training and
+/// `--benchmark`, so both time the same model.
+pub(crate) fn build_model(
+    vs: &tch::nn::VarStore,
+    config: &TrainConfig,
+    device: Device,
+) -> Result<(Lm, ausa_kernels::OpImpl), Error> {
+    let router = config
+        .ska_backend
+        .ops(&config.model, device)
+        .map_err(Error::Usage)?;
+    let norm = config
+        .fused_norm
+        .ops(config.precision.kind(), device)
+        .map_err(Error::Usage)?;
+    let model = Lm::with_ops(&vs.root(), &config.model, router)
+        .with_layer_norm(norm)
+        .map_err(Error::Usage)?;
+    Ok((model, norm))
+}
+
+/// `norm`: what `--fused-layernorm` resolved to for this run's model.
+fn write_meta(run: &Run, total: usize, norm: ausa_kernels::OpImpl) -> Result<(), Error> {
     let device = match run.device {
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".to_string(),
@@ -1139,8 +1152,8 @@ fn write_meta(run: &Run, total: usize) -> Result<(), Error> {
         "pos": run.config.model.pos.as_str(),
         "ska_backend": run.config.ska_backend.as_str(),
         // What --fused-layernorm resolved to on this device and precision.
-        "layer_norm": match run.config.fused_norm.ops(run.config.precision.kind(), run.device) {
-            Ok(ausa_kernels::OpImpl::Cuda { .. }) => "fused-cuda",
+        "layer_norm": match norm {
+            ausa_kernels::OpImpl::Cuda { .. } => "fused-cuda",
             _ => "libtorch",
         },
         "resume": run.resume,

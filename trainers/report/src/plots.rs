@@ -170,6 +170,15 @@ pub fn short(v: f64) -> String {
     format!("{text}{suffix}")
 }
 
+/// An axis description, marked when the axis is logarithmic.
+fn axis_label(desc: &str, log: bool) -> String {
+    if log {
+        format!("{desc} (log scale)")
+    } else {
+        desc.to_string()
+    }
+}
+
 fn category_label(categories: &[String], v: f64) -> String {
     let i = v.round();
     if (v - i).abs() > 1e-6 || i < 0.0 {
@@ -229,11 +238,7 @@ impl Figure for LinePlot {
                 }
             }
         };
-        let y_desc = if log {
-            format!("{} (log scale)", self.y_desc)
-        } else {
-            self.y_desc.clone()
-        };
+        let y_desc = axis_label(&self.y_desc, log);
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, (FONT, 24))
             .margin(16)
@@ -414,11 +419,7 @@ impl HistPanel {
         } else {
             (0.0, ymax * 1.3)
         };
-        let y_desc = if log {
-            format!("{} (log scale)", self.y_desc)
-        } else {
-            self.y_desc.clone()
-        };
+        let y_desc = axis_label(&self.y_desc, log);
         let mut chart = ChartBuilder::on(area)
             .caption(&self.title, (FONT, 22))
             .margin(16)
