@@ -4,9 +4,13 @@
 // with no visible set gets a zero output and lse = -inf. The reference is the router
 // half of `SetAttention::forward` (kernels/src/lib.rs); tests in kernels/src/tests_cuda.rs.
 //
-// Layout (fp32, row-major): q [B, H, L, D], z [B, H, M, D], route [B, L, M] u8,
+// Layout (row-major): q [B, H, L, D], z [B, H, M, D], route [B, L, M] u8,
 // out [B, H, L, D], lse [B, H, L]. D = HEAD_DIM is fixed at compile time (NVRTC option
-// -DHEAD_DIM=..), so a thread's query and accumulator live in registers.
+// -DHEAD_DIM=..), so a thread's query and accumulator live in registers. The per-token
+// rows (q, out, and in the backward dout, dq) are `tok_t`: fp32, or bf16 with
+// -DTOKEN_BF16=1, read and written as such (a bf16 step passes its activations without
+// fp32 copies: each would be a cast kernel and twice the memory of every saved row);
+// everything per set (z, dz), lse and all arithmetic stay fp32.
 //
 // Grid: x over blocks of ROWS tokens, y over B * H. One thread per token; the block
 // stages TJ sets' z rows in shared memory and every thread reads them as broadcasts.
@@ -22,6 +26,29 @@
 #define TOPK_MAX 8
 // NVRTC has no math.h: -inf by its bits.
 #define NEG_INF __int_as_float(0xff800000)
+
+#ifndef TOKEN_BF16
+#define TOKEN_BF16 0
+#endif
+
+// A float rounded to bf16 (round to nearest even), as its 16 bits.
+__device__ __forceinline__ unsigned short to_bf16(float v) {
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+
+#if TOKEN_BF16
+typedef unsigned short tok_t;  // bf16 bits (no cuda_bf16.h under NVRTC)
+__device__ __forceinline__ float tok_load(const tok_t* p, size_t i) {
+    return __uint_as_float((unsigned int)p[i] << 16);
+}
+__device__ __forceinline__ void tok_store(tok_t* p, size_t i, float v) { p[i] = to_bf16(v); }
+#else
+typedef float tok_t;
+__device__ __forceinline__ float tok_load(const tok_t* p, size_t i) { return p[i]; }
+__device__ __forceinline__ void tok_store(tok_t* p, size_t i, float v) { p[i] = v; }
+#endif
 
 // Route bits: route_bits[b, t, w] bit i = route[b, t, 32 w + i] (0 past m). A thread
 // reads one word per tile of TJ = 32 sets instead of 32 bytes from its own row, which
@@ -105,10 +132,10 @@ __device__ __forceinline__ void insert_top(float (&best)[TOPK_MAX], int (&best_j
 // as it goes. TOPK true: a first pass keeps the `topk` best logits in registers (no
 // accumulator live, so the kernel needs far fewer registers), a second mixes them.
 template <bool TOPK>
-__device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
+__device__ __forceinline__ void router_fwd_body(const tok_t* __restrict__ q,
                                                 const float* __restrict__ z,
                                                 const unsigned int* __restrict__ route_bits,
-                                                float* __restrict__ out,
+                                                tok_t* __restrict__ out,
                                                 float* __restrict__ lse,
                                                 int* __restrict__ kept, int heads, int len,
                                                 int m, int topk) {
@@ -124,7 +151,7 @@ __device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
     float qr[HEAD_DIM];
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; ++d)
-        qr[d] = live ? q[((size_t)bh * len + t) * HEAD_DIM + d] : 0.0f;
+        qr[d] = live ? tok_load(q, ((size_t)bh * len + t) * HEAD_DIM + d) : 0.0f;
 
     float acc[TOPK ? 1 : HEAD_DIM];
     if (!TOPK) {
@@ -188,26 +215,26 @@ __device__ __forceinline__ void router_fwd_body(const float* __restrict__ q,
         }
         const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
 #pragma unroll
-        for (int d = 0; d < HEAD_DIM; ++d) out[row * HEAD_DIM + d] = mix[d] * inv;
+        for (int d = 0; d < HEAD_DIM; ++d) tok_store(out, row * HEAD_DIM + d, mix[d] * inv);
     } else {
         const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
 #pragma unroll
-        for (int d = 0; d < HEAD_DIM; ++d) out[row * HEAD_DIM + d] = acc[d] * inv;
+        for (int d = 0; d < HEAD_DIM; ++d) tok_store(out, row * HEAD_DIM + d, acc[d] * inv);
     }
     lse[row] = run_sum > 0.0f ? run_max + logf(run_sum) : NEG_INF;
 }
 
 extern "C" __global__ void __launch_bounds__(ROWS)
-router_fwd(const float* __restrict__ q, const float* __restrict__ z,
-           const unsigned int* __restrict__ route_bits, float* __restrict__ out,
+router_fwd(const tok_t* __restrict__ q, const float* __restrict__ z,
+           const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
            float* __restrict__ lse, int* __restrict__ kept, int heads, int len, int m,
            int topk) {
     router_fwd_body<false>(q, z, route_bits, out, lse, kept, heads, len, m, topk);
 }
 
 extern "C" __global__ void __launch_bounds__(ROWS)
-router_fwd_topk(const float* __restrict__ q, const float* __restrict__ z,
-                const unsigned int* __restrict__ route_bits, float* __restrict__ out,
+router_fwd_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
+                const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
                 float* __restrict__ lse, int* __restrict__ kept, int heads, int len, int m,
                 int topk) {
     router_fwd_body<true>(q, z, route_bits, out, lse, kept, heads, len, m, topk);
@@ -227,10 +254,17 @@ router_fwd_topk(const float* __restrict__ q, const float* __restrict__ z,
 #define ZS_PAD 8  // bf16 per z row of padding: the 8 rows a B fragment reads hit 8 bank groups
 
 __device__ __forceinline__ unsigned int pack_bf16(float lo, float hi) {
-    unsigned short l, h;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(l) : "f"(lo));
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(hi));
-    return (unsigned int)l | ((unsigned int)h << 16);
+    return (unsigned int)to_bf16(lo) | ((unsigned int)to_bf16(hi) << 16);
+}
+
+// Row elements c and c + 1 (c even) as one register of two bf16: one 32-bit load when the
+// row is bf16 already.
+__device__ __forceinline__ unsigned int tok_pair(const tok_t* row, int c) {
+#if TOKEN_BF16
+    return *reinterpret_cast<const unsigned int*>(row + c);
+#else
+    return pack_bf16(row[c], row[c + 1]);
+#endif
 }
 
 // Whether (va, ja) ranks before (vb, jb): a larger logit, or the same one for an earlier set.
@@ -277,7 +311,7 @@ __device__ __forceinline__ void merge_lists(float (&v)[TOPK_MAX], int (&j)[TOPK_
 __device__ __forceinline__ void mma_finish_row(const float (&bv)[TOPK_MAX],
                                                const int (&bj)[TOPK_MAX],
                                                const float* __restrict__ zb,
-                                               float* __restrict__ out,
+                                               tok_t* __restrict__ out,
                                                float* __restrict__ lse,
                                                int* __restrict__ kept, size_t row, int tig,
                                                int owner, int topk) {
@@ -305,16 +339,16 @@ __device__ __forceinline__ void mma_finish_row(const float (&bv)[TOPK_MAX],
             for (int d = 0; d < PART; ++d) mix[d] += w[s] * zr[d];
         }
     }
-    float* orow = out + row * HEAD_DIM + tig * PART;
+    tok_t* orow = out + row * HEAD_DIM + tig * PART;
 #pragma unroll
-    for (int d = 0; d < PART; ++d) orow[d] = mix[d] * inv;
+    for (int d = 0; d < PART; ++d) tok_store(orow, d, mix[d] * inv);
     if (tig == owner) lse[row] = sum > 0.0f ? top + logf(sum) : NEG_INF;
 }
 
 #if HEAD_DIM % 16 == 0
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
-router_fwd_topk_mma(const float* __restrict__ q, const float* __restrict__ z,
-                    const unsigned int* __restrict__ route_bits, float* __restrict__ out,
+router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
+                    const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
                     float* __restrict__ lse, int* __restrict__ kept, int heads, int len,
                     int m, int topk) {
     constexpr int KS = HEAD_DIM / 16;
@@ -328,17 +362,17 @@ router_fwd_topk_mma(const float* __restrict__ q, const float* __restrict__ z,
     const int ta = t0 + g, tb = t0 + g + 8;  // this lane's two tokens
     const bool live_a = ta < len, live_b = tb < len;
     const float* zb = z + (size_t)bh * m * HEAD_DIM;
-    const float* qa = q + ((size_t)bh * len + (live_a ? ta : 0)) * HEAD_DIM;
-    const float* qb = q + ((size_t)bh * len + (live_b ? tb : 0)) * HEAD_DIM;
+    const tok_t* qa = q + ((size_t)bh * len + (live_a ? ta : 0)) * HEAD_DIM;
+    const tok_t* qb = q + ((size_t)bh * len + (live_b ? tb : 0)) * HEAD_DIM;
     // A fragments of the warp's 16 x HEAD_DIM queries, once.
     unsigned int af[KS][4];
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
         const int c = ks * 16 + tig * 2;
-        af[ks][0] = live_a ? pack_bf16(qa[c], qa[c + 1]) : 0u;
-        af[ks][1] = live_b ? pack_bf16(qb[c], qb[c + 1]) : 0u;
-        af[ks][2] = live_a ? pack_bf16(qa[c + 8], qa[c + 9]) : 0u;
-        af[ks][3] = live_b ? pack_bf16(qb[c + 8], qb[c + 9]) : 0u;
+        af[ks][0] = live_a ? tok_pair(qa, c) : 0u;
+        af[ks][1] = live_b ? tok_pair(qb, c) : 0u;
+        af[ks][2] = live_a ? tok_pair(qa, c + 8) : 0u;
+        af[ks][3] = live_b ? tok_pair(qb, c + 8) : 0u;
     }
     const unsigned int* rbits_a = route_bits + ((size_t)b * len + (live_a ? ta : 0)) * words;
     const unsigned int* rbits_b = route_bits + ((size_t)b * len + (live_b ? tb : 0)) * words;
@@ -417,10 +451,10 @@ __device__ __forceinline__ bool in_top(const int* list, int topk, int j) {
 
 // Without top-k: one thread per token over every visible set, z tiles in shared memory.
 extern "C" __global__ void __launch_bounds__(ROWS)
-router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
-              const unsigned int* __restrict__ route_bits, const float* __restrict__ out,
-              const float* __restrict__ lse, const float* __restrict__ dout,
-              float* __restrict__ dq, float* __restrict__ dsum, int heads, int len, int m) {
+router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
+              const unsigned int* __restrict__ route_bits, const tok_t* __restrict__ out,
+              const float* __restrict__ lse, const tok_t* __restrict__ dout,
+              tok_t* __restrict__ dq, float* __restrict__ dsum, int heads, int len, int m) {
     __shared__ float zs[TJ][HEAD_DIM];
     const int bh = blockIdx.y;
     const int b = bh / heads;
@@ -435,9 +469,9 @@ router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
     float d_t = 0.0f;
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; ++d) {
-        qr[d] = live ? q[row * HEAD_DIM + d] : 0.0f;
-        gr[d] = live ? dout[row * HEAD_DIM + d] : 0.0f;
-        d_t += gr[d] * (live ? out[row * HEAD_DIM + d] : 0.0f);
+        qr[d] = live ? tok_load(q, row * HEAD_DIM + d) : 0.0f;
+        gr[d] = live ? tok_load(dout, row * HEAD_DIM + d) : 0.0f;
+        d_t += gr[d] * (live ? tok_load(out, row * HEAD_DIM + d) : 0.0f);
         acc[d] = 0.0f;
     }
     const bool empty = !(row_lse > NEG_INF);
@@ -462,7 +496,7 @@ router_bwd_dq(const float* __restrict__ q, const float* __restrict__ z,
     }
     if (!live) return;
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) dq[row * HEAD_DIM + d] = acc[d];
+    for (int d = 0; d < HEAD_DIM; ++d) tok_store(dq, row * HEAD_DIM + d, acc[d]);
     dsum[row] = d_t;
 }
 
@@ -481,10 +515,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 #define DQ_WARPS 8
 #define DQ_PER ((HEAD_DIM + 31) / 32)
 extern "C" __global__ void __launch_bounds__(DQ_WARPS * 32)
-router_bwd_dq_topk(const float* __restrict__ q, const float* __restrict__ z,
-                   const float* __restrict__ out, const float* __restrict__ lse,
-                   const int* __restrict__ kept, const float* __restrict__ dout,
-                   float* __restrict__ dq, float* __restrict__ dsum,
+router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
+                   const tok_t* __restrict__ out, const float* __restrict__ lse,
+                   const int* __restrict__ kept, const tok_t* __restrict__ dout,
+                   tok_t* __restrict__ dq, float* __restrict__ dsum,
                    float* __restrict__ kept_p, float* __restrict__ kept_ds, int heads,
                    int len, int m, int topk) {
     const int lane = threadIdx.x & 31;
@@ -499,9 +533,9 @@ router_bwd_dq_topk(const float* __restrict__ q, const float* __restrict__ z,
     for (int u = 0; u < DQ_PER; ++u) {
         const int d = lane + 32 * u;
         const bool in = d < HEAD_DIM;
-        qv[u] = in ? q[row * HEAD_DIM + d] : 0.0f;
-        gv[u] = in ? dout[row * HEAD_DIM + d] : 0.0f;
-        d_t += gv[u] * (in ? out[row * HEAD_DIM + d] : 0.0f);
+        qv[u] = in ? tok_load(q, row * HEAD_DIM + d) : 0.0f;
+        gv[u] = in ? tok_load(dout, row * HEAD_DIM + d) : 0.0f;
+        d_t += gv[u] * (in ? tok_load(out, row * HEAD_DIM + d) : 0.0f);
         acc[u] = 0.0f;
     }
     d_t = warp_sum(d_t);
@@ -536,7 +570,7 @@ router_bwd_dq_topk(const float* __restrict__ q, const float* __restrict__ z,
 #pragma unroll
     for (int u = 0; u < DQ_PER; ++u) {
         const int d = lane + 32 * u;
-        if (d < HEAD_DIM) dq[row * HEAD_DIM + d] = acc[u];
+        if (d < HEAD_DIM) tok_store(dq, row * HEAD_DIM + d, acc[u]);
     }
     if (lane == 0) dsum[row] = d_t;
 }
@@ -547,9 +581,9 @@ router_bwd_dq_topk(const float* __restrict__ q, const float* __restrict__ z,
 #define DZ_THREADS 256
 
 extern "C" __global__ void __launch_bounds__(DZ_THREADS)
-router_bwd_dz(const float* __restrict__ q, const float* __restrict__ z,
+router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
               const unsigned char* __restrict__ route, const float* __restrict__ lse,
-              const int* __restrict__ kept, const float* __restrict__ dout,
+              const int* __restrict__ kept, const tok_t* __restrict__ dout,
               const float* __restrict__ dsum, float* __restrict__ dz, int heads, int len,
               int m, int topk) {
     __shared__ float zs[SJ][HEAD_DIM + 1];  // padded: a warp reads 16 rows at once
@@ -577,8 +611,8 @@ router_bwd_dz(const float* __restrict__ q, const float* __restrict__ z,
         for (int e = tid; e < ST * HEAD_DIM; e += DZ_THREADS) {
             const int r = e / HEAD_DIM, d = e % HEAD_DIM;
             const size_t row = (size_t)bh * len + t0 + r;
-            qs[r][d] = r < width ? q[row * HEAD_DIM + d] : 0.0f;
-            gs[r][d] = r < width ? dout[row * HEAD_DIM + d] : 0.0f;
+            qs[r][d] = r < width ? tok_load(q, row * HEAD_DIM + d) : 0.0f;
+            gs[r][d] = r < width ? tok_load(dout, row * HEAD_DIM + d) : 0.0f;
         }
         __syncthreads();
         for (int pair = tid; pair < ST * SJ; pair += DZ_THREADS) {
@@ -631,7 +665,7 @@ router_bwd_dz(const float* __restrict__ q, const float* __restrict__ z,
 // by token within a set), `seg[bh * m + j]` .. `seg[bh * m + j + 1]` is set j's run.
 // One block per (set, bh), one thread per dimension: a fixed order, no atomics.
 extern "C" __global__ void __launch_bounds__(HEAD_DIM)
-router_bwd_dz_sparse(const float* __restrict__ q, const float* __restrict__ dout,
+router_bwd_dz_sparse(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
                      const float* __restrict__ kept_p, const float* __restrict__ kept_ds,
                      const long long* __restrict__ order, const long long* __restrict__ seg,
                      float* __restrict__ dz, int m) {
@@ -641,7 +675,8 @@ router_bwd_dz_sparse(const float* __restrict__ q, const float* __restrict__ dout
     for (long long e = seg[key]; e < seg[key + 1]; ++e) {
         const long long entry = order[e];
         const long long row = entry / TOPK_MAX;
-        acc += kept_ds[entry] * q[row * HEAD_DIM + d] + kept_p[entry] * dout[row * HEAD_DIM + d];
+        acc += kept_ds[entry] * tok_load(q, row * HEAD_DIM + d) +
+               kept_p[entry] * tok_load(dout, row * HEAD_DIM + d);
     }
     dz[key * HEAD_DIM + d] = acc;
 }

@@ -73,6 +73,12 @@ fn main() {
             // Spans are not read by the Delta kernels.
             starts: Tensor::zeros([b, m], (Kind::Int64, device)),
             ends: Tensor::zeros([b, m], (Kind::Int64, device)),
+            slot_offsets: Tensor::arange_start_step(
+                0,
+                b * m * per_set + 1,
+                per_set,
+                (Kind::Int64, device),
+            ),
             values,
             value_slot,
         };

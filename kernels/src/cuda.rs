@@ -621,9 +621,11 @@ impl CudaKernels {
     /// `topk` best of them; 0 keeps every visible set) mixing `z`. A token with no visible
     /// set gets a zero output. Returns what [`CudaKernels::router_backward`] needs.
     ///
-    /// `bf16_values`: every value of `q` and `z` is a bf16 value (they come from a bf16
-    /// step): the top-k logits may then run as bf16 tensor-core products (exact products,
-    /// fp32 sums) when the head dimension is a multiple of 16 on sm_80 or later.
+    /// `q` is fp32 or bf16 (the output is of its kind, see [`router_token_kind`]); `z`
+    /// is fp32. `bf16_values`: every value of `q` and `z` is a bf16 value (they come from
+    /// a bf16 step; implied by a bf16 `q`): the top-k logits may then run as bf16
+    /// tensor-core products (exact products, fp32 sums) when the head dimension is a
+    /// multiple of 16 on sm_80 or later.
     pub fn router_forward(
         &self,
         q: &Tensor,
@@ -634,25 +636,27 @@ impl CudaKernels {
     ) -> Result<RouterSaved, CudaError> {
         let shape = RouterShape::check(q, z, route, topk)?;
         let RouterShape { b, h, l, m, d } = shape;
+        let tokens = router_token_kind(q)?;
+        let bf16_values = bf16_values || tokens == Kind::BFloat16;
         let (q, z, route) = (
             q.contiguous(),
             z.contiguous(),
             route.reshape([b, l, m]).contiguous(),
         );
         let device = q.device();
-        let out = Tensor::empty([b, h, l, d], (Kind::Float, device));
+        let out = Tensor::empty([b, h, l, d], (tokens, device));
         let lse = Tensor::empty([b, h, l], (Kind::Float, device));
         let kept_rows = if topk > 0 { b * h * l } else { 1 };
         let kept = Tensor::empty([kept_rows, ROUTER_TOPK_MAX], (Kind::Int, device));
         let ptrs = [
-            device_ptr(&q, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&q, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&z, Kind::Float, b * h * m * d, self.ordinal)?,
             device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?,
-            device_ptr(&out, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&out, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&lse, Kind::Float, b * h * l, self.ordinal)?,
             device_ptr(&kept, Kind::Int, kept_rows * ROUTER_TOPK_MAX, self.ordinal)?,
         ];
-        let module = self.router(d)?;
+        let module = self.router(d, tokens)?;
         let route_bits = self.route_pack(&module, shape, &ptrs[2])?;
         let bits_ptr = device_ptr(
             &route_bits,
@@ -727,8 +731,9 @@ impl CudaKernels {
     }
 
     /// The router's gradients `(dq, dz)` for the output gradient `dout` (`[B, H, L, D]`),
-    /// from the forward's inputs and what it saved. Deterministic: every element is
-    /// summed in a fixed order by one thread.
+    /// from the forward's inputs and what it saved. `dout` and the returned `dq` are of
+    /// `q`'s kind, `dz` is fp32. Deterministic: every element is summed in a fixed order
+    /// by one thread.
     pub fn router_backward(
         &self,
         q: &Tensor,
@@ -740,6 +745,7 @@ impl CudaKernels {
         let shape = RouterShape::check(q, z, route, saved.topk)?;
         let RouterShape { b, h, l, m, d } = shape;
         expect_shape(dout, &[b, h, l, d], "dout")?;
+        let tokens = router_token_kind(q)?;
         let (q, z, route) = (
             q.contiguous(),
             z.contiguous(),
@@ -747,15 +753,15 @@ impl CudaKernels {
         );
         let dout = dout.contiguous();
         let device = q.device();
-        let dq = Tensor::empty([b, h, l, d], (Kind::Float, device));
+        let dq = Tensor::empty([b, h, l, d], (tokens, device));
         let dz = Tensor::empty([b, h, m, d], (Kind::Float, device));
         let dsum = Tensor::empty([b, h, l], (Kind::Float, device));
         let kept_rows = saved.kept.size()[0];
         let (q_ptr, z_ptr, route_ptr, out_ptr, lse_ptr, kept_ptr, dout_ptr) = (
-            device_ptr(&q, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&q, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&z, Kind::Float, b * h * m * d, self.ordinal)?,
             device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?,
-            device_ptr(&saved.out, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&saved.out, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&saved.lse, Kind::Float, b * h * l, self.ordinal)?,
             device_ptr(
                 &saved.kept,
@@ -763,7 +769,7 @@ impl CudaKernels {
                 kept_rows * ROUTER_TOPK_MAX,
                 self.ordinal,
             )?,
-            device_ptr(&dout, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&dout, tokens, b * h * l * d, self.ordinal)?,
         );
         if saved.topk > 0 && kept_rows != b * h * l {
             return Err(CudaError::Input(
@@ -771,7 +777,7 @@ impl CudaKernels {
             ));
         }
         let (dq_ptr, dz_ptr, dsum_ptr) = (
-            device_ptr(&dq, Kind::Float, b * h * l * d, self.ordinal)?,
+            device_ptr(&dq, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&dz, Kind::Float, b * h * m * d, self.ordinal)?,
             device_ptr(&dsum, Kind::Float, b * h * l, self.ordinal)?,
         );
@@ -783,7 +789,7 @@ impl CudaKernels {
             device_ptr(&kept_p, Kind::Float, slots, self.ordinal)?,
             device_ptr(&kept_ds, Kind::Float, slots, self.ordinal)?,
         );
-        let module = self.router(d)?;
+        let module = self.router(d, tokens)?;
         let ints = shape.kernel_ints(saved.topk)?;
         if saved.topk > 0 {
             let f = module.load_function("router_bwd_dq_topk")?;
@@ -1232,9 +1238,16 @@ impl CudaKernels {
         Ok(())
     }
 
-    /// The router module for head dimension `d`.
-    fn router(&self, d: i64) -> Result<Arc<CudaModule>, CudaError> {
-        self.specialized(&ROUTER, vec![format!("-DHEAD_DIM={d}")])
+    /// The router module for head dimension `d` and token rows of kind `tokens` (fp32 or
+    /// bf16, [`router_token_kind`]).
+    fn router(&self, d: i64, tokens: Kind) -> Result<Arc<CudaModule>, CudaError> {
+        self.specialized(
+            &ROUTER,
+            vec![
+                format!("-DHEAD_DIM={d}"),
+                format!("-DTOKEN_BF16={}", i32::from(tokens == Kind::BFloat16)),
+            ],
+        )
     }
 
     /// `source` compiled with `defines` (`-DNAME=VALUE`), compiled (or read from the disk
@@ -1343,6 +1356,17 @@ fn row_warps(rows: i64) -> Result<LaunchConfig, CudaError> {
     })
 }
 
+/// The kind of the router's token rows (`q`, its output, `dout`, `dq`): fp32 or bf16,
+/// read and written as they are; the caller casts any other kind to fp32.
+pub fn router_token_kind(q: &Tensor) -> Result<Kind, CudaError> {
+    match q.kind() {
+        kind @ (Kind::Float | Kind::BFloat16) => Ok(kind),
+        other => Err(CudaError::Input(format!(
+            "the fused router takes fp32 or bf16 queries, got {other:?}"
+        ))),
+    }
+}
+
 fn device_ptr(t: &Tensor, kind: Kind, numel: i64, ordinal: usize) -> Result<u64, CudaError> {
     if t.device() != Device::Cuda(ordinal) {
         return Err(CudaError::Input(format!(
@@ -1376,9 +1400,15 @@ pub fn compile_all(arch: &str) -> Result<(), CudaError> {
         for variant in ["0", "1"] {
             let defines = if source.file == LAYER_NORM.file {
                 // A size that is not a multiple of 32, and the bf16 and fp16 outputs.
-                ["-DLN_C=100".to_string(), format!("-DOUT_BF16={variant}")]
+                vec!["-DLN_C=100".to_string(), format!("-DOUT_BF16={variant}")]
             } else {
-                ["-DHEAD_DIM=64".to_string(), format!("-DCONTENT={variant}")]
+                // With and without the content term (set attention), fp32 and bf16 token
+                // rows (router).
+                vec![
+                    "-DHEAD_DIM=64".to_string(),
+                    format!("-DCONTENT={variant}"),
+                    format!("-DTOKEN_BF16={variant}"),
+                ]
             };
             let ptx = compile(source, arch, &defines)?.to_src();
             // A register array indexed by a run-time value (a top-k list read at `topk - 1`)

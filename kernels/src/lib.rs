@@ -9,10 +9,11 @@
 //!   blocks of `M` set slots and computes, **once per batch**, the MinHash distance
 //!   `Delta` that every layer and head shares (no gradient flows into it), the causal
 //!   attend mask `end_j <= end_i` and the token -> set route mask.
-//! - [`Adapter`] is the low-rank atom adapter `phi + alpha * W2 W1 phi` (rank 0 = off)
-//!   and [`pool_phi`] the differentiable CSR pooling `Phi(S) = sum_{u in S} phi(u)`
-//!   (an `index_add` over the batch's atom occurrences; never cached across batches):
-//!   the SPEC's `atoms` set features. [`pool_hidden`] is the `hidden` choice: `Phi(S)`
+//! - [`pool_atoms`] is the differentiable CSR pooling `E(S) = sum_{u in S} e(u)` of the
+//!   atom embeddings (one `embedding_bag` over per-slot bags; never cached across
+//!   batches) and [`Adapter`] the low-rank atom adapter `phi = e + alpha * e W1 W2`
+//!   (rank 0 = off), linear, so applied to the pooled rows: `Phi(S) = adapter(E(S)) =
+//!   sum_{u in S} phi(u)`, the SPEC's `atoms` set features. [`pool_hidden`] is the `hidden` choice: `Phi(S)`
 //!   is the mean of a layer's input hidden states over the set's span `[start, end)`
 //!   (contextual, and still causal: a set visible to token `t` ends at or before
 //!   `t + 1`, so it pools positions `<= t` only).
@@ -103,6 +104,10 @@ pub struct SetLayout {
     pub values: Tensor,
     /// `[Nvalues]` the padded slot `b * M + m` each atom occurrence belongs to.
     pub value_slot: Tensor,
+    /// `[B * M + 1]` `Int64`: slot `b * M + m` owns atoms
+    /// `values[slot_offsets[s]..slot_offsets[s + 1]]` (empty for a padding slot): the
+    /// per-slot bags [`pool_atoms`] sums.
+    pub slot_offsets: Tensor,
 }
 
 /// Signature columns compared at once when building `Delta`, bounding the `[B, M, M, c]`
@@ -167,6 +172,19 @@ impl SetLayout {
         let value_set =
             Tensor::arange(nsets, long).repeat_interleave_self_tensor(&per_set, 0, Some(nvalues));
         let value_slot = slot.index_select(0, &value_set);
+        // Slot (b, m) is set seq_sets[b] + m while m < count_b; a padding slot points at
+        // the end of its sequence's atoms, an empty bag. Non-decreasing by construction.
+        let slot_set = seq_sets.narrow(0, 0, batch).unsqueeze(1)
+            + Tensor::arange(max_sets, long)
+                .unsqueeze(0)
+                .minimum(&counts.unsqueeze(1));
+        let slot_offsets = Tensor::cat(
+            &[
+                offsets.index_select(0, &slot_set.flatten(0, -1)),
+                offsets.narrow(0, nsets, 1),
+            ],
+            0,
+        );
 
         SetLayout {
             batch,
@@ -180,6 +198,7 @@ impl SetLayout {
             ends,
             values: inputs.values.to_kind(Kind::Int64),
             value_slot,
+            slot_offsets,
         }
     }
 }
@@ -280,15 +299,36 @@ impl Adapter {
     }
 }
 
-/// `Phi(S) = sum_{u in S} phi(u)` for every set slot of the batch: `[B, M, dim]` from
-/// `phi_values` (`[Nvalues, dim]`, the features of `layout.values` in order), through a
-/// differentiable `index_add`. Padding slots are zero.
-pub fn pool_phi(phi_values: &Tensor, layout: &SetLayout) -> Tensor {
-    let dim = *phi_values.size().last().unwrap_or(&0);
+/// `Phi(S) = sum_{u in S} table[u]` for every set slot of the batch: `[B, M, dim]` from
+/// an atom table (`[atoms, dim]`, e.g. the token embedding), differentiable in `table`.
+/// Padding slots are zero.
+///
+/// One `embedding_bag` (sum) over the layout's per-slot bags: the `[Nvalues, dim]`
+/// gathered rows are never written, and the table's gradient comes from libtorch's
+/// sorted segment reduction, deterministic on the GPU (an `index_add` into the slots
+/// would be one float atomic per atom occurrence, in no fixed order). A linear map of
+/// the atoms (the [`Adapter`]) commutes with the sum: apply it to the pooled rows, `M`
+/// rows per sequence instead of one per atom occurrence.
+pub fn pool_atoms(table: &Tensor, layout: &SetLayout) -> Tensor {
+    let dim = *table.size().last().unwrap_or(&0);
     let slots = layout.batch * layout.max_sets;
-    Tensor::zeros([slots, dim], (phi_values.kind(), phi_values.device()))
-        .index_add(0, &layout.value_slot, phi_values)
-        .view([layout.batch, layout.max_sets, dim])
+    if slots == 0 {
+        return Tensor::zeros(
+            [layout.batch, layout.max_sets, dim],
+            (table.kind(), table.device()),
+        );
+    }
+    let (pooled, _, _, _) = Tensor::embedding_bag::<Tensor>(
+        table,
+        &layout.values,
+        &layout.slot_offsets,
+        false,
+        0, // sum
+        false,
+        None,
+        true, // slot_offsets ends with the total: B * M + 1 entries
+    );
+    pooled.view([layout.batch, layout.max_sets, dim])
 }
 
 /// The `hidden` set features: `Phi(S)` for every set slot (`[B, M, d]`) as the mean
@@ -522,7 +562,7 @@ impl SetAttention {
     }
 
     /// The layer's output `[B, L, d]` for token states `x` (`[B, L, d]`) and set features
-    /// `phi` (`[B, M, d]`, from [`pool_phi`]).
+    /// `phi` (`[B, M, d]`, from [`pool_atoms`] and the [`Adapter`]).
     pub fn forward(&self, x: &Tensor, phi: &Tensor, layout: &SetLayout) -> Tensor {
         let (bsz, l, h, dh) = (layout.batch, layout.seq_len, self.heads, self.head_dim);
         let z = self.set_outputs(&phi.to_kind(x.kind()), layout);

@@ -4,8 +4,9 @@
 //! - [`OpImpl::Manual`]: tensor ops on any device, forward and backward written out
 //!   (the plain reference of the CUDA kernels' math, and the way the autograd bridge is
 //!   tested on a machine without a GPU);
-//! - [`OpImpl::Cuda`]: the fused kernels of `cuda/router.cu` (fp32 inside; other
-//!   kinds are cast in and out).
+//! - [`OpImpl::Cuda`]: the fused kernels of `cuda/router.cu` (fp32 arithmetic; bf16
+//!   token rows are read and written as bf16, the set rows `z` and other kinds go through
+//!   fp32 copies).
 //!
 //! [`OpImpl::Autograd`] is the default: the router in tensor ops differentiated by
 //! libtorch (`SetAttention::forward`'s own code, `--ska-backend naive`).
@@ -50,6 +51,14 @@ impl Router {
         self.handle
             .apply_one(&[q, z, route])
             .map_err(|e| e.to_string())
+    }
+}
+
+/// `q` as the kernels take it: bf16 as it is, any other kind as fp32.
+fn token_rows(q: &Tensor) -> Tensor {
+    match q.kind() {
+        Kind::BFloat16 => q.shallow_clone(),
+        _ => q.to_kind(Kind::Float),
     }
 }
 
@@ -113,15 +122,16 @@ impl CustomOp for RouterOp {
             }
             Backend::Cuda(kernels) => {
                 let kind = q.kind();
-                let (q32, z32) = (q.to_kind(Kind::Float), z.to_kind(Kind::Float));
+                let qk = token_rows(q);
+                let z32 = z.to_kind(Kind::Float);
                 let saved = kernels
-                    .router_forward(&q32, &z32, route, self.topk, kind == Kind::BFloat16)
+                    .router_forward(&qk, &z32, route, self.topk, kind == Kind::BFloat16)
                     .map_err(|e| e.to_string())?;
                 let out = saved.out.to_kind(kind);
                 Ok(Forward {
                     outputs: vec![out],
                     saved: vec![
-                        q32,
+                        qk,
                         z32,
                         route.shallow_clone(),
                         saved.out,
@@ -166,7 +176,7 @@ impl CustomOp for RouterOp {
                     route_bits: route_bits.shallow_clone(),
                 };
                 let (dq, dz) = kernels
-                    .router_backward(q, z, route, &fwd, &dout.to_kind(Kind::Float))
+                    .router_backward(q, z, route, &fwd, &dout.to_kind(q.kind()))
                     .map_err(|e| e.to_string())?;
                 Ok(vec![Some(dq.to_kind(kind)), Some(dz.to_kind(kind)), None])
             }

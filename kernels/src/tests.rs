@@ -6,7 +6,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::toy::{random_tokens, sets, ToyShape};
 use crate::OpImpl;
-use crate::{masked_softmax, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig};
+use crate::{masked_softmax, pool_atoms, pool_hidden, Adapter, SetAttention, SetLayout, SkaConfig};
 
 const SHAPE: ToyShape = ToyShape {
     window: 6,
@@ -94,10 +94,7 @@ impl Tiny {
         shape: ToyShape,
     ) -> (Tensor, SetLayout) {
         let layout = SetLayout::new(&sets(toks, shape, Device::Cpu), LEN as i64);
-        let phi_values = self
-            .adapter
-            .forward(&self.embedding.index_select(0, &layout.values));
-        let phi = pool_phi(&phi_values, &layout);
+        let phi = self.adapter.forward(&pool_atoms(&self.embedding, &layout));
         (self.layer.forward(x, &phi, &layout), layout)
     }
 }
@@ -502,4 +499,97 @@ fn manual_layer_norm_to_half_matches_libtorch_in_forward_and_backward() {
             assert!(err < 1e-5, "{out:?} {name}: relative error {err}");
         }
     }
+}
+
+/// Two sequences with 3 and 1 sets (one of them empty), so the second has padding slots.
+fn ragged_inputs() -> (crate::SetInputs, Vec<Vec<i64>>) {
+    let atoms: Vec<Vec<i64>> = vec![vec![0, 3, 5], vec![], vec![2, 2, 7, 1], vec![4, 6]];
+    let long = |v: &[i64]| Tensor::from_slice(v);
+    let mut offsets = vec![0i64];
+    for a in &atoms {
+        offsets.push(offsets.last().unwrap() + a.len() as i64);
+    }
+    let values: Vec<i64> = atoms.concat();
+    let inputs = crate::SetInputs {
+        seq_sets: long(&[0, 3, 4]),
+        max_sets: 3,
+        signatures: Tensor::zeros([4, 2], (Kind::Int64, Device::Cpu)),
+        sizes: long(&[3, 0, 4, 2]),
+        starts: long(&[0, 2, 4, 0]),
+        ends: long(&[3, 4, 8, 2]),
+        values: long(&values),
+        set_offsets: long(&offsets),
+        route: Tensor::zeros([2, 8, 3], (Kind::Bool, Device::Cpu)),
+    };
+    (inputs, atoms)
+}
+
+#[test]
+fn pooled_atoms_are_per_set_sums_with_zero_padding_and_exact_gradients() {
+    let (inputs, atoms) = ragged_inputs();
+    let layout = SetLayout::new(&inputs, 8);
+    let dim = 5;
+    let table =
+        (Tensor::randn([8, dim], (Kind::Double, Device::Cpu)) + 0.5).set_requires_grad(true);
+    let pooled = pool_atoms(&table, &layout);
+    assert_eq!(pooled.size(), [2, 3, dim]);
+    // slot (b, m) -> set; None: padding.
+    let slots = [Some(0), Some(1), Some(2), Some(3), None, None];
+    let flat = pooled.view([6, dim]);
+    for (slot, set) in slots.iter().enumerate() {
+        let want = match set {
+            Some(s) if !atoms[*s].is_empty() => table
+                .index_select(0, &Tensor::from_slice(&atoms[*s]))
+                .sum_dim_intlist(0, false, Kind::Double),
+            _ => Tensor::zeros([dim], (Kind::Double, Device::Cpu)),
+        };
+        let err = (flat.get(slot as i64) - &want)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(err < 1e-12, "slot {slot} (set {set:?}): off by {err}");
+    }
+    // d(sum of w * pooled)/d table[u] = sum over u's occurrences of w[slot].
+    let w = Tensor::randn([2, 3, dim], (Kind::Double, Device::Cpu));
+    let grad = Tensor::run_backward(&[(&pooled * &w).sum(Kind::Double)], &[&table], false, false);
+    let mut want = Tensor::zeros([8, dim], (Kind::Double, Device::Cpu));
+    let wf = w.view([6, dim]);
+    for (slot, set) in slots.iter().enumerate() {
+        if let Some(s) = set {
+            for &u in &atoms[*s] {
+                want = want.index_add(
+                    0,
+                    &Tensor::from_slice(&[u]),
+                    &wf.get(slot as i64).unsqueeze(0),
+                );
+            }
+        }
+    }
+    let err = (&grad[0] - want).abs().max().double_value(&[]);
+    assert!(err < 1e-12, "table gradient off by {err}");
+}
+
+#[test]
+fn the_adapter_commutes_with_pooling() {
+    let (inputs, _) = ragged_inputs();
+    let layout = SetLayout::new(&inputs, 8);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let adapter = Adapter::new(vs.root() / "adapter", 6, 2, 1.0);
+    tch::no_grad(|| {
+        for v in vs.trainable_variables() {
+            let mut v = v;
+            v.copy_(&Tensor::randn(v.size(), (Kind::Float, Device::Cpu)));
+        }
+    });
+    let table = Tensor::randn([8, 6], (Kind::Float, Device::Cpu));
+    let after = adapter.forward(&pool_atoms(&table, &layout));
+    // The per-occurrence form: adapt every atom row, then add them into the slots.
+    let per_atom = adapter.forward(&table.index_select(0, &layout.values));
+    let before = Tensor::zeros([6, 6], (Kind::Float, Device::Cpu))
+        .index_add(0, &layout.value_slot, &per_atom)
+        .view([2, 3, 6]);
+    let err = (&after - &before).abs().max().double_value(&[]);
+    assert!(err < 1e-4, "adapter(pool) vs pool(adapter): {err}");
+    let scale = after.abs().max().double_value(&[]);
+    assert!(scale > 0.1, "the adapter must do something here: {scale}");
 }

@@ -418,6 +418,59 @@ fn cuda_router_backward_matches_autograd_and_repeats_bit_for_bit() {
     }
 }
 
+/// bf16 token rows (`q`, out, dout, dq read and written as bf16: a bf16 step's path)
+/// against the fp32-row kernels on the same bf16 values: the same kept sets and lse
+/// (the same logits), the output its bf16 rounding, dq and dz within bf16 rounding (the
+/// backward's `dout . out` sees the rounded output), and repeatable bit for bit.
+#[test]
+fn cuda_router_bf16_rows_match_fp32_rows_on_bf16_values() {
+    let Some(kernels) = gpu("cuda_router_bf16_rows_match_fp32_rows_on_bf16_values") else {
+        return;
+    };
+    let device = Device::Cuda(0);
+    tch::manual_seed(fresh_seed() as i64);
+    for (n, &shape) in ROUTER_SHAPES.iter().enumerate() {
+        let topk = shape.5;
+        let (q, z, route) = router_case(shape, device);
+        let round = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        let (q, z) = (round(&q), round(&z));
+        let dout = round(&Tensor::randn(q.size(), (Kind::Float, device)));
+        let (qh, douth) = (q.to_kind(Kind::BFloat16), dout.to_kind(Kind::BFloat16));
+        let full = kernels.router_forward(&q, &z, &route, topk, true).unwrap();
+        let half = kernels
+            .router_forward(&qh, &z, &route, topk, false)
+            .unwrap();
+        kernels.synchronize().unwrap();
+        assert_eq!(half.out.kind(), Kind::BFloat16, "shape {n}: output kind");
+        assert!(
+            half.out.equal(&full.out.to_kind(Kind::BFloat16)),
+            "shape {n}: the bf16 output must be the rounded fp32 one"
+        );
+        assert!(half.lse.equal(&full.lse), "shape {n}: lse");
+        assert!(half.kept.equal(&full.kept), "shape {n}: kept sets");
+        let (dq, dz) = kernels
+            .router_backward(&q, &z, &route, &full, &dout)
+            .unwrap();
+        let (hdq, hdz) = kernels
+            .router_backward(&qh, &z, &route, &half, &douth)
+            .unwrap();
+        let (hdq2, hdz2) = kernels
+            .router_backward(&qh, &z, &route, &half, &douth)
+            .unwrap();
+        kernels.synchronize().unwrap();
+        assert_eq!(hdq.kind(), Kind::BFloat16, "shape {n}: dq kind");
+        assert_eq!(hdz.kind(), Kind::Float, "shape {n}: dz kind");
+        let dq_err = relative_error(&hdq.to_kind(Kind::Float), &dq);
+        let dz_err = relative_error(&hdz, &dz);
+        assert!(dq_err <= 1e-2, "shape {n}: dq relative error {dq_err}");
+        assert!(dz_err <= 1e-2, "shape {n}: dz relative error {dz_err}");
+        assert!(
+            hdq.equal(&hdq2) && hdz.equal(&hdz2),
+            "shape {n}: backward must repeat bit for bit"
+        );
+    }
+}
+
 #[test]
 fn cuda_router_rejects_bad_shapes() {
     let Some(kernels) = gpu("cuda_router_rejects_bad_shapes") else {

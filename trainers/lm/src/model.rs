@@ -17,7 +17,7 @@ use ausa_kernels::cuda::{CudaKernels, ROUTER_MAX_HEAD_DIM, ROUTER_TOPK_MAX};
 use ausa_kernels::layer_norm::HalfLayerNorm;
 use ausa_kernels::OpImpl;
 use ausa_kernels::{
-    linear_kind, pool_hidden, pool_phi, Adapter, SetAttention, SetLayout, SkaConfig,
+    linear_kind, pool_atoms, pool_hidden, Adapter, SetAttention, SetLayout, SkaConfig,
 };
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
@@ -524,11 +524,11 @@ impl Lm {
             Some(layout)
                 if self.config.uses_sets() && self.config.set_features == SetFeatures::Atoms =>
             {
-                // Phi(S) = sum over the set's atoms of adapter(E[u]), once per forward.
-                let phi_values = self
-                    .adapter
-                    .forward(&self.tokens.index_select(0, &layout.values));
-                Some(pool_phi(&phi_values, layout).to_kind(kind))
+                // Phi(S) = sum over the set's atoms of adapter(E[u]), once per forward: the
+                // adapter is linear, so it maps the pooled rows (M per sequence, not one
+                // per atom occurrence).
+                let pooled = pool_atoms(&self.tokens, layout);
+                Some(self.adapter.forward(&pooled).to_kind(kind))
             }
             _ => None,
         };

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ausa_kernels::toy::{random_tokens, sets, ToyShape};
-use ausa_kernels::{pool_phi, SetAttention, SetLayout, SkaConfig};
+use ausa_kernels::{pool_atoms, SetAttention, SetLayout, SkaConfig};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -288,7 +288,7 @@ pub fn run(
         .to_kind(kind)
         .set_requires_grad(true);
     let forward = || {
-        let phi = pool_phi(&embedding.index_select(0, &layout.values), &layout);
+        let phi = pool_atoms(&embedding, &layout);
         layer.forward(&x, &phi.to_kind(kind), &layout)
     };
     let mut wrt: Vec<Tensor> = vs.trainable_variables();
