@@ -50,6 +50,22 @@ __device__ __forceinline__ float tok_load(const tok_t* p, size_t i) { return p[i
 __device__ __forceinline__ void tok_store(tok_t* p, size_t i, float v) { p[i] = v; }
 #endif
 
+// Element offset of the row of token t, sequence-head bh (= b * heads + h), in a token
+// tensor: head-major [B, H, L, D] (token_major 0), or token-major [B, L, H, D] (1), the
+// layout of a projection's output viewed per head: the caller passes it as it is instead
+// of a transposing copy of every row in and out. Same layout for q, out, dout and dq;
+// lse, kept and the other per-token buffers are always indexed bh * len + t.
+__device__ __forceinline__ size_t tok_row(int bh, int t, int heads, int len, int token_major) {
+    if (token_major) {
+        const int b = bh / heads, h = bh - b * heads;
+        return (((size_t)b * len + t) * heads + h) * HEAD_DIM;
+    }
+    return ((size_t)bh * len + t) * HEAD_DIM;
+}
+
+// Dimensions per lane when a warp's lanes split one row (lane + 32 u).
+#define LANE_DIMS ((HEAD_DIM + 31) / 32)
+
 // Route bits: route_bits[b, t, w] bit i = route[b, t, 32 w + i] (0 past m). A thread
 // reads one word per tile of TJ = 32 sets instead of 32 bytes from its own row, which
 // the block's 128 threads (128 different rows) would each fetch as separate L1
@@ -138,7 +154,7 @@ __device__ __forceinline__ void router_fwd_body(const tok_t* __restrict__ q,
                                                 tok_t* __restrict__ out,
                                                 float* __restrict__ lse,
                                                 int* __restrict__ kept, int heads, int len,
-                                                int m, int topk) {
+                                                int m, int topk, int token_major) {
     __shared__ float zs[TJ][HEAD_DIM];
     const int bh = blockIdx.y;
     const int b = bh / heads;
@@ -148,10 +164,10 @@ __device__ __forceinline__ void router_fwd_body(const tok_t* __restrict__ q,
     const float* zb = z + (size_t)bh * m * HEAD_DIM;
     const unsigned int* rbits = route_bits + ((size_t)b * len + (live ? t : 0)) * words;
 
+    const size_t qrow = tok_row(bh, live ? t : 0, heads, len, token_major);
     float qr[HEAD_DIM];
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d)
-        qr[d] = live ? tok_load(q, ((size_t)bh * len + t) * HEAD_DIM + d) : 0.0f;
+    for (int d = 0; d < HEAD_DIM; ++d) qr[d] = live ? tok_load(q, qrow + d) : 0.0f;
 
     float acc[TOPK ? 1 : HEAD_DIM];
     if (!TOPK) {
@@ -215,11 +231,11 @@ __device__ __forceinline__ void router_fwd_body(const tok_t* __restrict__ q,
         }
         const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
 #pragma unroll
-        for (int d = 0; d < HEAD_DIM; ++d) tok_store(out, row * HEAD_DIM + d, mix[d] * inv);
+        for (int d = 0; d < HEAD_DIM; ++d) tok_store(out, qrow + d, mix[d] * inv);
     } else {
         const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
 #pragma unroll
-        for (int d = 0; d < HEAD_DIM; ++d) tok_store(out, row * HEAD_DIM + d, acc[d] * inv);
+        for (int d = 0; d < HEAD_DIM; ++d) tok_store(out, qrow + d, acc[d] * inv);
     }
     lse[row] = run_sum > 0.0f ? run_max + logf(run_sum) : NEG_INF;
 }
@@ -228,16 +244,16 @@ extern "C" __global__ void __launch_bounds__(ROWS)
 router_fwd(const tok_t* __restrict__ q, const float* __restrict__ z,
            const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
            float* __restrict__ lse, int* __restrict__ kept, int heads, int len, int m,
-           int topk) {
-    router_fwd_body<false>(q, z, route_bits, out, lse, kept, heads, len, m, topk);
+           int topk, int token_major) {
+    router_fwd_body<false>(q, z, route_bits, out, lse, kept, heads, len, m, topk, token_major);
 }
 
 extern "C" __global__ void __launch_bounds__(ROWS)
 router_fwd_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
                 const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
                 float* __restrict__ lse, int* __restrict__ kept, int heads, int len, int m,
-                int topk) {
-    router_fwd_body<true>(q, z, route_bits, out, lse, kept, heads, len, m, topk);
+                int topk, int token_major) {
+    router_fwd_body<true>(q, z, route_bits, out, lse, kept, heads, len, m, topk, token_major);
 }
 
 // ---- Top-k forward on tensor cores (bf16 inputs) ---------------------------------------
@@ -305,20 +321,14 @@ __device__ __forceinline__ void merge_lists(float (&v)[TOPK_MAX], int (&j)[TOPK_
     for (int u = 0; u < TOPK_MAX; ++u) { v[u] = rv[u]; j[u] = rj[u]; }
 }
 
-// One token's kept sets, log-sum-exp and output from its merged list (the same in the 4
-// lanes of its quad): lane `owner` writes kept and lse, lane tig mixes dimensions
-// tig * D/4 .. + D/4.
-__device__ __forceinline__ void mma_finish_row(const float (&bv)[TOPK_MAX],
-                                               const int (&bj)[TOPK_MAX],
-                                               const float* __restrict__ zb,
-                                               tok_t* __restrict__ out,
-                                               float* __restrict__ lse,
-                                               int* __restrict__ kept, size_t row, int tig,
-                                               int owner, int topk) {
-    if (tig == owner) {
-#pragma unroll
-        for (int s = 0; s < TOPK_MAX; ++s) kept[row * TOPK_MAX + s] = s < topk ? bj[s] : -1;
-    }
+// One token's merged list (the same in the 4 lanes of its quad) published by one lane:
+// the normalized weights and sets into the warp's mix table (set -1: nothing to add), the
+// kept sets and the log-sum-exp to global memory.
+__device__ __forceinline__ void publish_row(const float (&bv)[TOPK_MAX],
+                                            const int (&bj)[TOPK_MAX],
+                                            float (&mix_w)[TOPK_MAX], int (&mix_j)[TOPK_MAX],
+                                            float* __restrict__ lse, int* __restrict__ kept,
+                                            size_t row, bool live, int topk) {
     const float top = bv[0];
     float sum = 0.0f, w[TOPK_MAX];
 #pragma unroll
@@ -327,22 +337,15 @@ __device__ __forceinline__ void mma_finish_row(const float (&bv)[TOPK_MAX],
         sum += w[s];
     }
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    constexpr int PART = HEAD_DIM / 4;
-    float mix[PART];
-#pragma unroll
-    for (int d = 0; d < PART; ++d) mix[d] = 0.0f;
 #pragma unroll
     for (int s = 0; s < TOPK_MAX; ++s) {
-        if (w[s] > 0.0f) {
-            const float* zr = zb + (size_t)bj[s] * HEAD_DIM + tig * PART;
-#pragma unroll
-            for (int d = 0; d < PART; ++d) mix[d] += w[s] * zr[d];
-        }
+        mix_w[s] = w[s] * inv;
+        mix_j[s] = w[s] > 0.0f ? bj[s] : -1;
     }
-    tok_t* orow = out + row * HEAD_DIM + tig * PART;
+    if (!live) return;
 #pragma unroll
-    for (int d = 0; d < PART; ++d) tok_store(orow, d, mix[d] * inv);
-    if (tig == owner) lse[row] = sum > 0.0f ? top + logf(sum) : NEG_INF;
+    for (int s = 0; s < TOPK_MAX; ++s) kept[row * TOPK_MAX + s] = s < topk ? bj[s] : -1;
+    lse[row] = sum > 0.0f ? top + logf(sum) : NEG_INF;
 }
 
 #if HEAD_DIM % 16 == 0
@@ -350,9 +353,11 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
 router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
                     const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
                     float* __restrict__ lse, int* __restrict__ kept, int heads, int len,
-                    int m, int topk) {
+                    int m, int topk, int token_major) {
     constexpr int KS = HEAD_DIM / 16;
     __shared__ unsigned short zs[TJ][HEAD_DIM + ZS_PAD];
+    __shared__ float mix_w[MMA_WARPS][16][TOPK_MAX];
+    __shared__ int mix_j[MMA_WARPS][16][TOPK_MAX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tig = lane & 3;
     const int bh = blockIdx.y;
@@ -362,8 +367,8 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
     const int ta = t0 + g, tb = t0 + g + 8;  // this lane's two tokens
     const bool live_a = ta < len, live_b = tb < len;
     const float* zb = z + (size_t)bh * m * HEAD_DIM;
-    const tok_t* qa = q + ((size_t)bh * len + (live_a ? ta : 0)) * HEAD_DIM;
-    const tok_t* qb = q + ((size_t)bh * len + (live_b ? tb : 0)) * HEAD_DIM;
+    const tok_t* qa = q + tok_row(bh, live_a ? ta : 0, heads, len, token_major);
+    const tok_t* qb = q + tok_row(bh, live_b ? tb : 0, heads, len, token_major);
     // A fragments of the warp's 16 x HEAD_DIM queries, once.
     unsigned int af[KS][4];
 #pragma unroll
@@ -426,10 +431,39 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
     merge_lists(best_b, jb, 1);
     merge_lists(best_a, ja, 2);
     merge_lists(best_b, jb, 2);
-    // Kept sets, log-sum-exp and the mix of each of the two tokens (separate calls, not
-    // a pointer chosen per token: that would put both lists in local memory).
-    if (ta < len) mma_finish_row(best_a, ja, zb, out, lse, kept, (size_t)bh * len + ta, tig, 0, topk);
-    if (tb < len) mma_finish_row(best_b, jb, zb, out, lse, kept, (size_t)bh * len + tb, tig, 1, topk);
+    // Lanes 0 and 1 of each quad publish its two tokens (separate calls, not a list chosen
+    // per lane: that would put both lists in local memory).
+    if (tig == 0) publish_row(best_a, ja, mix_w[warp][g], mix_j[warp][g], lse, kept,
+                              (size_t)bh * len + ta, live_a, topk);
+    if (tig == 1) publish_row(best_b, jb, mix_w[warp][g + 8], mix_j[warp][g + 8], lse, kept,
+                              (size_t)bh * len + tb, live_b, topk);
+    __syncwarp();
+    // The mix, one of the warp's 16 tokens at a time with the lanes over the head
+    // dimension: each kept z row is read, and each output row written, whole and
+    // coalesced (a quarter row per lane read 16 scattered words per lane and kept set).
+    for (int r = 0; r < 16 && t0 + r < len; ++r) {
+        float acc[LANE_DIMS];
+#pragma unroll
+        for (int u = 0; u < LANE_DIMS; ++u) acc[u] = 0.0f;
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            const int j = mix_j[warp][r][s];
+            if (j < 0) continue;  // uniform across the warp
+            const float w = mix_w[warp][r][s];
+            const float* zr = zb + (size_t)j * HEAD_DIM;
+#pragma unroll
+            for (int u = 0; u < LANE_DIMS; ++u) {
+                const int d = lane + 32 * u;
+                if (d < HEAD_DIM) acc[u] += w * zr[d];
+            }
+        }
+        const size_t orow = tok_row(bh, t0 + r, heads, len, token_major);
+#pragma unroll
+        for (int u = 0; u < LANE_DIMS; ++u) {
+            const int d = lane + 32 * u;
+            if (d < HEAD_DIM) tok_store(out, orow + d, acc[u]);
+        }
+    }
 }
 #endif
 
@@ -454,7 +488,8 @@ extern "C" __global__ void __launch_bounds__(ROWS)
 router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
               const unsigned int* __restrict__ route_bits, const tok_t* __restrict__ out,
               const float* __restrict__ lse, const tok_t* __restrict__ dout,
-              tok_t* __restrict__ dq, float* __restrict__ dsum, int heads, int len, int m) {
+              tok_t* __restrict__ dq, float* __restrict__ dsum, int heads, int len, int m,
+              int token_major) {
     __shared__ float zs[TJ][HEAD_DIM];
     const int bh = blockIdx.y;
     const int b = bh / heads;
@@ -462,6 +497,7 @@ router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
     const bool live = t < len;
     const int words = (m + 31) / 32;
     const size_t row = (size_t)bh * len + (live ? t : 0);
+    const size_t qrow = tok_row(bh, live ? t : 0, heads, len, token_major);
     const float* zb = z + (size_t)bh * m * HEAD_DIM;
     const unsigned int* rbits = route_bits + ((size_t)b * len + (live ? t : 0)) * words;
     const float row_lse = live ? lse[row] : NEG_INF;
@@ -469,9 +505,9 @@ router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
     float d_t = 0.0f;
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; ++d) {
-        qr[d] = live ? tok_load(q, row * HEAD_DIM + d) : 0.0f;
-        gr[d] = live ? tok_load(dout, row * HEAD_DIM + d) : 0.0f;
-        d_t += gr[d] * (live ? tok_load(out, row * HEAD_DIM + d) : 0.0f);
+        qr[d] = live ? tok_load(q, qrow + d) : 0.0f;
+        gr[d] = live ? tok_load(dout, qrow + d) : 0.0f;
+        d_t += gr[d] * (live ? tok_load(out, qrow + d) : 0.0f);
         acc[d] = 0.0f;
     }
     const bool empty = !(row_lse > NEG_INF);
@@ -496,7 +532,7 @@ router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
     }
     if (!live) return;
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) tok_store(dq, row * HEAD_DIM + d, acc[d]);
+    for (int d = 0; d < HEAD_DIM; ++d) tok_store(dq, qrow + d, acc[d]);
     dsum[row] = d_t;
 }
 
@@ -513,19 +549,20 @@ __device__ __forceinline__ float warp_sum(float v) {
 // written whole by one warp. P and dS of each kept slot go to kept_p / kept_ds for
 // router_bwd_dz_sparse.
 #define DQ_WARPS 8
-#define DQ_PER ((HEAD_DIM + 31) / 32)
+#define DQ_PER LANE_DIMS
 extern "C" __global__ void __launch_bounds__(DQ_WARPS * 32)
 router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
                    const tok_t* __restrict__ out, const float* __restrict__ lse,
                    const int* __restrict__ kept, const tok_t* __restrict__ dout,
                    tok_t* __restrict__ dq, float* __restrict__ dsum,
                    float* __restrict__ kept_p, float* __restrict__ kept_ds, int heads,
-                   int len, int m, int topk) {
+                   int len, int m, int topk, int token_major) {
     const int lane = threadIdx.x & 31;
     const int t = blockIdx.x * DQ_WARPS + (threadIdx.x >> 5);
     if (t >= len) return;  // uniform across the warp
     const int bh = blockIdx.y;
     const size_t row = (size_t)bh * len + t;
+    const size_t qrow = tok_row(bh, t, heads, len, token_major);
     const float* zb = z + (size_t)bh * m * HEAD_DIM;
     float qv[DQ_PER], gv[DQ_PER], acc[DQ_PER];
     float d_t = 0.0f;
@@ -533,34 +570,48 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
     for (int u = 0; u < DQ_PER; ++u) {
         const int d = lane + 32 * u;
         const bool in = d < HEAD_DIM;
-        qv[u] = in ? tok_load(q, row * HEAD_DIM + d) : 0.0f;
-        gv[u] = in ? tok_load(dout, row * HEAD_DIM + d) : 0.0f;
-        d_t += gv[u] * (in ? tok_load(out, row * HEAD_DIM + d) : 0.0f);
+        qv[u] = in ? tok_load(q, qrow + d) : 0.0f;
+        gv[u] = in ? tok_load(dout, qrow + d) : 0.0f;
+        d_t += gv[u] * (in ? tok_load(out, qrow + d) : 0.0f);
         acc[u] = 0.0f;
     }
     d_t = warp_sum(d_t);
     const float row_lse = lse[row];
     const bool empty = !(row_lse > NEG_INF);
+    // Every kept row's partial dot products first, then all 2 * TOPK_MAX warp sums in
+    // one interleaved butterfly: 16 independent shuffle chains instead of 16 in a row
+    // (the same adds in the same order per value, so the same bits as one at a time).
+    int js[TOPK_MAX];
+    float zv[TOPK_MAX][DQ_PER], logit[TOPK_MAX], dp[TOPK_MAX];
 #pragma unroll
     for (int s = 0; s < TOPK_MAX; ++s) {
-        const int j = s < topk ? kept[row * TOPK_MAX + s] : -1;
+        js[s] = (s < topk && !empty) ? kept[row * TOPK_MAX + s] : -1;
+        logit[s] = 0.0f;
+        dp[s] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < DQ_PER; ++u) {
+            const int d = lane + 32 * u;
+            zv[s][u] = (js[s] >= 0 && d < HEAD_DIM) ? zb[(size_t)js[s] * HEAD_DIM + d] : 0.0f;
+            logit[s] += qv[u] * zv[s][u];
+            dp[s] += gv[u] * zv[s][u];
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            logit[s] += __shfl_xor_sync(0xffffffffu, logit[s], o);
+            dp[s] += __shfl_xor_sync(0xffffffffu, dp[s], o);
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < TOPK_MAX; ++s) {
         float p = 0.0f, ds = 0.0f;
-        if (j >= 0 && !empty) {
-            float zv[DQ_PER];
-            float logit = 0.0f, dp = 0.0f;
+        if (js[s] >= 0) {
+            p = expf(logit[s] - row_lse);
+            ds = p * (dp[s] - d_t);
 #pragma unroll
-            for (int u = 0; u < DQ_PER; ++u) {
-                const int d = lane + 32 * u;
-                zv[u] = d < HEAD_DIM ? zb[(size_t)j * HEAD_DIM + d] : 0.0f;
-                logit += qv[u] * zv[u];
-                dp += gv[u] * zv[u];
-            }
-            logit = warp_sum(logit);
-            dp = warp_sum(dp);
-            p = expf(logit - row_lse);
-            ds = p * (dp - d_t);
-#pragma unroll
-            for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[u];
+            for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[s][u];
         }
         if (lane == 0) {
             kept_p[row * TOPK_MAX + s] = p;
@@ -570,7 +621,7 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
 #pragma unroll
     for (int u = 0; u < DQ_PER; ++u) {
         const int d = lane + 32 * u;
-        if (d < HEAD_DIM) tok_store(dq, row * HEAD_DIM + d, acc[u]);
+        if (d < HEAD_DIM) tok_store(dq, qrow + d, acc[u]);
     }
     if (lane == 0) dsum[row] = d_t;
 }
@@ -585,7 +636,7 @@ router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
               const unsigned char* __restrict__ route, const float* __restrict__ lse,
               const int* __restrict__ kept, const tok_t* __restrict__ dout,
               const float* __restrict__ dsum, float* __restrict__ dz, int heads, int len,
-              int m, int topk) {
+              int m, int topk, int token_major) {
     __shared__ float zs[SJ][HEAD_DIM + 1];  // padded: a warp reads 16 rows at once
     __shared__ float qs[ST][HEAD_DIM];
     __shared__ float gs[ST][HEAD_DIM];
@@ -610,9 +661,9 @@ router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
         __syncthreads();  // the previous tile's reads are done
         for (int e = tid; e < ST * HEAD_DIM; e += DZ_THREADS) {
             const int r = e / HEAD_DIM, d = e % HEAD_DIM;
-            const size_t row = (size_t)bh * len + t0 + r;
-            qs[r][d] = r < width ? tok_load(q, row * HEAD_DIM + d) : 0.0f;
-            gs[r][d] = r < width ? tok_load(dout, row * HEAD_DIM + d) : 0.0f;
+            const size_t qrow = tok_row(bh, r < width ? t0 + r : 0, heads, len, token_major);
+            qs[r][d] = r < width ? tok_load(q, qrow + d) : 0.0f;
+            gs[r][d] = r < width ? tok_load(dout, qrow + d) : 0.0f;
         }
         __syncthreads();
         for (int pair = tid; pair < ST * SJ; pair += DZ_THREADS) {
@@ -668,15 +719,85 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM)
 router_bwd_dz_sparse(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
                      const float* __restrict__ kept_p, const float* __restrict__ kept_ds,
                      const long long* __restrict__ order, const long long* __restrict__ seg,
-                     float* __restrict__ dz, int m) {
+                     float* __restrict__ dz, int heads, int len, int m, int token_major) {
     const int j = blockIdx.x, bh = blockIdx.y, d = threadIdx.x;
     const size_t key = (size_t)bh * m + j;
     float acc = 0.0f;
     for (long long e = seg[key]; e < seg[key + 1]; ++e) {
         const long long entry = order[e];
-        const long long row = entry / TOPK_MAX;
-        acc += kept_ds[entry] * tok_load(q, row * HEAD_DIM + d) +
-               kept_p[entry] * tok_load(dout, row * HEAD_DIM + d);
+        const int t = (int)(entry / TOPK_MAX - (long long)bh * len);  // entries of key (bh, j)
+        const size_t qrow = tok_row(bh, t, heads, len, token_major);
+        acc += kept_ds[entry] * tok_load(q, qrow + d) + kept_p[entry] * tok_load(dout, qrow + d);
     }
     dz[key * HEAD_DIM + d] = acc;
+}
+
+// With top-k and few sets per sequence: dz of a tile of SJ sets as router_bwd_dz computes
+// it, but P and dS of each (token, kept set) come from the lists router_bwd_dq_topk wrote
+// (kept, kept_p, kept_ds): no logits recomputed, no route read, and a token tile none of
+// whose tokens kept a set of this tile is skipped before its rows are staged. A token's
+// kept sets are distinct, so each (token, set) cell is written by at most one thread.
+extern "C" __global__ void __launch_bounds__(DZ_THREADS)
+router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
+                   const int* __restrict__ kept, const float* __restrict__ kept_p,
+                   const float* __restrict__ kept_ds, float* __restrict__ dz, int heads,
+                   int len, int m, int topk, int token_major) {
+    __shared__ float qs[ST][HEAD_DIM];
+    __shared__ float gs[ST][HEAD_DIM];
+    __shared__ float ps[ST][SJ];
+    __shared__ float dss[ST][SJ];
+    const int bh = blockIdx.y;
+    const int j0 = blockIdx.x * SJ;
+    const int tid = threadIdx.x;
+    constexpr int OWN = (SJ * HEAD_DIM + DZ_THREADS - 1) / DZ_THREADS;
+    float acc[OWN];
+#pragma unroll
+    for (int u = 0; u < OWN; ++u) acc[u] = 0.0f;
+    for (int t0 = 0; t0 < len; t0 += ST) {
+        const int width = min(ST, len - t0);
+        __syncthreads();  // the previous tile's reads are done
+        for (int e = tid; e < ST * SJ; e += DZ_THREADS) {
+            ps[e / SJ][e % SJ] = 0.0f;
+            dss[e / SJ][e % SJ] = 0.0f;
+        }
+        __syncthreads();
+        bool found = false;
+        for (int e = tid; e < ST * TOPK_MAX; e += DZ_THREADS) {
+            const int r = e / TOPK_MAX, s = e % TOPK_MAX;
+            if (r >= width || s >= topk) continue;
+            const size_t slot = ((size_t)bh * len + t0 + r) * TOPK_MAX + s;
+            const int j = kept[slot];
+            if (j >= j0 && j < j0 + SJ) {
+                ps[r][j - j0] = kept_p[slot];
+                dss[r][j - j0] = kept_ds[slot];
+                found = true;
+            }
+        }
+        if (!__syncthreads_or(found)) continue;
+        for (int e = tid; e < ST * HEAD_DIM; e += DZ_THREADS) {
+            const int r = e / HEAD_DIM, d = e % HEAD_DIM;
+            const size_t qrow = tok_row(bh, r < width ? t0 + r : 0, heads, len, token_major);
+            qs[r][d] = r < width ? tok_load(q, qrow + d) : 0.0f;
+            gs[r][d] = r < width ? tok_load(dout, qrow + d) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < OWN; ++u) {
+            const int o = tid + DZ_THREADS * u;
+            if (o < SJ * HEAD_DIM) {
+                const int c = o / HEAD_DIM, d = o % HEAD_DIM;
+                float a = acc[u];
+                for (int r = 0; r < width; ++r) a += dss[r][c] * qs[r][d] + ps[r][c] * gs[r][d];
+                acc[u] = a;
+            }
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < OWN; ++u) {
+        const int o = tid + DZ_THREADS * u;
+        if (o < SJ * HEAD_DIM) {
+            const int c = o / HEAD_DIM, d = o % HEAD_DIM;
+            if (j0 + c < m) dz[((size_t)bh * m + j0 + c) * HEAD_DIM + d] = acc[u];
+        }
+    }
 }

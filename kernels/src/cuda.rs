@@ -124,7 +124,8 @@ pub const ROUTER_MAX_HEAD_DIM: i64 = 128;
 /// What the router forward keeps for its backward pass.
 #[derive(Debug)]
 pub struct RouterSaved {
-    /// `[B, H, L, D]` the output.
+    /// `[B, H, L, D]` the output, of `q`'s kind and memory layout (a transposed view of a
+    /// `[B, L, H, D]` tensor when `q` was one; [`TokenRows`]).
     pub out: Tensor,
     /// `[B, H, L]` log-sum-exp of each token's kept logits (`-inf`: no visible set).
     pub lse: Tensor,
@@ -136,6 +137,61 @@ pub struct RouterSaved {
     /// `[B, L, ceil(M / 32)]` the route as bits (`route_pack` in router.cu), for the
     /// backward pass without top-k.
     pub route_bits: Tensor,
+}
+
+/// A `[B, H, L, D]` token tensor of the router (`q`, its output, `dout`, `dq`) as the
+/// kernels take it: contiguous storage, either head-major (`[B, H, L, D]`) or token-major
+/// (`[B, L, H, D]`: a projection's output viewed per head, `view([B, L, H, D])
+/// .transpose(1, 2)`, which the kernels read in place instead of a transposing copy in and
+/// out of every call).
+struct TokenRows {
+    storage: Tensor,
+    token_major: bool,
+}
+
+impl TokenRows {
+    /// `t`'s rows, in `t`'s own layout (`layout: None`) or the given one, copied only when
+    /// `t` does not lie that way.
+    fn of(t: &Tensor, layout: Option<bool>) -> TokenRows {
+        let token_major =
+            layout.unwrap_or_else(|| !t.is_contiguous() && t.transpose(1, 2).is_contiguous());
+        let storage = if token_major {
+            t.transpose(1, 2).contiguous()
+        } else {
+            t.contiguous()
+        };
+        TokenRows {
+            storage,
+            token_major,
+        }
+    }
+
+    /// A new `[b, h, l, d]` tensor of `kind` laid out as `token_major` says.
+    fn empty([b, h, l, d]: [i64; 4], kind: Kind, device: Device, token_major: bool) -> TokenRows {
+        let dims = if token_major {
+            [b, l, h, d]
+        } else {
+            [b, h, l, d]
+        };
+        TokenRows {
+            storage: Tensor::empty(dims, (kind, device)),
+            token_major,
+        }
+    }
+
+    /// The `[B, H, L, D]` tensor (a view of the storage).
+    fn view(&self) -> Tensor {
+        if self.token_major {
+            self.storage.transpose(1, 2)
+        } else {
+            self.storage.shallow_clone()
+        }
+    }
+
+    /// The layout flag the kernels take.
+    fn flag(&self) -> i32 {
+        i32::from(self.token_major)
+    }
 }
 
 /// The router's dimensions, checked once per call.
@@ -638,21 +694,18 @@ impl CudaKernels {
         let RouterShape { b, h, l, m, d } = shape;
         let tokens = router_token_kind(q)?;
         let bf16_values = bf16_values || tokens == Kind::BFloat16;
-        let (q, z, route) = (
-            q.contiguous(),
-            z.contiguous(),
-            route.reshape([b, l, m]).contiguous(),
-        );
         let device = q.device();
-        let out = Tensor::empty([b, h, l, d], (tokens, device));
+        let q = TokenRows::of(q, None);
+        let (z, route) = (z.contiguous(), route.reshape([b, l, m]).contiguous());
+        let out = TokenRows::empty([b, h, l, d], tokens, device, q.token_major);
         let lse = Tensor::empty([b, h, l], (Kind::Float, device));
         let kept_rows = if topk > 0 { b * h * l } else { 1 };
         let kept = Tensor::empty([kept_rows, ROUTER_TOPK_MAX], (Kind::Int, device));
         let ptrs = [
-            device_ptr(&q, tokens, b * h * l * d, self.ordinal)?,
+            device_ptr(&q.storage, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&z, Kind::Float, b * h * m * d, self.ordinal)?,
             device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?,
-            device_ptr(&out, tokens, b * h * l * d, self.ordinal)?,
+            device_ptr(&out.storage, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&lse, Kind::Float, b * h * l, self.ordinal)?,
             device_ptr(&kept, Kind::Int, kept_rows * ROUTER_TOPK_MAX, self.ordinal)?,
         ];
@@ -679,12 +732,15 @@ impl CudaKernels {
         for i in &ints {
             launch.arg(i);
         }
+        let layout = q.flag();
+        launch.arg(&layout);
         // SAFETY: see the module invariant; the kernel reads q, z, the route bits and
-        // writes out, lse and (with top-k) kept, each of the element count checked above;
-        // the module's HEAD_DIM is `d` (a multiple of 16 for the MMA kernel).
+        // writes out, lse and (with top-k) kept, each of the element count checked above,
+        // q and out both in the layout `layout` names; the module's HEAD_DIM is `d` (a
+        // multiple of 16 for the MMA kernel).
         unsafe { launch.launch(grid) }?;
         Ok(RouterSaved {
-            out,
+            out: out.view(),
             lse,
             kept,
             topk,
@@ -746,22 +802,23 @@ impl CudaKernels {
         let RouterShape { b, h, l, m, d } = shape;
         expect_shape(dout, &[b, h, l, d], "dout")?;
         let tokens = router_token_kind(q)?;
-        let (q, z, route) = (
-            q.contiguous(),
-            z.contiguous(),
-            route.reshape([b, l, m]).contiguous(),
-        );
-        let dout = dout.contiguous();
         let device = q.device();
-        let dq = Tensor::empty([b, h, l, d], (tokens, device));
+        // Every token tensor in q's layout (the forward wrote out in it; dout usually
+        // arrives in it, as the gradient of the same transposed view).
+        let q = TokenRows::of(q, None);
+        let out = TokenRows::of(&saved.out, Some(q.token_major));
+        let dout = TokenRows::of(&dout.to_kind(tokens), Some(q.token_major));
+        let (z, route) = (z.contiguous(), route.reshape([b, l, m]).contiguous());
+        let dq = TokenRows::empty([b, h, l, d], tokens, device, q.token_major);
+        let layout = q.flag();
         let dz = Tensor::empty([b, h, m, d], (Kind::Float, device));
         let dsum = Tensor::empty([b, h, l], (Kind::Float, device));
         let kept_rows = saved.kept.size()[0];
         let (q_ptr, z_ptr, route_ptr, out_ptr, lse_ptr, kept_ptr, dout_ptr) = (
-            device_ptr(&q, tokens, b * h * l * d, self.ordinal)?,
+            device_ptr(&q.storage, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&z, Kind::Float, b * h * m * d, self.ordinal)?,
             device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?,
-            device_ptr(&saved.out, tokens, b * h * l * d, self.ordinal)?,
+            device_ptr(&out.storage, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&saved.lse, Kind::Float, b * h * l, self.ordinal)?,
             device_ptr(
                 &saved.kept,
@@ -769,7 +826,7 @@ impl CudaKernels {
                 kept_rows * ROUTER_TOPK_MAX,
                 self.ordinal,
             )?,
-            device_ptr(&dout, tokens, b * h * l * d, self.ordinal)?,
+            device_ptr(&dout.storage, tokens, b * h * l * d, self.ordinal)?,
         );
         if saved.topk > 0 && kept_rows != b * h * l {
             return Err(CudaError::Input(
@@ -777,7 +834,7 @@ impl CudaKernels {
             ));
         }
         let (dq_ptr, dz_ptr, dsum_ptr) = (
-            device_ptr(&dq, tokens, b * h * l * d, self.ordinal)?,
+            device_ptr(&dq.storage, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&dz, Kind::Float, b * h * m * d, self.ordinal)?,
             device_ptr(&dsum, Kind::Float, b * h * l, self.ordinal)?,
         );
@@ -811,9 +868,10 @@ impl CudaKernels {
             for i in &ints {
                 launch.arg(i);
             }
+            launch.arg(&layout);
             // SAFETY: see the module invariant; reads the forward's tensors, its kept
             // lists and dout, writes dq, dsum (per-token dout . out), kept_p and kept_ds,
-            // all of the checked element counts.
+            // all of the checked element counts, the token rows in the layout `layout`.
             unsafe { launch.launch(shape.warp_grid()?) }?;
         } else {
             expect_shape(
@@ -837,12 +895,15 @@ impl CudaKernels {
             for i in &ints[..3] {
                 launch.arg(i);
             }
+            launch.arg(&layout);
             // SAFETY: see the module invariant; reads the forward's tensors, the route
-            // bits and dout, writes dq and dsum, all of the checked element counts.
+            // bits and dout, writes dq and dsum, all of the checked element counts, the
+            // token rows in the layout `layout`.
             unsafe { launch.launch(shape.token_grid()?) }?;
         }
-        // With few sets per sequence the dense dz (a pass over the tokens per tile of 16
-        // sets, P recomputed for the kept ones) costs less than sorting every kept entry.
+        // dz. With top-k, from the kept lists router_bwd_dq_topk wrote: a sort of every
+        // kept entry by set, or with few sets per sequence a pass over the tokens per tile
+        // of 16 sets (cheaper than the sort). Without top-k, the pass recomputes P.
         if saved.topk > 0 && m > ROUTER_DENSE_DZ_MAX_SETS {
             self.router_dz_sparse(
                 &module,
@@ -850,19 +911,38 @@ impl CudaKernels {
                 &saved.kept,
                 [q_ptr, dout_ptr, kept_p_ptr, kept_ds_ptr],
                 &dz,
+                layout,
             )?;
-            return Ok((dq, dz));
+            return Ok((dq.view(), dz));
         }
-        let f = module.load_function("router_bwd_dz")?;
-        let mut launch = self.stream.launch_builder(&f);
-        for p in [
-            &q_ptr, &z_ptr, &route_ptr, &lse_ptr, &kept_ptr, &dout_ptr, &dsum_ptr, &dz_ptr,
-        ] {
-            launch.arg(p);
+        let mut launch;
+        let f;
+        if saved.topk > 0 {
+            f = module.load_function("router_bwd_dz_kept")?;
+            launch = self.stream.launch_builder(&f);
+            for p in [
+                &q_ptr,
+                &dout_ptr,
+                &kept_ptr,
+                &kept_p_ptr,
+                &kept_ds_ptr,
+                &dz_ptr,
+            ] {
+                launch.arg(p);
+            }
+        } else {
+            f = module.load_function("router_bwd_dz")?;
+            launch = self.stream.launch_builder(&f);
+            for p in [
+                &q_ptr, &z_ptr, &route_ptr, &lse_ptr, &kept_ptr, &dout_ptr, &dsum_ptr, &dz_ptr,
+            ] {
+                launch.arg(p);
+            }
         }
         for i in &ints {
             launch.arg(i);
         }
+        launch.arg(&layout);
         let set_tiles = u32::try_from((m + ROUTER_SET_TILE - 1) / ROUTER_SET_TILE)
             .map_err(|_| CudaError::Input(format!("{m} sets are too many")))?;
         let cfg = LaunchConfig {
@@ -870,10 +950,10 @@ impl CudaKernels {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: as above; reads dsum written by the previous launch on this stream,
-        // writes dz.
+        // SAFETY: as above; reads what the previous launch on this stream wrote (dsum;
+        // with top-k kept_p and kept_ds), writes dz, every element once.
         unsafe { launch.launch(cfg) }?;
-        Ok((dq, dz))
+        Ok((dq.view(), dz))
     }
 
     /// The fused set attention's forward (`set_attention.cu`): `(out, lse)`, both fp32,
@@ -1179,6 +1259,7 @@ impl CudaKernels {
         kept: &Tensor,
         ptrs: [u64; 4],
         dz: &Tensor,
+        layout: i32,
     ) -> Result<(), CudaError> {
         let RouterShape { b, h, l, m, d } = shape;
         let device = kept.device();
@@ -1214,8 +1295,8 @@ impl CudaKernels {
         for p in ptrs.iter().chain([&order_ptr, &seg_ptr, &dz_ptr]) {
             launch.arg(p);
         }
-        let m32 = to_i32(m)?;
-        launch.arg(&m32);
+        let (h32, l32, m32) = (to_i32(h)?, to_i32(l)?, to_i32(m)?);
+        launch.arg(&h32).arg(&l32).arg(&m32).arg(&layout);
         let cfg = LaunchConfig {
             grid_dim: (
                 u32::try_from(m.max(1))
