@@ -578,40 +578,26 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
     d_t = warp_sum(d_t);
     const float row_lse = lse[row];
     const bool empty = !(row_lse > NEG_INF);
-    // Every kept row's partial dot products first, then all 2 * TOPK_MAX warp sums in
-    // one interleaved butterfly: 16 independent shuffle chains instead of 16 in a row
-    // (the same adds in the same order per value, so the same bits as one at a time).
-    int js[TOPK_MAX];
-    float zv[TOPK_MAX][DQ_PER], logit[TOPK_MAX], dp[TOPK_MAX];
 #pragma unroll
     for (int s = 0; s < TOPK_MAX; ++s) {
-        js[s] = (s < topk && !empty) ? kept[row * TOPK_MAX + s] : -1;
-        logit[s] = 0.0f;
-        dp[s] = 0.0f;
-#pragma unroll
-        for (int u = 0; u < DQ_PER; ++u) {
-            const int d = lane + 32 * u;
-            zv[s][u] = (js[s] >= 0 && d < HEAD_DIM) ? zb[(size_t)js[s] * HEAD_DIM + d] : 0.0f;
-            logit[s] += qv[u] * zv[s][u];
-            dp[s] += gv[u] * zv[s][u];
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-#pragma unroll
-        for (int s = 0; s < TOPK_MAX; ++s) {
-            logit[s] += __shfl_xor_sync(0xffffffffu, logit[s], o);
-            dp[s] += __shfl_xor_sync(0xffffffffu, dp[s], o);
-        }
-    }
-#pragma unroll
-    for (int s = 0; s < TOPK_MAX; ++s) {
+        const int j = s < topk ? kept[row * TOPK_MAX + s] : -1;
         float p = 0.0f, ds = 0.0f;
-        if (js[s] >= 0) {
-            p = expf(logit[s] - row_lse);
-            ds = p * (dp[s] - d_t);
+        if (j >= 0 && !empty) {
+            float zv[DQ_PER];
+            float logit = 0.0f, dp = 0.0f;
 #pragma unroll
-            for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[s][u];
+            for (int u = 0; u < DQ_PER; ++u) {
+                const int d = lane + 32 * u;
+                zv[u] = d < HEAD_DIM ? zb[(size_t)j * HEAD_DIM + d] : 0.0f;
+                logit += qv[u] * zv[u];
+                dp += gv[u] * zv[u];
+            }
+            logit = warp_sum(logit);
+            dp = warp_sum(dp);
+            p = expf(logit - row_lse);
+            ds = p * (dp - d_t);
+#pragma unroll
+            for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[u];
         }
         if (lane == 0) {
             kept_p[row * TOPK_MAX + s] = p;
@@ -630,6 +616,42 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
 #define SJ 16
 #define ST (HEAD_DIM > 64 ? 16 : 32)
 #define DZ_THREADS 256
+
+// One token tile's share of the outputs (set c, dim d) = tid + DZ_THREADS u this thread
+// owns: acc_u += sum_r dss[r][c] q[r][d] + ps[r][c] g[r][d], r in order. When the block
+// size is a multiple of HEAD_DIM every u has the same d, so each token's q and g are
+// read from shared memory once for all u (the loads, not the FMAs, bounded this loop).
+// The same sums in the same order either way.
+constexpr int DZ_OWN = (SJ * HEAD_DIM + DZ_THREADS - 1) / DZ_THREADS;
+__device__ __forceinline__ void accumulate_dz(float (&acc)[DZ_OWN], const float (*qs)[HEAD_DIM],
+                                              const float (*gs)[HEAD_DIM],
+                                              const float (*ps)[SJ], const float (*dss)[SJ],
+                                              int width) {
+    const int tid = threadIdx.x;
+    if (DZ_THREADS % HEAD_DIM == 0) {
+        const int d = tid % HEAD_DIM, c0 = tid / HEAD_DIM;
+        constexpr int CSTEP = DZ_THREADS / HEAD_DIM;
+        for (int r = 0; r < width; ++r) {
+            const float qv = qs[r][d], gv = gs[r][d];
+#pragma unroll
+            for (int u = 0; u < DZ_OWN; ++u) {
+                const int c = c0 + CSTEP * u;
+                if (c < SJ) acc[u] += dss[r][c] * qv + ps[r][c] * gv;
+            }
+        }
+        return;
+    }
+#pragma unroll
+    for (int u = 0; u < DZ_OWN; ++u) {
+        const int o = tid + DZ_THREADS * u;
+        if (o < SJ * HEAD_DIM) {
+            const int c = o / HEAD_DIM, d = o % HEAD_DIM;
+            float a = acc[u];
+            for (int r = 0; r < width; ++r) a += dss[r][c] * qs[r][d] + ps[r][c] * gs[r][d];
+            acc[u] = a;
+        }
+    }
+}
 
 extern "C" __global__ void __launch_bounds__(DZ_THREADS)
 router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
@@ -652,10 +674,9 @@ router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
         zs[r][d] = j0 + r < m ? zb[(size_t)(j0 + r) * HEAD_DIM + d] : 0.0f;
     }
     // Outputs (set, dim) owned by this thread: o = tid + DZ_THREADS * u.
-    constexpr int OWN = (SJ * HEAD_DIM + DZ_THREADS - 1) / DZ_THREADS;
-    float acc[OWN];
+    float acc[DZ_OWN];
 #pragma unroll
-    for (int u = 0; u < OWN; ++u) acc[u] = 0.0f;
+    for (int u = 0; u < DZ_OWN; ++u) acc[u] = 0.0f;
     for (int t0 = 0; t0 < len; t0 += ST) {
         const int width = min(ST, len - t0);
         __syncthreads();  // the previous tile's reads are done
@@ -689,19 +710,10 @@ router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
             dss[r][c] = ds;
         }
         __syncthreads();
-#pragma unroll
-        for (int u = 0; u < OWN; ++u) {
-            const int o = tid + DZ_THREADS * u;
-            if (o < SJ * HEAD_DIM) {
-                const int c = o / HEAD_DIM, d = o % HEAD_DIM;
-                float a = acc[u];
-                for (int r = 0; r < width; ++r) a += dss[r][c] * qs[r][d] + ps[r][c] * gs[r][d];
-                acc[u] = a;
-            }
-        }
+        accumulate_dz(acc, qs, gs, ps, dss, width);
     }
 #pragma unroll
-    for (int u = 0; u < OWN; ++u) {
+    for (int u = 0; u < DZ_OWN; ++u) {
         const int o = tid + DZ_THREADS * u;
         if (o < SJ * HEAD_DIM) {
             const int c = o / HEAD_DIM, d = o % HEAD_DIM;
@@ -749,10 +761,9 @@ router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
     const int bh = blockIdx.y;
     const int j0 = blockIdx.x * SJ;
     const int tid = threadIdx.x;
-    constexpr int OWN = (SJ * HEAD_DIM + DZ_THREADS - 1) / DZ_THREADS;
-    float acc[OWN];
+    float acc[DZ_OWN];
 #pragma unroll
-    for (int u = 0; u < OWN; ++u) acc[u] = 0.0f;
+    for (int u = 0; u < DZ_OWN; ++u) acc[u] = 0.0f;
     for (int t0 = 0; t0 < len; t0 += ST) {
         const int width = min(ST, len - t0);
         __syncthreads();  // the previous tile's reads are done
@@ -781,19 +792,10 @@ router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
             gs[r][d] = r < width ? tok_load(dout, qrow + d) : 0.0f;
         }
         __syncthreads();
-#pragma unroll
-        for (int u = 0; u < OWN; ++u) {
-            const int o = tid + DZ_THREADS * u;
-            if (o < SJ * HEAD_DIM) {
-                const int c = o / HEAD_DIM, d = o % HEAD_DIM;
-                float a = acc[u];
-                for (int r = 0; r < width; ++r) a += dss[r][c] * qs[r][d] + ps[r][c] * gs[r][d];
-                acc[u] = a;
-            }
-        }
+        accumulate_dz(acc, qs, gs, ps, dss, width);
     }
 #pragma unroll
-    for (int u = 0; u < OWN; ++u) {
+    for (int u = 0; u < DZ_OWN; ++u) {
         const int o = tid + DZ_THREADS * u;
         if (o < SJ * HEAD_DIM) {
             const int c = o / HEAD_DIM, d = o % HEAD_DIM;
