@@ -288,10 +288,30 @@ __device__ __forceinline__ bool ranks_before(float va, int ja, float vb, int jb)
     return va > vb || (va == vb && ja < jb);
 }
 
-// The best TOPK_MAX of two ranked lists (this lane's and the one of lane ^ mask), the same
-// in both lanes: each entry's rank in the union is its rank in its list plus the entries
-// of the other list ranking before it.
+// Puts the entry ranking first at (va, ja).
+__device__ __forceinline__ void order_pair(float& va, int& ja, float& vb, int& jb) {
+    if (ranks_before(vb, jb, va, ja)) {
+        const float tv = va;
+        const int tj = ja;
+        va = vb;
+        ja = jb;
+        vb = tv;
+        jb = tj;
+    }
+}
+
+// The best TOPK_MAX of two ranked lists (this lane's and the one of lane ^ mask), ranked,
+// the same in both lanes. Position u keeps the better of v[u] and the other list's
+// entry TOPK_MAX - 1 - u: those are the TOPK_MAX best of the union, as a bitonic sequence
+// (the upper envelope of a falling and a rising one), which three rounds of
+// compare-exchange sort (a bitonic merge: 8 + 12 comparisons instead of the 2 * 8 * 8 of
+// ranking every entry against the other list, which made this kernel instruction-bound).
+// Both lanes hold the same entries then (the lanes' sets are disjoint; the only equal
+// entries are the unfilled (-inf, -1) ones), so they sort to the same list.
 __device__ __forceinline__ void merge_lists(float (&v)[TOPK_MAX], int (&j)[TOPK_MAX], int mask) {
+#if TOPK_MAX != 8
+#error "the bitonic merge is written for lists of 8"
+#endif
     float ov[TOPK_MAX];
     int oj[TOPK_MAX];
 #pragma unroll
@@ -299,26 +319,21 @@ __device__ __forceinline__ void merge_lists(float (&v)[TOPK_MAX], int (&j)[TOPK_
         ov[u] = __shfl_xor_sync(0xffffffffu, v[u], mask);
         oj[u] = __shfl_xor_sync(0xffffffffu, j[u], mask);
     }
-    float rv[TOPK_MAX];
-    int rj[TOPK_MAX];
-#pragma unroll
-    for (int u = 0; u < TOPK_MAX; ++u) { rv[u] = NEG_INF; rj[u] = -1; }
 #pragma unroll
     for (int u = 0; u < TOPK_MAX; ++u) {
-        int ra = u, rb = u;
-#pragma unroll
-        for (int w = 0; w < TOPK_MAX; ++w) {
-            ra += ranks_before(ov[w], oj[w], v[u], j[u]) ? 1 : 0;
-            rb += ranks_before(v[w], j[w], ov[u], oj[u]) ? 1 : 0;
-        }
-#pragma unroll
-        for (int p = 0; p < TOPK_MAX; ++p) {
-            if (ra == p) { rv[p] = v[u]; rj[p] = j[u]; }
-            if (rb == p) { rv[p] = ov[u]; rj[p] = oj[u]; }
+        const int w = TOPK_MAX - 1 - u;
+        if (ranks_before(ov[w], oj[w], v[u], j[u])) {
+            v[u] = ov[w];
+            j[u] = oj[w];
         }
     }
 #pragma unroll
-    for (int u = 0; u < TOPK_MAX; ++u) { v[u] = rv[u]; j[u] = rj[u]; }
+    for (int dist = TOPK_MAX / 2; dist > 0; dist >>= 1) {
+#pragma unroll
+        for (int i = 0; i < TOPK_MAX; ++i) {
+            if ((i & dist) == 0) order_pair(v[i], j[i], v[i + dist], j[i + dist]);
+        }
+    }
 }
 
 // One token's merged list (the same in the 4 lanes of its quad) published by one lane:
@@ -536,20 +551,25 @@ router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
     dsum[row] = d_t;
 }
 
-// The sum of v over the warp, the same bits in every lane (each butterfly step adds the
-// same two values in every pair of lanes).
-__device__ __forceinline__ float warp_sum(float v) {
+// With top-k: a group of DQ_TOKEN_LANES lanes per token over only its kept sets
+// (O(topk D) per token), the lanes over the head dimension (lane l of the group takes
+// dims l, l + DQ_TOKEN_LANES, ...), so every row of q, dout, out, z and dq is read and
+// written whole by one group. The host picks the group (a power of two, about D / 8 dims
+// per lane: a whole warp on a 64-wide row spent its time in 5-step shuffle sums, not
+// loads). P and dS of each kept slot go to kept_p / kept_ds for the dz kernels.
+#ifndef DQ_TOKEN_LANES
+#define DQ_TOKEN_LANES 32
+#endif
+#define DQ_WARPS 8
+#define DQ_PER ((HEAD_DIM + DQ_TOKEN_LANES - 1) / DQ_TOKEN_LANES)
+
+// The sum of v over the lane's group, the same bits in every lane of the group.
+__device__ __forceinline__ float group_sum(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = DQ_TOKEN_LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-// With top-k: one warp per token over only its kept sets (O(topk D) per token), the
-// lanes over the head dimension, so every row of q, dout, out, z and dq is read and
-// written whole by one warp. P and dS of each kept slot go to kept_p / kept_ds for
-// router_bwd_dz_sparse.
-#define DQ_WARPS 8
-#define DQ_PER LANE_DIMS
 extern "C" __global__ void __launch_bounds__(DQ_WARPS * 32)
 router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
                    const tok_t* __restrict__ out, const float* __restrict__ lse,
@@ -557,56 +577,56 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
                    tok_t* __restrict__ dq, float* __restrict__ dsum,
                    float* __restrict__ kept_p, float* __restrict__ kept_ds, int heads,
                    int len, int m, int topk, int token_major) {
-    const int lane = threadIdx.x & 31;
-    const int t = blockIdx.x * DQ_WARPS + (threadIdx.x >> 5);
-    if (t >= len) return;  // uniform across the warp
+    const int lane = threadIdx.x % DQ_TOKEN_LANES;
+    const int t = blockIdx.x * (DQ_WARPS * 32 / DQ_TOKEN_LANES) + threadIdx.x / DQ_TOKEN_LANES;
+    // Not an early return: every lane of the warp takes part in the shuffles.
+    const bool live = t < len;
     const int bh = blockIdx.y;
-    const size_t row = (size_t)bh * len + t;
-    const size_t qrow = tok_row(bh, t, heads, len, token_major);
+    const size_t row = (size_t)bh * len + (live ? t : 0);
+    const size_t qrow = tok_row(bh, live ? t : 0, heads, len, token_major);
     const float* zb = z + (size_t)bh * m * HEAD_DIM;
     float qv[DQ_PER], gv[DQ_PER], acc[DQ_PER];
     float d_t = 0.0f;
 #pragma unroll
     for (int u = 0; u < DQ_PER; ++u) {
-        const int d = lane + 32 * u;
-        const bool in = d < HEAD_DIM;
+        const int d = lane + DQ_TOKEN_LANES * u;
+        const bool in = live && d < HEAD_DIM;
         qv[u] = in ? tok_load(q, qrow + d) : 0.0f;
         gv[u] = in ? tok_load(dout, qrow + d) : 0.0f;
         d_t += gv[u] * (in ? tok_load(out, qrow + d) : 0.0f);
         acc[u] = 0.0f;
     }
-    d_t = warp_sum(d_t);
-    const float row_lse = lse[row];
+    d_t = group_sum(d_t);
+    const float row_lse = live ? lse[row] : NEG_INF;
     const bool empty = !(row_lse > NEG_INF);
 #pragma unroll
     for (int s = 0; s < TOPK_MAX; ++s) {
-        const int j = s < topk ? kept[row * TOPK_MAX + s] : -1;
-        float p = 0.0f, ds = 0.0f;
-        if (j >= 0 && !empty) {
-            float zv[DQ_PER];
-            float logit = 0.0f, dp = 0.0f;
+        const int j = (s < topk && !empty) ? kept[row * TOPK_MAX + s] : -1;
+        float zv[DQ_PER];
+        float logit = 0.0f, dp = 0.0f;
 #pragma unroll
-            for (int u = 0; u < DQ_PER; ++u) {
-                const int d = lane + 32 * u;
-                zv[u] = d < HEAD_DIM ? zb[(size_t)j * HEAD_DIM + d] : 0.0f;
-                logit += qv[u] * zv[u];
-                dp += gv[u] * zv[u];
-            }
-            logit = warp_sum(logit);
-            dp = warp_sum(dp);
-            p = expf(logit - row_lse);
-            ds = p * (dp - d_t);
-#pragma unroll
-            for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[u];
+        for (int u = 0; u < DQ_PER; ++u) {
+            const int d = lane + DQ_TOKEN_LANES * u;
+            zv[u] = (j >= 0 && d < HEAD_DIM) ? zb[(size_t)j * HEAD_DIM + d] : 0.0f;
+            logit += qv[u] * zv[u];
+            dp += gv[u] * zv[u];
         }
-        if (lane == 0) {
+        // Every lane shuffles (groups of one warp may differ in j).
+        logit = group_sum(logit);
+        dp = group_sum(dp);
+        const float p = j >= 0 ? expf(logit - row_lse) : 0.0f;
+        const float ds = p * (dp - d_t);
+#pragma unroll
+        for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[u];
+        if (live && lane == 0) {
             kept_p[row * TOPK_MAX + s] = p;
             kept_ds[row * TOPK_MAX + s] = ds;
         }
     }
+    if (!live) return;
 #pragma unroll
     for (int u = 0; u < DQ_PER; ++u) {
-        const int d = lane + 32 * u;
+        const int d = lane + DQ_TOKEN_LANES * u;
         if (d < HEAD_DIM) tok_store(dq, qrow + d, acc[u]);
     }
     if (lane == 0) dsum[row] = d_t;

@@ -104,8 +104,18 @@ const ROUTER_ROWS: u32 = 128;
 /// tokens, so 128 threads).
 const ROUTER_MMA_ROWS: u32 = 64;
 
-/// Tokens (one warp each) per block of the router's top-k `dq` kernel (`DQ_WARPS`).
+/// Warps per block of the router's top-k `dq` kernel (`DQ_WARPS`).
 const ROUTER_DQ_WARPS: u32 = 8;
+
+/// Lanes per token of the router's top-k `dq` kernel (`DQ_TOKEN_LANES`, passed to NVRTC):
+/// the power of two nearest below `d / 8` (about 8 dims per lane), 1 to 32.
+pub(crate) fn router_dq_token_lanes(d: i64) -> u32 {
+    let mut lanes = 1u32;
+    while lanes < 32 && i64::from(lanes * 2) * 8 <= d {
+        lanes *= 2;
+    }
+    lanes
+}
 
 /// Up to this many sets per sequence the top-k router's `dz` takes the dense kernel
 /// (`router_bwd_dz`, which checks each token's kept list) instead of the sort-based sparse
@@ -255,9 +265,11 @@ impl RouterShape {
         (self.m + 31) / 32
     }
 
-    /// One warp per token: blocks of `ROUTER_DQ_WARPS` tokens x `B * H`.
-    fn warp_grid(&self) -> Result<LaunchConfig, CudaError> {
-        self.tokens_grid(ROUTER_DQ_WARPS, ROUTER_DQ_WARPS * 32)
+    /// A group of [`router_dq_token_lanes`] lanes per token: blocks of `ROUTER_DQ_WARPS`
+    /// warps x `B * H`.
+    fn lane_group_grid(&self) -> Result<LaunchConfig, CudaError> {
+        let threads = ROUTER_DQ_WARPS * 32;
+        self.tokens_grid(threads / router_dq_token_lanes(self.d), threads)
     }
 
     /// Sixteen tokens per warp: blocks of `ROUTER_MMA_ROWS` tokens (4 warps) x `B * H`.
@@ -872,7 +884,7 @@ impl CudaKernels {
             // SAFETY: see the module invariant; reads the forward's tensors, its kept
             // lists and dout, writes dq, dsum (per-token dout . out), kept_p and kept_ds,
             // all of the checked element counts, the token rows in the layout `layout`.
-            unsafe { launch.launch(shape.warp_grid()?) }?;
+            unsafe { launch.launch(shape.lane_group_grid()?) }?;
         } else {
             expect_shape(
                 &saved.route_bits,
@@ -1327,6 +1339,7 @@ impl CudaKernels {
             vec![
                 format!("-DHEAD_DIM={d}"),
                 format!("-DTOKEN_BF16={}", i32::from(tokens == Kind::BFloat16)),
+                format!("-DDQ_TOKEN_LANES={}", router_dq_token_lanes(d)),
             ],
         )
     }
@@ -1489,6 +1502,7 @@ pub fn compile_all(arch: &str) -> Result<(), CudaError> {
                     "-DHEAD_DIM=64".to_string(),
                     format!("-DCONTENT={variant}"),
                     format!("-DTOKEN_BF16={variant}"),
+                    format!("-DDQ_TOKEN_LANES={}", router_dq_token_lanes(64)),
                 ]
             };
             let ptx = compile(source, arch, &defines)?.to_src();

@@ -112,6 +112,24 @@ fn kernel_sources_compile_with_nvrtc() {
     }
 }
 
+#[test]
+fn router_dq_lane_groups_are_powers_of_two_of_about_eight_dims() {
+    use crate::cuda::router_dq_token_lanes as lanes;
+    for (d, want) in [
+        (1, 1),
+        (15, 1),
+        (16, 2),
+        (32, 4),
+        (48, 4),
+        (64, 8),
+        (128, 16),
+        (256, 32),
+        (1024, 32),
+    ] {
+        assert_eq!(lanes(d), want, "head dimension {d}");
+    }
+}
+
 /// libtorch's CUDA library loaded and a GPU present, else a visible skip.
 fn gpu(test: &str) -> Option<CudaKernels> {
     if !crate::cuda::load_libtorch_cuda_for_tests() || !tch::Cuda::is_available() {
