@@ -14,9 +14,13 @@
 // D = HEAD_DIM and CONTENT (1: the beta term is on, qa and kb are read) are fixed at
 // compile time (NVRTC -D options), so a thread's rows live in registers.
 //
-// Grid: x over blocks of ROWS rows, y over B * H. One thread per row; the block stages a
-// tile of TJ other-side rows (and the Delta / attend tile, read along the contiguous
-// dimension) through shared memory, read by every thread as broadcasts.
+// Grid: x over blocks of ROWS rows, y over B * H. A group of SA_LANES lanes per row (a
+// power of two, about HEAD_DIM / 8 dims per lane, chosen by the host: -DSA_LANES), lane l
+// of the group holding dims l, l + SA_LANES, ...; dot products are summed over the group
+// by shuffles. The block stages a tile of TJ other-side rows (and the Delta / attend
+// tile, read along the contiguous dimension) through shared memory. One thread per row
+// (SA_LANES 1) left the GPU nearly idle: the issue's shapes have ~8k rows in all
+// (B * H * M with B * L = 16384), 2 warps per SM.
 
 #ifndef HEAD_DIM
 #error "compile with -DHEAD_DIM=<head dimension>"
@@ -24,9 +28,29 @@
 #ifndef CONTENT
 #error "compile with -DCONTENT=0|1"
 #endif
-#define ROWS 64
+#ifndef SA_LANES
+#define SA_LANES 1
+#endif
+#define THREADS 128
+#define ROWS (THREADS / SA_LANES)
+#define DPL ((HEAD_DIM + SA_LANES - 1) / SA_LANES)  // dims per lane
 #define TJ 32
 #define NEG_INF __int_as_float(0xff800000)
+
+// The lanes of this thread's row group, for shuffles: groups of one warp may take
+// different branches (each group's branch depends on its own row only).
+__device__ __forceinline__ unsigned int group_mask() {
+    if (SA_LANES >= 32) return 0xffffffffu;
+    const unsigned int lane = threadIdx.x & 31u;
+    return ((1u << SA_LANES) - 1u) << (lane & ~(unsigned int)(SA_LANES - 1));
+}
+
+// The sum of v over the row group, the same bits in every lane of the group.
+__device__ __forceinline__ float group_sum(float v, unsigned int mask) {
+#pragma unroll
+    for (int o = SA_LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o);
+    return v;
+}
 
 // The score of one pair from its Delta, content dot product and the head's constants;
 // also returns the kernel value K = exp(-gamma Delta) (the gamma gradient needs it).
@@ -39,8 +63,8 @@ __device__ __forceinline__ float pair_score(float delta, float dot, float gamma,
 
 // Stages rows j0 .. j0 + TJ of a [M, D] matrix (zeros past m) into `dst`.
 __device__ __forceinline__ void stage_rows(float (*dst)[HEAD_DIM], const float* src, int j0,
-                                           int m, int threads) {
-    for (int e = threadIdx.x; e < TJ * HEAD_DIM; e += threads) {
+                                           int m) {
+    for (int e = threadIdx.x; e < TJ * HEAD_DIM; e += THREADS) {
         const int r = e / HEAD_DIM, d = e % HEAD_DIM;
         dst[r][d] = j0 + r < m ? src[(size_t)(j0 + r) * HEAD_DIM + d] : 0.0f;
     }
@@ -50,7 +74,7 @@ __device__ __forceinline__ void stage_rows(float (*dst)[HEAD_DIM], const float* 
 __device__ __forceinline__ void stage_pairs(float (*dl)[TJ + 1], unsigned char (*at)[TJ + 1],
                                             const float* delta, const unsigned char* attend,
                                             int i0, int j0, int m) {
-    for (int e = threadIdx.x; e < ROWS * TJ; e += ROWS) {
+    for (int e = threadIdx.x; e < ROWS * TJ; e += THREADS) {
         const int r = e / TJ, c = e % TJ;
         const int i = i0 + r, j = j0 + c;
         const bool in = i < m && j < m;
@@ -63,15 +87,16 @@ __device__ __forceinline__ void stage_pairs(float (*dl)[TJ + 1], unsigned char (
 // After stage_pairs: a barrier, then whether any row of the block may attend a key of
 // the tile (uniform across the block). Under the causal rule the tiles past the block's
 // last set are skipped whole: half the work.
-__device__ __forceinline__ bool tile_used(unsigned char (*at)[TJ + 1], bool live, int width) {
+__device__ __forceinline__ bool tile_used(unsigned char (*at)[TJ + 1], int rloc, bool live,
+                                          int width) {
     __syncthreads();
     bool mine = false;
     if (live)
-        for (int r = 0; r < width; ++r) mine |= at[threadIdx.x][r] != 0;
+        for (int r = 0; r < width; ++r) mine |= at[rloc][r] != 0;
     return __syncthreads_or(mine);
 }
 
-extern "C" __global__ void __launch_bounds__(ROWS)
+extern "C" __global__ void __launch_bounds__(THREADS)
 set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ attend,
              const float* __restrict__ gamma, const float* __restrict__ tau,
              const float* __restrict__ v, const float* __restrict__ qa,
@@ -85,8 +110,10 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
     __shared__ unsigned char at[ROWS][TJ + 1];
     const int bh = blockIdx.y;
     const int b = bh / heads, h = bh % heads;
+    const int lane = threadIdx.x % SA_LANES, rloc = threadIdx.x / SA_LANES;
+    const unsigned int mask = group_mask();
     const int i0 = blockIdx.x * ROWS;
-    const int i = i0 + threadIdx.x;
+    const int i = i0 + rloc;
     const bool live = i < m;
     const size_t row = (size_t)bh * m + (live ? i : 0);
     const float g = gamma[h], inv_tau = 1.0f / tau[h];
@@ -95,40 +122,50 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
     const float* vb = v + (size_t)bh * m * HEAD_DIM;
 #if CONTENT
     const float* kbb = kb + (size_t)bh * m * HEAD_DIM;
-    float qr[HEAD_DIM];
+    float qr[DPL];
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) qr[d] = live ? qa[row * HEAD_DIM + d] : 0.0f;
+    for (int u = 0; u < DPL; ++u) {
+        const int d = lane + SA_LANES * u;
+        qr[u] = (live && d < HEAD_DIM) ? qa[row * HEAD_DIM + d] : 0.0f;
+    }
 #endif
-    float acc[HEAD_DIM];
+    float acc[DPL];
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) acc[d] = 0.0f;
+    for (int u = 0; u < DPL; ++u) acc[u] = 0.0f;
     float run_max = NEG_INF, run_sum = 0.0f;
 
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
         stage_pairs(dl, at, db, ab, i0, j0, m);
-        if (!tile_used(at, live, width)) continue;
-        stage_rows(vs, vb, j0, m, ROWS);
+        if (!tile_used(at, rloc, live, width)) continue;
+        stage_rows(vs, vb, j0, m);
 #if CONTENT
-        stage_rows(ks, kbb, j0, m, ROWS);
+        stage_rows(ks, kbb, j0, m);
 #endif
         __syncthreads();
         if (live) {
             for (int r = 0; r < width; ++r) {
-                if (!at[threadIdx.x][r]) continue;
+                if (!at[rloc][r]) continue;  // uniform across the row group
                 float dot = 0.0f;
 #if CONTENT
 #pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) dot += qr[d] * ks[r][d];
+                for (int u = 0; u < DPL; ++u) {
+                    const int d = lane + SA_LANES * u;
+                    if (d < HEAD_DIM) dot += qr[u] * ks[r][d];
+                }
+                dot = group_sum(dot, mask);
 #endif
                 float k;
-                const float s = pair_score(dl[threadIdx.x][r], dot, g, beta, inv_tau, &k);
+                const float s = pair_score(dl[rloc][r], dot, g, beta, inv_tau, &k);
                 const float new_max = fmaxf(run_max, s);
                 const float scale = expf(run_max - new_max);
                 const float w = expf(s - new_max);
                 run_sum = run_sum * scale + w;
 #pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) acc[d] = acc[d] * scale + w * vs[r][d];
+                for (int u = 0; u < DPL; ++u) {
+                    const int d = lane + SA_LANES * u;
+                    acc[u] = acc[u] * scale + w * (d < HEAD_DIM ? vs[r][d] : 0.0f);
+                }
                 run_max = new_max;
             }
         }
@@ -137,22 +174,26 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
     if (!live) return;
     const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) out[row * HEAD_DIM + d] = acc[d] * inv;
-    lse[row] = run_sum > 0.0f ? run_max + logf(run_sum) : NEG_INF;
+    for (int u = 0; u < DPL; ++u) {
+        const int d = lane + SA_LANES * u;
+        if (d < HEAD_DIM) out[row * HEAD_DIM + d] = acc[u] * inv;
+    }
+    if (lane == 0) lse[row] = run_sum > 0.0f ? run_max + logf(run_sum) : NEG_INF;
 }
 
 // ---- Backward -----------------------------------------------------------------------
 // With P_ij = exp(s_ij - lse_i) over the attendable pairs, K_ij = exp(-gamma Delta_ij)
 // and D_i = dout_i . out_i:  dS_ij = P_ij (dout_i . v_j - D_i),
-//   dv_j   = sum_i P_ij dout_i                        (set_attn_bwd_kv: a thread per key)
+//   dv_j   = sum_i P_ij dout_i                        (set_attn_bwd_kv: a group per key)
 //   dkb_j  = beta / tau sum_i dS_ij qa_i              (set_attn_bwd_kv)
-//   dqa_i  = beta / tau sum_j dS_ij kb_j              (set_attn_bwd_q: a thread per query)
+//   dqa_i  = beta / tau sum_j dS_ij kb_j              (set_attn_bwd_q: a group per query)
 //   dgamma = sum_ij dS_ij (-Delta_ij K_ij) / tau      (per-row partials from bwd_q,
 //   dtau   = sum_ij dS_ij (-s_ij / tau)                summed by the caller in a fixed order)
-// Every output element is summed in a fixed order by one thread: no atomics, so the
-// gradients are the same bits on every run.
+// Every output element is summed in a fixed order by one thread (dot products by a
+// fixed butterfly over the group): no atomics, so the gradients are the same bits on
+// every run.
 
-extern "C" __global__ void __launch_bounds__(ROWS)
+extern "C" __global__ void __launch_bounds__(THREADS)
 set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict__ attend,
                const float* __restrict__ gamma, const float* __restrict__ tau,
                const float* __restrict__ v, const float* __restrict__ qa,
@@ -169,8 +210,10 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
     __shared__ unsigned char at[ROWS][TJ + 1];
     const int bh = blockIdx.y;
     const int b = bh / heads, h = bh % heads;
+    const int lane = threadIdx.x % SA_LANES, rloc = threadIdx.x / SA_LANES;
+    const unsigned int mask = group_mask();
     const int i0 = blockIdx.x * ROWS;
-    const int i = i0 + threadIdx.x;
+    const int i = i0 + rloc;
     const bool live = i < m;
     const size_t row = (size_t)bh * m + (live ? i : 0);
     const float g = gamma[h], inv_tau = 1.0f / tau[h];
@@ -178,20 +221,24 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
     const unsigned char* ab = attend + (size_t)b * m * m;
     const float* vb = v + (size_t)bh * m * HEAD_DIM;
     const float row_lse = live ? lse[row] : NEG_INF;
-    float gr[HEAD_DIM];
+    float gr[DPL];
     float d_i = 0.0f;
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) {
-        gr[d] = live ? dout[row * HEAD_DIM + d] : 0.0f;
-        d_i += gr[d] * (live ? out[row * HEAD_DIM + d] : 0.0f);
+    for (int u = 0; u < DPL; ++u) {
+        const int d = lane + SA_LANES * u;
+        const bool in = live && d < HEAD_DIM;
+        gr[u] = in ? dout[row * HEAD_DIM + d] : 0.0f;
+        d_i += gr[u] * (in ? out[row * HEAD_DIM + d] : 0.0f);
     }
+    d_i = group_sum(d_i, mask);
 #if CONTENT
     const float* kbb = kb + (size_t)bh * m * HEAD_DIM;
-    float qr[HEAD_DIM], dq[HEAD_DIM];
+    float qr[DPL], dq[DPL];
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) {
-        qr[d] = live ? qa[row * HEAD_DIM + d] : 0.0f;
-        dq[d] = 0.0f;
+    for (int u = 0; u < DPL; ++u) {
+        const int d = lane + SA_LANES * u;
+        qr[u] = (live && d < HEAD_DIM) ? qa[row * HEAD_DIM + d] : 0.0f;
+        dq[u] = 0.0f;
     }
 #endif
     float g_acc = 0.0f, t_acc = 0.0f;
@@ -199,25 +246,32 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
         stage_pairs(dl, at, db, ab, i0, j0, m);
-        if (!tile_used(at, active, width)) continue;
-        stage_rows(vs, vb, j0, m, ROWS);
+        if (!tile_used(at, rloc, active, width)) continue;
+        stage_rows(vs, vb, j0, m);
 #if CONTENT
-        stage_rows(ks, kbb, j0, m, ROWS);
+        stage_rows(ks, kbb, j0, m);
 #endif
         __syncthreads();
         if (active) {
             for (int r = 0; r < width; ++r) {
-                if (!at[threadIdx.x][r]) continue;
+                if (!at[rloc][r]) continue;  // uniform across the row group
                 float dot = 0.0f, dp = 0.0f;
 #pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) {
+                for (int u = 0; u < DPL; ++u) {
+                    const int d = lane + SA_LANES * u;
+                    if (d < HEAD_DIM) {
 #if CONTENT
-                    dot += qr[d] * ks[r][d];
+                        dot += qr[u] * ks[r][d];
 #endif
-                    dp += gr[d] * vs[r][d];
+                        dp += gr[u] * vs[r][d];
+                    }
                 }
+#if CONTENT
+                dot = group_sum(dot, mask);
+#endif
+                dp = group_sum(dp, mask);
                 float k;
-                const float delta_ij = dl[threadIdx.x][r];
+                const float delta_ij = dl[rloc][r];
                 const float s = pair_score(delta_ij, dot, g, beta, inv_tau, &k);
                 const float ds = expf(s - row_lse) * (dp - d_i);
                 g_acc += ds * (-delta_ij * k) * inv_tau;
@@ -227,7 +281,10 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
 #if CONTENT
                 const float c = ds * beta * inv_tau;
 #pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) dq[d] += c * ks[r][d];
+                for (int u = 0; u < DPL; ++u) {
+                    const int d = lane + SA_LANES * u;
+                    if (d < HEAD_DIM) dq[u] += c * ks[r][d];
+                }
 #endif
             }
         }
@@ -236,14 +293,19 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
     if (!live) return;
 #if CONTENT
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) dqa[row * HEAD_DIM + d] = dq[d];
+    for (int u = 0; u < DPL; ++u) {
+        const int d = lane + SA_LANES * u;
+        if (d < HEAD_DIM) dqa[row * HEAD_DIM + d] = dq[u];
+    }
 #endif
-    dsum[row] = d_i;
-    gamma_rows[row] = g_acc;
-    tau_rows[row] = t_acc;
+    if (lane == 0) {
+        dsum[row] = d_i;
+        gamma_rows[row] = g_acc;
+        tau_rows[row] = t_acc;
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(ROWS)
+extern "C" __global__ void __launch_bounds__(THREADS)
 set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict__ attend,
                 const float* __restrict__ gamma, const float* __restrict__ tau,
                 const float* __restrict__ v, const float* __restrict__ qa,
@@ -258,26 +320,28 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
     __shared__ float dsum_s[TJ];
     const int bh = blockIdx.y;
     const int b = bh / heads, h = bh % heads;
-    const int j = blockIdx.x * ROWS + threadIdx.x;
+    const int lane = threadIdx.x % SA_LANES, rloc = threadIdx.x / SA_LANES;
+    const int j = blockIdx.x * ROWS + rloc;
     const bool live = j < m;
     const size_t row = (size_t)bh * m + (live ? j : 0);
     const float g = gamma[h], inv_tau = 1.0f / tau[h];
     const float* db = delta + (size_t)b * m * m;
     const unsigned char* ab = attend + (size_t)b * m * m;
     const float* gb = dout + (size_t)bh * m * HEAD_DIM;
-    float vr[HEAD_DIM], dvr[HEAD_DIM];
+    float dvr[DPL];
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) {
-        vr[d] = live ? v[row * HEAD_DIM + d] : 0.0f;
-        dvr[d] = 0.0f;
-    }
+    for (int u = 0; u < DPL; ++u) dvr[u] = 0.0f;
 #if CONTENT
+    const unsigned int mask = group_mask();
     const float* qb = qa + (size_t)bh * m * HEAD_DIM;
-    float kr[HEAD_DIM], dk[HEAD_DIM];
+    float vr[DPL], kr[DPL], dk[DPL];
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) {
-        kr[d] = live ? kb[row * HEAD_DIM + d] : 0.0f;
-        dk[d] = 0.0f;
+    for (int u = 0; u < DPL; ++u) {
+        const int d = lane + SA_LANES * u;
+        const bool in = live && d < HEAD_DIM;
+        vr[u] = in ? v[row * HEAD_DIM + d] : 0.0f;
+        kr[u] = in ? kb[row * HEAD_DIM + d] : 0.0f;
+        dk[u] = 0.0f;
     }
 #endif
     for (int q0 = 0; q0 < m; q0 += TJ) {
@@ -287,9 +351,9 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
         if (live)
             for (int r = 0; r < width; ++r) mine |= ab[(size_t)(q0 + r) * m + j] != 0;
         if (!__syncthreads_or(mine)) continue;
-        stage_rows(gs, gb, q0, m, ROWS);
+        stage_rows(gs, gb, q0, m);
 #if CONTENT
-        stage_rows(qs, qb, q0, m, ROWS);
+        stage_rows(qs, qb, q0, m);
 #endif
         if (threadIdx.x < TJ) {
             const int qi = q0 + threadIdx.x;
@@ -299,26 +363,38 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
         __syncthreads();
         if (live) {
             for (int r = 0; r < width; ++r) {
-                // Threads of a warp read consecutive j of query row q0 + r: coalesced.
+                // The row groups of a warp read consecutive j of query row q0 + r.
                 const size_t at_ij = (size_t)(q0 + r) * m + j;
-                if (!ab[at_ij] || !(lse_s[r] > NEG_INF)) continue;
-                float dot = 0.0f, dp = 0.0f;
-#pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) {
+                if (!ab[at_ij] || !(lse_s[r] > NEG_INF)) continue;  // uniform per group
+                float dot = 0.0f;
 #if CONTENT
-                    dot += qs[r][d] * kr[d];
-#endif
-                    dp += gs[r][d] * vr[d];
+                float dp = 0.0f;
+#pragma unroll
+                for (int u = 0; u < DPL; ++u) {
+                    const int d = lane + SA_LANES * u;
+                    if (d < HEAD_DIM) {
+                        dot += qs[r][d] * kr[u];
+                        dp += gs[r][d] * vr[u];
+                    }
                 }
+                dot = group_sum(dot, mask);
+                dp = group_sum(dp, mask);
+#endif
                 float k;
                 const float s = pair_score(db[at_ij], dot, g, beta, inv_tau, &k);
                 const float p = expf(s - lse_s[r]);
 #pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) dvr[d] += p * gs[r][d];
+                for (int u = 0; u < DPL; ++u) {
+                    const int d = lane + SA_LANES * u;
+                    if (d < HEAD_DIM) dvr[u] += p * gs[r][d];
+                }
 #if CONTENT
                 const float c = p * (dp - dsum_s[r]) * beta * inv_tau;
 #pragma unroll
-                for (int d = 0; d < HEAD_DIM; ++d) dk[d] += c * qs[r][d];
+                for (int u = 0; u < DPL; ++u) {
+                    const int d = lane + SA_LANES * u;
+                    if (d < HEAD_DIM) dk[u] += c * qs[r][d];
+                }
 #endif
             }
         }
@@ -326,9 +402,15 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
     }
     if (!live) return;
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) dv[row * HEAD_DIM + d] = dvr[d];
+    for (int u = 0; u < DPL; ++u) {
+        const int d = lane + SA_LANES * u;
+        if (d < HEAD_DIM) dv[row * HEAD_DIM + d] = dvr[u];
+    }
 #if CONTENT
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; ++d) dkb[row * HEAD_DIM + d] = dk[d];
+    for (int u = 0; u < DPL; ++u) {
+        const int d = lane + SA_LANES * u;
+        if (d < HEAD_DIM) dkb[row * HEAD_DIM + d] = dk[u];
+    }
 #endif
 }

@@ -90,9 +90,10 @@ const SET_ATTENTION: Source = Source {
     text: include_str!("../cuda/set_attention.cu"),
 };
 
-/// Rows (query or key sets) per block of the set-attention kernels (`ROWS` in
-/// set_attention.cu).
-const SET_ATTENTION_ROWS: u32 = 64;
+/// Threads per block of the set-attention kernels (`THREADS` in set_attention.cu): a
+/// group of [`row_lanes`] lanes per row (query or key set), so `128 / row_lanes(d)` rows
+/// per block.
+const SET_ATTENTION_THREADS: u32 = 128;
 
 /// The largest head dimension of the set-attention kernels (registers).
 pub const SET_ATTENTION_MAX_HEAD_DIM: i64 = 128;
@@ -107,9 +108,10 @@ const ROUTER_MMA_ROWS: u32 = 64;
 /// Warps per block of the router's top-k `dq` kernel (`DQ_WARPS`).
 const ROUTER_DQ_WARPS: u32 = 8;
 
-/// Lanes per token of the router's top-k `dq` kernel (`DQ_TOKEN_LANES`, passed to NVRTC):
-/// the power of two nearest below `d / 8` (about 8 dims per lane), 1 to 32.
-pub(crate) fn router_dq_token_lanes(d: i64) -> u32 {
+/// Lanes per row of the kernels that split a `d`-wide row over a group of lanes (the
+/// router's top-k `dq`: `DQ_TOKEN_LANES`; the set attention: `SA_LANES`; passed to
+/// NVRTC): the power of two nearest below `d / 8` (about 8 dims per lane), 1 to 32.
+pub(crate) fn row_lanes(d: i64) -> u32 {
     let mut lanes = 1u32;
     while lanes < 32 && i64::from(lanes * 2) * 8 <= d {
         lanes *= 2;
@@ -265,11 +267,11 @@ impl RouterShape {
         (self.m + 31) / 32
     }
 
-    /// A group of [`router_dq_token_lanes`] lanes per token: blocks of `ROUTER_DQ_WARPS`
+    /// A group of [`row_lanes`] lanes per token: blocks of `ROUTER_DQ_WARPS`
     /// warps x `B * H`.
     fn lane_group_grid(&self) -> Result<LaunchConfig, CudaError> {
         let threads = ROUTER_DQ_WARPS * 32;
-        self.tokens_grid(threads / router_dq_token_lanes(self.d), threads)
+        self.tokens_grid(threads / row_lanes(self.d), threads)
     }
 
     /// Sixteen tokens per warp: blocks of `ROUTER_MMA_ROWS` tokens (4 warps) x `B * H`.
@@ -364,12 +366,12 @@ impl SetShape {
         Ok(SetShape { b, h, m, d })
     }
 
-    /// One thread per set row: blocks of `SET_ATTENTION_ROWS` rows x `B * H`.
+    /// A group of [`row_lanes`] lanes per set row: blocks of `SET_ATTENTION_THREADS`
+    /// threads x `B * H`.
     fn grid(&self) -> Result<LaunchConfig, CudaError> {
-        let blocks = u32::try_from(
-            (self.m + i64::from(SET_ATTENTION_ROWS) - 1) / i64::from(SET_ATTENTION_ROWS),
-        )
-        .map_err(|_| CudaError::Input(format!("{} sets per sequence are too many", self.m)))?;
+        let rows = i64::from(SET_ATTENTION_THREADS / row_lanes(self.d));
+        let blocks = u32::try_from((self.m + rows - 1) / rows)
+            .map_err(|_| CudaError::Input(format!("{} sets per sequence are too many", self.m)))?;
         let bh = u32::try_from(self.b * self.h)
             .ok()
             .filter(|&n| n <= 65_535)
@@ -381,7 +383,7 @@ impl SetShape {
             })?;
         Ok(LaunchConfig {
             grid_dim: (blocks.max(1), bh.max(1), 1),
-            block_dim: (SET_ATTENTION_ROWS, 1, 1),
+            block_dim: (SET_ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: 0,
         })
     }
@@ -1257,6 +1259,7 @@ impl CudaKernels {
             vec![
                 format!("-DHEAD_DIM={d}"),
                 format!("-DCONTENT={}", i32::from(content)),
+                format!("-DSA_LANES={}", row_lanes(d)),
             ],
         )
     }
@@ -1339,7 +1342,7 @@ impl CudaKernels {
             vec![
                 format!("-DHEAD_DIM={d}"),
                 format!("-DTOKEN_BF16={}", i32::from(tokens == Kind::BFloat16)),
-                format!("-DDQ_TOKEN_LANES={}", router_dq_token_lanes(d)),
+                format!("-DDQ_TOKEN_LANES={}", row_lanes(d)),
             ],
         )
     }
@@ -1502,7 +1505,8 @@ pub fn compile_all(arch: &str) -> Result<(), CudaError> {
                     "-DHEAD_DIM=64".to_string(),
                     format!("-DCONTENT={variant}"),
                     format!("-DTOKEN_BF16={variant}"),
-                    format!("-DDQ_TOKEN_LANES={}", router_dq_token_lanes(64)),
+                    format!("-DDQ_TOKEN_LANES={}", row_lanes(64)),
+                    format!("-DSA_LANES={}", row_lanes(64)),
                 ]
             };
             let ptx = compile(source, arch, &defines)?.to_src();

@@ -113,8 +113,8 @@ fn kernel_sources_compile_with_nvrtc() {
 }
 
 #[test]
-fn router_dq_lane_groups_are_powers_of_two_of_about_eight_dims() {
-    use crate::cuda::router_dq_token_lanes as lanes;
+fn row_lane_groups_are_powers_of_two_of_about_eight_dims() {
+    use crate::cuda::row_lanes as lanes;
     for (d, want) in [
         (1, 1),
         (15, 1),
