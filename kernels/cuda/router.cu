@@ -637,35 +637,62 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
 #define ST (HEAD_DIM > 64 ? 16 : 32)
 #define DZ_THREADS 256
 
-// One token tile's share of the outputs (set c, dim d) = tid + DZ_THREADS u this thread
-// owns: acc_u += sum_r dss[r][c] q[r][d] + ps[r][c] g[r][d], r in order. When the block
-// size is a multiple of HEAD_DIM every u has the same d, so each token's q and g are
-// read from shared memory once for all u (the loads, not the FMAs, bounded this loop).
-// The same sums in the same order either way.
+// The outputs (set c of the tile, dim d) this thread owns, u = 0 .. DZ_OWN - 1. When the
+// block size is a multiple of HEAD_DIM (DZ_GROUPED) a thread owns one dim d and DZ_OWN
+// consecutive sets: each token's q and g are read from shared memory once for all of
+// them, and their P and dS in float4 loads (shared-memory load instructions, not FMAs,
+// bounded this loop). Otherwise o = tid + DZ_THREADS u.
 constexpr int DZ_OWN = (SJ * HEAD_DIM + DZ_THREADS - 1) / DZ_THREADS;
+constexpr bool DZ_GROUPED = DZ_THREADS % HEAD_DIM == 0 && SJ % DZ_OWN == 0;
+__device__ __forceinline__ bool dz_owned(int u, int& c, int& d) {
+    const int tid = threadIdx.x;
+    if (DZ_GROUPED) {
+        d = tid % HEAD_DIM;
+        c = (tid / HEAD_DIM) * DZ_OWN + u;
+        return c < SJ;
+    }
+    const int o = tid + DZ_THREADS * u;
+    c = o / HEAD_DIM;
+    d = o % HEAD_DIM;
+    return o < SJ * HEAD_DIM;
+}
+
+// One token tile's share of the owned outputs: acc_u += sum_r dss[r][c] q[r][d] +
+// ps[r][c] g[r][d], r in order.
 __device__ __forceinline__ void accumulate_dz(float (&acc)[DZ_OWN], const float (*qs)[HEAD_DIM],
                                               const float (*gs)[HEAD_DIM],
                                               const float (*ps)[SJ], const float (*dss)[SJ],
                                               int width) {
-    const int tid = threadIdx.x;
-    if (DZ_THREADS % HEAD_DIM == 0) {
-        const int d = tid % HEAD_DIM, c0 = tid / HEAD_DIM;
-        constexpr int CSTEP = DZ_THREADS / HEAD_DIM;
+    if (DZ_GROUPED) {
+        int c0, d;
+        dz_owned(0, c0, d);
         for (int r = 0; r < width; ++r) {
             const float qv = qs[r][d], gv = gs[r][d];
+            float pr[DZ_OWN], dr[DZ_OWN];
+            if (DZ_OWN % 4 == 0) {
 #pragma unroll
-            for (int u = 0; u < DZ_OWN; ++u) {
-                const int c = c0 + CSTEP * u;
-                if (c < SJ) acc[u] += dss[r][c] * qv + ps[r][c] * gv;
+                for (int u = 0; u < DZ_OWN; u += 4) {
+                    const float4 p4 = *reinterpret_cast<const float4*>(&ps[r][c0 + u]);
+                    const float4 d4 = *reinterpret_cast<const float4*>(&dss[r][c0 + u]);
+                    pr[u] = p4.x; pr[u + 1] = p4.y; pr[u + 2] = p4.z; pr[u + 3] = p4.w;
+                    dr[u] = d4.x; dr[u + 1] = d4.y; dr[u + 2] = d4.z; dr[u + 3] = d4.w;
+                }
+            } else {
+#pragma unroll
+                for (int u = 0; u < DZ_OWN; ++u) {
+                    pr[u] = ps[r][c0 + u];
+                    dr[u] = dss[r][c0 + u];
+                }
             }
+#pragma unroll
+            for (int u = 0; u < DZ_OWN; ++u) acc[u] += dr[u] * qv + pr[u] * gv;
         }
         return;
     }
 #pragma unroll
     for (int u = 0; u < DZ_OWN; ++u) {
-        const int o = tid + DZ_THREADS * u;
-        if (o < SJ * HEAD_DIM) {
-            const int c = o / HEAD_DIM, d = o % HEAD_DIM;
+        int c, d;
+        if (dz_owned(u, c, d)) {
             float a = acc[u];
             for (int r = 0; r < width; ++r) a += dss[r][c] * qs[r][d] + ps[r][c] * gs[r][d];
             acc[u] = a;
@@ -682,8 +709,8 @@ router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
     __shared__ float zs[SJ][HEAD_DIM + 1];  // padded: a warp reads 16 rows at once
     __shared__ float qs[ST][HEAD_DIM];
     __shared__ float gs[ST][HEAD_DIM];
-    __shared__ float ps[ST][SJ];
-    __shared__ float dss[ST][SJ];
+    __shared__ __align__(16) float ps[ST][SJ];
+    __shared__ __align__(16) float dss[ST][SJ];
     const int bh = blockIdx.y;
     const int b = bh / heads;
     const int j0 = blockIdx.x * SJ;
@@ -734,11 +761,8 @@ router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
     }
 #pragma unroll
     for (int u = 0; u < DZ_OWN; ++u) {
-        const int o = tid + DZ_THREADS * u;
-        if (o < SJ * HEAD_DIM) {
-            const int c = o / HEAD_DIM, d = o % HEAD_DIM;
-            if (j0 + c < m) dz[((size_t)bh * m + j0 + c) * HEAD_DIM + d] = acc[u];
-        }
+        int c, d;
+        if (dz_owned(u, c, d) && j0 + c < m) dz[((size_t)bh * m + j0 + c) * HEAD_DIM + d] = acc[u];
     }
 }
 
@@ -769,23 +793,28 @@ router_bwd_dz_sparse(const tok_t* __restrict__ q, const tok_t* __restrict__ dout
 // (kept, kept_p, kept_ds): no logits recomputed, no route read, and a token tile none of
 // whose tokens kept a set of this tile is skipped before its rows are staged. A token's
 // kept sets are distinct, so each (token, set) cell is written by at most one thread.
+// Grid z splits the tokens into chunks of `chunk` (a multiple of ST): block z writes its
+// chunk's sums to dz + z * (B * H * M * D), which sum_chunks then adds in chunk order
+// (one chunk: dz itself). Without the split a block walked every token of its sequence:
+// a few hundred blocks, each a long serial loop.
 extern "C" __global__ void __launch_bounds__(DZ_THREADS)
 router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
                    const int* __restrict__ kept, const float* __restrict__ kept_p,
                    const float* __restrict__ kept_ds, float* __restrict__ dz, int heads,
-                   int len, int m, int topk, int token_major) {
+                   int len, int m, int topk, int token_major, int chunk) {
     __shared__ float qs[ST][HEAD_DIM];
     __shared__ float gs[ST][HEAD_DIM];
-    __shared__ float ps[ST][SJ];
-    __shared__ float dss[ST][SJ];
+    __shared__ __align__(16) float ps[ST][SJ];
+    __shared__ __align__(16) float dss[ST][SJ];
     const int bh = blockIdx.y;
     const int j0 = blockIdx.x * SJ;
     const int tid = threadIdx.x;
     float acc[DZ_OWN];
 #pragma unroll
     for (int u = 0; u < DZ_OWN; ++u) acc[u] = 0.0f;
-    for (int t0 = 0; t0 < len; t0 += ST) {
-        const int width = min(ST, len - t0);
+    const int t_end = min(len, (int)(blockIdx.z + 1) * chunk);
+    for (int t0 = blockIdx.z * chunk; t0 < t_end; t0 += ST) {
+        const int width = min(ST, t_end - t0);
         __syncthreads();  // the previous tile's reads are done
         for (int e = tid; e < ST * SJ; e += DZ_THREADS) {
             ps[e / SJ][e % SJ] = 0.0f;
@@ -814,12 +843,20 @@ router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
         __syncthreads();
         accumulate_dz(acc, qs, gs, ps, dss, width);
     }
+    float* dzc = dz + (size_t)blockIdx.z * gridDim.y * m * HEAD_DIM;
 #pragma unroll
     for (int u = 0; u < DZ_OWN; ++u) {
-        const int o = tid + DZ_THREADS * u;
-        if (o < SJ * HEAD_DIM) {
-            const int c = o / HEAD_DIM, d = o % HEAD_DIM;
-            if (j0 + c < m) dz[((size_t)bh * m + j0 + c) * HEAD_DIM + d] = acc[u];
-        }
+        int c, d;
+        if (dz_owned(u, c, d) && j0 + c < m) dzc[((size_t)bh * m + j0 + c) * HEAD_DIM + d] = acc[u];
     }
+}
+
+// out[e] = sum over c of partial[c * n + e], c in order (deterministic).
+extern "C" __global__ void sum_chunks(const float* __restrict__ partial, float* __restrict__ out,
+                                      long long n, int chunks) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    float a = 0.0f;
+    for (int c = 0; c < chunks; ++c) a += partial[(size_t)c * n + e];
+    out[e] = a;
 }

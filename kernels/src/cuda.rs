@@ -119,9 +119,18 @@ pub(crate) fn row_lanes(d: i64) -> u32 {
     lanes
 }
 
-/// Up to this many sets per sequence the top-k router's `dz` takes the dense kernel
-/// (`router_bwd_dz`, which checks each token's kept list) instead of the sort-based sparse
-/// one: the sort of all `B * H * L * 8` kept entries is the larger fixed cost at short L.
+/// Tokens per tile of the router's `dz` kernels (`ST` in router.cu for head dimensions up
+/// to 64; 16 above, where chunks of 32 tokens are still whole tiles).
+const ROUTER_TOKEN_TILE: i64 = 32;
+
+/// Blocks the chunked top-k `dz` aims for (the H200 has 132 SMs; ~8 blocks of 256
+/// threads each fit on one).
+const ROUTER_DZ_TARGET_BLOCKS: i64 = 2048;
+
+/// Up to this many sets per sequence the top-k router's `dz` takes the kernel over tiles
+/// of sets and chunks of tokens (`router_bwd_dz_kept`, reading each token's kept lists)
+/// instead of the sort-based sparse one: the sort of all `B * H * L * 8` kept entries and
+/// the serial walk of each set's entries are the larger cost at short L.
 const ROUTER_DENSE_DZ_MAX_SETS: i64 = 64;
 
 /// The largest router top-k the fused router keeps in registers (`TOPK_MAX`).
@@ -929,45 +938,109 @@ impl CudaKernels {
             )?;
             return Ok((dq.view(), dz));
         }
-        let mut launch;
-        let f;
+        let set_tiles = u32::try_from((m + ROUTER_SET_TILE - 1) / ROUTER_SET_TILE)
+            .map_err(|_| CudaError::Input(format!("{m} sets are too many")))?;
         if saved.topk > 0 {
-            f = module.load_function("router_bwd_dz_kept")?;
-            launch = self.stream.launch_builder(&f);
-            for p in [
-                &q_ptr,
-                &dout_ptr,
-                &kept_ptr,
-                &kept_p_ptr,
-                &kept_ds_ptr,
-                &dz_ptr,
-            ] {
-                launch.arg(p);
-            }
-        } else {
-            f = module.load_function("router_bwd_dz")?;
-            launch = self.stream.launch_builder(&f);
-            for p in [
-                &q_ptr, &z_ptr, &route_ptr, &lse_ptr, &kept_ptr, &dout_ptr, &dsum_ptr, &dz_ptr,
-            ] {
-                launch.arg(p);
-            }
+            self.router_dz_kept(
+                &module,
+                shape,
+                set_tiles,
+                &ints,
+                layout,
+                &dz,
+                [q_ptr, dout_ptr, kept_ptr, kept_p_ptr, kept_ds_ptr],
+            )?;
+            return Ok((dq.view(), dz));
+        }
+        let f = module.load_function("router_bwd_dz")?;
+        let mut launch = self.stream.launch_builder(&f);
+        for p in [
+            &q_ptr, &z_ptr, &route_ptr, &lse_ptr, &kept_ptr, &dout_ptr, &dsum_ptr, &dz_ptr,
+        ] {
+            launch.arg(p);
         }
         for i in &ints {
             launch.arg(i);
         }
         launch.arg(&layout);
-        let set_tiles = u32::try_from((m + ROUTER_SET_TILE - 1) / ROUTER_SET_TILE)
-            .map_err(|_| CudaError::Input(format!("{m} sets are too many")))?;
         let cfg = LaunchConfig {
             grid_dim: (set_tiles.max(1), shape.heads_dim()?, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: as above; reads what the previous launch on this stream wrote (dsum;
-        // with top-k kept_p and kept_ds), writes dz, every element once.
+        // SAFETY: as above; reads dsum written by the previous launch on this stream,
+        // writes dz, every element once.
         unsafe { launch.launch(cfg) }?;
         Ok((dq.view(), dz))
+    }
+
+    /// The top-k router's `dz` from the kept lists by tiles of sets (`router_bwd_dz_kept`),
+    /// the tokens split into chunks so that the grid has about
+    /// `ROUTER_DZ_TARGET_BLOCKS` blocks; each chunk's sums go to a partial buffer that
+    /// `sum_chunks` adds in chunk order (deterministic). `ptrs` are `q, dout, kept,
+    /// kept_p, kept_ds`.
+    #[allow(clippy::too_many_arguments)]
+    fn router_dz_kept(
+        &self,
+        module: &Arc<CudaModule>,
+        shape: RouterShape,
+        set_tiles: u32,
+        ints: &[i32; 4],
+        layout: i32,
+        dz: &Tensor,
+        ptrs: [u64; 5],
+    ) -> Result<(), CudaError> {
+        let RouterShape { b, h, l, m, d } = shape;
+        let n = b * h * m * d;
+        let token_tiles = (l + ROUTER_TOKEN_TILE - 1) / ROUTER_TOKEN_TILE;
+        let blocks = i64::from(set_tiles.max(1)) * b * h;
+        let chunks = ((ROUTER_DZ_TARGET_BLOCKS + blocks - 1) / blocks).clamp(1, token_tiles.max(1));
+        // Chunks of whole token tiles; the last may be shorter (or the count smaller).
+        let chunk = (token_tiles + chunks - 1) / chunks * ROUTER_TOKEN_TILE;
+        let chunks = ((l + chunk - 1) / chunk).max(1);
+        let partial = if chunks > 1 {
+            Tensor::empty([chunks, n], (Kind::Float, dz.device()))
+        } else {
+            dz.shallow_clone()
+        };
+        let partial_ptr = device_ptr(&partial, Kind::Float, chunks * n, self.ordinal)?;
+        let f = module.load_function("router_bwd_dz_kept")?;
+        let mut launch = self.stream.launch_builder(&f);
+        for p in ptrs.iter().chain([&partial_ptr]) {
+            launch.arg(p);
+        }
+        for i in ints {
+            launch.arg(i);
+        }
+        let chunk32 = to_i32(chunk)?;
+        launch.arg(&layout).arg(&chunk32);
+        let cfg = LaunchConfig {
+            grid_dim: (set_tiles.max(1), shape.heads_dim()?, to_u32(chunks)?),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: see the module invariant; reads q and dout (b*h*l*d, in the layout
+        // `layout`), kept, kept_p and kept_ds (b*h*l*8, written by router_bwd_dq_topk
+        // before on this stream); block z writes elements z*n .. (z+1)*n of `partial`
+        // (chunks * n), every element once.
+        unsafe { launch.launch(cfg) }?;
+        if chunks == 1 {
+            return Ok(());
+        }
+        let dz_ptr = device_ptr(dz, Kind::Float, n, self.ordinal)?;
+        let f = module.load_function("sum_chunks")?;
+        let mut launch = self.stream.launch_builder(&f);
+        let chunks32 = to_i32(chunks)?;
+        launch.arg(&partial_ptr).arg(&dz_ptr).arg(&n).arg(&chunks32);
+        let cfg = LaunchConfig {
+            grid_dim: (to_u32((n + 255) / 256)?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: reads chunks * n floats of `partial`, written by the launch before on
+        // this stream; writes the n floats of dz.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
     }
 
     /// The fused set attention's forward (`set_attention.cu`): `(out, lse)`, both fp32,
@@ -1388,6 +1461,10 @@ fn pair_grid(b: i64, m: i64) -> Result<LaunchConfig, CudaError> {
         block_dim: (TILE, TILE, 1),
         shared_mem_bytes: 0,
     })
+}
+
+fn to_u32(v: i64) -> Result<u32, CudaError> {
+    u32::try_from(v).map_err(|_| CudaError::Input(format!("{v} does not fit a launch dimension")))
 }
 
 fn to_i32(v: i64) -> Result<i32, CudaError> {
