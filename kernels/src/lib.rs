@@ -305,8 +305,9 @@ impl Adapter {
 ///
 /// One `embedding_bag` (sum) over the layout's per-slot bags: the `[Nvalues, dim]`
 /// gathered rows are never written, and the table's gradient comes from libtorch's
-/// sorted segment reduction, deterministic on the GPU (an `index_add` into the slots
-/// would be one float atomic per atom occurrence, in no fixed order). A linear map of
+/// sorted segment reduction (PyTorch's determinism notes list only `mode='max'` of
+/// `EmbeddingBag` as nondeterministic on CUDA, and list `index_add`, which this replaces:
+/// one float atomic per atom occurrence, in no fixed order). A linear map of
 /// the atoms (the [`Adapter`]) commutes with the sum: apply it to the pooled rows, `M`
 /// rows per sequence instead of one per atom occurrence.
 pub fn pool_atoms(table: &Tensor, layout: &SetLayout) -> Tensor {
