@@ -101,6 +101,13 @@ char* ausa_pin_memory(at::Tensor* t, at::Tensor** out) {
   return guarded([&] { *out = new at::Tensor(t->pin_memory()); });
 }
 
+// Backpropagates `out` with the output gradient `grad` (PyTorch's out.backward(grad)),
+// accumulating into the leaves' .grad; tch only backpropagates scalars or collects
+// gradients of named inputs.
+char* ausa_backward_with_grad(at::Tensor* out, at::Tensor* grad) {
+  return guarded([&] { out->backward(*grad); });
+}
+
 // Drops the gradients of `params` (PyTorch's zero_grad(set_to_none=True)): the next backward
 // writes fresh gradients instead of adding into zeroed ones.
 char* ausa_set_grads_to_none(at::Tensor** params, int64_t n) {

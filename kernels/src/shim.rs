@@ -6,8 +6,9 @@
 //! - libtorch's current CUDA stream ([`cuda_current_stream`]), for kernels launched
 //!   outside libtorch on the same stream, and pinned host memory ([`pin_memory`]);
 //! - one AdamW step through libtorch's fused kernel with clipping and the fp16 skip on the
-//!   device, so a training step never waits for the GPU ([`adamw_step`]), and
-//!   [`set_grads_to_none`].
+//!   device, so a training step never waits for the GPU ([`adamw_step`]),
+//!   [`set_grads_to_none`], and [`backward_with_grad`] (a backward pass from a given output
+//!   gradient).
 //!
 //! The shim names only libc10 / libtorch_cpu symbols (the CUDA parts go through libc10's
 //! device-generic allocator and stream interfaces, which `libtorch_cuda.so` fills in when the
@@ -39,6 +40,7 @@ extern "C" {
     fn ausa_cuda_mem_info(device: c_int, free: *mut u64, total: *mut u64) -> *mut c_char;
     fn ausa_cuda_current_stream(device: c_int, stream: *mut *mut c_void) -> *mut c_char;
     fn ausa_set_grads_to_none(params: *const *mut C_tensor, n: i64) -> *mut c_char;
+    fn ausa_backward_with_grad(out: *mut C_tensor, grad: *mut C_tensor) -> *mut c_char;
     fn ausa_pin_memory(t: *mut C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn ausa_adamw_step(
         params: *const *mut C_tensor,
@@ -148,6 +150,19 @@ fn pointers(tensors: &[Tensor]) -> Vec<*mut C_tensor> {
         .iter()
         .map(|t| t.as_ptr() as *mut C_tensor)
         .collect()
+}
+
+/// Backpropagates `out` with the output gradient `grad` (PyTorch's `out.backward(grad)`),
+/// accumulating into the `.grad` of the leaves it depends on: how a benchmark times a
+/// backward pass the way PyTorch's peers do, without reducing the output to a scalar.
+pub fn backward_with_grad(out: &Tensor, grad: &Tensor) -> Result<(), ShimError> {
+    // SAFETY: `out` and `grad` are live tensors borrowed for the call (module invariant).
+    check(unsafe {
+        ausa_backward_with_grad(
+            out.as_ptr() as *mut C_tensor,
+            grad.as_ptr() as *mut C_tensor,
+        )
+    })
 }
 
 /// Drops the gradients of `params` (PyTorch's `zero_grad(set_to_none=True)`), so the next

@@ -325,3 +325,21 @@ fn failures_in_a_rust_op_are_errors_not_crashes() {
     out[0].sum(Kind::Double).backward();
     assert_eq!(Vec::<f64>::try_from(x.grad()).unwrap(), vec![3.0, 3.0]);
 }
+
+/// `backward_with_grad` is `out.backward(grad)`: leaf gradients are the vector-Jacobian
+/// product with `grad`, they accumulate over calls, and a shape mismatch is an error.
+#[test]
+fn backward_with_grad_accumulates_the_vector_jacobian_product() {
+    let x = Tensor::from_slice(&[1.0f64, -2.0, 3.0]).set_requires_grad(true);
+    let g = Tensor::from_slice(&[0.5f64, 2.0, -1.0]);
+    let y = &x * &x * 3.0; // dy/dx = 6x
+    backward_with_grad(&y, &g).expect("backward");
+    assert_eq!(values(&x.grad()), vec![3.0, -24.0, -18.0]);
+    let y = &x * 2.0;
+    backward_with_grad(&y, &g).expect("second backward");
+    assert_eq!(values(&x.grad()), vec![4.0, -20.0, -20.0]);
+    let y = &x * 2.0;
+    let err = backward_with_grad(&y, &Tensor::ones([2], (Kind::Double, Device::Cpu)))
+        .expect_err("a gradient of the wrong shape");
+    assert!(!err.to_string().is_empty());
+}

@@ -6,8 +6,9 @@
 //! seed 0), windowed into sets and signed with the toy MinHash of `ausa_kernels::toy`
 //! (the same layout rules as the pipeline's stages), token states `x` `[B, L, d]` and atom
 //! embeddings `[4096, d]` with gradients, `d = H * D`. A step is the layer's forward, and
-//! for `fwd+bwd` also the gradients of `x`, the embeddings and every layer parameter
-//! (`run_backward`, so nothing accumulates between steps). The per-batch `SetLayout`
+//! for `fwd+bwd` also the gradients of `x`, the embeddings and every layer parameter from
+//! a fixed random output gradient of the output's kind (`out.backward(grad)`, as the
+//! attention peers do), dropped after each step so nothing accumulates. The per-batch `SetLayout`
 //! (padding and `Delta`) is timed on its own (`layout_ms`): it runs once per batch for all
 //! layers. Every time is the median of `iters` steps with the device synchronized around
 //! each, after `warmup` untimed ones.
@@ -291,10 +292,13 @@ pub fn run(
         let phi = pool_atoms(&embedding, &layout);
         layer.forward(&x, &phi.to_kind(kind), &layout)
     };
-    let mut wrt: Vec<Tensor> = vs.trainable_variables();
-    wrt.push(embedding.shallow_clone());
-    wrt.push(x.shallow_clone());
-    let wrt_refs: Vec<&Tensor> = wrt.iter().collect();
+    let mut leaves: Vec<Tensor> = vs.trainable_variables();
+    leaves.push(embedding.shallow_clone());
+    leaves.push(x.shallow_clone());
+    // The output gradient, as the attention peers pass one (`out.backward(grad)`): the
+    // backward starts from a tensor of the output's kind, not from a scalar loss (an fp32
+    // copy of the output for the sum would be in the peak and the time).
+    let out_grad = tch::no_grad(|| forward().randn_like());
     if let Device::Cuda(i) = device {
         ausa_kernels::shim::cuda_reset_peak(i)
             .map_err(|e| Error::Torch(format!("resetting the CUDA peak: {e}")))?;
@@ -305,10 +309,18 @@ pub fn run(
     let fwd_ms = median_ms(device, settings, || {
         let _ = tch::no_grad(forward);
     });
+    let mut backward_error = None;
     let fwd_bwd_ms = median_ms(device, settings, || {
-        let loss = forward().to_kind(Kind::Float).sum(Kind::Float);
-        let _ = Tensor::run_backward(&[loss], &wrt_refs, false, false);
+        let out = forward();
+        if let Err(e) = ausa_kernels::shim::backward_with_grad(&out, &out_grad)
+            .and_then(|()| ausa_kernels::shim::set_grads_to_none(&mut leaves))
+        {
+            backward_error.get_or_insert(e);
+        }
     });
+    if let Some(e) = backward_error {
+        return Err(Error::Torch(format!("the SKA layer's backward: {e}")));
+    }
     let max_vram_mb = match device {
         Device::Cuda(i) => Some(
             ausa_kernels::shim::cuda_memory(i)
