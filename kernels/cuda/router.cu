@@ -4,16 +4,17 @@
 // with no visible set gets a zero output and lse = -inf. The reference is the router
 // half of `SetAttention::forward` (kernels/src/lib.rs); tests in kernels/src/tests_cuda.rs.
 //
-// Layout (row-major): q [B, H, L, D], z [B, H, M, D], route [B, L, M] u8,
-// out [B, H, L, D], lse [B, H, L]. D = HEAD_DIM is fixed at compile time (NVRTC option
+// Layout (row-major): q [B, H, L, D] (or token-major [B, L, H, D]: tok_row), z [B, H, M, D],
+// route [B, L, M] u8, out like q, lse [B, H, L]. D = HEAD_DIM is fixed at compile time (NVRTC option
 // -DHEAD_DIM=..), so a thread's query and accumulator live in registers. The per-token
 // rows (q, out, and in the backward dout, dq) are `tok_t`: fp32, or bf16 with
 // -DTOKEN_BF16=1, read and written as such (a bf16 step passes its activations without
 // fp32 copies: each would be a cast kernel and twice the memory of every saved row);
 // everything per set (z, dz), lse and all arithmetic stay fp32.
 //
-// Grid: x over blocks of ROWS tokens, y over B * H. One thread per token; the block
-// stages TJ sets' z rows in shared memory and every thread reads them as broadcasts.
+// Grid: x over blocks of ROWS tokens, y over B * H. One thread per token (the tensor-core
+// top-k forward: 16 tokens per warp); the block stages TJ sets' z rows in shared memory
+// and every thread reads them as broadcasts.
 // Without top-k (router_fwd) the softmax is online (one pass, running max and sum, as
 // FlashAttention); with top-k (router_fwd_topk) a first pass keeps the TOPK best logits
 // in registers, a second mixes them. The route comes in as bits (route_pack).
@@ -485,10 +486,15 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
 // ---- Backward -----------------------------------------------------------------------
 // With P_tj = exp(q_t . z_j - lse_t) over the kept sets of token t and
 // D_t = dout_t . out_t:  dS_tj = P_tj (dout_t . z_j - D_t),
-//   dq_t = sum_j dS_tj z_j                       (router_bwd_dq: one thread per token)
-//   dz_j = sum_t dS_tj q_t + P_tj dout_t         (router_bwd_dz: one block per set tile)
-// Each output is a sum in a fixed order by one thread: no atomics, so the gradients are
-// the same bits on every run. Kept = route[b, t, j] and, with top-k, j among kept[t].
+//   dq_t = sum_j dS_tj z_j                       (router_bwd_dq: one thread per token;
+//                                                 with top-k router_bwd_dq_topk: a lane
+//                                                 group per token)
+//   dz_j = sum_t dS_tj q_t + P_tj dout_t         (router_bwd_dz: one block per set tile;
+//                                                 with top-k router_bwd_dz_kept by token
+//                                                 chunks, or router_bwd_dz_sparse)
+// Each output is a sum in a fixed order by one thread (or a fixed butterfly, and partial
+// sums added in chunk order): no atomics, so the gradients are the same bits on every
+// run. Kept = route[b, t, j] and, with top-k, j among kept[t].
 
 // Whether set j is kept for the token whose top-k list is `list` (topk 0: all visible).
 __device__ __forceinline__ bool in_top(const int* list, int topk, int j) {
