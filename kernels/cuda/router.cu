@@ -643,6 +643,19 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
 #define ST (HEAD_DIM > 64 ? 16 : 32)
 #define DZ_THREADS 256
 
+// Stages the q and dout rows of tokens t0 .. t0 + width (zeros past them) as fp32.
+__device__ __forceinline__ void stage_token_rows(float (*qs)[HEAD_DIM], float (*gs)[HEAD_DIM],
+                                                 const tok_t* q, const tok_t* dout, int bh,
+                                                 int t0, int width, int heads, int len,
+                                                 int token_major) {
+    for (int e = threadIdx.x; e < ST * HEAD_DIM; e += DZ_THREADS) {
+        const int r = e / HEAD_DIM, d = e % HEAD_DIM;
+        const size_t qrow = tok_row(bh, r < width ? t0 + r : 0, heads, len, token_major);
+        qs[r][d] = r < width ? tok_load(q, qrow + d) : 0.0f;
+        gs[r][d] = r < width ? tok_load(dout, qrow + d) : 0.0f;
+    }
+}
+
 // The outputs (set c of the tile, dim d) this thread owns, u = 0 .. DZ_OWN - 1. When the
 // block size is a multiple of HEAD_DIM (DZ_GROUPED) a thread owns one dim d and DZ_OWN
 // consecutive sets: each token's q and g are read from shared memory once for all of
@@ -733,12 +746,7 @@ router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
     for (int t0 = 0; t0 < len; t0 += ST) {
         const int width = min(ST, len - t0);
         __syncthreads();  // the previous tile's reads are done
-        for (int e = tid; e < ST * HEAD_DIM; e += DZ_THREADS) {
-            const int r = e / HEAD_DIM, d = e % HEAD_DIM;
-            const size_t qrow = tok_row(bh, r < width ? t0 + r : 0, heads, len, token_major);
-            qs[r][d] = r < width ? tok_load(q, qrow + d) : 0.0f;
-            gs[r][d] = r < width ? tok_load(dout, qrow + d) : 0.0f;
-        }
+        stage_token_rows(qs, gs, q, dout, bh, t0, width, heads, len, token_major);
         __syncthreads();
         for (int pair = tid; pair < ST * SJ; pair += DZ_THREADS) {
             const int r = pair / SJ, c = pair % SJ;
@@ -840,12 +848,7 @@ router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
             }
         }
         if (!__syncthreads_or(found)) continue;
-        for (int e = tid; e < ST * HEAD_DIM; e += DZ_THREADS) {
-            const int r = e / HEAD_DIM, d = e % HEAD_DIM;
-            const size_t qrow = tok_row(bh, r < width ? t0 + r : 0, heads, len, token_major);
-            qs[r][d] = r < width ? tok_load(q, qrow + d) : 0.0f;
-            gs[r][d] = r < width ? tok_load(dout, qrow + d) : 0.0f;
-        }
+        stage_token_rows(qs, gs, q, dout, bh, t0, width, heads, len, token_major);
         __syncthreads();
         accumulate_dz(acc, qs, gs, ps, dss, width);
     }
