@@ -810,8 +810,8 @@ impl CudaKernels {
     }
 
     /// The router's gradients `(dq, dz)` for the output gradient `dout` (`[B, H, L, D]`),
-    /// from the forward's inputs and what it saved. `dout` and the returned `dq` are of
-    /// `q`'s kind, `dz` is fp32. Deterministic: every element is summed in a fixed order
+    /// from the forward's inputs and what it saved. `dout` is cast to `q`'s kind when it
+    /// has another; the returned `dq` is of `q`'s kind, `dz` is fp32. Deterministic: every element is summed in a fixed order
     /// by one thread.
     pub fn router_backward(
         &self,

@@ -176,7 +176,7 @@ impl CustomOp for RouterOp {
                     route_bits: route_bits.shallow_clone(),
                 };
                 let (dq, dz) = kernels
-                    .router_backward(q, z, route, &fwd, &dout.to_kind(q.kind()))
+                    .router_backward(q, z, route, &fwd, dout)
                     .map_err(|e| e.to_string())?;
                 Ok(vec![Some(dq.to_kind(kind)), Some(dz.to_kind(kind)), None])
             }

@@ -8,9 +8,9 @@
 //! embeddings `[4096, d]` with gradients, `d = H * D`. A step is the layer's forward, and
 //! for `fwd+bwd` also the gradients of `x`, the embeddings and every layer parameter from
 //! a fixed random output gradient of the output's kind (`out.backward(grad)`, as the
-//! attention peers do), dropped after each step so nothing accumulates. The per-batch `SetLayout`
-//! (padding and `Delta`) is timed on its own (`layout_ms`): it runs once per batch for all
-//! layers. Every time is the median of `iters` steps with the device synchronized around
+//! attention peers do), dropped after each step so nothing accumulates. The per-batch
+//! `SetLayout` (padding and `Delta`) is timed on its own (`layout_ms`): it runs once per
+//! batch for all layers. Every time is the median of `iters` steps with the device synchronized around
 //! each, after `warmup` untimed ones.
 //!
 //! Columns ([`SkaBenchRow::fields`]): the SPEC's `backend, dtype, B, L, H, D, window,
@@ -298,7 +298,7 @@ pub fn run(
     // The output gradient, as the attention peers pass one (`out.backward(grad)`): the
     // backward starts from a tensor of the output's kind, not from a scalar loss (an fp32
     // copy of the output for the sum would be in the peak and the time).
-    let out_grad = tch::no_grad(|| forward().randn_like());
+    let out_grad = Tensor::randn([batch, shape.seq_len, d], (kind, device));
     if let Device::Cuda(i) = device {
         ausa_kernels::shim::cuda_reset_peak(i)
             .map_err(|e| Error::Torch(format!("resetting the CUDA peak: {e}")))?;
