@@ -27,7 +27,9 @@ pub enum BenchWhat {
     /// One SKA layer (set attention + router + atom pooling), forward and forward +
     /// backward, on synthetic sets: one CSV row per length x precision x backend.
     ///
-    /// B = --tokens / L sequences per step. Columns: the SPEC's benchmark fields, then
+    /// B = --tokens / L sequences per step. The backward starts from a fixed random
+    /// gradient of the output's kind, as the PyTorch attention peers do
+    /// (`out.backward(grad)`). Columns: the SPEC's benchmark fields, then
     /// fwd_ms, bwd_ms, layout_ms (the per-batch Delta and masks), model_tflops and
     /// model_gbps (FLOP and byte counts of the math over the measured time).
     Ska(SkaArgs),
