@@ -95,6 +95,30 @@ char* ausa_cuda_current_stream(int device, void** stream) {
   });
 }
 
+// Makes a stream of libtorch's pool current on `device` (libtorch's current stream is per
+// thread): *handle receives its cudaStream_t, *previous_id the id of the stream it replaces,
+// for ausa_cuda_restore_stream. The pool's streams do not synchronize with the legacy default
+// stream, so work that ignored the current stream would race with it.
+char* ausa_cuda_use_pool_stream(int device, int64_t* previous_id, void** handle) {
+  return guarded([&] {
+    const auto* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+    c10::Device dev(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device));
+    c10::Stream pool = impl->getStreamFromGlobalPool(dev, false);
+    c10::Stream previous = impl->exchangeStream(pool);
+    *previous_id = previous.id();
+    *handle = impl->getStreamNativeHandle(pool);
+  });
+}
+
+// Makes the stream with id `id` (from ausa_cuda_use_pool_stream) current again on `device`.
+char* ausa_cuda_restore_stream(int device, int64_t id) {
+  return guarded([&] {
+    const auto* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+    impl->exchangeStream(c10::Stream::unpack3(id, static_cast<c10::DeviceIndex>(device),
+                                              c10::DeviceType::CUDA));
+  });
+}
+
 // A pinned copy of CPU tensor `t` in *out (at::Tensor::pin_memory without the deprecated
 // device argument that tch always passes, and its warning).
 char* ausa_pin_memory(at::Tensor* t, at::Tensor** out) {

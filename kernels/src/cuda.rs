@@ -9,9 +9,10 @@
 //! processes never see half a file. A cache that cannot be written only costs the
 //! compile time again.
 //!
-//! Kernels run on the legacy default stream, which is libtorch's current stream unless
-//! the program switches streams (the trainer never does); inputs and outputs are libtorch
-//! CUDA tensors passed by device pointer.
+//! Kernels run on libtorch's current stream of the device, asked for (through the C++
+//! shim) at every launch: a caller, or the autograd engine running a backward, may have
+//! made any stream current, and the kernels must order with the libtorch ops around
+//! them. Inputs and outputs are libtorch CUDA tensors passed by device pointer.
 //!
 //! Unsafe code: the launches. Invariant, checked by [`device_ptr`] before every launch:
 //! each pointer is a contiguous CUDA tensor of the kind and element count the kernel
@@ -519,7 +520,6 @@ type ModuleKey = (&'static str, Vec<String>);
 /// The compiled kernels on one GPU.
 pub struct CudaKernels {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
     delta: Arc<CudaModule>,
     /// Modules compiled with `-D` constants (head dimension, content term), per source
     /// file and defines, compiled at first use.
@@ -553,7 +553,6 @@ impl CudaKernels {
         let arch = format!("sm_{major}{minor}");
         let delta = ctx.load_module(compiled(&DELTA, &arch, &[])?)?;
         Ok(CudaKernels {
-            stream: ctx.default_stream(),
             ctx,
             delta,
             specialized: Default::default(),
@@ -606,7 +605,8 @@ impl CudaKernels {
         );
         let (m32, k32) = (to_i32(m)?, to_i32(k)?);
         let f = self.delta.load_function("delta_minhash")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         launch
             .arg(&sig_ptr)
             .arg(&size_ptr)
@@ -660,7 +660,8 @@ impl CudaKernels {
         let words32 = to_i32(words)?;
         if n > 0 {
             let fill = self.delta.load_function("bitset_fill")?;
-            let mut launch = self.stream.launch_builder(&fill);
+            let stream = self.current_stream()?;
+            let mut launch = stream.launch_builder(&fill);
             launch
                 .arg(&value_ptr)
                 .arg(&slot_ptr)
@@ -680,7 +681,8 @@ impl CudaKernels {
             unsafe { launch.launch(cfg) }?;
         }
         let f = self.delta.load_function("delta_exact")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         let m32 = to_i32(m)?;
         launch
             .arg(&bits_ptr)
@@ -748,7 +750,8 @@ impl CudaKernels {
         };
         let f = module.load_function(name)?;
         let ints = shape.kernel_ints(topk)?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         for p in [&ptrs[0], &ptrs[1], &bits_ptr, &ptrs[3], &ptrs[4], &ptrs[5]] {
             launch.arg(p);
         }
@@ -789,7 +792,8 @@ impl CudaKernels {
         let bits_ptr = device_ptr(&bits, Kind::Int, n, self.ordinal)?;
         let f = module.load_function("route_pack")?;
         let (rows, m32, words32) = (b * l, to_i32(m)?, to_i32(words)?);
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         launch
             .arg(route_ptr)
             .arg(&bits_ptr)
@@ -873,7 +877,8 @@ impl CudaKernels {
         let ints = shape.kernel_ints(saved.topk)?;
         if saved.topk > 0 {
             let f = module.load_function("router_bwd_dq_topk")?;
-            let mut launch = self.stream.launch_builder(&f);
+            let stream = self.current_stream()?;
+            let mut launch = stream.launch_builder(&f);
             for p in [
                 &q_ptr,
                 &z_ptr,
@@ -909,7 +914,8 @@ impl CudaKernels {
                 self.ordinal,
             )?;
             let f = module.load_function("router_bwd_dq")?;
-            let mut launch = self.stream.launch_builder(&f);
+            let stream = self.current_stream()?;
+            let mut launch = stream.launch_builder(&f);
             for p in [
                 &q_ptr, &z_ptr, &bits_ptr, &out_ptr, &lse_ptr, &dout_ptr, &dq_ptr, &dsum_ptr,
             ] {
@@ -953,7 +959,8 @@ impl CudaKernels {
             return Ok((dq.view(), dz));
         }
         let f = module.load_function("router_bwd_dz")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         for p in [
             &q_ptr, &z_ptr, &route_ptr, &lse_ptr, &kept_ptr, &dout_ptr, &dsum_ptr, &dz_ptr,
         ] {
@@ -1005,7 +1012,8 @@ impl CudaKernels {
         };
         let partial_ptr = device_ptr(&partial, Kind::Float, chunks * n, self.ordinal)?;
         let f = module.load_function("router_bwd_dz_kept")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         for p in ptrs.iter().chain([&partial_ptr]) {
             launch.arg(p);
         }
@@ -1029,7 +1037,8 @@ impl CudaKernels {
         }
         let dz_ptr = device_ptr(dz, Kind::Float, n, self.ordinal)?;
         let f = module.load_function("sum_chunks")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         let chunks32 = to_i32(chunks)?;
         launch.arg(&partial_ptr).arg(&dz_ptr).arg(&n).arg(&chunks32);
         let cfg = LaunchConfig {
@@ -1076,7 +1085,8 @@ impl CudaKernels {
         ];
         let module = self.set_attention(d, inputs.content.is_some())?;
         let f = module.load_function("set_attn_fwd")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         for p in &args.ptrs {
             launch.arg(p);
         }
@@ -1140,7 +1150,8 @@ impl CudaKernels {
         let module = self.set_attention(d, content)?;
 
         let f = module.load_function("set_attn_bwd_q")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         for p in &args.ptrs {
             launch.arg(p);
         }
@@ -1163,7 +1174,8 @@ impl CudaKernels {
         unsafe { launch.launch(shape.grid()?) }?;
 
         let f = module.load_function("set_attn_bwd_kv")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         for p in &args.ptrs {
             launch.arg(p);
         }
@@ -1222,7 +1234,8 @@ impl CudaKernels {
         ];
         let module = self.layer_norm(c, out)?;
         let f = module.load_function("ln_fwd")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         for p in &ptrs {
             launch.arg(p);
         }
@@ -1271,7 +1284,8 @@ impl CudaKernels {
         ];
         let module = self.layer_norm(c, dy.kind())?;
         let f = module.load_function("ln_bwd")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         for p in &ptrs {
             launch.arg(p);
         }
@@ -1292,7 +1306,8 @@ impl CudaKernels {
         unsafe { launch.launch(cfg) }?;
         let dwb_ptr = device_ptr(&dwb, Kind::Float, 2 * c, self.ordinal)?;
         let f = module.load_function("ln_bwd_reduce")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         let blocks32 = to_i32(blocks)?;
         launch.arg(&ptrs[6]).arg(&dwb_ptr).arg(&blocks32);
         let cfg = LaunchConfig {
@@ -1379,7 +1394,8 @@ impl CudaKernels {
             device_ptr(dz, Kind::Float, b * h * m * d, self.ordinal)?,
         );
         let f = module.load_function("router_bwd_dz_sparse")?;
-        let mut launch = self.stream.launch_builder(&f);
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
         for p in ptrs.iter().chain([&order_ptr, &seg_ptr, &dz_ptr]) {
             launch.arg(p);
         }
@@ -1438,9 +1454,27 @@ impl CudaKernels {
         Ok(module)
     }
 
-    /// Waits for every kernel launched so far.
+    /// Waits for every kernel launched so far on libtorch's current stream.
     pub fn synchronize(&self) -> Result<(), CudaError> {
-        Ok(self.stream.synchronize()?)
+        Ok(self.current_stream()?.synchronize()?)
+    }
+
+    /// libtorch's current stream on this device, borrowed for the next launches: the
+    /// kernels then order after the libtorch ops that wrote their inputs and before
+    /// those that read their outputs, whatever stream the caller (or the autograd
+    /// engine, which runs a backward on its forward's stream) has made current.
+    fn current_stream(&self) -> Result<Arc<CudaStream>, CudaError> {
+        let handle = crate::shim::cuda_current_stream(self.ordinal)
+            .map_err(|e| CudaError::Driver(format!("libtorch's current stream: {e}")))?;
+        // SAFETY: the handle is a stream of this device's primary context, the context
+        // `ctx` retains (libtorch and cudarc both use the primary context); libtorch's
+        // streams (the legacy default stream and its pool's) live as long as the
+        // process, so the borrowed wrapper never outlives its stream; ordering with
+        // libtorch's work is by construction: it is libtorch's own current stream.
+        Ok(unsafe {
+            self.ctx
+                .wrap_borrowed_stream(handle as cudarc::driver::sys::CUstream)
+        })
     }
 }
 

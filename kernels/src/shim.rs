@@ -4,7 +4,8 @@
 //! - CUDA caching-allocator statistics ([`cuda_memory`], [`cuda_reset_peak`]) and the
 //!   driver's free memory ([`cuda_mem_info`]), for `max_vram_mb` and `--memory-safe`;
 //! - libtorch's current CUDA stream ([`cuda_current_stream`]), for kernels launched
-//!   outside libtorch on the same stream, and pinned host memory ([`pin_memory`]);
+//!   outside libtorch on the same stream, a side stream made current for a scope
+//!   ([`PoolStream`]), and pinned host memory ([`pin_memory`]);
 //! - one AdamW step through libtorch's fused kernel with clipping and the fp16 skip on the
 //!   device, so a training step never waits for the GPU ([`adamw_step`]),
 //!   [`set_grads_to_none`], and [`backward_with_grad`] (a backward pass from a given output
@@ -15,7 +16,7 @@
 //! trainer loads it), so a binary using it still starts on a machine without CUDA libraries;
 //! the CUDA functions then return an error.
 //!
-//! This is the only unsafe code of the crate. Invariant of every call below: each
+//! The unsafe code of this module: the FFI calls. Invariant of every call below: each
 //! `*mut C_tensor` passed to C++ comes from a live `tch::Tensor` borrowed for the duration of
 //! the call (C++ copies the handle, never keeps the pointer); output pointers point to locals;
 //! an error string returned by C++ is read once and freed with `ausa_shim_free_error`; a
@@ -39,6 +40,12 @@ extern "C" {
     fn ausa_cuda_reset_peak(device: c_int) -> *mut c_char;
     fn ausa_cuda_mem_info(device: c_int, free: *mut u64, total: *mut u64) -> *mut c_char;
     fn ausa_cuda_current_stream(device: c_int, stream: *mut *mut c_void) -> *mut c_char;
+    fn ausa_cuda_use_pool_stream(
+        device: c_int,
+        previous_id: *mut i64,
+        stream: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn ausa_cuda_restore_stream(device: c_int, id: i64) -> *mut c_char;
     fn ausa_set_grads_to_none(params: *const *mut C_tensor, n: i64) -> *mut c_char;
     fn ausa_backward_with_grad(out: *mut C_tensor, grad: *mut C_tensor) -> *mut c_char;
     fn ausa_pin_memory(t: *mut C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
@@ -141,6 +148,50 @@ pub fn cuda_current_stream(device: usize) -> Result<usize, ShimError> {
     // SAFETY: the output points to a local.
     check(unsafe { ausa_cuda_current_stream(device_index(device)?, &mut stream) })?;
     Ok(stream as usize)
+}
+
+/// While alive, a stream of libtorch's pool is this thread's current CUDA stream on its
+/// device (libtorch's ops and, through [`cuda_current_stream`], ausa's kernels run on
+/// it); dropping it makes the previous stream current again. The pool's streams do not
+/// synchronize with the legacy default stream, so code that ignored the current stream
+/// would race with the work around it: how the tests check that the kernels follow it.
+#[derive(Debug)]
+pub struct PoolStream {
+    device: usize,
+    previous: i64,
+    handle: usize,
+}
+
+impl PoolStream {
+    /// Makes a pool stream of CUDA device `device` current.
+    pub fn enter(device: usize) -> Result<PoolStream, ShimError> {
+        let (mut previous, mut stream) = (0i64, std::ptr::null_mut());
+        // SAFETY: the outputs point to locals.
+        check(unsafe {
+            ausa_cuda_use_pool_stream(device_index(device)?, &mut previous, &mut stream)
+        })?;
+        Ok(PoolStream {
+            device,
+            previous,
+            handle: stream as usize,
+        })
+    }
+
+    /// The stream's `cudaStream_t`, as an address (never 0: not the legacy stream).
+    pub fn handle(&self) -> usize {
+        self.handle
+    }
+}
+
+impl Drop for PoolStream {
+    fn drop(&mut self) {
+        // The device index was valid when the guard was made; restoring a stream id
+        // libtorch handed out cannot fail, and a drop has nowhere to report to.
+        if let Ok(device) = device_index(self.device) {
+            // SAFETY: no pointers cross; an error string is freed by `check`.
+            let _ = check(unsafe { ausa_cuda_restore_stream(device, self.previous) });
+        }
+    }
 }
 
 fn pointers(tensors: &[Tensor]) -> Vec<*mut C_tensor> {

@@ -940,3 +940,96 @@ fn cuda_layer_norm_to_half_matches_the_manual_op_and_repeats_bit_for_bit() {
         }
     }
 }
+
+/// The kernels follow libtorch's current stream: the set attention and the router,
+/// forward and backward under autograd, on a pool stream (which neither waits for the
+/// legacy default stream nor is waited for by it) give the same bits as on the default
+/// stream, although every input is written on the pool stream just before, behind a few
+/// milliseconds of matmuls: kernels launched on any other stream would read the inputs
+/// unwritten.
+#[test]
+fn cuda_ops_follow_libtorchs_current_stream() {
+    let Some(_kernels) = gpu("cuda_ops_follow_libtorchs_current_stream") else {
+        return;
+    };
+    use crate::router::Router;
+    use crate::set_attention::{FusedSetAttention, SetAttentionArgs};
+    use crate::shim::PoolStream;
+    use crate::OpImpl;
+    let device = Device::Cuda(0);
+    let cuda = OpImpl::Cuda { ordinal: 0 };
+    tch::manual_seed(fresh_seed() as i64);
+    let case = set_case(2, 4, device);
+    let shape = ROUTER_SHAPES[3];
+    let (q, z, route) = router_case(shape, device);
+    let route = route.unsqueeze(1);
+    let router_dout = Tensor::randn(q.size(), (Kind::Float, device));
+    let attention = FusedSetAttention::new(cuda, 0.5).unwrap().unwrap();
+    let router = Router::new(cuda, shape.5).unwrap().unwrap();
+    tch::Cuda::synchronize(0);
+    let run = |on_pool_stream: bool| -> Vec<Tensor> {
+        let stream = on_pool_stream.then(|| PoolStream::enter(0).expect("a pool stream"));
+        if let Some(stream) = &stream {
+            let current = crate::shim::cuda_current_stream(0).unwrap();
+            assert_eq!(current, stream.handle(), "the pool stream is current");
+        }
+        let busy = Tensor::randn([2048, 2048], (Kind::Float, device));
+        for _ in 0..24 {
+            let _ = busy.matmul(&busy);
+        }
+        let leaf = |t: &Tensor| t.copy().detach().set_requires_grad(true);
+        let (gamma, tau, v, qa, kb) = (
+            leaf(&case.gamma),
+            leaf(&case.tau),
+            leaf(&case.v),
+            leaf(&case.qa),
+            leaf(&case.kb),
+        );
+        let (qg, zg) = (leaf(&q), leaf(&z));
+        let args = SetAttentionArgs {
+            delta: &case.delta.copy(),
+            attend: &case.attend.copy(),
+            gamma: &gamma,
+            tau: &tau,
+            v: &v,
+            content: Some((&qa, &kb)),
+        };
+        let set_out = attention.forward(&args).unwrap();
+        let routed = router.forward(&qg, &zg, &route.copy()).unwrap();
+        let loss =
+            (&set_out * &case.dout).sum(Kind::Float) + (&routed * &router_dout).sum(Kind::Float);
+        loss.backward();
+        let all = vec![
+            set_out.detach(),
+            routed.detach(),
+            gamma.grad(),
+            tau.grad(),
+            v.grad(),
+            qa.grad(),
+            kb.grad(),
+            qg.grad(),
+            zg.grad(),
+        ];
+        tch::Cuda::synchronize(0);
+        all
+    };
+    let on_default = run(false);
+    let on_pool = run(true);
+    let names = [
+        "set out",
+        "router out",
+        "dgamma",
+        "dtau",
+        "dv",
+        "dqa",
+        "dkb",
+        "dq",
+        "dz",
+    ];
+    for ((name, a), b) in names.iter().zip(&on_default).zip(&on_pool) {
+        assert!(
+            a.equal(b),
+            "{name}: the pool-stream run differs from the default-stream run"
+        );
+    }
+}

@@ -18,7 +18,16 @@ fn cuda_calls_fail_with_a_message_without_cuda_and_answer_with_it() {
         assert!(free > 0 && free <= total, "free {free} of {total}");
         cuda_memory(0).expect("allocator statistics on a GPU");
         cuda_reset_peak(0).expect("peak reset on a GPU");
-        cuda_current_stream(0).expect("the current stream on a GPU");
+        let before = cuda_current_stream(0).expect("the current stream on a GPU");
+        {
+            let side = PoolStream::enter(0).expect("a pool stream on a GPU");
+            assert_ne!(side.handle(), 0, "a pool stream is not the legacy stream");
+            assert_eq!(
+                cuda_current_stream(0).expect("current stream"),
+                side.handle()
+            );
+        }
+        assert_eq!(cuda_current_stream(0).expect("current stream"), before);
         return;
     }
     let errors = [
@@ -26,6 +35,7 @@ fn cuda_calls_fail_with_a_message_without_cuda_and_answer_with_it() {
         cuda_reset_peak(0).err(),
         cuda_mem_info(0).err(),
         cuda_current_stream(0).err(),
+        PoolStream::enter(0).err().map(|e| ShimError(e.0)),
     ];
     for e in errors {
         let e = e.expect("no CUDA in this process: the call must fail");
