@@ -782,24 +782,100 @@ router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
 
 // With top-k: dz_j = sum over the (token, slot) entries that kept set j of
 // kept_ds * q_t + kept_p * dout_t, O(topk) per token instead of a pass over every token
-// per set. `order` lists the B*H*L*TOPK_MAX entries sorted by (bh, j) (a stable sort, so
-// by token within a set), `seg[bh * m + j]` .. `seg[bh * m + j + 1]` is set j's run.
-// One block per (set, bh), one thread per dimension: a fixed order, no atomics.
-extern "C" __global__ void __launch_bounds__(HEAD_DIM)
+// per set. The entries are first bucketed by (bh, set) with a stable counting sort in
+// three steps, each linear in the entries:
+//   router_dz_bucket_count: chunks of BUCKET_TOKENS tokens (one entry per thread); each
+//     set's count in each chunk goes to counts[(bh * m + j) * chunks + chunk] (zeroed
+//     before: a (set, chunk) with no entry keeps its 0);
+//   an inclusive scan of `counts` in that order (libtorch's cumsum): `scanned`; the run
+//     of (bh, j) in the sorted order is then scanned[key * chunks - 1] ..
+//     scanned[key * chunks + chunks - 1], chunk by chunk in token order;
+//   router_dz_bucket_place: each entry goes to its chunk's start in the run plus the
+//     number of equal keys before it in the chunk, so the runs list entries in token
+//     order (stable), and the same inputs give the same order (no atomics).
+// A libtorch stable sort of 64-bit keys with a binary search for the runs took ~0.25 ms
+// and a dozen launches at B*H*L = 262144 rows.
+#define BUCKET_THREADS 256
+#define BUCKET_TOKENS (BUCKET_THREADS / TOPK_MAX)
+
+// This thread's entry of chunk blockIdx.x of sequence-head blockIdx.y: its index in the
+// kept lists, its set (-1: none), and how many entries of the chunk have that set
+// (`total`) and come before it (`earlier`).
+__device__ __forceinline__ void bucket_rank(const int* __restrict__ kept, int len,
+                                            size_t& entry, int& key, int& earlier,
+                                            int& total) {
+    __shared__ int keys[BUCKET_THREADS];
+    const int tid = threadIdx.x, bh = blockIdx.y;
+    const int t = blockIdx.x * BUCKET_TOKENS + tid / TOPK_MAX;
+    entry = ((size_t)bh * len + t) * TOPK_MAX + tid % TOPK_MAX;
+    key = t < len ? kept[entry] : -1;
+    keys[tid] = key;
+    __syncthreads();
+    earlier = 0;
+    total = 0;
+    if (key < 0) return;
+    for (int i = 0; i < BUCKET_THREADS; ++i) {  // the same address for all: a broadcast
+        const bool same = keys[i] == key;
+        total += same;
+        earlier += same && i < tid;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BUCKET_THREADS)
+router_dz_bucket_count(const int* __restrict__ kept, int* __restrict__ counts, int len, int m) {
+    size_t entry;
+    int key, earlier, total;
+    bucket_rank(kept, len, entry, key, earlier, total);
+    // The last entry of each set in the chunk writes the set's count.
+    if (key >= 0 && earlier == total - 1)
+        counts[((size_t)blockIdx.y * m + key) * gridDim.x + blockIdx.x] = total;
+}
+
+extern "C" __global__ void __launch_bounds__(BUCKET_THREADS)
+router_dz_bucket_place(const int* __restrict__ kept, const int* __restrict__ scanned,
+                       int* __restrict__ order, int len, int m) {
+    size_t entry;
+    int key, earlier, total;
+    bucket_rank(kept, len, entry, key, earlier, total);
+    if (key < 0) return;
+    const size_t cell = ((size_t)blockIdx.y * m + key) * gridDim.x + blockIdx.x;
+    const int start = cell == 0 ? 0 : scanned[cell - 1];
+    order[start + earlier] = (int)entry;
+}
+
+// The bucketed entries' sum: one block per (set, bh) of SPARSE_GROUPS groups of HEAD_DIM
+// threads (one per dim); group g sums the entries g, g + G, ... of the set's run (G loads
+// in flight, where one group walking the run serially waited on each entry's row), then
+// the G partial rows are added in group order. A fixed order, no atomics: the same bits
+// every run. `chunks` is the bucketing's chunk count.
+#define SPARSE_GROUPS (256 / HEAD_DIM > 0 ? 256 / HEAD_DIM : 1)
+extern "C" __global__ void __launch_bounds__(SPARSE_GROUPS * HEAD_DIM)
 router_bwd_dz_sparse(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
                      const float* __restrict__ kept_p, const float* __restrict__ kept_ds,
-                     const long long* __restrict__ order, const long long* __restrict__ seg,
-                     float* __restrict__ dz, int heads, int len, int m, int token_major) {
-    const int j = blockIdx.x, bh = blockIdx.y, d = threadIdx.x;
+                     const int* __restrict__ order, const int* __restrict__ scanned,
+                     float* __restrict__ dz, int heads, int len, int m, int chunks,
+                     int token_major) {
+    __shared__ float partial[SPARSE_GROUPS][HEAD_DIM];
+    const int j = blockIdx.x, bh = blockIdx.y;
+    const int d = threadIdx.x % HEAD_DIM, g = threadIdx.x / HEAD_DIM;
     const size_t key = (size_t)bh * m + j;
+    const size_t cell = key * chunks;
+    const int first = cell == 0 ? 0 : scanned[cell - 1], last = scanned[cell + chunks - 1];
     float acc = 0.0f;
-    for (long long e = seg[key]; e < seg[key + 1]; ++e) {
-        const long long entry = order[e];
-        const int t = (int)(entry / TOPK_MAX - (long long)bh * len);  // entries of key (bh, j)
+#pragma unroll 2
+    for (int e = first + g; e < last; e += SPARSE_GROUPS) {
+        const int entry = order[e];
+        const int t = entry / TOPK_MAX - bh * len;  // entries of key (bh, j)
         const size_t qrow = tok_row(bh, t, heads, len, token_major);
         acc += kept_ds[entry] * tok_load(q, qrow + d) + kept_p[entry] * tok_load(dout, qrow + d);
     }
-    dz[key * HEAD_DIM + d] = acc;
+    partial[g][d] = acc;
+    __syncthreads();
+    if (g != 0) return;
+    float sum = 0.0f;
+#pragma unroll
+    for (int r = 0; r < SPARSE_GROUPS; ++r) sum += partial[r][d];
+    dz[key * HEAD_DIM + d] = sum;
 }
 
 // With top-k and few sets per sequence: dz of a tile of SJ sets as router_bwd_dz computes

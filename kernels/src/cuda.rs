@@ -130,9 +130,30 @@ const ROUTER_DZ_TARGET_BLOCKS: i64 = 2048;
 
 /// Up to this many sets per sequence the top-k router's `dz` takes the kernel over tiles
 /// of sets and chunks of tokens (`router_bwd_dz_kept`, reading each token's kept lists)
-/// instead of the sort-based sparse one: the sort of all `B * H * L * 8` kept entries and
-/// the serial walk of each set's entries are the larger cost at short L.
+/// instead of the sparse one (a counting sort of all `B * H * L * 8` kept entries by set,
+/// then a walk of each set's entries): its cost grows with `M * L`, the sparse one's with
+/// `L` only.
 const ROUTER_DENSE_DZ_MAX_SETS: i64 = 64;
+
+/// [`ROUTER_DENSE_DZ_MAX_SETS`], or `$AUSA_ROUTER_DENSE_DZ_MAX_SETS` when it holds an
+/// integer: a tuning knob to measure the crossover of the two `dz` paths
+/// (docs/kernels.md); both give the same gradients to rounding.
+fn dense_dz_max_sets() -> i64 {
+    static LIMIT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("AUSA_ROUTER_DENSE_DZ_MAX_SETS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(ROUTER_DENSE_DZ_MAX_SETS)
+    })
+}
+
+/// Threads of the sparse `dz`'s bucketing kernels (`BUCKET_THREADS` in router.cu): one
+/// kept entry each, so a block covers `ROUTER_BUCKET_TOKENS` tokens.
+const ROUTER_BUCKET_THREADS: u32 = 256;
+
+/// Tokens per chunk of the sparse `dz`'s bucketing (`BUCKET_TOKENS` in router.cu).
+const ROUTER_BUCKET_TOKENS: i64 = ROUTER_BUCKET_THREADS as i64 / ROUTER_TOPK_MAX;
 
 /// The largest router top-k the fused router keeps in registers (`TOPK_MAX`).
 pub const ROUTER_TOPK_MAX: i64 = 8;
@@ -930,10 +951,10 @@ impl CudaKernels {
             // token rows in the layout `layout`.
             unsafe { launch.launch(shape.token_grid()?) }?;
         }
-        // dz. With top-k, from the kept lists router_bwd_dq_topk wrote: a sort of every
-        // kept entry by set, or with few sets per sequence a pass over the tokens per tile
-        // of 16 sets (cheaper than the sort). Without top-k, the pass recomputes P.
-        if saved.topk > 0 && m > ROUTER_DENSE_DZ_MAX_SETS {
+        // dz. With top-k, from the kept lists router_bwd_dq_topk wrote: a counting sort of
+        // every kept entry by set, or with few sets per sequence a pass over the tokens
+        // per tile of 16 sets. Without top-k, the pass recomputes P.
+        if saved.topk > 0 && m > dense_dz_max_sets() {
             self.router_dz_sparse(
                 &module,
                 shape,
@@ -1353,8 +1374,9 @@ impl CudaKernels {
     }
 
     /// The router's `dz` with top-k: each set sums the (token, slot) entries that kept it,
-    /// found by a stable sort of the entries by `(bh, set)` (so in token order within a
-    /// set: a fixed summation order). `ptrs` are `q, dout, kept_p, kept_ds`.
+    /// bucketed by a stable counting sort of the entries by `(bh, set)` (in token order
+    /// within a set, and the same order every run: a fixed summation order; router.cu
+    /// says how). `ptrs` are `q, dout, kept_p, kept_ds`.
     fn router_dz_sparse(
         &self,
         module: &Arc<CudaModule>,
@@ -1366,41 +1388,63 @@ impl CudaKernels {
     ) -> Result<(), CudaError> {
         let RouterShape { b, h, l, m, d } = shape;
         let device = kept.device();
-        let long = (Kind::Int64, device);
-        let kept = kept.to_kind(Kind::Int64);
-        let bh = Tensor::arange(b * h * l, long)
-            .divide_scalar_mode(l, "floor")
-            .unsqueeze(1);
-        // Entries past the visible sets (-1) sort last, under key B * H * M.
-        let sentinel = b * h * m;
-        let keys = (bh * m + &kept)
-            .where_self(&kept.ge(0), &Tensor::full([1], sentinel, long))
-            .flatten(0, -1);
-        let (sorted, order) = keys.sort_stable(true, 0, false);
-        // seg[key] = entries with a smaller key, by binary search in the sorted keys
-        // (bincount would size its output from the largest key: a read-back, so a wait for
-        // the GPU, in every backward pass).
-        let seg = Tensor::arange(sentinel + 2, long).searchsorted(
-            &sorted,
-            false,
-            false,
-            "left",
-            None::<Tensor>,
-        );
         let entries = b * h * l * ROUTER_TOPK_MAX;
-        let (order_ptr, seg_ptr, dz_ptr) = (
-            device_ptr(&order, Kind::Int64, entries, self.ordinal)?,
-            device_ptr(&seg, Kind::Int64, sentinel + 2, self.ordinal)?,
-            device_ptr(dz, Kind::Float, b * h * m * d, self.ordinal)?,
+        if entries > i64::from(i32::MAX) {
+            return Err(CudaError::Input(format!(
+                "{entries} kept entries (B * H * L * {ROUTER_TOPK_MAX}) overflow the sparse dz's 32-bit indices: use fewer tokens per step"
+            )));
+        }
+        // The stable counting sort of the kept entries by (bh, set), router.cu.
+        let chunks = (l + ROUTER_BUCKET_TOKENS - 1) / ROUTER_BUCKET_TOKENS;
+        let cells = b * h * m * chunks;
+        let counts = Tensor::zeros([cells.max(1)], (Kind::Int, device));
+        let order = Tensor::empty([entries.max(1)], (Kind::Int, device));
+        let (kept_ptr, counts_ptr, order_ptr) = (
+            device_ptr(kept, Kind::Int, entries, self.ordinal)?,
+            device_ptr(&counts, Kind::Int, cells, self.ordinal)?,
+            device_ptr(&order, Kind::Int, entries, self.ordinal)?,
         );
+        let (l32, m32) = (to_i32(l)?, to_i32(m)?);
+        let bucket_grid = LaunchConfig {
+            grid_dim: (to_u32(chunks.max(1))?, shape.heads_dim()?.max(1), 1),
+            block_dim: (ROUTER_BUCKET_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = module.load_function("router_dz_bucket_count")?;
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
+        launch.arg(&kept_ptr).arg(&counts_ptr).arg(&l32).arg(&m32);
+        // SAFETY: see the module invariant; reads the b*h*l*8 kept entries (sets below
+        // m, or -1), writes counts at (bh * m + j) * chunks + chunk < cells.
+        unsafe { launch.launch(bucket_grid) }?;
+        let scanned = counts.cumsum(0, Kind::Int);
+        let scanned_ptr = device_ptr(&scanned, Kind::Int, cells, self.ordinal)?;
+        let f = module.load_function("router_dz_bucket_place")?;
+        let mut launch = stream.launch_builder(&f);
+        launch
+            .arg(&kept_ptr)
+            .arg(&scanned_ptr)
+            .arg(&order_ptr)
+            .arg(&l32)
+            .arg(&m32);
+        // SAFETY: as above; reads the scan of counts written before on this stream;
+        // writes each kept entry's index once, at a distinct position below the number
+        // of kept entries (<= entries).
+        unsafe { launch.launch(bucket_grid) }?;
+        let dz_ptr = device_ptr(dz, Kind::Float, b * h * m * d, self.ordinal)?;
         let f = module.load_function("router_bwd_dz_sparse")?;
         let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
-        for p in ptrs.iter().chain([&order_ptr, &seg_ptr, &dz_ptr]) {
+        for p in ptrs.iter().chain([&order_ptr, &scanned_ptr, &dz_ptr]) {
             launch.arg(p);
         }
-        let (h32, l32, m32) = (to_i32(h)?, to_i32(l)?, to_i32(m)?);
-        launch.arg(&h32).arg(&l32).arg(&m32).arg(&layout);
+        let (h32, chunks32) = (to_i32(h)?, to_i32(chunks)?);
+        launch
+            .arg(&h32)
+            .arg(&l32)
+            .arg(&m32)
+            .arg(&chunks32)
+            .arg(&layout);
         let cfg = LaunchConfig {
             grid_dim: (
                 u32::try_from(m.max(1))
@@ -1409,7 +1453,8 @@ impl CudaKernels {
                 1,
             ),
             block_dim: (
-                u32::try_from(d).map_err(|_| CudaError::Input(format!("head dimension {d}")))?,
+                u32::try_from(sparse_dz_threads(d))
+                    .map_err(|_| CudaError::Input(format!("head dimension {d}")))?,
                 1,
                 1,
             ),
@@ -1417,8 +1462,8 @@ impl CudaKernels {
         };
         // SAFETY: see the module invariant; reads q and dout (b*h*l*d), kept_p and
         // kept_ds (b*h*l*8, written by router_bwd_dq before on this stream), order
-        // (b*h*l*8 entry indices below that count) and seg (b*h*m + 2 offsets into order,
-        // nondecreasing); writes dz, every element once.
+        // (entry indices below b*h*l*8, at the positions the scan assigns) and the scan
+        // (cells nondecreasing offsets into order); writes dz, every element once.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
@@ -1476,6 +1521,12 @@ impl CudaKernels {
                 .wrap_borrowed_stream(handle as cudarc::driver::sys::CUstream)
         })
     }
+}
+
+/// Threads of a `router_bwd_dz_sparse` block: `SPARSE_GROUPS` (router.cu) groups of one
+/// thread per dimension, as many as fit 256 threads.
+fn sparse_dz_threads(d: i64) -> i64 {
+    (256 / d).max(1) * d
 }
 
 /// The grid of the pairwise kernels: key tiles x query tiles x sequences.

@@ -316,15 +316,17 @@ fn router_reference(q: &Tensor, z: &Tensor, route: &Tensor, topk: i64) -> (Tenso
 /// Router test shapes `(B, H, L, M, D, top-k)`: one set; L and M not multiples of the
 /// tiles; top-k above some tokens' visible count; a head dimension below the tile width;
 /// the largest head dimension.
-const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 7] = [
+const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 8] = [
     (1, 1, 8, 1, 16, 0),
     (2, 3, 70, 15, 64, 0),
     (2, 4, 256, 7, 64, 4),
     (1, 2, 1000, 61, 32, 8),
     (3, 2, 300, 37, 64, 3),
     (1, 2, 130, 20, 128, 2),
-    // More sets than the dense top-k dz takes: the sort-based sparse dz.
+    // More sets than the dense top-k dz takes: the bucketed sparse dz (L not a multiple
+    // of its 32-token chunks; with top-k below 8, slots past it are empty).
     (2, 2, 600, 140, 32, 8),
+    (1, 3, 777, 100, 64, 3),
 ];
 
 /// Random queries and set outputs for one router shape, and a route of causal windows
