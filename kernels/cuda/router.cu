@@ -266,7 +266,9 @@ router_fwd_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
 // every 32 sets its accumulator fragment holds; the 4 lanes of a quad (the same rows) then
 // merge their lists (by value, a tie going to the lower set index, as the sequential
 // insertion does), and split the mix of the kept z rows by dimension.
+#ifndef MMA_WARPS
 #define MMA_WARPS 4
+#endif
 #define MMA_ROWS (MMA_WARPS * 16)
 #define ZS_PAD 8  // bf16 per z row of padding: the 8 rows a B fragment reads hit 8 bank groups
 
@@ -367,11 +369,12 @@ __device__ __forceinline__ void publish_row(const float (&bv)[TOPK_MAX],
 #if HEAD_DIM % 16 == 0
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
 router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
+                    const unsigned short* __restrict__ z16,
                     const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
                     float* __restrict__ lse, int* __restrict__ kept, int heads, int len,
                     int m, int topk, int token_major) {
     constexpr int KS = HEAD_DIM / 16;
-    __shared__ unsigned short zs[TJ][HEAD_DIM + ZS_PAD];
+    __shared__ __align__(16) unsigned short zs[TJ][HEAD_DIM + ZS_PAD];
     __shared__ float mix_w[MMA_WARPS][16][TOPK_MAX];
     __shared__ int mix_j[MMA_WARPS][16][TOPK_MAX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -410,11 +413,15 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
         const unsigned int word_a = live_a ? rbits_a[j0 / 32] : 0u;
         const unsigned int word_b = live_b ? rbits_b[j0 / 32] : 0u;
         if (!__syncthreads_or((word_a | word_b) != 0u)) continue;
-        for (int e = threadIdx.x; e < TJ * HEAD_DIM / 2; e += MMA_WARPS * 32) {
-            const int r = e / (HEAD_DIM / 2), d = (e % (HEAD_DIM / 2)) * 2;
-            const float* zr = zb + (size_t)(j0 + r) * HEAD_DIM + d;
-            const unsigned int v = r < width ? pack_bf16(zr[0], zr[1]) : 0u;
-            *reinterpret_cast<unsigned int*>(&zs[r][d]) = v;
+        // The tile's z rows from their bf16 copy `z16` (the same values: z holds bf16
+        // values on this path), 8 dims per 16-byte load (HEAD_DIM % 16 == 0 here, and
+        // a padded row is 16-byte aligned).
+        for (int e = threadIdx.x; e < TJ * HEAD_DIM / 8; e += MMA_WARPS * 32) {
+            const int r = e / (HEAD_DIM / 8), d = (e % (HEAD_DIM / 8)) * 8;
+            const uint4 v = r < width ? *reinterpret_cast<const uint4*>(
+                                            z16 + ((size_t)bh * m + j0 + r) * HEAD_DIM + d)
+                                      : make_uint4(0u, 0u, 0u, 0u);
+            *reinterpret_cast<uint4*>(&zs[r][d]) = v;
         }
         __syncthreads();
         if (__any_sync(0xffffffffu, (word_a | word_b) != 0u)) {
@@ -784,98 +791,135 @@ router_bwd_dz(const tok_t* __restrict__ q, const float* __restrict__ z,
 // kept_ds * q_t + kept_p * dout_t, O(topk) per token instead of a pass over every token
 // per set. The entries are first bucketed by (bh, set) with a stable counting sort in
 // three steps, each linear in the entries:
-//   router_dz_bucket_count: chunks of BUCKET_TOKENS tokens (one entry per thread); each
-//     set's count in each chunk goes to counts[(bh * m + j) * chunks + chunk] (zeroed
+//   router_dz_bucket (count): each warp takes a chunk of BUCKET_TOKENS tokens; each
+//     set's count in the chunk goes to counts[(bh * m + j) * chunks + chunk] (zeroed
 //     before: a (set, chunk) with no entry keeps its 0);
 //   an inclusive scan of `counts` in that order (libtorch's cumsum): `scanned`; the run
 //     of (bh, j) in the sorted order is then scanned[key * chunks - 1] ..
 //     scanned[key * chunks + chunks - 1], chunk by chunk in token order;
-//   router_dz_bucket_place: each entry goes to its chunk's start in the run plus the
-//     number of equal keys before it in the chunk, so the runs list entries in token
+//   router_dz_bucket (place): each entry goes to its chunk's start in the run plus the
+//     number of equal sets before it in the chunk, so the runs list entries in token
 //     order (stable), and the same inputs give the same order (no atomics).
 // A libtorch stable sort of 64-bit keys with a binary search for the runs took ~0.25 ms
 // and a dozen launches at B*H*L = 262144 rows.
-#define BUCKET_THREADS 256
-#define BUCKET_TOKENS (BUCKET_THREADS / TOPK_MAX)
+#define BUCKET_TOKENS 32
+#define BUCKET_STEP (32 / TOPK_MAX)  // tokens per warp step: one kept slot per lane
+#if 32 % TOPK_MAX != 0
+#error "a warp step holds whole kept lists"
+#endif
 
-// This thread's entry of chunk blockIdx.x of sequence-head blockIdx.y: its index in the
-// kept lists, its set (-1: none), and how many entries of the chunk have that set
-// (`total`) and come before it (`earlier`).
-__device__ __forceinline__ void bucket_rank(const int* __restrict__ kept, int len,
-                                            size_t& entry, int& key, int& earlier,
-                                            int& total) {
-    __shared__ int keys[BUCKET_THREADS];
-    const int tid = threadIdx.x, bh = blockIdx.y;
-    const int t = blockIdx.x * BUCKET_TOKENS + tid / TOPK_MAX;
-    entry = ((size_t)bh * len + t) * TOPK_MAX + tid % TOPK_MAX;
-    key = t < len ? kept[entry] : -1;
-    keys[tid] = key;
-    __syncthreads();
-    earlier = 0;
-    total = 0;
-    if (key < 0) return;
-    for (int i = 0; i < BUCKET_THREADS; ++i) {  // the same address for all: a broadcast
-        const bool same = keys[i] == key;
-        total += same;
-        earlier += same && i < tid;
+// Warp w of the block takes chunk blockIdx.x * warps + w of sequence-head blockIdx.y, 4
+// tokens (32 kept slots) per step; its running count of each set is its own row of m
+// ints in shared memory (`tally`, warps * m ints of dynamic shared memory). Per step,
+// the lanes holding the same set find each other (match_any): the lowest of them reads
+// the set's count so far, and lane ranks among them follow in lane (= token, slot)
+// order; that lane then adds them all. `place` 0 writes each set's chunk count to
+// `counts`; 1 writes each entry's index to `order` at its place in the set's run.
+extern "C" __global__ void __launch_bounds__(256)
+router_dz_bucket(const int* __restrict__ kept, int* __restrict__ counts,
+                 const int* __restrict__ scanned, int* __restrict__ order, int len, int m,
+                 int chunks, int place) {
+    extern __shared__ int tally[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int chunk = blockIdx.x * (blockDim.x / 32) + warp;
+    const int bh = blockIdx.y;
+    if (chunk >= chunks) return;  // whole warps; no block barrier below
+    int* mine = tally + warp * m;
+    for (int k = lane; k < m; k += 32) mine[k] = 0;
+    __syncwarp();
+    const unsigned below = (1u << lane) - 1u;
+    for (int step = 0; step < BUCKET_TOKENS / BUCKET_STEP; ++step) {
+        const int t = chunk * BUCKET_TOKENS + step * BUCKET_STEP + lane / TOPK_MAX;
+        const size_t entry = ((size_t)bh * len + t) * TOPK_MAX + lane % TOPK_MAX;
+        const int key = t < len ? kept[entry] : -1;
+        const unsigned peers = __match_any_sync(0xffffffffu, key);
+        const int leader = __ffs(peers) - 1;
+        // One leader per distinct set: the leaders touch distinct counters.
+        int base = (key >= 0 && lane == leader) ? mine[key] : 0;
+        base = __shfl_sync(0xffffffffu, base, leader);
+        if (key >= 0) {
+            if (lane == leader) mine[key] = base + __popc(peers);
+            if (place) {
+                const size_t cell = ((size_t)bh * m + key) * chunks + chunk;
+                const int start = cell == 0 ? 0 : scanned[cell - 1];
+                order[start + base + __popc(peers & below)] = (int)entry;
+            }
+        }
+        __syncwarp();
+    }
+    if (place) return;
+    for (int k = lane; k < m; k += 32) {
+        const int n = mine[k];
+        if (n > 0) counts[((size_t)bh * m + k) * chunks + chunk] = n;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BUCKET_THREADS)
-router_dz_bucket_count(const int* __restrict__ kept, int* __restrict__ counts, int len, int m) {
-    size_t entry;
-    int key, earlier, total;
-    bucket_rank(kept, len, entry, key, earlier, total);
-    // The last entry of each set in the chunk writes the set's count.
-    if (key >= 0 && earlier == total - 1)
-        counts[((size_t)blockIdx.y * m + key) * gridDim.x + blockIdx.x] = total;
+// The bucketed entries' sum. One block per (set, bh) of 256 threads in groups of
+// DZ_ENTRY_LANES lanes; a group takes one entry at a time (entries g, g + G, ... of the
+// set's run, G = DZ_GROUPS in flight: a single walker waited on each entry's rows), each
+// lane DZ_VEC consecutive dims of its q and dout rows in one 16-byte load when `aligned`
+// (element loads otherwise: the same values, the same sums). The G partial rows are then
+// added in group order. A fixed order, no atomics: the same bits every run. `chunks` is
+// the bucketing's chunk count.
+#define TOK_BYTES (TOKEN_BF16 ? 2 : 4)
+#define DZ_VEC (HEAD_DIM % (16 / TOK_BYTES) == 0 ? 16 / TOK_BYTES : 1)
+#define DZ_ENTRY_LANES (HEAD_DIM / DZ_VEC)
+#define DZ_GROUPS (256 / DZ_ENTRY_LANES > 0 ? 256 / DZ_ENTRY_LANES : 1)
+
+// Dims d0 .. d0 + DZ_VEC of row `row` of a token tensor as floats.
+__device__ __forceinline__ void load_dims(const tok_t* __restrict__ p, size_t row, int d0,
+                                          bool aligned, float (&v)[DZ_VEC]) {
+    if (DZ_VEC > 1 && aligned) {
+        const uint4 w = *reinterpret_cast<const uint4*>(p + row + d0);
+        const unsigned int words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int i = 0; i < DZ_VEC; ++i) {
+#if TOKEN_BF16
+            v[i] = __uint_as_float(i % 2 == 0 ? words[i / 2] << 16 : words[i / 2] & 0xffff0000u);
+#else
+            v[i] = __uint_as_float(words[i]);
+#endif
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < DZ_VEC; ++i) v[i] = tok_load(p, row + d0 + i);
 }
 
-extern "C" __global__ void __launch_bounds__(BUCKET_THREADS)
-router_dz_bucket_place(const int* __restrict__ kept, const int* __restrict__ scanned,
-                       int* __restrict__ order, int len, int m) {
-    size_t entry;
-    int key, earlier, total;
-    bucket_rank(kept, len, entry, key, earlier, total);
-    if (key < 0) return;
-    const size_t cell = ((size_t)blockIdx.y * m + key) * gridDim.x + blockIdx.x;
-    const int start = cell == 0 ? 0 : scanned[cell - 1];
-    order[start + earlier] = (int)entry;
-}
-
-// The bucketed entries' sum: one block per (set, bh) of SPARSE_GROUPS groups of HEAD_DIM
-// threads (one per dim); group g sums the entries g, g + G, ... of the set's run (G loads
-// in flight, where one group walking the run serially waited on each entry's row), then
-// the G partial rows are added in group order. A fixed order, no atomics: the same bits
-// every run. `chunks` is the bucketing's chunk count.
-#define SPARSE_GROUPS (256 / HEAD_DIM > 0 ? 256 / HEAD_DIM : 1)
-extern "C" __global__ void __launch_bounds__(SPARSE_GROUPS * HEAD_DIM)
+extern "C" __global__ void __launch_bounds__(DZ_GROUPS * DZ_ENTRY_LANES)
 router_bwd_dz_sparse(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
                      const float* __restrict__ kept_p, const float* __restrict__ kept_ds,
                      const int* __restrict__ order, const int* __restrict__ scanned,
                      float* __restrict__ dz, int heads, int len, int m, int chunks,
-                     int token_major) {
-    __shared__ float partial[SPARSE_GROUPS][HEAD_DIM];
+                     int token_major, int aligned) {
+    __shared__ float partial[DZ_GROUPS][HEAD_DIM];
     const int j = blockIdx.x, bh = blockIdx.y;
-    const int d = threadIdx.x % HEAD_DIM, g = threadIdx.x / HEAD_DIM;
+    const int g = threadIdx.x / DZ_ENTRY_LANES, d0 = (threadIdx.x % DZ_ENTRY_LANES) * DZ_VEC;
     const size_t key = (size_t)bh * m + j;
     const size_t cell = key * chunks;
     const int first = cell == 0 ? 0 : scanned[cell - 1], last = scanned[cell + chunks - 1];
-    float acc = 0.0f;
-#pragma unroll 2
-    for (int e = first + g; e < last; e += SPARSE_GROUPS) {
+    float acc[DZ_VEC];
+#pragma unroll
+    for (int i = 0; i < DZ_VEC; ++i) acc[i] = 0.0f;
+    for (int e = first + g; e < last; e += DZ_GROUPS) {
         const int entry = order[e];
         const int t = entry / TOPK_MAX - bh * len;  // entries of key (bh, j)
-        const size_t qrow = tok_row(bh, t, heads, len, token_major);
-        acc += kept_ds[entry] * tok_load(q, qrow + d) + kept_p[entry] * tok_load(dout, qrow + d);
-    }
-    partial[g][d] = acc;
-    __syncthreads();
-    if (g != 0) return;
-    float sum = 0.0f;
+        const size_t row = tok_row(bh, t, heads, len, token_major);
+        const float ds = kept_ds[entry], p = kept_p[entry];
+        float qv[DZ_VEC], gv[DZ_VEC];
+        load_dims(q, row, d0, aligned, qv);
+        load_dims(dout, row, d0, aligned, gv);
 #pragma unroll
-    for (int r = 0; r < SPARSE_GROUPS; ++r) sum += partial[r][d];
-    dz[key * HEAD_DIM + d] = sum;
+        for (int i = 0; i < DZ_VEC; ++i) acc[i] += ds * qv[i] + p * gv[i];
+    }
+#pragma unroll
+    for (int i = 0; i < DZ_VEC; ++i) partial[g][d0 + i] = acc[i];
+    __syncthreads();
+    for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int r = 0; r < DZ_GROUPS; ++r) sum += partial[r][d];
+        dz[key * HEAD_DIM + d] = sum;
+    }
 }
 
 // With top-k and few sets per sequence: dz of a tile of SJ sets as router_bwd_dz computes

@@ -102,9 +102,18 @@ pub const SET_ATTENTION_MAX_HEAD_DIM: i64 = 128;
 /// Tokens per block of the router kernels (`ROWS` in router.cu).
 const ROUTER_ROWS: u32 = 128;
 
-/// Tokens per block of the tensor-core top-k router forward (`MMA_ROWS`: 4 warps of 16
-/// tokens, so 128 threads).
-const ROUTER_MMA_ROWS: u32 = 64;
+/// Warps per block of the tensor-core top-k router forward (`MMA_WARPS`; 16 tokens each),
+/// or `$AUSA_ROUTER_MMA_WARPS` (4 or 8) to measure the other: a block stages each z tile
+/// once for all its tokens.
+fn router_mma_warps() -> u32 {
+    static WARPS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *WARPS.get_or_init(|| {
+        match std::env::var("AUSA_ROUTER_MMA_WARPS").ok().as_deref().map(str::trim) {
+            Some("8") => 8,
+            _ => 4,
+        }
+    })
+}
 
 /// Warps per block of the router's top-k `dq` kernel (`DQ_WARPS`).
 const ROUTER_DQ_WARPS: u32 = 8;
@@ -148,12 +157,14 @@ fn dense_dz_max_sets() -> i64 {
     })
 }
 
-/// Threads of the sparse `dz`'s bucketing kernels (`BUCKET_THREADS` in router.cu): one
-/// kept entry each, so a block covers `ROUTER_BUCKET_TOKENS` tokens.
-const ROUTER_BUCKET_THREADS: u32 = 256;
+/// Tokens per chunk (one warp each) of the sparse `dz`'s bucketing (`BUCKET_TOKENS` in
+/// router.cu).
+const ROUTER_BUCKET_TOKENS: i64 = 32;
 
-/// Tokens per chunk of the sparse `dz`'s bucketing (`BUCKET_TOKENS` in router.cu).
-const ROUTER_BUCKET_TOKENS: i64 = ROUTER_BUCKET_THREADS as i64 / ROUTER_TOPK_MAX;
+/// Shared memory of one bucketing block: each warp keeps a count per set (4 bytes), so
+/// this bounds the sets per sequence of the top-k backward above 64 sets (12288: about
+/// 390k tokens at stride 32), without opting in to more than the default 48 KiB.
+const ROUTER_BUCKET_SHARED_BYTES: i64 = 48 * 1024;
 
 /// The largest router top-k the fused router keeps in registers (`TOPK_MAX`).
 pub const ROUTER_TOPK_MAX: i64 = 8;
@@ -305,9 +316,10 @@ impl RouterShape {
         self.tokens_grid(threads / row_lanes(self.d), threads)
     }
 
-    /// Sixteen tokens per warp: blocks of `ROUTER_MMA_ROWS` tokens (4 warps) x `B * H`.
+    /// Sixteen tokens per warp: blocks of [`router_mma_warps`] warps x `B * H`.
     fn mma_grid(&self) -> Result<LaunchConfig, CudaError> {
-        self.tokens_grid(ROUTER_MMA_ROWS, ROUTER_MMA_ROWS * 2)
+        let warps = router_mma_warps();
+        self.tokens_grid(16 * warps, 32 * warps)
     }
 
     /// One thread per token: blocks of `ROUTER_ROWS` tokens x `B * H`.
@@ -771,9 +783,20 @@ impl CudaKernels {
         };
         let f = module.load_function(name)?;
         let ints = shape.kernel_ints(topk)?;
+        // The tensor-core kernel stages z tiles from a bf16 copy (exact: z holds bf16
+        // values there): half the bytes of every block's staging, and no conversions.
+        let z16 = tensor_cores.then(|| z.to_kind(Kind::BFloat16));
+        let z16_ptr = match &z16 {
+            Some(t) => Some(device_ptr(t, Kind::BFloat16, b * h * m * d, self.ordinal)?),
+            None => None,
+        };
         let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
-        for p in [&ptrs[0], &ptrs[1], &bits_ptr, &ptrs[3], &ptrs[4], &ptrs[5]] {
+        launch.arg(&ptrs[0]).arg(&ptrs[1]);
+        if let Some(p) = &z16_ptr {
+            launch.arg(p);
+        }
+        for p in [&bits_ptr, &ptrs[3], &ptrs[4], &ptrs[5]] {
             launch.arg(p);
         }
         for i in &ints {
@@ -781,7 +804,8 @@ impl CudaKernels {
         }
         let layout = q.flag();
         launch.arg(&layout);
-        // SAFETY: see the module invariant; the kernel reads q, z, the route bits and
+        // SAFETY: see the module invariant; the kernel reads q, z (and the MMA kernel its
+        // bf16 copy z16, b*h*m*d), the route bits and
         // writes out, lse and (with top-k) kept, each of the element count checked above,
         // q and out both in the layout `layout` names; the module's HEAD_DIM is `d` (a
         // multiple of 16 for the MMA kernel).
@@ -961,7 +985,7 @@ impl CudaKernels {
                 &saved.kept,
                 [q_ptr, dout_ptr, kept_p_ptr, kept_ds_ptr],
                 &dz,
-                layout,
+                (layout, tokens),
             )?;
             return Ok((dq.view(), dz));
         }
@@ -1384,7 +1408,7 @@ impl CudaKernels {
         kept: &Tensor,
         ptrs: [u64; 4],
         dz: &Tensor,
-        layout: i32,
+        (layout, tokens): (i32, Kind),
     ) -> Result<(), CudaError> {
         let RouterShape { b, h, l, m, d } = shape;
         let device = kept.device();
@@ -1394,7 +1418,16 @@ impl CudaKernels {
                 "{entries} kept entries (B * H * L * {ROUTER_TOPK_MAX}) overflow the sparse dz's 32-bit indices: use fewer tokens per step"
             )));
         }
-        // The stable counting sort of the kept entries by (bh, set), router.cu.
+        // The stable counting sort of the kept entries by (bh, set), router.cu: one warp
+        // per chunk of tokens, each with a running count per set in shared memory.
+        let tally_bytes = 4 * m.max(1);
+        if tally_bytes > ROUTER_BUCKET_SHARED_BYTES {
+            return Err(CudaError::Input(format!(
+                "{m} sets per sequence are more than the CUDA router's top-k backward takes ({}); use --ska-backend naive or shorter sequences",
+                ROUTER_BUCKET_SHARED_BYTES / 4
+            )));
+        }
+        let warps = (ROUTER_BUCKET_SHARED_BYTES / tally_bytes).min(8);
         let chunks = (l + ROUTER_BUCKET_TOKENS - 1) / ROUTER_BUCKET_TOKENS;
         let cells = b * h * m * chunks;
         let counts = Tensor::zeros([cells.max(1)], (Kind::Int, device));
@@ -1404,33 +1437,41 @@ impl CudaKernels {
             device_ptr(&counts, Kind::Int, cells, self.ordinal)?,
             device_ptr(&order, Kind::Int, entries, self.ordinal)?,
         );
-        let (l32, m32) = (to_i32(l)?, to_i32(m)?);
+        let (l32, m32, chunks32) = (to_i32(l)?, to_i32(m)?, to_i32(chunks)?);
         let bucket_grid = LaunchConfig {
-            grid_dim: (to_u32(chunks.max(1))?, shape.heads_dim()?.max(1), 1),
-            block_dim: (ROUTER_BUCKET_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            grid_dim: (
+                to_u32((chunks + warps - 1) / warps)?.max(1),
+                shape.heads_dim()?.max(1),
+                1,
+            ),
+            block_dim: (to_u32(32 * warps)?, 1, 1),
+            shared_mem_bytes: to_u32(warps * tally_bytes)?,
         };
-        let f = module.load_function("router_dz_bucket_count")?;
+        let f = module.load_function("router_dz_bucket")?;
         let stream = self.current_stream()?;
-        let mut launch = stream.launch_builder(&f);
-        launch.arg(&kept_ptr).arg(&counts_ptr).arg(&l32).arg(&m32);
-        // SAFETY: see the module invariant; reads the b*h*l*8 kept entries (sets below
-        // m, or -1), writes counts at (bh * m + j) * chunks + chunk < cells.
-        unsafe { launch.launch(bucket_grid) }?;
+        let bucket = |scanned: &u64, place: i32| -> Result<(), CudaError> {
+            let mut launch = stream.launch_builder(&f);
+            launch
+                .arg(&kept_ptr)
+                .arg(&counts_ptr)
+                .arg(scanned)
+                .arg(&order_ptr)
+                .arg(&l32)
+                .arg(&m32)
+                .arg(&chunks32)
+                .arg(&place);
+            // SAFETY: see the module invariant; reads the b*h*l*8 kept entries (sets
+            // below m, or -1). place 0 writes counts at (bh * m + j) * chunks + chunk <
+            // cells; place 1 reads the scan of counts (cells entries, written before on
+            // this stream) and writes each kept entry's index once, at a distinct
+            // position below the number of kept entries (<= entries).
+            unsafe { launch.launch(bucket_grid) }?;
+            Ok(())
+        };
+        bucket(&counts_ptr, 0)?;
         let scanned = counts.cumsum(0, Kind::Int);
         let scanned_ptr = device_ptr(&scanned, Kind::Int, cells, self.ordinal)?;
-        let f = module.load_function("router_dz_bucket_place")?;
-        let mut launch = stream.launch_builder(&f);
-        launch
-            .arg(&kept_ptr)
-            .arg(&scanned_ptr)
-            .arg(&order_ptr)
-            .arg(&l32)
-            .arg(&m32);
-        // SAFETY: as above; reads the scan of counts written before on this stream;
-        // writes each kept entry's index once, at a distinct position below the number
-        // of kept entries (<= entries).
-        unsafe { launch.launch(bucket_grid) }?;
+        bucket(&scanned_ptr, 1)?;
         let dz_ptr = device_ptr(dz, Kind::Float, b * h * m * d, self.ordinal)?;
         let f = module.load_function("router_bwd_dz_sparse")?;
         let stream = self.current_stream()?;
@@ -1438,13 +1479,16 @@ impl CudaKernels {
         for p in ptrs.iter().chain([&order_ptr, &scanned_ptr, &dz_ptr]) {
             launch.arg(p);
         }
-        let (h32, chunks32) = (to_i32(h)?, to_i32(chunks)?);
+        // 16-byte row loads need 16-byte aligned rows (libtorch's allocations are).
+        let aligned = i32::from(ptrs[0] % 16 == 0 && ptrs[1] % 16 == 0);
+        let h32 = to_i32(h)?;
         launch
             .arg(&h32)
             .arg(&l32)
             .arg(&m32)
             .arg(&chunks32)
-            .arg(&layout);
+            .arg(&layout)
+            .arg(&aligned);
         let cfg = LaunchConfig {
             grid_dim: (
                 u32::try_from(m.max(1))
@@ -1453,7 +1497,7 @@ impl CudaKernels {
                 1,
             ),
             block_dim: (
-                u32::try_from(sparse_dz_threads(d))
+                u32::try_from(sparse_dz_threads(d, tokens))
                     .map_err(|_| CudaError::Input(format!("head dimension {d}")))?,
                 1,
                 1,
@@ -1477,6 +1521,7 @@ impl CudaKernels {
                 format!("-DHEAD_DIM={d}"),
                 format!("-DTOKEN_BF16={}", i32::from(tokens == Kind::BFloat16)),
                 format!("-DDQ_TOKEN_LANES={}", row_lanes(d)),
+                format!("-DMMA_WARPS={}", router_mma_warps()),
             ],
         )
     }
@@ -1523,10 +1568,14 @@ impl CudaKernels {
     }
 }
 
-/// Threads of a `router_bwd_dz_sparse` block: `SPARSE_GROUPS` (router.cu) groups of one
-/// thread per dimension, as many as fit 256 threads.
-fn sparse_dz_threads(d: i64) -> i64 {
-    (256 / d).max(1) * d
+/// Threads of a `router_bwd_dz_sparse` block for head dimension `d` and token rows of
+/// kind `tokens`: `DZ_GROUPS` groups of `DZ_ENTRY_LANES` lanes (router.cu), each lane
+/// `DZ_VEC` dims (16 bytes when they divide the row), as many groups as fit 256 threads.
+fn sparse_dz_threads(d: i64, tokens: Kind) -> i64 {
+    let per_load = 16 / tokens.elt_size_in_bytes() as i64;
+    let vec = if d % per_load == 0 { per_load } else { 1 };
+    let lanes = d / vec;
+    (256 / lanes).max(1) * lanes
 }
 
 /// The grid of the pairwise kernels: key tiles x query tiles x sequences.
@@ -1655,33 +1704,39 @@ pub fn compile_all(arch: &str) -> Result<(), CudaError> {
         return Err(CudaError::Unavailable("libnvrtc.so was not found".into()));
     }
     preload_nvrtc_builtins();
-    for source in SOURCES {
-        for variant in ["0", "1"] {
-            let defines = if source.file == LAYER_NORM.file {
-                // A size that is not a multiple of 32, and the bf16 and fp16 outputs.
-                vec!["-DLN_C=100".to_string(), format!("-DOUT_BF16={variant}")]
-            } else {
-                // With and without the content term (set attention), fp32 and bf16 token
-                // rows (router).
-                vec![
-                    "-DHEAD_DIM=64".to_string(),
-                    format!("-DCONTENT={variant}"),
-                    format!("-DTOKEN_BF16={variant}"),
-                    format!("-DDQ_TOKEN_LANES={}", row_lanes(64)),
-                    format!("-DSA_LANES={}", row_lanes(64)),
-                ]
-            };
-            let ptx = compile(source, arch, &defines)?.to_src();
-            // A register array indexed by a run-time value (a top-k list read at `topk - 1`)
-            // silently moves to local memory, which made the router's forward several times
-            // slower; no kernel here needs local memory, so any is a regression.
-            if ptx.contains("ld.local") || ptx.contains("st.local") {
-                return Err(CudaError::Input(format!(
-                    "{} ({}) uses local memory: a register array indexed at run time?",
-                    source.file,
-                    defines.join(" ")
-                )));
-            }
+    // Head dimension 20: rows that 16-byte loads do not divide in bf16.
+    for (source, variant, head_dim) in SOURCES
+        .iter()
+        .flat_map(|s| [(s, "0"), (s, "1")])
+        .flat_map(|(s, v)| [(s, v, 64), (s, v, 20)])
+    {
+        if source.file == LAYER_NORM.file && head_dim != 64 {
+            continue;
+        }
+        let defines = if source.file == LAYER_NORM.file {
+            // A size that is not a multiple of 32, and the bf16 and fp16 outputs.
+            vec!["-DLN_C=100".to_string(), format!("-DOUT_BF16={variant}")]
+        } else {
+            // With and without the content term (set attention), fp32 and bf16 token
+            // rows (router).
+            vec![
+                format!("-DHEAD_DIM={head_dim}"),
+                format!("-DCONTENT={variant}"),
+                format!("-DTOKEN_BF16={variant}"),
+                format!("-DDQ_TOKEN_LANES={}", row_lanes(head_dim)),
+                format!("-DSA_LANES={}", row_lanes(head_dim)),
+            ]
+        };
+        let ptx = compile(source, arch, &defines)?.to_src();
+        // A register array indexed by a run-time value (a top-k list read at `topk - 1`)
+        // silently moves to local memory, which made the router's forward several times
+        // slower; no kernel here needs local memory, so any is a regression.
+        if ptx.contains("ld.local") || ptx.contains("st.local") {
+            return Err(CudaError::Input(format!(
+                "{} ({}) uses local memory: a register array indexed at run time?",
+                source.file,
+                defines.join(" ")
+            )));
         }
     }
     Ok(())
