@@ -102,18 +102,9 @@ pub const SET_ATTENTION_MAX_HEAD_DIM: i64 = 128;
 /// Tokens per block of the router kernels (`ROWS` in router.cu).
 const ROUTER_ROWS: u32 = 128;
 
-/// Warps per block of the tensor-core top-k router forward (`MMA_WARPS`; 16 tokens each),
-/// or `$AUSA_ROUTER_MMA_WARPS` (4 or 8) to measure the other: a block stages each z tile
-/// once for all its tokens.
-fn router_mma_warps() -> u32 {
-    static WARPS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *WARPS.get_or_init(|| {
-        match std::env::var("AUSA_ROUTER_MMA_WARPS").ok().as_deref().map(str::trim) {
-            Some("8") => 8,
-            _ => 4,
-        }
-    })
-}
+/// Warps per block of the tensor-core top-k router forward (`MMA_WARPS`, 16 tokens each;
+/// measured on the H200 at 16k: 8 warps 10% slower than 4).
+const ROUTER_MMA_WARPS: u32 = 4;
 
 /// Warps per block of the router's top-k `dq` kernel (`DQ_WARPS`).
 const ROUTER_DQ_WARPS: u32 = 8;
@@ -316,10 +307,9 @@ impl RouterShape {
         self.tokens_grid(threads / row_lanes(self.d), threads)
     }
 
-    /// Sixteen tokens per warp: blocks of [`router_mma_warps`] warps x `B * H`.
+    /// Sixteen tokens per warp: blocks of [`ROUTER_MMA_WARPS`] warps x `B * H`.
     fn mma_grid(&self) -> Result<LaunchConfig, CudaError> {
-        let warps = router_mma_warps();
-        self.tokens_grid(16 * warps, 32 * warps)
+        self.tokens_grid(16 * ROUTER_MMA_WARPS, 32 * ROUTER_MMA_WARPS)
     }
 
     /// One thread per token: blocks of `ROUTER_ROWS` tokens x `B * H`.
@@ -1480,7 +1470,7 @@ impl CudaKernels {
             launch.arg(p);
         }
         // 16-byte row loads need 16-byte aligned rows (libtorch's allocations are).
-        let aligned = i32::from(ptrs[0] % 16 == 0 && ptrs[1] % 16 == 0);
+        let aligned = i32::from(ptrs[0].is_multiple_of(16) && ptrs[1].is_multiple_of(16));
         let h32 = to_i32(h)?;
         launch
             .arg(&h32)
@@ -1521,7 +1511,7 @@ impl CudaKernels {
                 format!("-DHEAD_DIM={d}"),
                 format!("-DTOKEN_BF16={}", i32::from(tokens == Kind::BFloat16)),
                 format!("-DDQ_TOKEN_LANES={}", row_lanes(d)),
-                format!("-DMMA_WARPS={}", router_mma_warps()),
+                format!("-DMMA_WARPS={ROUTER_MMA_WARPS}"),
             ],
         )
     }
