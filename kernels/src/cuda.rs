@@ -681,9 +681,9 @@ impl CudaKernels {
             device_ptr(&out, Kind::Float, b * m * m, self.ordinal)?,
         );
         let words32 = to_i32(words)?;
+        let stream = self.current_stream()?;
         if n > 0 {
             let fill = self.delta.load_function("bitset_fill")?;
-            let stream = self.current_stream()?;
             let mut launch = stream.launch_builder(&fill);
             launch
                 .arg(&value_ptr)
@@ -704,7 +704,6 @@ impl CudaKernels {
             unsafe { launch.launch(cfg) }?;
         }
         let f = self.delta.load_function("delta_exact")?;
-        let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
         let m32 = to_i32(m)?;
         launch
@@ -910,9 +909,9 @@ impl CudaKernels {
         );
         let module = self.router(d, tokens)?;
         let ints = shape.kernel_ints(saved.topk)?;
+        let stream = self.current_stream()?;
         if saved.topk > 0 {
             let f = module.load_function("router_bwd_dq_topk")?;
-            let stream = self.current_stream()?;
             let mut launch = stream.launch_builder(&f);
             for p in [
                 &q_ptr,
@@ -949,7 +948,6 @@ impl CudaKernels {
                 self.ordinal,
             )?;
             let f = module.load_function("router_bwd_dq")?;
-            let stream = self.current_stream()?;
             let mut launch = stream.launch_builder(&f);
             for p in [
                 &q_ptr, &z_ptr, &bits_ptr, &out_ptr, &lse_ptr, &dout_ptr, &dq_ptr, &dsum_ptr,
@@ -994,7 +992,6 @@ impl CudaKernels {
             return Ok((dq.view(), dz));
         }
         let f = module.load_function("router_bwd_dz")?;
-        let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
         for p in [
             &q_ptr, &z_ptr, &route_ptr, &lse_ptr, &kept_ptr, &dout_ptr, &dsum_ptr, &dz_ptr,
@@ -1072,7 +1069,6 @@ impl CudaKernels {
         }
         let dz_ptr = device_ptr(dz, Kind::Float, n, self.ordinal)?;
         let f = module.load_function("sum_chunks")?;
-        let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
         let chunks32 = to_i32(chunks)?;
         launch.arg(&partial_ptr).arg(&dz_ptr).arg(&n).arg(&chunks32);
@@ -1209,7 +1205,6 @@ impl CudaKernels {
         unsafe { launch.launch(shape.grid()?) }?;
 
         let f = module.load_function("set_attn_bwd_kv")?;
-        let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
         for p in &args.ptrs {
             launch.arg(p);
@@ -1341,7 +1336,6 @@ impl CudaKernels {
         unsafe { launch.launch(cfg) }?;
         let dwb_ptr = device_ptr(&dwb, Kind::Float, 2 * c, self.ordinal)?;
         let f = module.load_function("ln_bwd_reduce")?;
-        let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
         let blocks32 = to_i32(blocks)?;
         launch.arg(&ptrs[6]).arg(&dwb_ptr).arg(&blocks32);
@@ -1464,7 +1458,6 @@ impl CudaKernels {
         bucket(&scanned_ptr, 1)?;
         let dz_ptr = device_ptr(dz, Kind::Float, b * h * m * d, self.ordinal)?;
         let f = module.load_function("router_bwd_dz_sparse")?;
-        let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
         for p in ptrs.iter().chain([&order_ptr, &scanned_ptr, &dz_ptr]) {
             launch.arg(p);
