@@ -77,6 +77,15 @@ const LAYER_NORM: Source = Source {
     text: include_str!("../cuda/layer_norm.cu"),
 };
 
+const POOL: Source = Source {
+    file: "pool.cu",
+    text: include_str!("../cuda/pool.cu"),
+};
+
+/// Threads per block of the pooling kernels (`POOL_THREADS` in pool.cu), each over 4
+/// columns (or 1 when the row width is not a multiple of 4).
+const POOL_THREADS: u32 = 128;
+
 /// The largest normalized size of the fused LayerNorm (`LN_C` in layer_norm.cu).
 pub const LAYER_NORM_MAX_COLS: i64 = 1024;
 
@@ -471,7 +480,7 @@ impl SetArgs {
 }
 
 /// Every op family's source (what [`compile_all`] checks).
-const SOURCES: &[&Source] = &[&DELTA, &ROUTER, &SET_ATTENTION, &LAYER_NORM];
+const SOURCES: &[&Source] = &[&DELTA, &ROUTER, &SET_ATTENTION, &LAYER_NORM, &POOL];
 
 /// Threads per block side of the pairwise kernels (`TILE` in delta.cu).
 const TILE: u32 = 16;
@@ -1233,6 +1242,103 @@ impl CudaKernels {
         })
     }
 
+    /// The atom pooling `out[s] = sum_{e in slot s} table[values[e]]` (`[S, dim]` fp32)
+    /// for the fp32 `table` (`[V, dim]`), the Int64 atom ids `values` (`[N]`) and the
+    /// slot CSR `offsets` (`[S + 1]` Int64, non-decreasing, ending at most at `N`), as
+    /// `crate::pool_atoms` computes it. Every row of the output is written (an empty
+    /// slot gives zeros); an id outside `[0, V)` adds nothing.
+    pub fn pool_forward(
+        &self,
+        table: &Tensor,
+        values: &Tensor,
+        offsets: &Tensor,
+    ) -> Result<Tensor, CudaError> {
+        let [vocab, dim] = dims(table, "table")?;
+        let [n] = dims(values, "values")?;
+        let [s1] = dims(offsets, "offsets")?;
+        let slots = s1 - 1;
+        if slots < 0 {
+            return Err(CudaError::Input(
+                "offsets: empty (expected S + 1 entries)".into(),
+            ));
+        }
+        let out = Tensor::empty([slots, dim], (Kind::Float, table.device()));
+        if slots == 0 || dim == 0 {
+            return Ok(out);
+        }
+        let (table, values, offsets) = (
+            table.contiguous(),
+            values.contiguous(),
+            offsets.contiguous(),
+        );
+        let ptrs = [
+            device_ptr(&table, Kind::Float, vocab * dim, self.ordinal)?,
+            device_ptr(&values, Kind::Int64, n, self.ordinal)?,
+            device_ptr(&offsets, Kind::Int64, s1, self.ordinal)?,
+            device_ptr(&out, Kind::Float, slots * dim, self.ordinal)?,
+        ];
+        let (vocab32, dim32, vec) = (to_i32(vocab)?, to_i32(dim)?, i32::from(dim % 4 == 0));
+        let module = self.specialized(&POOL, vec![])?;
+        let f = module.load_function("pool_fwd")?;
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
+        for p in &ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&vocab32).arg(&dim32).arg(&vec);
+        // SAFETY: see the module invariant; block x reads offsets[x..=x+1] (x < S), the
+        // ids between them (the caller's CSR: within the N values), rows of table only for
+        // ids in [0, V), and writes row x of out; the columns stay below dim (float4
+        // accesses only when dim % 4 == 0, so rows stay 16-byte aligned in libtorch's
+        // 256-byte aligned allocations).
+        unsafe { launch.launch(pool_grid(slots, dim)?) }?;
+        Ok(out)
+    }
+
+    /// The gradient of [`CudaKernels::pool_forward`] with respect to the table (`[vocab,
+    /// dim]` fp32) for the output gradient `dout` (`[S, dim]` fp32), from the occurrences
+    /// in atom order: `sorted_atoms` (`[N]` Int64, non-decreasing) and `sorted_slots` (the
+    /// slot of each), as `SetLayout` keeps them. Deterministic: each atom's rows are summed
+    /// in the same order on every run, without atomics.
+    pub fn pool_backward(
+        &self,
+        dout: &Tensor,
+        sorted_atoms: &Tensor,
+        sorted_slots: &Tensor,
+        vocab: i64,
+    ) -> Result<Tensor, CudaError> {
+        let [slots, dim] = dims(dout, "dout")?;
+        let [n] = dims(sorted_atoms, "sorted_atoms")?;
+        expect_shape(sorted_slots, &[n], "sorted_slots")?;
+        let dtable = Tensor::zeros([vocab, dim], (Kind::Float, dout.device()));
+        if n == 0 || dim == 0 || vocab == 0 {
+            return Ok(dtable);
+        }
+        let dout = dout.to_kind(Kind::Float).contiguous();
+        let (sorted_atoms, sorted_slots) = (sorted_atoms.contiguous(), sorted_slots.contiguous());
+        let ptrs = [
+            device_ptr(&dout, Kind::Float, slots * dim, self.ordinal)?,
+            device_ptr(&sorted_atoms, Kind::Int64, n, self.ordinal)?,
+            device_ptr(&sorted_slots, Kind::Int64, n, self.ordinal)?,
+            device_ptr(&dtable, Kind::Float, vocab * dim, self.ordinal)?,
+        ];
+        let (vocab32, dim32, vec) = (to_i32(vocab)?, to_i32(dim)?, i32::from(dim % 4 == 0));
+        let module = self.specialized(&POOL, vec![])?;
+        let f = module.load_function("pool_bwd")?;
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
+        for p in &ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&n).arg(&vocab32).arg(&dim32).arg(&vec);
+        // SAFETY: see the module invariant; block x reads sorted_atoms[x - 1 ..] and
+        // sorted_slots up to index n - 1, rows of dout at the given slots (the layout's
+        // slots, all below S = B * M), and writes the row of its atom only for ids in
+        // [0, vocab): one block per atom run, so no row is written twice.
+        unsafe { launch.launch(pool_grid(n, dim)?) }?;
+        Ok(dtable)
+    }
+
     /// LayerNorm of the rows of `x` (`[N, C]` fp32, contiguous) with `weight` and `bias`
     /// (`[C]` fp32), written as `out` (`BFloat16` or `Half`); also returns each row's mean
     /// and reciprocal standard deviation (`[N]` fp32) for [`CudaKernels::layer_norm_backward`].
@@ -1549,6 +1655,31 @@ impl CudaKernels {
                 .wrap_borrowed_stream(handle as cudarc::driver::sys::CUstream)
         })
     }
+}
+
+/// The grid of the pooling kernels: `rows` blocks along x (slots or occurrences), the
+/// row's columns in chunks of [`POOL_THREADS`] threads (4 columns each when `dim % 4 ==
+/// 0`) along y.
+fn pool_grid(rows: i64, dim: i64) -> Result<LaunchConfig, CudaError> {
+    let per_thread = if dim % 4 == 0 { 4 } else { 1 };
+    let chunks =
+        (dim + per_thread * i64::from(POOL_THREADS) - 1) / (per_thread * i64::from(POOL_THREADS));
+    let x = u32::try_from(rows)
+        .ok()
+        .filter(|&x| x < i32::MAX as u32)
+        .ok_or_else(|| {
+            CudaError::Input(format!("{rows} pooling rows are too many for one grid"))
+        })?;
+    Ok(LaunchConfig {
+        grid_dim: (
+            x,
+            u32::try_from(chunks)
+                .map_err(|_| CudaError::Input(format!("a row of {dim} columns is too wide")))?,
+            1,
+        ),
+        block_dim: (POOL_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 /// Threads of a `router_bwd_dz_sparse` block for head dimension `d` and token rows of

@@ -11,7 +11,8 @@
 //!   attend mask `end_j <= end_i` and the token -> set route mask.
 //! - [`pool_atoms`] is the differentiable CSR pooling `E(S) = sum_{u in S} e(u)` of the
 //!   atom embeddings (one `embedding_bag` over per-slot bags; never cached across
-//!   batches) and [`Adapter`] the low-rank atom adapter `phi = e + alpha * e W1 W2`
+//!   batches; [`pool::AtomPool`] is the same as an op with its own backward, and the
+//!   CUDA kernels behind it) and [`Adapter`] the low-rank atom adapter `phi = e + alpha * e W1 W2`
 //!   (rank 0 = off), linear, so applied to the pooled rows: `Phi(S) = adapter(E(S)) =
 //!   sum_{u in S} phi(u)`, the SPEC's `atoms` set features. [`pool_hidden`] is the `hidden` choice: `Phi(S)`
 //!   is the mean of a layer's input hidden states over the set's span `[start, end)`
@@ -27,7 +28,7 @@
 //! stream, the fused AdamW step, custom autograd ops written in Rust), the place for what
 //! `tch` does not expose; [`router`] and [`set_attention`] are the two halves of the SKA
 //! layer as such ops (a hand-written backward in tensor ops, or the fused CUDA kernels of
-//! [`cuda`]), and [`layer_norm`] the trainer's LayerNorm into bf16 / fp16 as one (the one
+//! [`cuda`]), [`pool`] the atom pooling as one, and [`layer_norm`] the trainer's LayerNorm into bf16 / fp16 as one (the one
 //! op here that is not SKA's: it lives beside the other CUDA kernels and their loader).
 //!
 //! Every step is a tensor op over the whole batch: there is no loop over sets or tokens in
@@ -108,6 +109,12 @@ pub struct SetLayout {
     /// `values[slot_offsets[s]..slot_offsets[s + 1]]` (empty for a padding slot): the
     /// per-slot bags [`pool_atoms`] sums.
     pub slot_offsets: Tensor,
+    /// `[Nvalues]` `Int64` atom ids sorted (stably: equal ids keep their order in
+    /// `values`), for the gradient of the pooling: each atom's occurrences form one run.
+    pub atom_ids: Tensor,
+    /// `[Nvalues]` `Int64`: the slot of each entry of `atom_ids` (`value_slot` in that
+    /// order).
+    pub atom_slots: Tensor,
 }
 
 /// Signature columns compared at once when building `Delta`, bounding the `[B, M, M, c]`
@@ -186,6 +193,10 @@ impl SetLayout {
             0,
         );
 
+        let values = inputs.values.to_kind(Kind::Int64);
+        let (atom_ids, order) = values.sort_stable(true, 0, false);
+        let atom_slots = value_slot.index_select(0, &order);
+
         SetLayout {
             batch,
             seq_len,
@@ -196,9 +207,11 @@ impl SetLayout {
             sizes,
             starts,
             ends,
-            values: inputs.values.to_kind(Kind::Int64),
+            values,
             value_slot,
             slot_offsets,
+            atom_ids,
+            atom_slots,
         }
     }
 }
@@ -330,6 +343,19 @@ pub fn pool_atoms(table: &Tensor, layout: &SetLayout) -> Tensor {
         true, // slot_offsets ends with the total: B * M + 1 entries
     );
     pooled.view([layout.batch, layout.max_sets, dim])
+}
+
+/// [`pool_atoms`] through `op` when there is one (the op of the layers' backend,
+/// [`pool::AtomPool::new`]), else libtorch's `embedding_bag`. Panics if the op fails (its
+/// inputs are the layout's own, checked when the layout was made), as
+/// [`SetAttention::forward`] does.
+pub fn pool_atoms_with(op: Option<&pool::AtomPool>, table: &Tensor, layout: &SetLayout) -> Tensor {
+    match op {
+        Some(op) => op
+            .forward(table, layout)
+            .unwrap_or_else(|e| panic!("the atom pooling: {e}")),
+        None => pool_atoms(table, layout),
+    }
 }
 
 /// The `hidden` set features: `Phi(S)` for every set slot (`[B, M, d]`) as the mean
@@ -596,6 +622,7 @@ pub fn linear_kind(linear: &nn::Linear, x: &Tensor) -> Tensor {
 pub mod cuda;
 pub mod exact;
 pub mod layer_norm;
+pub mod pool;
 
 #[cfg(test)]
 mod tests;

@@ -4,9 +4,13 @@
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
+use crate::pool::AtomPool;
 use crate::toy::{random_tokens, sets, ToyShape};
 use crate::OpImpl;
-use crate::{masked_softmax, pool_atoms, pool_hidden, Adapter, SetAttention, SetLayout, SkaConfig};
+use crate::{
+    masked_softmax, pool_atoms, pool_atoms_with, pool_hidden, Adapter, SetAttention, SetLayout,
+    SkaConfig,
+};
 
 const SHAPE: ToyShape = ToyShape {
     window: 6,
@@ -524,14 +528,15 @@ fn ragged_inputs() -> (crate::SetInputs, Vec<Vec<i64>>) {
     (inputs, atoms)
 }
 
-#[test]
-fn pooled_atoms_are_per_set_sums_with_zero_padding_and_exact_gradients() {
+/// `pool` (libtorch's `embedding_bag` under autograd, or an [`AtomPool`] op) against
+/// per-set sums and their gradient, written out here set by set.
+fn check_pooling(pool: Option<&AtomPool>) {
     let (inputs, atoms) = ragged_inputs();
     let layout = SetLayout::new(&inputs, 8);
     let dim = 5;
     let table =
         (Tensor::randn([8, dim], (Kind::Double, Device::Cpu)) + 0.5).set_requires_grad(true);
-    let pooled = pool_atoms(&table, &layout);
+    let pooled = pool_atoms_with(pool, &table, &layout);
     assert_eq!(pooled.size(), [2, 3, dim]);
     // slot (b, m) -> set; None: padding.
     let slots = [Some(0), Some(1), Some(2), Some(3), None, None];
@@ -567,6 +572,33 @@ fn pooled_atoms_are_per_set_sums_with_zero_padding_and_exact_gradients() {
     }
     let err = (&grad[0] - want).abs().max().double_value(&[]);
     assert!(err < 1e-12, "table gradient off by {err}");
+}
+
+#[test]
+fn pooled_atoms_are_per_set_sums_with_zero_padding_and_exact_gradients() {
+    check_pooling(None);
+}
+
+#[test]
+fn the_manual_pooling_op_gives_the_same_sums_and_gradients() {
+    let op = AtomPool::new(OpImpl::Manual).unwrap().expect("a manual op");
+    check_pooling(Some(&op));
+}
+
+#[test]
+fn the_layout_keeps_each_atoms_occurrences_as_one_sorted_run() {
+    let (inputs, _) = ragged_inputs();
+    let layout = SetLayout::new(&inputs, 8);
+    let ids: Vec<i64> = Vec::try_from(&layout.atom_ids).unwrap();
+    let slots: Vec<i64> = Vec::try_from(&layout.atom_slots).unwrap();
+    let values: Vec<i64> = Vec::try_from(&layout.values).unwrap();
+    let value_slot: Vec<i64> = Vec::try_from(&layout.value_slot).unwrap();
+    assert!(ids.windows(2).all(|w| w[0] <= w[1]), "not sorted: {ids:?}");
+    // The same (atom, slot) occurrences, each atom's in the order of `values`.
+    let mut want: Vec<(i64, i64)> = values.iter().copied().zip(value_slot).collect();
+    want.sort_by_key(|&(atom, _)| atom); // stable
+    let got: Vec<(i64, i64)> = ids.into_iter().zip(slots).collect();
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -7,6 +7,12 @@ median of --iters after --warmup):
 
 - sdpa_flash: torch.nn.functional.scaled_dot_product_attention, causal, flash backend;
 - flex_sw256: FlexAttention (torch.compile) with a causal sliding window of 256 tokens;
+- sdpa_layer: a whole causal self-attention layer around sdpa_flash, from token states
+  x [B, L, H*D] to the output projection (fused QKV projection, SDPA, output
+  projection; gradients of x and both weight matrices). The two peers above, like the
+  issue's anchor table, time the attention op alone from q, k, v, while `ausa bench ska`
+  times a whole SKA layer (pooling, value, gate and output projections included): this
+  row is the like-for-like comparison;
 
 and the machine's ceilings for the achieved-rate columns: a large bf16 GEMM (TFLOP/s)
 and a device-to-device copy (GB/s). Writes one CSV (--csv) with rows
@@ -69,6 +75,39 @@ def attention_rows(name, attend, b, l, h, d, warmup, iters, window=None):
             f"{flops / (both * 1e-3) / 1e12:.1f}"]
 
 
+def layer_rows(b, l, h, d, warmup, iters):
+    """sdpa_layer: x -> QKV -> causal flash SDPA -> output projection, bf16."""
+    width = h * d
+    x = torch.randn(b, l, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w_qkv = (torch.randn(3 * width, width, device="cuda") / width**0.5).bfloat16().requires_grad_()
+    w_out = (torch.randn(width, width, device="cuda") / width**0.5).bfloat16().requires_grad_()
+    grad = torch.randn(b, l, width, device="cuda", dtype=torch.bfloat16)
+
+    def attend():
+        q, k, v = (x @ w_qkv.t()).view(b, l, 3, h, d).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return o.transpose(1, 2).reshape(b, l, width) @ w_out.t()
+
+    def forward():
+        with torch.no_grad():
+            attend()
+
+    def step():
+        attend().backward(grad)
+        x.grad = w_qkv.grad = w_out.grad = None
+
+    torch.cuda.reset_peak_memory_stats()
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        fwd = timed(forward, warmup, iters)
+        both = timed(step, warmup, iters)
+    vram = torch.cuda.max_memory_allocated() / 2**20
+    # Attention as in attention_rows plus the projections: 2 * B L * width * 4 width
+    # forward FLOPs, backward twice that.
+    flops = 4 * b * h * 0.5 * l * l * d * 3.5 + 3 * 2 * b * l * width * 4 * width
+    return ["sdpa_layer", "bf16", b, l, h, d, f"{fwd:.4f}", f"{both:.4f}", f"{vram:.1f}",
+            f"{flops / (both * 1e-3) / 1e12:.1f}"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lens", default="512,1024,2048,4096,8192,16384")
@@ -79,6 +118,7 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (no compile)")
+    p.add_argument("--no-layer", action="store_true", help="skip the whole-layer SDPA peer")
     p.add_argument("--csv", required=True)
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -102,6 +142,8 @@ def main():
             flex = lambda q, k, v, m=mask: flex_compiled(q, k, v, block_mask=m)
             rows.append(attention_rows(f"flex_sw{w}", flex, b, l, a.heads, a.head_dim,
                                        a.warmup, a.iters, window=w))
+        if not a.no_layer:
+            rows.append(layer_rows(b, l, a.heads, a.head_dim, a.warmup, a.iters))
         print(rows[-1], flush=True)
     n = 8192
     x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)

@@ -15,9 +15,10 @@
 
 use ausa_kernels::cuda::{CudaKernels, ROUTER_MAX_HEAD_DIM, ROUTER_TOPK_MAX};
 use ausa_kernels::layer_norm::HalfLayerNorm;
+use ausa_kernels::pool::AtomPool;
 use ausa_kernels::OpImpl;
 use ausa_kernels::{
-    linear_kind, pool_atoms, pool_hidden, Adapter, SetAttention, SetLayout, SkaConfig,
+    linear_kind, pool_atoms_with, pool_hidden, Adapter, SetAttention, SetLayout, SkaConfig,
 };
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
@@ -370,6 +371,8 @@ pub struct Lm {
     ln_f: nn::LayerNorm,
     /// The fused LayerNorm-to-half ops (`None`: libtorch's LayerNorm and a cast).
     half_norm: Option<HalfLayerNorm>,
+    /// The atom pooling of the SKA backend (`None`: `embedding_bag` under autograd).
+    pool: Option<AtomPool>,
 }
 
 impl std::fmt::Debug for Lm {
@@ -479,6 +482,7 @@ impl Lm {
             blocks,
             ln_f: ln(path / "ln_f"),
             half_norm: None,
+            pool: AtomPool::new(router).unwrap_or_else(|e| panic!("the atom pooling: {e}")),
         }
     }
 
@@ -527,7 +531,7 @@ impl Lm {
                 // Phi(S) = sum over the set's atoms of adapter(E[u]), once per forward: the
                 // adapter is linear, so it maps the pooled rows (M per sequence, not one
                 // per atom occurrence).
-                let pooled = pool_atoms(&self.tokens, layout);
+                let pooled = pool_atoms_with(self.pool.as_ref(), &self.tokens, layout);
                 Some(self.adapter.forward(&pooled).to_kind(kind))
             }
             _ => None,

@@ -25,8 +25,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use ausa_kernels::pool::AtomPool;
 use ausa_kernels::toy::{random_tokens, sets, ToyShape};
-use ausa_kernels::{pool_atoms, SetAttention, SetLayout, SkaConfig};
+use ausa_kernels::{pool_atoms_with, SetAttention, SetLayout, SkaConfig};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -283,13 +284,14 @@ pub fn run(
         ..SkaConfig::default()
     };
     let layer = SetAttention::new(&vs.root() / "ska", &config);
+    let pool = AtomPool::new(router).map_err(Error::Usage)?;
     let embedding =
         (Tensor::randn([i64::from(VOCAB), d], (Kind::Float, device)) * 0.3).set_requires_grad(true);
     let x = Tensor::randn([batch, shape.seq_len, d], (Kind::Float, device))
         .to_kind(kind)
         .set_requires_grad(true);
     let forward = || {
-        let phi = pool_atoms(&embedding, &layout);
+        let phi = pool_atoms_with(pool.as_ref(), &embedding, &layout);
         layer.forward(&x, &phi.to_kind(kind), &layout)
     };
     let mut leaves: Vec<Tensor> = vs.trainable_variables();
