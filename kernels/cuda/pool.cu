@@ -14,8 +14,8 @@
 //
 // Layout (row-major, fp32): table [V, dim], out and dout [S, dim] (S = B * M set slots).
 // values [N] int64 atom ids, offsets [S + 1] int64 (the slot CSR), and for the backward
-// the occurrences in (atom, occurrence) order: sorted_atoms [N] int64 (non-decreasing)
-// and sorted_slots [N] int64 (the slot of each). An id outside [0, V) is skipped (never
+// the occurrences in (atom, occurrence) order: sorted_atoms [N] int32 (non-decreasing)
+// and sorted_slots [N] int32 (the slot of each). An id outside [0, V) is skipped (never
 // read or written out of bounds); ids are validated where batches are made.
 //
 // Grid: x over slots (forward) or occurrences (backward), y over chunks of POOL_THREADS
@@ -85,11 +85,11 @@ pool_fwd(const float* __restrict__ table, const long long* __restrict__ values,
 
 // dtable must be zero on entry (atoms that occur nowhere keep their zero rows).
 extern "C" __global__ void __launch_bounds__(POOL_THREADS)
-pool_bwd(const float* __restrict__ dout, const long long* __restrict__ sorted_atoms,
-         const long long* __restrict__ sorted_slots, float* __restrict__ dtable, long long n,
+pool_bwd(const float* __restrict__ dout, const int* __restrict__ sorted_atoms,
+         const int* __restrict__ sorted_slots, float* __restrict__ dtable, long long n,
          int vocab, int dim, int vec) {
     const long long head = blockIdx.x;
-    const long long atom = sorted_atoms[head];
+    const int atom = sorted_atoms[head];
     if (head > 0 && sorted_atoms[head - 1] == atom) return;  // not the run's first
     if (atom < 0 || atom >= vocab) return;
     const Cols col = thread_cols(dim, vec != 0);
@@ -100,7 +100,7 @@ pool_bwd(const float* __restrict__ dout, const long long* __restrict__ sorted_at
     // The run is contiguous (sorted by atom): once an entry of another atom is met, every
     // later one is too.
     for (long long e = head;; e += 4) {
-        long long slot[4];
+        int slot[4];
         bool in[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {

@@ -113,27 +113,23 @@ __device__ __forceinline__ float dot_row(const float* qr, const float* zr) {
     return (s0 + s1) + (s2 + s3);
 }
 
-// best[topk - 1] of a descending list, as a min over its first topk entries: indexing the
-// register list by the run-time topk would move the whole list to local memory.
-__device__ __forceinline__ float kth_of(const float (&best)[TOPK_MAX], int topk) {
-    float k = __int_as_float(0x7f800000);  // +inf
-#pragma unroll
-    for (int u = 0; u < TOPK_MAX; ++u)
-        if (u < topk) k = fminf(k, best[u]);
-    return k;
-}
-
-// Inserts (logit, set) into a descending list of `topk` (a tie keeps the earlier set); a
-// logit not above the current k-th best `kth` cannot enter, which after the first few
-// tiles is nearly every logit, so the insertion is skipped.
+// Inserts (logit, set) into a descending list of the TOPK_MAX best (a tie keeps the
+// earlier set). The list always holds TOPK_MAX entries whatever the run-time `topk`
+// (the top `topk` of it are the top `topk`; the mix and the kept sets read only those):
+// the entry test is then against best[TOPK_MAX - 1], a register, where a test against
+// best[topk - 1] would index the register list at run time (moving it to local memory)
+// or take a min over it. A logit not above the list's last entry, or below `floor` (a
+// bound from other lists of the same token, see router_fwd_topk_mma; -inf elsewhere),
+// cannot be among the best, which after the first few tiles is nearly every logit, so
+// the insertion is skipped.
 __device__ __forceinline__ void insert_top(float (&best)[TOPK_MAX], int (&best_j)[TOPK_MAX],
-                                           float& kth, float logit, int set, int topk) {
-    if (!(logit > kth)) return;
+                                           float logit, int set, float floor) {
+    if (!(logit > best[TOPK_MAX - 1] && logit >= floor)) return;
     float v = logit;
     int vj = set;
 #pragma unroll
     for (int u = 0; u < TOPK_MAX; ++u) {
-        if (u < topk && v > best[u]) {
+        if (v > best[u]) {
             const float tv = best[u];
             const int tj = best_j[u];
             best[u] = v;
@@ -142,7 +138,6 @@ __device__ __forceinline__ void insert_top(float (&best)[TOPK_MAX], int (&best_j
             vj = tj;
         }
     }
-    kth = kth_of(best, topk);
 }
 
 // One thread per token. TOPK false: the online softmax over every visible set, mixing
@@ -178,7 +173,6 @@ __device__ __forceinline__ void router_fwd_body(const tok_t* __restrict__ q,
     float run_max = NEG_INF, run_sum = 0.0f;
     float best[TOPK_MAX];
     int best_j[TOPK_MAX];
-    float kth = NEG_INF;  // the list's k-th best (see insert_top)
     if (TOPK) {
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) { best[s] = NEG_INF; best_j[s] = -1; }
@@ -197,7 +191,7 @@ __device__ __forceinline__ void router_fwd_body(const tok_t* __restrict__ q,
             const int r = __ffs(rest) - 1;
             const float logit = dot_row(qr, zs[r]);
             if (TOPK) {
-                insert_top(best, best_j, kth, logit, j0 + r, topk);
+                insert_top(best, best_j, logit, j0 + r, NEG_INF);
             } else {
                 const float new_max = fmaxf(run_max, logit);
                 const float scale = expf(run_max - new_max);
@@ -366,15 +360,46 @@ __device__ __forceinline__ void publish_row(const float (&bv)[TOPK_MAX],
     lse[row] = sum > 0.0f ? top + logf(sum) : NEG_INF;
 }
 
-#if HEAD_DIM % 16 == 0
+// The tensor-core kernel and its helpers need sm_80 (bf16 MMA, cp.async); the host picks
+// it only there (`has_bf16_mma`), and for older devices the module goes without it.
+#if HEAD_DIM % 16 == 0 && __CUDA_ARCH__ >= 800
+// Asynchronous global -> shared copies: 16 bytes per
+// copy, `bytes` of them read (0: the 16 bytes are zero-filled, nothing is read).
+__device__ __forceinline__ void cp_async16(void* shared_dst, const void* src, int bytes) {
+    unsigned int dst;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
+                 : "=r"(dst)
+                 : "l"(shared_dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                 "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(PENDING));
+}
+
+// Starts the copy of the z rows of sets j0 .. j0 + TJ - 1 (bf16, from z16: the same
+// values as z on this path) into `tile`, 8 dims per 16-byte copy (HEAD_DIM % 16 == 0
+// here, and a padded row is 16-byte aligned); rows past the last set are zero-filled.
+__device__ __forceinline__ void stage_z_tile(unsigned short (*tile)[HEAD_DIM + ZS_PAD],
+                                             const unsigned short* __restrict__ z16, int bh,
+                                             int m, int j0) {
+    for (int e = threadIdx.x; e < TJ * HEAD_DIM / 8; e += MMA_WARPS * 32) {
+        const int r = e / (HEAD_DIM / 8), d = (e % (HEAD_DIM / 8)) * 8;
+        const bool real = j0 + r < m;
+        const unsigned short* src = z16 + ((size_t)bh * m + (real ? j0 + r : 0)) * HEAD_DIM + d;
+        cp_async16(&tile[r][d], src, real ? 16 : 0);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
-router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
-                    const unsigned short* __restrict__ z16,
+router_fwd_topk_mma(const tok_t* __restrict__ q, const unsigned short* __restrict__ z16,
                     const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
                     float* __restrict__ lse, int* __restrict__ kept, int heads, int len,
                     int m, int topk, int token_major) {
     constexpr int KS = HEAD_DIM / 16;
-    __shared__ __align__(16) unsigned short zs[TJ][HEAD_DIM + ZS_PAD];
+    __shared__ __align__(16) unsigned short zs[2][TJ][HEAD_DIM + ZS_PAD];
     __shared__ float mix_w[MMA_WARPS][16][TOPK_MAX];
     __shared__ int mix_j[MMA_WARPS][16][TOPK_MAX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -385,7 +410,6 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
     const int t0 = blockIdx.x * MMA_ROWS + warp * 16;
     const int ta = t0 + g, tb = t0 + g + 8;  // this lane's two tokens
     const bool live_a = ta < len, live_b = tb < len;
-    const float* zb = z + (size_t)bh * m * HEAD_DIM;
     const tok_t* qa = q + tok_row(bh, live_a ? ta : 0, heads, len, token_major);
     const tok_t* qb = q + tok_row(bh, live_b ? tb : 0, heads, len, token_major);
     // A fragments of the warp's 16 x HEAD_DIM queries, once.
@@ -406,22 +430,40 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
     for (int u = 0; u < TOPK_MAX; ++u) {
         best_a[u] = NEG_INF; best_b[u] = NEG_INF; ja[u] = -1; jb[u] = -1;
     }
-    float kth_a = NEG_INF, kth_b = NEG_INF;
+    // A bound on each token's final list: every lane's list holds TOPK_MAX of the token's
+    // logits, so the best TOPK_MAX of the union are all at or above the largest of the four
+    // lanes' last entries. A lane skips any logit below it (the lists fill from the
+    // other lanes' sets too, which cut the insertions of a causal route at 16k about in
+    // half); equal logits still enter, so a tie goes to the lower set in the merge.
+    float floor_a = NEG_INF, floor_b = NEG_INF;
 
+    // Two staging buffers: while a tile's MMAs run, the next tile's z rows are on their
+    // way (cp.async), and so are the next route words, so neither global latency sits
+    // between two tiles. `staged` is the tile whose copy was started into zs[buf]; a
+    // tile reached after skipped ones (staged behind) is copied when it is reached.
+    int buf = 0, staged = -1;
+    unsigned int next_a = live_a && m > 0 ? rbits_a[0] : 0u;
+    unsigned int next_b = live_b && m > 0 ? rbits_b[0] : 0u;
     for (int j0 = 0; j0 < m; j0 += TJ) {
-        const int width = min(TJ, m - j0);
-        const unsigned int word_a = live_a ? rbits_a[j0 / 32] : 0u;
-        const unsigned int word_b = live_b ? rbits_b[j0 / 32] : 0u;
+        const unsigned int word_a = next_a, word_b = next_b;
+        const bool ahead = j0 + TJ < m;
+        if (ahead) {
+            next_a = live_a ? rbits_a[j0 / 32 + 1] : 0u;
+            next_b = live_b ? rbits_b[j0 / 32 + 1] : 0u;
+        }
         if (!__syncthreads_or((word_a | word_b) != 0u)) continue;
-        // The tile's z rows from their bf16 copy `z16` (the same values: z holds bf16
-        // values on this path), 8 dims per 16-byte load (HEAD_DIM % 16 == 0 here, and
-        // a padded row is 16-byte aligned).
-        for (int e = threadIdx.x; e < TJ * HEAD_DIM / 8; e += MMA_WARPS * 32) {
-            const int r = e / (HEAD_DIM / 8), d = (e % (HEAD_DIM / 8)) * 8;
-            const uint4 v = r < width ? *reinterpret_cast<const uint4*>(
-                                            z16 + ((size_t)bh * m + j0 + r) * HEAD_DIM + d)
-                                      : make_uint4(0u, 0u, 0u, 0u);
-            *reinterpret_cast<uint4*>(&zs[r][d]) = v;
+        if (staged != j0) {
+            cp_async_wait<0>();  // a copy into zs[buf] may still be in flight
+            stage_z_tile(zs[buf], z16, bh, m, j0);
+            cp_async_commit();
+        }
+        if (ahead) {
+            stage_z_tile(zs[buf ^ 1], z16, bh, m, j0 + TJ);
+            cp_async_commit();
+            staged = j0 + TJ;
+            cp_async_wait<1>();  // all but the copy just started
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
         if (__any_sync(0xffffffffu, (word_a | word_b) != 0u)) {
@@ -430,7 +472,7 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
                 float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
 #pragma unroll
                 for (int ks = 0; ks < KS; ++ks) {
-                    const unsigned short* zr = &zs[nt * 8 + g][ks * 16 + tig * 2];
+                    const unsigned short* zr = &zs[buf][nt * 8 + g][ks * 16 + tig * 2];
                     const unsigned int b0 = *reinterpret_cast<const unsigned int*>(zr);
                     const unsigned int b1 = *reinterpret_cast<const unsigned int*>(zr + 8);
                     asm volatile(
@@ -441,14 +483,22 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
                           "r"(b0), "r"(b1));
                 }
                 const int r0 = nt * 8 + tig * 2;  // the tile's sets of c0 / c2 (+1: c1 / c3)
-                if ((word_a >> r0) & 1u) insert_top(best_a, ja, kth_a, c0, j0 + r0, topk);
-                if ((word_a >> (r0 + 1)) & 1u) insert_top(best_a, ja, kth_a, c1, j0 + r0 + 1, topk);
-                if ((word_b >> r0) & 1u) insert_top(best_b, jb, kth_b, c2, j0 + r0, topk);
-                if ((word_b >> (r0 + 1)) & 1u) insert_top(best_b, jb, kth_b, c3, j0 + r0 + 1, topk);
+                if ((word_a >> r0) & 1u) insert_top(best_a, ja, c0, j0 + r0, floor_a);
+                if ((word_a >> (r0 + 1)) & 1u) insert_top(best_a, ja, c1, j0 + r0 + 1, floor_a);
+                if ((word_b >> r0) & 1u) insert_top(best_b, jb, c2, j0 + r0, floor_b);
+                if ((word_b >> (r0 + 1)) & 1u) insert_top(best_b, jb, c3, j0 + r0 + 1, floor_b);
             }
+            // The quad's lanes hold the same two tokens: their lists' last entries bound
+            // the tokens' final lists (uniform: inside a warp-wide branch).
+            floor_a = fmaxf(best_a[TOPK_MAX - 1], __shfl_xor_sync(0xffffffffu, best_a[TOPK_MAX - 1], 1));
+            floor_b = fmaxf(best_b[TOPK_MAX - 1], __shfl_xor_sync(0xffffffffu, best_b[TOPK_MAX - 1], 1));
+            floor_a = fmaxf(floor_a, __shfl_xor_sync(0xffffffffu, floor_a, 2));
+            floor_b = fmaxf(floor_b, __shfl_xor_sync(0xffffffffu, floor_b, 2));
         }
-        __syncthreads();
+        __syncthreads();  // every warp is done with zs[buf] before it is refilled
+        if (ahead) buf ^= 1;
     }
+    cp_async_wait<0>();  // no copy outlives the block's shared memory
     // The quad's four lists per token -> one, the same in all four lanes.
     merge_lists(best_a, ja, 1);
     merge_lists(best_b, jb, 1);
@@ -464,27 +514,44 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const float* __restrict__ z,
     // The mix, one of the warp's 16 tokens at a time with the lanes over the head
     // dimension: each kept z row is read, and each output row written, whole and
     // coalesced (a quarter row per lane read 16 scattered words per lane and kept set).
+    // The rows come from the bf16 copy (the same values, half the bytes), two dims per
+    // lane and load, and all TOPK_MAX loads of a token are issued before the first add
+    // (the sum still runs in list order: the same bits as the fp32 rows gave).
+    constexpr int PAIRS = HEAD_DIM / 2;
+    constexpr int LANE_PAIRS = (PAIRS + 31) / 32;
+    const unsigned int* z16b = reinterpret_cast<const unsigned int*>(z16 + (size_t)bh * m * HEAD_DIM);
     for (int r = 0; r < 16 && t0 + r < len; ++r) {
-        float acc[LANE_DIMS];
-#pragma unroll
-        for (int u = 0; u < LANE_DIMS; ++u) acc[u] = 0.0f;
+        unsigned int raw[TOPK_MAX][LANE_PAIRS];
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) {
             const int j = mix_j[warp][r][s];
-            if (j < 0) continue;  // uniform across the warp
-            const float w = mix_w[warp][r][s];
-            const float* zr = zb + (size_t)j * HEAD_DIM;
 #pragma unroll
-            for (int u = 0; u < LANE_DIMS; ++u) {
-                const int d = lane + 32 * u;
-                if (d < HEAD_DIM) acc[u] += w * zr[d];
+            for (int u = 0; u < LANE_PAIRS; ++u) {
+                const int p = lane + 32 * u;
+                raw[s][u] = (j >= 0 && p < PAIRS) ? z16b[(size_t)j * PAIRS + p] : 0u;
+            }
+        }
+        float lo[LANE_PAIRS], hi[LANE_PAIRS];
+#pragma unroll
+        for (int u = 0; u < LANE_PAIRS; ++u) lo[u] = hi[u] = 0.0f;
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            if (mix_j[warp][r][s] < 0) continue;  // uniform across the warp
+            const float w = mix_w[warp][r][s];
+#pragma unroll
+            for (int u = 0; u < LANE_PAIRS; ++u) {
+                lo[u] += w * __uint_as_float(raw[s][u] << 16);
+                hi[u] += w * __uint_as_float(raw[s][u] & 0xffff0000u);
             }
         }
         const size_t orow = tok_row(bh, t0 + r, heads, len, token_major);
 #pragma unroll
-        for (int u = 0; u < LANE_DIMS; ++u) {
-            const int d = lane + 32 * u;
-            if (d < HEAD_DIM) tok_store(out, orow + d, acc[u]);
+        for (int u = 0; u < LANE_PAIRS; ++u) {
+            const int p = lane + 32 * u;
+            if (p < PAIRS) {
+                tok_store(out, orow + 2 * p, lo[u]);
+                tok_store(out, orow + 2 * p + 1, hi[u]);
+            }
         }
     }
 }

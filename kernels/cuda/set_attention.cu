@@ -35,6 +35,10 @@
 #define ROWS (THREADS / SA_LANES)
 #define DPL ((HEAD_DIM + SA_LANES - 1) / SA_LANES)  // dims per lane
 #define TJ 32
+#define KPL (TJ / SA_LANES)  // keys (or query rows) of a tile per lane, for per-pair scalars
+#if TJ % SA_LANES != 0
+#error "SA_LANES must divide the tile"
+#endif
 #define NEG_INF __int_as_float(0xff800000)
 
 // The lanes of this thread's row group, for shuffles: groups of one warp may take
@@ -49,6 +53,13 @@ __device__ __forceinline__ unsigned int group_mask() {
 __device__ __forceinline__ float group_sum(float v, unsigned int mask) {
 #pragma unroll
     for (int o = SA_LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o);
+    return v;
+}
+
+// The max of v over the row group.
+__device__ __forceinline__ float group_max(float v, unsigned int mask) {
+#pragma unroll
+    for (int o = SA_LANES / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(mask, v, o));
     return v;
 }
 
@@ -144,27 +155,67 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
 #endif
         __syncthreads();
         if (live) {
-            for (int r = 0; r < width; ++r) {
-                if (!at[rloc][r]) continue;  // uniform across the row group
-                float dot = 0.0f;
+            // The tile's scores, KPL per lane: lane l of the group owns keys l, l +
+            // SA_LANES, ... (the exp and the softmax bookkeeping of each pair run once
+            // per group, not once per lane), -inf where the row may not attend.
+            float sc[KPL];
+#pragma unroll
+            for (int c = 0; c < KPL; ++c) {
 #if CONTENT
+                // The content dot products need the whole group; the owner keeps each.
+                sc[c] = NEG_INF;
+                for (int l = 0; l < SA_LANES; ++l) {
+                    const int r = l + SA_LANES * c;
+                    if (r >= width || !at[rloc][r]) continue;  // uniform across the group
+                    float dot = 0.0f;
 #pragma unroll
-                for (int u = 0; u < DPL; ++u) {
-                    const int d = lane + SA_LANES * u;
-                    if (d < HEAD_DIM) dot += qr[u] * ks[r][d];
+                    for (int u = 0; u < DPL; ++u) {
+                        const int d = lane + SA_LANES * u;
+                        if (d < HEAD_DIM) dot += qr[u] * ks[r][d];
+                    }
+                    dot = group_sum(dot, mask);
+                    float k;
+                    const float s_r = pair_score(dl[rloc][r], dot, g, beta, inv_tau, &k);
+                    if (lane == l) sc[c] = s_r;
                 }
-                dot = group_sum(dot, mask);
-#endif
+#else
+                const int r = lane + SA_LANES * c;
                 float k;
-                const float s = pair_score(dl[rloc][r], dot, g, beta, inv_tau, &k);
-                const float new_max = fmaxf(run_max, s);
-                const float scale = expf(run_max - new_max);
-                const float w = expf(s - new_max);
-                run_sum = run_sum * scale + w;
+                sc[c] = (r < width && at[rloc][r])
+                            ? pair_score(dl[rloc][r], 0.0f, g, beta, inv_tau, &k)
+                            : NEG_INF;
+#endif
+            }
+            // One online-softmax step per tile (as FlashAttention): the tile's max, one
+            // rescale of the running sums, then the weights.
+            float tile_max = sc[0];
 #pragma unroll
-                for (int u = 0; u < DPL; ++u) {
-                    const int d = lane + SA_LANES * u;
-                    acc[u] = acc[u] * scale + w * (d < HEAD_DIM ? vs[r][d] : 0.0f);
+            for (int c = 1; c < KPL; ++c) tile_max = fmaxf(tile_max, sc[c]);
+            tile_max = group_max(tile_max, mask);
+            if (tile_max > NEG_INF) {  // uniform across the group
+                const float new_max = fmaxf(run_max, tile_max);
+                const float scale = expf(run_max - new_max);  // 0 at the first tile
+                float w[KPL], tile_sum = 0.0f;
+#pragma unroll
+                for (int c = 0; c < KPL; ++c) {
+                    w[c] = expf(sc[c] - new_max);  // 0 where sc = -inf
+                    tile_sum += w[c];
+                }
+                run_sum = run_sum * scale + group_sum(tile_sum, mask);
+#pragma unroll
+                for (int u = 0; u < DPL; ++u) acc[u] *= scale;
+#pragma unroll
+                for (int c = 0; c < KPL; ++c) {
+                    for (int l = 0; l < SA_LANES; ++l) {
+                        const float wr = __shfl_sync(mask, w[c], l, SA_LANES);
+                        if (wr == 0.0f) continue;  // uniform: masked (or negligible)
+                        const int r = l + SA_LANES * c;
+#pragma unroll
+                        for (int u = 0; u < DPL; ++u) {
+                            const int d = lane + SA_LANES * u;
+                            if (d < HEAD_DIM) acc[u] += wr * vs[r][d];
+                        }
+                    }
                 }
                 run_max = new_max;
             }
@@ -253,43 +304,79 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
 #endif
         __syncthreads();
         if (active) {
-            for (int r = 0; r < width; ++r) {
-                if (!at[rloc][r]) continue;  // uniform across the row group
-                float dot = 0.0f, dp = 0.0f;
+            // First the group's dot products of the tile (dout_i . v_j, and with the
+            // content term qa_i . kb_j), each kept by the lane that owns key j (lane l:
+            // keys l, l + SA_LANES, ...); then the per-pair scalars, KPL keys per lane at
+            // once, instead of every lane repeating them key after key.
+            float dpo[KPL], doto[KPL];
 #pragma unroll
-                for (int u = 0; u < DPL; ++u) {
-                    const int d = lane + SA_LANES * u;
-                    if (d < HEAD_DIM) {
+            for (int c = 0; c < KPL; ++c) {
+                dpo[c] = 0.0f;
+                doto[c] = 0.0f;
+                for (int l = 0; l < SA_LANES; ++l) {
+                    const int r = l + SA_LANES * c;
+                    if (r >= width || !at[rloc][r]) continue;  // uniform across the group
+                    float dot = 0.0f, dp = 0.0f;
+#pragma unroll
+                    for (int u = 0; u < DPL; ++u) {
+                        const int d = lane + SA_LANES * u;
+                        if (d < HEAD_DIM) {
 #if CONTENT
-                        dot += qr[u] * ks[r][d];
+                            dot += qr[u] * ks[r][d];
 #endif
-                        dp += gr[u] * vs[r][d];
+                            dp += gr[u] * vs[r][d];
+                        }
+                    }
+#if CONTENT
+                    dot = group_sum(dot, mask);
+#endif
+                    dp = group_sum(dp, mask);
+                    if (lane == l) {
+                        dpo[c] = dp;
+                        doto[c] = dot;
                     }
                 }
-#if CONTENT
-                dot = group_sum(dot, mask);
-#endif
-                dp = group_sum(dp, mask);
-                float k;
-                const float delta_ij = dl[rloc][r];
-                const float s = pair_score(delta_ij, dot, g, beta, inv_tau, &k);
-                const float ds = expf(s - row_lse) * (dp - d_i);
-                g_acc += ds * (-delta_ij * k) * inv_tau;
-                // sum_j dS_ij = 0, so shifting s by the row's lse changes nothing but
-                // the cancellation error of the fp32 sum (s - lse is small).
-                t_acc += ds * (-(s - row_lse) * inv_tau);
-#if CONTENT
-                const float c = ds * beta * inv_tau;
-#pragma unroll
-                for (int u = 0; u < DPL; ++u) {
-                    const int d = lane + SA_LANES * u;
-                    if (d < HEAD_DIM) dq[u] += c * ks[r][d];
-                }
-#endif
             }
+            float dso[KPL];
+#pragma unroll
+            for (int c = 0; c < KPL; ++c) {
+                const int r = lane + SA_LANES * c;
+                dso[c] = 0.0f;
+                if (r < width && at[rloc][r]) {
+                    float k;
+                    const float delta_ij = dl[rloc][r];
+                    const float s_ij = pair_score(delta_ij, doto[c], g, beta, inv_tau, &k);
+                    const float ds = expf(s_ij - row_lse) * (dpo[c] - d_i);
+                    dso[c] = ds;
+                    g_acc += ds * (-delta_ij * k) * inv_tau;
+                    // sum_j dS_ij = 0, so shifting s by the row's lse changes nothing but
+                    // the cancellation error of the fp32 sum (s - lse is small).
+                    t_acc += ds * (-(s_ij - row_lse) * inv_tau);
+                }
+            }
+#if CONTENT
+#pragma unroll
+            for (int c = 0; c < KPL; ++c) {
+                for (int l = 0; l < SA_LANES; ++l) {
+                    const float cr = __shfl_sync(mask, dso[c], l, SA_LANES) * beta * inv_tau;
+                    if (cr == 0.0f) continue;  // uniform across the group
+                    const int r = l + SA_LANES * c;
+#pragma unroll
+                    for (int u = 0; u < DPL; ++u) {
+                        const int d = lane + SA_LANES * u;
+                        if (d < HEAD_DIM) dq[u] += cr * ks[r][d];
+                    }
+                }
+            }
+#else
+            (void)dso;
+#endif
         }
         __syncthreads();
     }
+    // Each lane summed its own keys' terms: the group's sums, in a fixed butterfly.
+    g_acc = group_sum(g_acc, mask);
+    t_acc = group_sum(t_acc, mask);
     if (!live) return;
 #if CONTENT
 #pragma unroll
@@ -318,6 +405,8 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
 #endif
     __shared__ float lse_s[TJ];
     __shared__ float dsum_s[TJ];
+    __shared__ float dlt[TJ][ROWS + 1];
+    __shared__ unsigned char att[TJ][ROWS + 1];
     const int bh = blockIdx.y;
     const int b = bh / heads, h = bh % heads;
     const int lane = threadIdx.x % SA_LANES, rloc = threadIdx.x / SA_LANES;
@@ -331,8 +420,8 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
     float dvr[DPL];
 #pragma unroll
     for (int u = 0; u < DPL; ++u) dvr[u] = 0.0f;
-#if CONTENT
     const unsigned int mask = group_mask();
+#if CONTENT
     const float* qb = qa + (size_t)bh * m * HEAD_DIM;
     float vr[DPL], kr[DPL], dk[DPL];
 #pragma unroll
@@ -344,59 +433,96 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
         dk[u] = 0.0f;
     }
 #endif
+    const int j0 = blockIdx.x * ROWS;
     for (int q0 = 0; q0 < m; q0 += TJ) {
         const int width = min(TJ, m - q0);
-        // Skip a query tile none of whose rows attends a key of this block.
-        bool mine = false;
-        if (live)
-            for (int r = 0; r < width; ++r) mine |= ab[(size_t)(q0 + r) * m + j] != 0;
-        if (!__syncthreads_or(mine)) continue;
-        stage_rows(gs, gb, q0, m);
-#if CONTENT
-        stage_rows(qs, qb, q0, m);
-#endif
+        // The [TJ, ROWS] tile of Delta and attend (query rows q0.., this block's keys),
+        // read along the keys (contiguous), and the query rows' lse and D.
+        for (int e = threadIdx.x; e < TJ * ROWS; e += THREADS) {
+            const int r = e / ROWS, c = e % ROWS;
+            const int qi = q0 + r, kj = j0 + c;
+            const bool in = qi < m && kj < m;
+            const size_t at_ij = (size_t)qi * m + kj;
+            dlt[r][c] = in ? db[at_ij] : 0.0f;
+            att[r][c] = in ? ab[at_ij] : 0;
+        }
         if (threadIdx.x < TJ) {
             const int qi = q0 + threadIdx.x;
             lse_s[threadIdx.x] = qi < m ? lse[(size_t)bh * m + qi] : NEG_INF;
             dsum_s[threadIdx.x] = qi < m ? dsum[(size_t)bh * m + qi] : 0.0f;
         }
         __syncthreads();
-        if (live) {
-            for (int r = 0; r < width; ++r) {
-                // The row groups of a warp read consecutive j of query row q0 + r.
-                const size_t at_ij = (size_t)(q0 + r) * m + j;
-                if (!ab[at_ij] || !(lse_s[r] > NEG_INF)) continue;  // uniform per group
-                float dot = 0.0f;
+        // Skip a query tile none of whose rows attends a key of this block.
+        bool mine = false;
+        if (live)
+            for (int r = 0; r < width; ++r) mine |= att[r][rloc] != 0 && lse_s[r] > NEG_INF;
+        if (!__syncthreads_or(mine)) continue;
+        stage_rows(gs, gb, q0, m);
 #if CONTENT
-                float dp = 0.0f;
+        stage_rows(qs, qb, q0, m);
+#endif
+        __syncthreads();
+        if (live) {
+            // P_ij for the tile's query rows, KPL per lane (lane l: rows l, l + SA_LANES,
+            // ...), then broadcast row by row into the sums. With the content term the
+            // dot products need the whole group first; the owner keeps each.
+            float po[KPL], co[KPL];
 #pragma unroll
-                for (int u = 0; u < DPL; ++u) {
-                    const int d = lane + SA_LANES * u;
-                    if (d < HEAD_DIM) {
-                        dot += qs[r][d] * kr[u];
-                        dp += gs[r][d] * vr[u];
+            for (int c = 0; c < KPL; ++c) {
+                float dot = 0.0f, dp = 0.0f;
+#if CONTENT
+                for (int l = 0; l < SA_LANES; ++l) {
+                    const int r = l + SA_LANES * c;
+                    if (r >= width || !att[r][rloc] || !(lse_s[r] > NEG_INF)) continue;
+                    float t_dot = 0.0f, t_dp = 0.0f;
+#pragma unroll
+                    for (int u = 0; u < DPL; ++u) {
+                        const int d = lane + SA_LANES * u;
+                        if (d < HEAD_DIM) {
+                            t_dot += qs[r][d] * kr[u];
+                            t_dp += gs[r][d] * vr[u];
+                        }
+                    }
+                    t_dot = group_sum(t_dot, mask);
+                    t_dp = group_sum(t_dp, mask);
+                    if (lane == l) {
+                        dot = t_dot;
+                        dp = t_dp;
                     }
                 }
-                dot = group_sum(dot, mask);
-                dp = group_sum(dp, mask);
 #endif
-                float k;
-                const float s = pair_score(db[at_ij], dot, g, beta, inv_tau, &k);
-                const float p = expf(s - lse_s[r]);
-#pragma unroll
-                for (int u = 0; u < DPL; ++u) {
-                    const int d = lane + SA_LANES * u;
-                    if (d < HEAD_DIM) dvr[u] += p * gs[r][d];
+                const int r = lane + SA_LANES * c;
+                po[c] = 0.0f;
+                co[c] = 0.0f;
+                if (r < width && att[r][rloc] && lse_s[r] > NEG_INF) {
+                    float k;
+                    const float s_ij = pair_score(dlt[r][rloc], dot, g, beta, inv_tau, &k);
+                    po[c] = expf(s_ij - lse_s[r]);
+                    co[c] = po[c] * (dp - dsum_s[r]) * beta * inv_tau;
                 }
-#if CONTENT
-                const float c = p * (dp - dsum_s[r]) * beta * inv_tau;
-#pragma unroll
-                for (int u = 0; u < DPL; ++u) {
-                    const int d = lane + SA_LANES * u;
-                    if (d < HEAD_DIM) dk[u] += c * qs[r][d];
-                }
-#endif
             }
+#pragma unroll
+            for (int c = 0; c < KPL; ++c) {
+                for (int l = 0; l < SA_LANES; ++l) {
+                    const float p = __shfl_sync(mask, po[c], l, SA_LANES);
+#if CONTENT
+                    const float cr = __shfl_sync(mask, co[c], l, SA_LANES);
+#endif
+                    if (p == 0.0f) continue;  // uniform across the group
+                    const int r = l + SA_LANES * c;
+#pragma unroll
+                    for (int u = 0; u < DPL; ++u) {
+                        const int d = lane + SA_LANES * u;
+                        if (d < HEAD_DIM) {
+                            dvr[u] += p * gs[r][d];
+#if CONTENT
+                            dk[u] += cr * qs[r][d];
+#endif
+                        }
+                    }
+                }
+            }
+            (void)co;
         }
         __syncthreads();
     }

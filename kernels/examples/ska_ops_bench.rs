@@ -79,8 +79,8 @@ fn main() {
                 per_set,
                 (Kind::Int64, device),
             ),
-            atom_ids: Tensor::zeros([0], (Kind::Int64, device)),
-            atom_slots: Tensor::zeros([0], (Kind::Int64, device)),
+            atom_ids: Tensor::zeros([0], (Kind::Int, device)),
+            atom_slots: Tensor::zeros([0], (Kind::Int, device)),
             values,
             value_slot,
         };

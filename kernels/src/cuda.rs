@@ -790,10 +790,10 @@ impl CudaKernels {
         };
         let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
-        launch.arg(&ptrs[0]).arg(&ptrs[1]);
-        if let Some(p) = &z16_ptr {
-            launch.arg(p);
-        }
+        // The tensor-core kernel reads z only through its bf16 copy.
+        launch
+            .arg(&ptrs[0])
+            .arg(z16_ptr.as_ref().unwrap_or(&ptrs[1]));
         for p in [&bits_ptr, &ptrs[3], &ptrs[4], &ptrs[5]] {
             launch.arg(p);
         }
@@ -802,8 +802,8 @@ impl CudaKernels {
         }
         let layout = q.flag();
         launch.arg(&layout);
-        // SAFETY: see the module invariant; the kernel reads q, z (and the MMA kernel its
-        // bf16 copy z16, b*h*m*d), the route bits and
+        // SAFETY: see the module invariant; the kernel reads q, z (the MMA kernel its
+        // bf16 copy z16 instead, b*h*m*d), the route bits and
         // writes out, lse and (with top-k) kept, each of the element count checked above,
         // q and out both in the layout `layout` names; the module's HEAD_DIM is `d` (a
         // multiple of 16 for the MMA kernel).
@@ -1297,8 +1297,8 @@ impl CudaKernels {
 
     /// The gradient of [`CudaKernels::pool_forward`] with respect to the table (`[vocab,
     /// dim]` fp32) for the output gradient `dout` (`[S, dim]` fp32), from the occurrences
-    /// in atom order: `sorted_atoms` (`[N]` Int64, non-decreasing) and `sorted_slots` (the
-    /// slot of each), as `SetLayout` keeps them. Deterministic: each atom's rows are summed
+    /// in atom order: `sorted_atoms` (`[N]` Int, non-decreasing) and `sorted_slots` (`[N]`
+    /// Int, the slot of each, below S), as `SetLayout` keeps them. Deterministic: each atom's rows are summed
     /// in the same order on every run, without atomics.
     pub fn pool_backward(
         &self,
@@ -1318,8 +1318,8 @@ impl CudaKernels {
         let (sorted_atoms, sorted_slots) = (sorted_atoms.contiguous(), sorted_slots.contiguous());
         let ptrs = [
             device_ptr(&dout, Kind::Float, slots * dim, self.ordinal)?,
-            device_ptr(&sorted_atoms, Kind::Int64, n, self.ordinal)?,
-            device_ptr(&sorted_slots, Kind::Int64, n, self.ordinal)?,
+            device_ptr(&sorted_atoms, Kind::Int, n, self.ordinal)?,
+            device_ptr(&sorted_slots, Kind::Int, n, self.ordinal)?,
             device_ptr(&dtable, Kind::Float, vocab * dim, self.ordinal)?,
         ];
         let (vocab32, dim32, vec) = (to_i32(vocab)?, to_i32(dim)?, i32::from(dim % 4 == 0));

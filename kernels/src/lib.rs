@@ -109,10 +109,11 @@ pub struct SetLayout {
     /// `values[slot_offsets[s]..slot_offsets[s + 1]]` (empty for a padding slot): the
     /// per-slot bags [`pool_atoms`] sums.
     pub slot_offsets: Tensor,
-    /// `[Nvalues]` `Int64` atom ids sorted (stably: equal ids keep their order in
+    /// `[Nvalues]` `Int` (32-bit) atom ids sorted (stably: equal ids keep their order in
     /// `values`), for the gradient of the pooling: each atom's occurrences form one run.
+    /// 32-bit keys: half the radix passes of a 64-bit sort.
     pub atom_ids: Tensor,
-    /// `[Nvalues]` `Int64`: the slot of each entry of `atom_ids` (`value_slot` in that
+    /// `[Nvalues]` `Int`: the slot of each entry of `atom_ids` (`value_slot` in that
     /// order).
     pub atom_slots: Tensor,
 }
@@ -194,8 +195,8 @@ impl SetLayout {
         );
 
         let values = inputs.values.to_kind(Kind::Int64);
-        let (atom_ids, order) = values.sort_stable(true, 0, false);
-        let atom_slots = value_slot.index_select(0, &order);
+        let (atom_ids, order) = values.to_kind(Kind::Int).sort_stable(true, 0, false);
+        let atom_slots = value_slot.index_select(0, &order).to_kind(Kind::Int);
 
         SetLayout {
             batch,

@@ -589,8 +589,10 @@ fn the_manual_pooling_op_gives_the_same_sums_and_gradients() {
 fn the_layout_keeps_each_atoms_occurrences_as_one_sorted_run() {
     let (inputs, _) = ragged_inputs();
     let layout = SetLayout::new(&inputs, 8);
-    let ids: Vec<i64> = Vec::try_from(&layout.atom_ids).unwrap();
-    let slots: Vec<i64> = Vec::try_from(&layout.atom_slots).unwrap();
+    assert_eq!(layout.atom_ids.kind(), Kind::Int);
+    assert_eq!(layout.atom_slots.kind(), Kind::Int);
+    let ids: Vec<i64> = Vec::try_from(&layout.atom_ids.to_kind(Kind::Int64)).unwrap();
+    let slots: Vec<i64> = Vec::try_from(&layout.atom_slots.to_kind(Kind::Int64)).unwrap();
     let values: Vec<i64> = Vec::try_from(&layout.values).unwrap();
     let value_slot: Vec<i64> = Vec::try_from(&layout.value_slot).unwrap();
     assert!(ids.windows(2).all(|w| w[0] <= w[1]), "not sorted: {ids:?}");
