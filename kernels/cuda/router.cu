@@ -394,7 +394,7 @@ __device__ __forceinline__ void stage_z_tile(unsigned short (*tile)[HEAD_DIM + Z
 }
 
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
-router_fwd_topk_mma(const tok_t* __restrict__ q, const unsigned short* __restrict__ z16,
+router_fwd_topk_mma(const tok_t* __restrict__ q, const unsigned short* __restrict__ z16,  // z, bf16
                     const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
                     float* __restrict__ lse, int* __restrict__ kept, int heads, int len,
                     int m, int topk, int token_major) {

@@ -734,10 +734,11 @@ impl CudaKernels {
     /// set gets a zero output. Returns what [`CudaKernels::router_backward`] needs.
     ///
     /// `q` is fp32 or bf16 (the output is of its kind, see [`router_token_kind`]); `z`
-    /// is fp32. `bf16_values`: every value of `q` and `z` is a bf16 value (they come from
-    /// a bf16 step; implied by a bf16 `q`): the top-k logits may then run as bf16
-    /// tensor-core products (exact products, fp32 sums) when the head dimension is a
-    /// multiple of 16 on sm_80 or later.
+    /// is fp32 or bf16. `bf16_values`: every value of `q` and `z` is a bf16 value (they
+    /// come from a bf16 step; implied by a bf16 `q` or `z`): the top-k logits may then run
+    /// as bf16 tensor-core products (exact products, fp32 sums) when the head dimension is
+    /// a multiple of 16 on sm_80 or later. That kernel reads `z` in bf16 and the others in
+    /// fp32: a `z` of the kind the chosen kernel reads is used as it is, without a cast.
     pub fn router_forward(
         &self,
         q: &Tensor,
@@ -749,17 +750,33 @@ impl CudaKernels {
         let shape = RouterShape::check(q, z, route, topk)?;
         let RouterShape { b, h, l, m, d } = shape;
         let tokens = router_token_kind(q)?;
-        let bf16_values = bf16_values || tokens == Kind::BFloat16;
+        if !matches!(z.kind(), Kind::Float | Kind::BFloat16) {
+            return Err(CudaError::Input(format!(
+                "z: expected Float or BFloat16, got {:?}",
+                z.kind()
+            )));
+        }
+        let bf16_values = bf16_values || tokens == Kind::BFloat16 || z.kind() == Kind::BFloat16;
+        let tensor_cores = topk > 0 && bf16_values && d % 16 == 0 && self.has_bf16_mma();
+        // The set rows as the chosen kernel reads them: bf16 for the tensor-core kernel
+        // (exact: z holds bf16 values there; half the bytes of every block's staging and
+        // no conversions), fp32 for the others.
+        let z_kind = if tensor_cores {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        };
         let device = q.device();
         let q = TokenRows::of(q, None);
-        let (z, route) = (z.contiguous(), route.reshape([b, l, m]).contiguous());
+        let z = z.to_kind(z_kind).contiguous();
+        let route = route.reshape([b, l, m]).contiguous();
         let out = TokenRows::empty([b, h, l, d], tokens, device, q.token_major);
         let lse = Tensor::empty([b, h, l], (Kind::Float, device));
         let kept_rows = if topk > 0 { b * h * l } else { 1 };
         let kept = Tensor::empty([kept_rows, ROUTER_TOPK_MAX], (Kind::Int, device));
         let ptrs = [
             device_ptr(&q.storage, tokens, b * h * l * d, self.ordinal)?,
-            device_ptr(&z, Kind::Float, b * h * m * d, self.ordinal)?,
+            device_ptr(&z, z_kind, b * h * m * d, self.ordinal)?,
             device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?,
             device_ptr(&out.storage, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&lse, Kind::Float, b * h * l, self.ordinal)?,
@@ -773,7 +790,6 @@ impl CudaKernels {
             b * l * shape.route_words(),
             self.ordinal,
         )?;
-        let tensor_cores = topk > 0 && bf16_values && d % 16 == 0 && self.has_bf16_mma();
         let (name, grid) = match (topk > 0, tensor_cores) {
             (true, true) => ("router_fwd_topk_mma", shape.mma_grid()?),
             (true, false) => ("router_fwd_topk", shape.token_grid()?),
@@ -781,19 +797,9 @@ impl CudaKernels {
         };
         let f = module.load_function(name)?;
         let ints = shape.kernel_ints(topk)?;
-        // The tensor-core kernel stages z tiles from a bf16 copy (exact: z holds bf16
-        // values there): half the bytes of every block's staging, and no conversions.
-        let z16 = tensor_cores.then(|| z.to_kind(Kind::BFloat16));
-        let z16_ptr = match &z16 {
-            Some(t) => Some(device_ptr(t, Kind::BFloat16, b * h * m * d, self.ordinal)?),
-            None => None,
-        };
         let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
-        // The tensor-core kernel reads z only through its bf16 copy.
-        launch
-            .arg(&ptrs[0])
-            .arg(z16_ptr.as_ref().unwrap_or(&ptrs[1]));
+        launch.arg(&ptrs[0]).arg(&ptrs[1]);
         for p in [&bits_ptr, &ptrs[3], &ptrs[4], &ptrs[5]] {
             launch.arg(p);
         }
@@ -802,8 +808,8 @@ impl CudaKernels {
         }
         let layout = q.flag();
         launch.arg(&layout);
-        // SAFETY: see the module invariant; the kernel reads q, z (the MMA kernel its
-        // bf16 copy z16 instead, b*h*m*d), the route bits and
+        // SAFETY: see the module invariant; the kernel reads q, z (b*h*m*d, bf16 for the
+        // MMA kernel, fp32 for the others), the route bits and
         // writes out, lse and (with top-k) kept, each of the element count checked above,
         // q and out both in the layout `layout` names; the module's HEAD_DIM is `d` (a
         // multiple of 16 for the MMA kernel).

@@ -123,10 +123,12 @@ impl CustomOp for RouterOp {
             Backend::Cuda(kernels) => {
                 let kind = q.kind();
                 let qk = token_rows(q);
-                let z32 = z.to_kind(Kind::Float);
+                // z as it comes (the tensor-core kernel reads bf16 rows as they are);
+                // the backward reads fp32.
                 let saved = kernels
-                    .router_forward(&qk, &z32, route, self.topk, kind == Kind::BFloat16)
+                    .router_forward(&qk, z, route, self.topk, kind == Kind::BFloat16)
                     .map_err(|e| e.to_string())?;
+                let z32 = z.to_kind(Kind::Float);
                 let out = saved.out.to_kind(kind);
                 Ok(Forward {
                     outputs: vec![out],
