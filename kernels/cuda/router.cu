@@ -651,12 +651,12 @@ __device__ __forceinline__ float group_sum(float v) {
 }
 
 extern "C" __global__ void __launch_bounds__(DQ_WARPS * 32)
-router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
+router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
                    const tok_t* __restrict__ out, const float* __restrict__ lse,
                    const int* __restrict__ kept, const tok_t* __restrict__ dout,
                    tok_t* __restrict__ dq, float* __restrict__ dsum,
                    float* __restrict__ kept_p, float* __restrict__ kept_ds, int heads,
-                   int len, int m, int topk, int token_major) {
+                   int len, int m, int topk, int token_major, int z_bf16) {
     const int lane = threadIdx.x % DQ_TOKEN_LANES;
     const int t = blockIdx.x * (DQ_WARPS * 32 / DQ_TOKEN_LANES) + threadIdx.x / DQ_TOKEN_LANES;
     // Not an early return: every lane of the warp takes part in the shuffles.
@@ -664,7 +664,11 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
     const int bh = blockIdx.y;
     const size_t row = (size_t)bh * len + (live ? t : 0);
     const size_t qrow = tok_row(bh, live ? t : 0, heads, len, token_major);
-    const float* zb = z + (size_t)bh * m * HEAD_DIM;
+    // z is fp32, or bf16 (z_bf16: a bf16 step's set rows as they are, half the bytes of
+    // the eight row reads per token; uniform branch).
+    const float* zb = static_cast<const float*>(z) + (size_t)bh * m * HEAD_DIM;
+    const unsigned short* zb16 =
+        static_cast<const unsigned short*>(z) + (size_t)bh * m * HEAD_DIM;
     float qv[DQ_PER], gv[DQ_PER], acc[DQ_PER];
     float d_t = 0.0f;
 #pragma unroll
@@ -687,7 +691,10 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
 #pragma unroll
         for (int u = 0; u < DQ_PER; ++u) {
             const int d = lane + DQ_TOKEN_LANES * u;
-            zv[u] = (j >= 0 && d < HEAD_DIM) ? zb[(size_t)j * HEAD_DIM + d] : 0.0f;
+            const size_t zi = (size_t)j * HEAD_DIM + d;
+            zv[u] = (j >= 0 && d < HEAD_DIM)
+                        ? (z_bf16 ? __uint_as_float((unsigned int)zb16[zi] << 16) : zb[zi])
+                        : 0.0f;
             logit += qv[u] * zv[u];
             dp += gv[u] * zv[u];
         }

@@ -101,8 +101,8 @@ const SET_ATTENTION: Source = Source {
 };
 
 /// Threads per block of the set-attention kernels (`THREADS` in set_attention.cu): a
-/// group of [`row_lanes`] lanes per row (query or key set), so `128 / row_lanes(d)` rows
-/// per block.
+/// group of [`set_attention_lanes`] lanes per row (query or key set), so `128 /
+/// set_attention_lanes(d)` rows per block.
 const SET_ATTENTION_THREADS: u32 = 128;
 
 /// The largest head dimension of the set-attention kernels (registers).
@@ -122,11 +122,34 @@ const ROUTER_DQ_WARPS: u32 = 8;
 /// router's top-k `dq`: `DQ_TOKEN_LANES`; the set attention: `SA_LANES`; passed to
 /// NVRTC): the power of two nearest below `d / 8` (about 8 dims per lane), 1 to 32.
 pub(crate) fn row_lanes(d: i64) -> u32 {
+    lanes_for(d, 8)
+}
+
+/// The power of two nearest below `d / dims_per_lane`, 1 to 32.
+fn lanes_for(d: i64, dims_per_lane: i64) -> u32 {
     let mut lanes = 1u32;
-    while lanes < 32 && i64::from(lanes * 2) * 8 <= d {
+    while lanes < 32 && i64::from(lanes * 2) * dims_per_lane <= d {
         lanes *= 2;
     }
     lanes
+}
+
+/// Dims per lane of the set-attention kernels by default (`SA_LANES = d / this`, a power
+/// of two): more lanes per row give those kernels more warps (at the shapes only
+/// `B * H * M` rows exist, ~8k at 16k tokens) and fewer keys per lane for the per-pair
+/// scalars.
+const SET_ATTENTION_DIMS_PER_LANE: i64 = 8;
+
+/// Lanes per row of the set-attention kernels (`SA_LANES`) for head dimension `d`.
+/// `AUSA_SET_ATTENTION_DIMS_PER_LANE` (1 to 64) overrides the dims per lane, for tuning
+/// measurements.
+pub(crate) fn set_attention_lanes(d: i64) -> u32 {
+    let dims = std::env::var("AUSA_SET_ATTENTION_DIMS_PER_LANE")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|v| (1..=64).contains(v))
+        .unwrap_or(SET_ATTENTION_DIMS_PER_LANE);
+    lanes_for(d, dims)
 }
 
 /// Tokens per tile of the router's `dz` kernels (`ST` in router.cu for head dimensions up
@@ -408,10 +431,10 @@ impl SetShape {
         Ok(SetShape { b, h, m, d })
     }
 
-    /// A group of [`row_lanes`] lanes per set row: blocks of `SET_ATTENTION_THREADS`
+    /// A group of [`set_attention_lanes`] lanes per set row: blocks of `SET_ATTENTION_THREADS`
     /// threads x `B * H`.
     fn grid(&self) -> Result<LaunchConfig, CudaError> {
-        let rows = i64::from(SET_ATTENTION_THREADS / row_lanes(self.d));
+        let rows = i64::from(SET_ATTENTION_THREADS / set_attention_lanes(self.d));
         let blocks = u32::try_from((self.m + rows - 1) / rows)
             .map_err(|_| CudaError::Input(format!("{} sets per sequence are too many", self.m)))?;
         let bh = u32::try_from(self.b * self.h)
@@ -864,8 +887,9 @@ impl CudaKernels {
 
     /// The router's gradients `(dq, dz)` for the output gradient `dout` (`[B, H, L, D]`),
     /// from the forward's inputs and what it saved. `dout` is cast to `q`'s kind when it
-    /// has another; the returned `dq` is of `q`'s kind, `dz` is fp32. Deterministic: every element is summed in a fixed order
-    /// by one thread.
+    /// has another; `z` is fp32 or bf16 (the top-k `dq` reads a bf16 `z` as it is); the
+    /// returned `dq` is of `q`'s kind, `dz` is fp32. Deterministic: every element is
+    /// summed in a fixed order by one thread.
     pub fn router_backward(
         &self,
         q: &Tensor,
@@ -884,7 +908,11 @@ impl CudaKernels {
         let q = TokenRows::of(q, None);
         let out = TokenRows::of(&saved.out, Some(q.token_major));
         let dout = TokenRows::of(&dout.to_kind(tokens), Some(q.token_major));
-        let (z, route) = (z.contiguous(), route.reshape([b, l, m]).contiguous());
+        // The top-k dq reads z in bf16 or fp32 as it comes; the other kernels fp32.
+        let z_bf16 = saved.topk > 0 && z.kind() == Kind::BFloat16;
+        let z_kind = if z_bf16 { Kind::BFloat16 } else { Kind::Float };
+        let z = z.to_kind(z_kind).contiguous();
+        let route = route.reshape([b, l, m]).contiguous();
         let dq = TokenRows::empty([b, h, l, d], tokens, device, q.token_major);
         let layout = q.flag();
         let dz = Tensor::empty([b, h, m, d], (Kind::Float, device));
@@ -892,7 +920,7 @@ impl CudaKernels {
         let kept_rows = saved.kept.size()[0];
         let (q_ptr, z_ptr, route_ptr, out_ptr, lse_ptr, kept_ptr, dout_ptr) = (
             device_ptr(&q.storage, tokens, b * h * l * d, self.ordinal)?,
-            device_ptr(&z, Kind::Float, b * h * m * d, self.ordinal)?,
+            device_ptr(&z, z_kind, b * h * m * d, self.ordinal)?,
             device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?,
             device_ptr(&out.storage, tokens, b * h * l * d, self.ordinal)?,
             device_ptr(&saved.lse, Kind::Float, b * h * l, self.ordinal)?,
@@ -945,10 +973,12 @@ impl CudaKernels {
             for i in &ints {
                 launch.arg(i);
             }
-            launch.arg(&layout);
+            let z_bf16 = i32::from(z_bf16);
+            launch.arg(&layout).arg(&z_bf16);
             // SAFETY: see the module invariant; reads the forward's tensors, its kept
             // lists and dout, writes dq, dsum (per-token dout . out), kept_p and kept_ds,
-            // all of the checked element counts, the token rows in the layout `layout`.
+            // all of the checked element counts, the token rows in the layout `layout`,
+            // z in the kind `z_bf16` names.
             unsafe { launch.launch(shape.lane_group_grid()?) }?;
         } else {
             expect_shape(
@@ -1488,7 +1518,7 @@ impl CudaKernels {
             vec![
                 format!("-DHEAD_DIM={d}"),
                 format!("-DCONTENT={}", i32::from(content)),
-                format!("-DSA_LANES={}", row_lanes(d)),
+                format!("-DSA_LANES={}", set_attention_lanes(d)),
             ],
         )
     }
@@ -1844,7 +1874,7 @@ pub fn compile_all(arch: &str) -> Result<(), CudaError> {
                 format!("-DCONTENT={variant}"),
                 format!("-DTOKEN_BF16={variant}"),
                 format!("-DDQ_TOKEN_LANES={}", row_lanes(head_dim)),
-                format!("-DSA_LANES={}", row_lanes(head_dim)),
+                format!("-DSA_LANES={}", set_attention_lanes(head_dim)),
             ]
         };
         let ptx = compile(source, arch, &defines)?.to_src();

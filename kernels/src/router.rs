@@ -123,18 +123,22 @@ impl CustomOp for RouterOp {
             Backend::Cuda(kernels) => {
                 let kind = q.kind();
                 let qk = token_rows(q);
-                // z as it comes (the tensor-core kernel reads bf16 rows as they are);
-                // the backward reads fp32.
+                // z as it comes, fp32 or bf16: the forward's tensor-core kernel and the
+                // backward's top-k dq read bf16 rows as they are (saved in bf16, half
+                // the memory); any other kind as fp32.
                 let saved = kernels
                     .router_forward(&qk, z, route, self.topk, kind == Kind::BFloat16)
                     .map_err(|e| e.to_string())?;
-                let z32 = z.to_kind(Kind::Float);
+                let z_rows = match z.kind() {
+                    Kind::BFloat16 => z.shallow_clone(),
+                    _ => z.to_kind(Kind::Float),
+                };
                 let out = saved.out.to_kind(kind);
                 Ok(Forward {
                     outputs: vec![out],
                     saved: vec![
                         qk,
-                        z32,
+                        z_rows,
                         route.shallow_clone(),
                         saved.out,
                         saved.lse,
