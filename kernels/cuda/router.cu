@@ -1054,6 +1054,142 @@ router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
     }
 }
 
+// router_bwd_dz_kept on tensor cores, for bf16 token rows (a bf16 step) with HEAD_DIM a
+// multiple of 16 on sm_80+: per tile of 16 sets and ST tokens the sums
+//   dz[j, d] += sum_t P[t, j] dout[t, d] + dS[t, j] q[t, d]
+// are m16n8k16 MMAs (sets x tokens times tokens x dims), P and dS each split into two
+// bf16 halves (hi = bf16(v), lo = bf16(v - hi): about 16 bits of the fp32 value; the
+// products with the bf16 rows are exact and summed in fp32), so four MMAs per k-step and
+// 8 dims. Warp w takes the 8-dim column tiles w, w + 8. The same grid, chunks and partials
+// as router_bwd_dz_kept (the host picks one); the same fixed order on every run.
+#if HEAD_DIM % 16 == 0 && TOKEN_BF16 && __CUDA_ARCH__ >= 800
+#define DZ_NT (HEAD_DIM / 8)
+#define DZ_NT_PER_WARP ((DZ_NT + 7) / 8)
+
+// The two bf16 halves of a and b as (hi pair, lo pair), a in the low 16 bits.
+__device__ __forceinline__ void split_pair(float a, float b, unsigned int& hi,
+                                           unsigned int& lo) {
+    const unsigned short ha = to_bf16(a), hb = to_bf16(b);
+    const float ra = a - __uint_as_float((unsigned int)ha << 16);
+    const float rb = b - __uint_as_float((unsigned int)hb << 16);
+    hi = (unsigned int)ha | ((unsigned int)hb << 16);
+    lo = (unsigned int)to_bf16(ra) | ((unsigned int)to_bf16(rb) << 16);
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned int (&a)[4],
+                                         unsigned int b0, unsigned int b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Rows k and k + 1 of column n of a bf16 [ST][HEAD_DIM + 8] tile as one B-fragment register.
+__device__ __forceinline__ unsigned int col_pair(const unsigned short (*t)[HEAD_DIM + 8],
+                                                 int k, int n) {
+    return (unsigned int)t[k][n] | ((unsigned int)t[k + 1][n] << 16);
+}
+
+extern "C" __global__ void __launch_bounds__(DZ_THREADS)
+router_bwd_dz_kept_mma(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
+                       const int* __restrict__ kept, const float* __restrict__ kept_p,
+                       const float* __restrict__ kept_ds, float* __restrict__ dz, int heads,
+                       int len, int m, int topk, int token_major, int chunk) {
+    __shared__ __align__(16) unsigned short qs[ST][HEAD_DIM + 8];
+    __shared__ __align__(16) unsigned short gs[ST][HEAD_DIM + 8];
+    __shared__ float ps[ST][SJ];
+    __shared__ float dss[ST][SJ];
+    const int bh = blockIdx.y;
+    const int j0 = blockIdx.x * SJ;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, tig = lane & 3;
+    float acc[DZ_NT_PER_WARP][4];
+#pragma unroll
+    for (int w = 0; w < DZ_NT_PER_WARP; ++w)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[w][i] = 0.0f;
+    const int t_end = min(len, (int)(blockIdx.z + 1) * chunk);
+    for (int t0 = blockIdx.z * chunk; t0 < t_end; t0 += ST) {
+        const int width = min(ST, t_end - t0);
+        __syncthreads();  // the previous tile's reads are done
+        for (int e = tid; e < ST * SJ; e += DZ_THREADS) {
+            ps[e / SJ][e % SJ] = 0.0f;
+            dss[e / SJ][e % SJ] = 0.0f;
+        }
+        __syncthreads();
+        bool found = false;
+        for (int e = tid; e < ST * TOPK_MAX; e += DZ_THREADS) {
+            const int r = e / TOPK_MAX, s = e % TOPK_MAX;
+            if (r >= width || s >= topk) continue;
+            const size_t slot = ((size_t)bh * len + t0 + r) * TOPK_MAX + s;
+            const int j = kept[slot];
+            if (j >= j0 && j < j0 + SJ) {
+                ps[r][j - j0] = kept_p[slot];
+                dss[r][j - j0] = kept_ds[slot];
+                found = true;
+            }
+        }
+        if (!__syncthreads_or(found)) continue;
+        // The tile's q and dout rows as they are (bf16), two dims per 32-bit copy; zero
+        // rows past the chunk's tokens.
+        for (int e = tid; e < ST * HEAD_DIM / 2; e += DZ_THREADS) {
+            const int r = e / (HEAD_DIM / 2), c = (e % (HEAD_DIM / 2)) * 2;
+            unsigned int qv = 0u, gv = 0u;
+            if (r < width) {
+                const size_t row = tok_row(bh, t0 + r, heads, len, token_major);
+                qv = *reinterpret_cast<const unsigned int*>(q + row + c);
+                gv = *reinterpret_cast<const unsigned int*>(dout + row + c);
+            }
+            *reinterpret_cast<unsigned int*>(&qs[r][c]) = qv;
+            *reinterpret_cast<unsigned int*>(&gs[r][c]) = gv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k0 = 0; k0 < ST; k0 += 16) {
+            // A fragments (rows: the tile's sets g, g + 8; columns: tokens k0 + 2 tig (+1)
+            // and + 8) of P and dS, split into bf16 halves.
+            unsigned int p_hi[4], p_lo[4], d_hi[4], d_lo[4];
+            const int ka = k0 + tig * 2;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int set = g + (i & 1) * 8, k = ka + (i >> 1) * 8;
+                split_pair(ps[k][set], ps[k + 1][set], p_hi[i], p_lo[i]);
+                split_pair(dss[k][set], dss[k + 1][set], d_hi[i], d_lo[i]);
+            }
+#pragma unroll
+            for (int w = 0; w < DZ_NT_PER_WARP; ++w) {
+                const int nt = warp + 8 * w;
+                if (nt >= DZ_NT) continue;  // uniform across the warp
+                const int n = nt * 8 + g;
+                const unsigned int g0 = col_pair(gs, ka, n), g1 = col_pair(gs, ka + 8, n);
+                const unsigned int q0 = col_pair(qs, ka, n), q1 = col_pair(qs, ka + 8, n);
+                mma_bf16(acc[w], p_hi, g0, g1);
+                mma_bf16(acc[w], p_lo, g0, g1);
+                mma_bf16(acc[w], d_hi, q0, q1);
+                mma_bf16(acc[w], d_lo, q0, q1);
+            }
+        }
+    }
+    float* dzc = dz + (size_t)blockIdx.z * gridDim.y * m * HEAD_DIM;
+#pragma unroll
+    for (int w = 0; w < DZ_NT_PER_WARP; ++w) {
+        const int nt = warp + 8 * w;
+        if (nt >= DZ_NT) continue;
+        const int d = nt * 8 + tig * 2;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int j = j0 + g + half * 8;
+            if (j < m) {
+                float* row = dzc + ((size_t)bh * m + j) * HEAD_DIM + d;
+                row[0] = acc[w][half * 2];
+                row[1] = acc[w][half * 2 + 1];
+            }
+        }
+    }
+}
+#endif
+
 // out[e] = sum over c of partial[c * n + e], c in order (deterministic).
 extern "C" __global__ void sum_chunks(const float* __restrict__ partial, float* __restrict__ out,
                                       long long n, int chunks) {

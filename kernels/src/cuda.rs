@@ -1030,7 +1030,7 @@ impl CudaKernels {
                 shape,
                 set_tiles,
                 &ints,
-                layout,
+                (layout, tokens),
                 &dz,
                 [q_ptr, dout_ptr, kept_ptr, kept_p_ptr, kept_ds_ptr],
             )?;
@@ -1058,11 +1058,12 @@ impl CudaKernels {
         Ok((dq.view(), dz))
     }
 
-    /// The top-k router's `dz` from the kept lists by tiles of sets (`router_bwd_dz_kept`),
+    /// The top-k router's `dz` from the kept lists by tiles of sets (`router_bwd_dz_kept`,
+    /// or its tensor-core twin `router_bwd_dz_kept_mma` for bf16 token rows on sm_80+),
     /// the tokens split into chunks so that the grid has about
     /// `ROUTER_DZ_TARGET_BLOCKS` blocks; each chunk's sums go to a partial buffer that
     /// `sum_chunks` adds in chunk order (deterministic). `ptrs` are `q, dout, kept,
-    /// kept_p, kept_ds`.
+    /// kept_p, kept_ds`; `tokens` is their kind.
     #[allow(clippy::too_many_arguments)]
     fn router_dz_kept(
         &self,
@@ -1070,7 +1071,7 @@ impl CudaKernels {
         shape: RouterShape,
         set_tiles: u32,
         ints: &[i32; 4],
-        layout: i32,
+        (layout, tokens): (i32, Kind),
         dz: &Tensor,
         ptrs: [u64; 5],
     ) -> Result<(), CudaError> {
@@ -1088,7 +1089,12 @@ impl CudaKernels {
             dz.shallow_clone()
         };
         let partial_ptr = device_ptr(&partial, Kind::Float, chunks * n, self.ordinal)?;
-        let f = module.load_function("router_bwd_dz_kept")?;
+        let name = if tokens == Kind::BFloat16 && d % 16 == 0 && self.has_bf16_mma() && dz_mma() {
+            "router_bwd_dz_kept_mma"
+        } else {
+            "router_bwd_dz_kept"
+        };
+        let f = module.load_function(name)?;
         let stream = self.current_stream()?;
         let mut launch = stream.launch_builder(&f);
         for p in ptrs.iter().chain([&partial_ptr]) {
@@ -1716,6 +1722,13 @@ fn pool_grid(rows: i64, dim: i64) -> Result<LaunchConfig, CudaError> {
         block_dim: (POOL_THREADS, 1, 1),
         shared_mem_bytes: 0,
     })
+}
+
+/// Whether the dense top-k `dz` of bf16 token rows runs on tensor cores
+/// (`router_bwd_dz_kept_mma`); `AUSA_ROUTER_DZ_MMA=0` keeps the CUDA-core kernel, for
+/// measurements.
+fn dz_mma() -> bool {
+    std::env::var("AUSA_ROUTER_DZ_MMA").map_or(true, |v| v != "0")
 }
 
 /// Threads of a `router_bwd_dz_sparse` block for head dimension `d` and token rows of
