@@ -1005,6 +1005,37 @@ router_bwd_dz_sparse(const tok_t* __restrict__ q, const tok_t* __restrict__ dout
 // chunk's sums to dz + z * (B * H * M * D), which sum_chunks then adds in chunk order
 // (one chunk: dz itself). Without the split a block walked every token of its sequence:
 // a few hundred blocks, each a long serial loop.
+// The dense [ST, SJ] tiles of P and dS for tokens t0 .. t0 + width and sets j0 .. j0 + SJ
+// from the kept lists (zero where a token did not keep a set), after a barrier that ends
+// the previous tile's reads; returns (uniformly) whether any entry fell in the tile.
+__device__ __forceinline__ bool scatter_kept_tile(float (*ps)[SJ], float (*dss)[SJ],
+                                                  const int* __restrict__ kept,
+                                                  const float* __restrict__ kept_p,
+                                                  const float* __restrict__ kept_ds, int bh,
+                                                  int len, int t0, int width, int j0,
+                                                  int topk) {
+    const int tid = threadIdx.x;
+    __syncthreads();  // the previous tile's reads are done
+    for (int e = tid; e < ST * SJ; e += DZ_THREADS) {
+        ps[e / SJ][e % SJ] = 0.0f;
+        dss[e / SJ][e % SJ] = 0.0f;
+    }
+    __syncthreads();
+    bool found = false;
+    for (int e = tid; e < ST * TOPK_MAX; e += DZ_THREADS) {
+        const int r = e / TOPK_MAX, s = e % TOPK_MAX;
+        if (r >= width || s >= topk) continue;
+        const size_t slot = ((size_t)bh * len + t0 + r) * TOPK_MAX + s;
+        const int j = kept[slot];
+        if (j >= j0 && j < j0 + SJ) {
+            ps[r][j - j0] = kept_p[slot];
+            dss[r][j - j0] = kept_ds[slot];
+            found = true;
+        }
+    }
+    return __syncthreads_or(found);
+}
+
 extern "C" __global__ void __launch_bounds__(DZ_THREADS)
 router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
                    const int* __restrict__ kept, const float* __restrict__ kept_p,
@@ -1016,32 +1047,14 @@ router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
     __shared__ __align__(16) float dss[ST][SJ];
     const int bh = blockIdx.y;
     const int j0 = blockIdx.x * SJ;
-    const int tid = threadIdx.x;
     float acc[DZ_OWN];
 #pragma unroll
     for (int u = 0; u < DZ_OWN; ++u) acc[u] = 0.0f;
     const int t_end = min(len, (int)(blockIdx.z + 1) * chunk);
     for (int t0 = blockIdx.z * chunk; t0 < t_end; t0 += ST) {
         const int width = min(ST, t_end - t0);
-        __syncthreads();  // the previous tile's reads are done
-        for (int e = tid; e < ST * SJ; e += DZ_THREADS) {
-            ps[e / SJ][e % SJ] = 0.0f;
-            dss[e / SJ][e % SJ] = 0.0f;
-        }
-        __syncthreads();
-        bool found = false;
-        for (int e = tid; e < ST * TOPK_MAX; e += DZ_THREADS) {
-            const int r = e / TOPK_MAX, s = e % TOPK_MAX;
-            if (r >= width || s >= topk) continue;
-            const size_t slot = ((size_t)bh * len + t0 + r) * TOPK_MAX + s;
-            const int j = kept[slot];
-            if (j >= j0 && j < j0 + SJ) {
-                ps[r][j - j0] = kept_p[slot];
-                dss[r][j - j0] = kept_ds[slot];
-                found = true;
-            }
-        }
-        if (!__syncthreads_or(found)) continue;
+        if (!scatter_kept_tile(ps, dss, kept, kept_p, kept_ds, bh, len, t0, width, j0, topk))
+            continue;
         stage_token_rows(qs, gs, q, dout, bh, t0, width, heads, len, token_major);
         __syncthreads();
         accumulate_dz(acc, qs, gs, ps, dss, width);
@@ -1112,25 +1125,8 @@ router_bwd_dz_kept_mma(const tok_t* __restrict__ q, const tok_t* __restrict__ do
     const int t_end = min(len, (int)(blockIdx.z + 1) * chunk);
     for (int t0 = blockIdx.z * chunk; t0 < t_end; t0 += ST) {
         const int width = min(ST, t_end - t0);
-        __syncthreads();  // the previous tile's reads are done
-        for (int e = tid; e < ST * SJ; e += DZ_THREADS) {
-            ps[e / SJ][e % SJ] = 0.0f;
-            dss[e / SJ][e % SJ] = 0.0f;
-        }
-        __syncthreads();
-        bool found = false;
-        for (int e = tid; e < ST * TOPK_MAX; e += DZ_THREADS) {
-            const int r = e / TOPK_MAX, s = e % TOPK_MAX;
-            if (r >= width || s >= topk) continue;
-            const size_t slot = ((size_t)bh * len + t0 + r) * TOPK_MAX + s;
-            const int j = kept[slot];
-            if (j >= j0 && j < j0 + SJ) {
-                ps[r][j - j0] = kept_p[slot];
-                dss[r][j - j0] = kept_ds[slot];
-                found = true;
-            }
-        }
-        if (!__syncthreads_or(found)) continue;
+        if (!scatter_kept_tile(ps, dss, kept, kept_p, kept_ds, bh, len, t0, width, j0, topk))
+            continue;
         // The tile's q and dout rows as they are (bf16), two dims per 32-bit copy; zero
         // rows past the chunk's tokens.
         for (int e = tid; e < ST * HEAD_DIM / 2; e += DZ_THREADS) {
