@@ -145,12 +145,32 @@ const SET_ATTENTION_DIMS_PER_LANE: i64 = 4;
 /// `AUSA_SET_ATTENTION_DIMS_PER_LANE` (1 to 64) overrides the dims per lane, for tuning
 /// measurements.
 pub(crate) fn set_attention_lanes(d: i64) -> u32 {
-    let dims = std::env::var("AUSA_SET_ATTENTION_DIMS_PER_LANE")
-        .ok()
-        .and_then(|v| v.parse::<i64>().ok())
-        .filter(|v| (1..=64).contains(v))
-        .unwrap_or(SET_ATTENTION_DIMS_PER_LANE);
+    static DIMS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let dims = tuning_knob(
+        &DIMS,
+        "AUSA_SET_ATTENTION_DIMS_PER_LANE",
+        SET_ATTENTION_DIMS_PER_LANE,
+        |v| (1..=64).contains(&v),
+    );
     lanes_for(d, dims)
+}
+
+/// A tuning knob: `$name` when it holds an integer that `valid` accepts, else `default`,
+/// read once per process (the kernels' launch shapes and the modules compiled for them
+/// must agree for the whole run).
+fn tuning_knob(
+    cell: &'static std::sync::OnceLock<i64>,
+    name: &str,
+    default: i64,
+    valid: impl Fn(i64) -> bool,
+) -> i64 {
+    *cell.get_or_init(|| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&v| valid(v))
+            .unwrap_or(default)
+    })
 }
 
 /// Tokens per tile of the router's `dz` kernels (`ST` in router.cu for head dimensions up
@@ -173,12 +193,12 @@ const ROUTER_DENSE_DZ_MAX_SETS: i64 = 64;
 /// (docs/kernels.md); both give the same gradients to rounding.
 fn dense_dz_max_sets() -> i64 {
     static LIMIT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::env::var("AUSA_ROUTER_DENSE_DZ_MAX_SETS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(ROUTER_DENSE_DZ_MAX_SETS)
-    })
+    tuning_knob(
+        &LIMIT,
+        "AUSA_ROUTER_DENSE_DZ_MAX_SETS",
+        ROUTER_DENSE_DZ_MAX_SETS,
+        |_| true,
+    )
 }
 
 /// Tokens per chunk (one warp each) of the sparse `dz`'s bucketing (`BUCKET_TOKENS` in
@@ -1729,7 +1749,8 @@ fn pool_grid(rows: i64, dim: i64) -> Result<LaunchConfig, CudaError> {
 /// (`router_bwd_dz_kept_mma`); `AUSA_ROUTER_DZ_MMA=0` keeps the CUDA-core kernel, for
 /// measurements.
 fn dz_mma() -> bool {
-    std::env::var("AUSA_ROUTER_DZ_MMA").map_or(true, |v| v != "0")
+    static ON: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    tuning_knob(&ON, "AUSA_ROUTER_DZ_MMA", 1, |_| true) != 0
 }
 
 /// Threads of a `router_bwd_dz_sparse` block for head dimension `d` and token rows of
