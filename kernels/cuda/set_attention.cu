@@ -81,12 +81,15 @@ __device__ __forceinline__ void stage_rows(float (*dst)[HEAD_DIM], const float* 
     }
 }
 
-// Stages the [ROWS, TJ] tile of Delta and attend at (i0, j0), read along j (contiguous).
-__device__ __forceinline__ void stage_pairs(float (*dl)[TJ + 1], unsigned char (*at)[TJ + 1],
+// Stages the [R, C] tile of Delta and attend at (i0, j0) (rows i0.., columns j0..), read
+// along j (contiguous): [ROWS, TJ] query rows x keys in the query-major kernels, [TJ,
+// ROWS] query rows x the block's keys in set_attn_bwd_kv.
+template <int R, int C>
+__device__ __forceinline__ void stage_pairs(float (*dl)[C + 1], unsigned char (*at)[C + 1],
                                             const float* delta, const unsigned char* attend,
                                             int i0, int j0, int m) {
-    for (int e = threadIdx.x; e < ROWS * TJ; e += THREADS) {
-        const int r = e / TJ, c = e % TJ;
+    for (int e = threadIdx.x; e < R * C; e += THREADS) {
+        const int r = e / C, c = e % C;
         const int i = i0 + r, j = j0 + c;
         const bool in = i < m && j < m;
         const size_t at_ij = (size_t)i * m + j;
@@ -147,7 +150,7 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
 
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
-        stage_pairs(dl, at, db, ab, i0, j0, m);
+        stage_pairs<ROWS, TJ>(dl, at, db, ab, i0, j0, m);
         if (!tile_used(at, rloc, live, width)) continue;
         stage_rows(vs, vb, j0, m);
 #if CONTENT
@@ -296,7 +299,7 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
     const bool active = live && row_lse > NEG_INF;
     for (int j0 = 0; j0 < m; j0 += TJ) {
         const int width = min(TJ, m - j0);
-        stage_pairs(dl, at, db, ab, i0, j0, m);
+        stage_pairs<ROWS, TJ>(dl, at, db, ab, i0, j0, m);
         if (!tile_used(at, rloc, active, width)) continue;
         stage_rows(vs, vb, j0, m);
 #if CONTENT
@@ -438,14 +441,7 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
         const int width = min(TJ, m - q0);
         // The [TJ, ROWS] tile of Delta and attend (query rows q0.., this block's keys),
         // read along the keys (contiguous), and the query rows' lse and D.
-        for (int e = threadIdx.x; e < TJ * ROWS; e += THREADS) {
-            const int r = e / ROWS, c = e % ROWS;
-            const int qi = q0 + r, kj = j0 + c;
-            const bool in = qi < m && kj < m;
-            const size_t at_ij = (size_t)qi * m + kj;
-            dlt[r][c] = in ? db[at_ij] : 0.0f;
-            att[r][c] = in ? ab[at_ij] : 0;
-        }
+        stage_pairs<TJ, ROWS>(dlt, att, db, ab, q0, j0, m);
         if (threadIdx.x < TJ) {
             const int qi = q0 + threadIdx.x;
             lse_s[threadIdx.x] = qi < m ? lse[(size_t)bh * m + qi] : NEG_INF;

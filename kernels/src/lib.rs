@@ -326,24 +326,21 @@ impl Adapter {
 /// rows per sequence instead of one per atom occurrence.
 pub fn pool_atoms(table: &Tensor, layout: &SetLayout) -> Tensor {
     let dim = *table.size().last().unwrap_or(&0);
-    let slots = layout.batch * layout.max_sets;
-    if slots == 0 {
-        return Tensor::zeros(
-            [layout.batch, layout.max_sets, dim],
-            (table.kind(), table.device()),
-        );
+    bag_sums(table, &layout.values, &layout.slot_offsets).view([layout.batch, layout.max_sets, dim])
+}
+
+/// `[S, dim]` sums of `table`'s rows over the bags of `values` that `offsets` (`S + 1`
+/// entries, ending with the total) delimits: one `embedding_bag` (zero rows for no bag).
+pub(crate) fn bag_sums(table: &Tensor, values: &Tensor, offsets: &Tensor) -> Tensor {
+    let dim = *table.size().last().unwrap_or(&0);
+    if offsets.size()[0] <= 1 {
+        return Tensor::zeros([0, dim], (table.kind(), table.device()));
     }
     let (pooled, _, _, _) = Tensor::embedding_bag::<Tensor>(
-        table,
-        &layout.values,
-        &layout.slot_offsets,
-        false,
-        0, // sum
-        false,
-        None,
-        true, // slot_offsets ends with the total: B * M + 1 entries
+        table, values, offsets, false, 0, // sum
+        false, None, true, // offsets ends with the total
     );
-    pooled.view([layout.batch, layout.max_sets, dim])
+    pooled
 }
 
 /// [`pool_atoms`] through `op` when there is one (the op of the layers' backend,

@@ -86,16 +86,7 @@ impl CustomOp for PoolOp {
             ));
         };
         let pooled = match &self.backend {
-            Backend::Manual => {
-                if offsets.size()[0] <= 1 {
-                    Tensor::zeros([0, table.size()[1]], (table.kind(), table.device()))
-                } else {
-                    let (pooled, _, _, _) = Tensor::embedding_bag::<Tensor>(
-                        table, values, offsets, false, 0, false, None, true,
-                    );
-                    pooled
-                }
-            }
+            Backend::Manual => crate::bag_sums(table, values, offsets),
             Backend::Cuda(kernels) => kernels
                 .pool_forward(&table.to_kind(Kind::Float), values, offsets)
                 .map_err(|e| e.to_string())?,
