@@ -646,10 +646,12 @@ fn delta_exact_trains_and_is_recorded() {
 fn bench_ska_writes_spec_rows_per_length_and_precision() {
     let ctx = Ctx::new();
     let csv = ctx.path().join("ska.csv");
-    let bench = |lens: &str| {
+    let bench = |lens: &str, candidates: &str| {
         ctx.run(&[
             "bench",
             "ska",
+            "--router-topk",
+            candidates,
             "--device",
             "cpu",
             "--threads",
@@ -674,14 +676,16 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
             csv.to_str().unwrap(),
         ])
     };
-    bench("128,256").ok();
-    bench("512").ok();
+    bench("128,256", "0").ok();
+    bench("512", "0").ok();
+    bench("256", "2").ok();
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 7, "one header and 3 x 2 rows:\n{text}");
+    assert_eq!(lines.len(), 9, "one header and 4 x 2 rows:\n{text}");
     let header: Vec<&str> = lines[0].split(',').collect();
     assert_eq!(&header[..SPEC_FIELDS.len()], &SPEC_FIELDS[..]);
     for extra in [
+        "candidates",
         "fwd_ms",
         "bwd_ms",
         "layout_ms",
@@ -710,7 +714,34 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
         .iter()
         .map(|l| l.split(',').nth(1).unwrap())
         .collect();
-    assert_eq!(dtypes, ["fp32", "bf16", "fp32", "bf16", "fp32", "bf16"]);
+    assert_eq!(
+        dtypes,
+        ["fp32", "bf16", "fp32", "bf16", "fp32", "bf16", "fp32", "bf16"]
+    );
+    let column = header.iter().position(|&c| c == "candidates").unwrap();
+    let candidates: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').nth(column).unwrap())
+        .collect();
+    assert_eq!(candidates, ["0", "0", "0", "0", "0", "0", "2", "2"]);
+    let negative = ctx
+        .run(&[
+            "bench",
+            "ska",
+            "--device",
+            "cpu",
+            "--lens",
+            "128",
+            "--tokens",
+            "128",
+            "--router-topk=-1",
+        ])
+        .code(2);
+    assert!(
+        negative.stderr.contains("--router-topk must be 0"),
+        "{}",
+        negative.stderr
+    );
 
     let other = ctx.write("other.csv", "backend,elapsed_ms\nska,1.0\n");
     let mixed = ctx

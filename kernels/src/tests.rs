@@ -5,7 +5,7 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::pool::AtomPool;
-use crate::toy::{random_tokens, sets, ToyShape};
+use crate::toy::{random_tokens, sets, sets_recent, ToyShape};
 use crate::OpImpl;
 use crate::{
     masked_softmax, pool_atoms, pool_atoms_with, pool_hidden, Adapter, SetAttention, SetLayout,
@@ -626,4 +626,36 @@ fn the_adapter_commutes_with_pooling() {
     assert!(err < 1e-4, "adapter(pool) vs pool(adapter): {err}");
     let scale = after.abs().max().double_value(&[]);
     assert!(scale > 0.1, "the adapter must do something here: {scale}");
+}
+
+#[test]
+fn a_recent_route_keeps_the_last_visible_sets_of_each_token() {
+    let toks = tokens(3, 2);
+    for shape in [SHAPE, LEADING] {
+        let spans = shape.spans(LEN);
+        let all = sets(&toks, shape, Device::Cpu).route;
+        for recent in [1usize, 2, 3] {
+            let route = sets_recent(&toks, shape, recent, Device::Cpu).route;
+            assert_eq!(route.size(), all.size());
+            let mut limited = 0;
+            for b in 0..2i64 {
+                for t in 0..LEN {
+                    let visible: Vec<usize> =
+                        (0..spans.len()).filter(|&m| spans[m].1 <= t + 1).collect();
+                    let want: Vec<usize> = visible[visible.len().saturating_sub(recent)..].to_vec();
+                    let got: Vec<usize> = (0..spans.len())
+                        .filter(|&m| route.int64_value(&[b, t as i64, m as i64]) != 0)
+                        .collect();
+                    assert_eq!(got, want, "recent {recent}, b {b}, t {t}");
+                    limited += usize::from(visible.len() > recent);
+                }
+            }
+            assert!(
+                limited > 0,
+                "recent {recent} must drop some visible set here"
+            );
+        }
+        let unlimited = sets_recent(&toks, shape, 0, Device::Cpu).route;
+        assert!(unlimited.equal(&all), "recent 0 is every visible set");
+    }
 }

@@ -7,7 +7,8 @@
 //! windows `[s * stride, s * stride + window)` (the ones that fit; no clipped tail), with
 //! `leading` first the partial windows `[0, k * stride)` below `window` (the `banks`
 //! stage's `leading` option), atoms the sorted distinct ids, and token `t` routes to
-//! sets with `end <= t + 1`.
+//! sets with `end <= t + 1` ([`sets_recent`]: only the last `recent` of them, the
+//! `routing` stage's `router_topk`).
 
 use tch::{Device, Kind, Tensor};
 
@@ -88,6 +89,19 @@ pub fn signature(atoms: &[u32], shape: ToyShape) -> Vec<u32> {
 
 /// The set inputs of equal-length sequences `tokens` (each `L` ids), on `device`.
 pub fn sets(tokens: &[Vec<u32>], shape: ToyShape, device: Device) -> SetInputs {
+    sets_recent(tokens, shape, 0, device)
+}
+
+/// [`sets`] with the route of each token limited to the `recent` most recent of its
+/// visible sets (0: all of them), as the `routing` stage's `router_topk` limits it
+/// (`--router-topk` of `ausa train lm`): the visible sets are a prefix of the spans
+/// (ends are non-decreasing), and token `t` keeps the last `recent` of that prefix.
+pub fn sets_recent(
+    tokens: &[Vec<u32>],
+    shape: ToyShape,
+    recent: usize,
+    device: Device,
+) -> SetInputs {
     let (mut seq_sets, mut sigs, mut sizes) = (vec![0i64], vec![], vec![]);
     let (mut starts, mut ends) = (vec![], vec![]);
     let (mut values, mut set_offsets) = (vec![], vec![0i64]);
@@ -112,8 +126,14 @@ pub fn sets(tokens: &[Vec<u32>], shape: ToyShape, device: Device) -> SetInputs {
     let mut route = vec![false; tokens.len() * len * per_seq];
     for b in 0..tokens.len() {
         for t in 0..len {
-            for (m, &(_, end)) in spans.iter().enumerate() {
-                route[(b * len + t) * per_seq + m] = end <= t + 1;
+            let visible = spans.iter().take_while(|&&(_, end)| end <= t + 1).count();
+            let first = if recent == 0 {
+                0
+            } else {
+                visible.saturating_sub(recent)
+            };
+            for m in first..visible {
+                route[(b * len + t) * per_seq + m] = true;
             }
         }
     }

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Joins `ausa bench ska --csv` and `attn_peers.py --csv` of one run into a Markdown
 table of forward + backward times and ratios (peer time / SKA time: above 1 means SKA
-is faster), per sequence length, for one precision and gate top-k.
+is faster), per sequence length, for one precision and gate top-k. SKA columns are named
+by backend, gate top-k (`top8`) and, for a limited route (`--router-topk N`, the CSV's
+`candidates`), `cN`.
 
 Usage: python3 tests/bench/ska_vs_peers.py SKA.csv PEERS.csv [--dtype bf16] [--topk 8]
+       [--candidates 8]
 """
 
 import argparse
@@ -16,13 +19,19 @@ def main():
     p.add_argument("peers")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--topk", default=None, help="router_topk rows to use (default: all)")
+    p.add_argument("--candidates", default=None,
+                   help="candidates rows to use (default: all; older CSVs have none: 0)")
     a = p.parse_args()
     ska = {}
     with open(a.ska) as f:
         for r in csv.DictReader(f):
+            c = r.get("candidates") or "0"
             if r["dtype"] != a.dtype or (a.topk is not None and r["router_topk"] != a.topk):
                 continue
-            ska[(r["backend"], r["router_topk"], int(r["L"]))] = r
+            if a.candidates is not None and c != a.candidates:
+                continue
+            t = r["router_topk"] + ("" if c == "0" else f" c{c}")
+            ska[(r["backend"], t, int(r["L"]))] = r
     peers = {}
     with open(a.peers) as f:
         for r in csv.DictReader(f):
@@ -35,7 +44,8 @@ def main():
     head = ["L"] + [f"{b} top{t} ms" for b, t in backends] + [f"{n} ms" for n in names]
     ratios = [(n, b, t) for n in names for b, t in backends if b != "ska-naive"]
     head += [f"{n} / {b} top{t}" for n, b, t in ratios]
-    head += ["naive / cuda"] if ("ska-naive", backends[0][1]) in backends else []
+    both = [t for b, t in backends if b == "ska-cuda" and ("ska-naive", t) in backends]
+    head += [f"naive / cuda top{t}" for t in both]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for l in lens:
@@ -50,9 +60,9 @@ def main():
             r, q = ska.get((b, t, l)), peers.get((n, l))
             cells.append(f"{float(q['elapsed_ms']) / float(r['elapsed_ms']):.2f}x"
                          if r and q else "")
-        if "naive / cuda" in head:
-            nv = ska.get(("ska-naive", backends[0][1], l))
-            cu = ska.get(("ska-cuda", backends[0][1], l))
+        for t in both:
+            nv = ska.get(("ska-naive", t, l))
+            cu = ska.get(("ska-cuda", t, l))
             cells.append(f"{float(nv['elapsed_ms']) / float(cu['elapsed_ms']):.2f}x"
                          if nv and cu else "")
         print("| " + " | ".join(cells) + " |")

@@ -75,6 +75,10 @@ pub struct SkaArgs {
     /// Router top-k over the gates (0: every visible set).
     #[arg(long, default_value_t = 0)]
     pub gate_topk: i64,
+    /// Candidate sets per token: the most recent N visible ones (`ausa train lm
+    /// --router-topk`, the routing table's limit; 0: every visible set).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub router_topk: i64,
     /// Precisions, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32,bf16")]
     pub precision: Vec<PrecisionArg>,
@@ -141,6 +145,7 @@ fn run_ska(args: &SkaArgs, out: &Output) -> Result<i32, CliError> {
                     stride: args.stride,
                     minhash_k: args.minhash_k,
                     gate_topk: args.gate_topk,
+                    candidates: args.router_topk,
                     precision: match precision {
                         PrecisionArg::Fp32 => Precision::Fp32,
                         PrecisionArg::Bf16 => Precision::Bf16,
@@ -153,12 +158,16 @@ fn run_ska(args: &SkaArgs, out: &Output) -> Result<i32, CliError> {
                 };
                 let row = ska_bench::run(&shape, settings, device).map_err(bench_error)?;
                 out.log(&format!(
-                    "ska-{} {} L {:>5} B {:>3} M {:>4}: fwd {:.3} ms, fwd+bwd {:.3} ms, layout {:.3} ms{}",
+                    "ska-{} {} L {:>5} B {:>3} M {:>4}{}: fwd {:.3} ms, fwd+bwd {:.3} ms, layout {:.3} ms{}",
                     shape.backend.as_str(),
                     shape.precision.as_str(),
                     seq_len,
                     row.batch,
                     row.sets_per_seq,
+                    match shape.candidates {
+                        0 => String::new(),
+                        c => format!(" (last {c} sets)"),
+                    },
                     row.fwd_ms,
                     row.fwd_bwd_ms,
                     row.layout_ms,

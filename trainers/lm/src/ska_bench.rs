@@ -17,7 +17,9 @@
 //! stride, minhash_k, router_topk, avg_sets_per_seq, avg_atoms_per_set, elapsed_ms,
 //! steps_per_s, max_vram_mb, scores_computed, throughput_per_1e6_scores` (`elapsed_ms` is
 //! forward + backward; `router_topk` is the gate top-k; `scores_computed = B * H * M * M`),
-//! then `fwd_ms, bwd_ms, layout_ms, model_tflops, model_gbps`: FLOP and byte counts of the
+//! then `candidates` (the route's candidate sets per token, `--router-topk`: the last
+//! `candidates` visible sets, as the `routing` stage limits them; 0 = every visible
+//! set), `fwd_ms, bwd_ms, layout_ms, model_tflops, model_gbps`: FLOP and byte counts of the
 //! math (the GEMM-shaped products; the tensors a fused kernel must read and write once),
 //! over the measured times, so the reference and a fused kernel are rated by the same
 //! count.
@@ -26,7 +28,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ausa_kernels::pool::AtomPool;
-use ausa_kernels::toy::{random_tokens, sets, ToyShape};
+use ausa_kernels::toy::{random_tokens, sets_recent, ToyShape};
 use ausa_kernels::{pool_atoms_with, SetAttention, SetLayout, SkaConfig};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -57,6 +59,9 @@ pub struct SkaBenchShape {
     pub minhash_k: i64,
     /// Router top-k over the gates (0: every visible set).
     pub gate_topk: i64,
+    /// Candidate sets per token in the route: the most recent `candidates` visible ones
+    /// (the `routing` stage's `router_topk`; 0: every visible set).
+    pub candidates: i64,
     /// Compute precision.
     pub precision: Precision,
     /// The SKA implementation.
@@ -134,6 +139,7 @@ impl SkaBenchRow {
                 "throughput_per_1e6_scores",
                 format!("{:.4}", self.scores_computed * steps_per_s / 1e6),
             ),
+            ("candidates", s.candidates.to_string()),
             ("fwd_ms", format!("{:.4}", self.fwd_ms)),
             ("bwd_ms", format!("{:.4}", self.fwd_bwd_ms - self.fwd_ms)),
             ("layout_ms", format!("{:.4}", self.layout_ms)),
@@ -161,6 +167,7 @@ pub fn csv_header() -> String {
             stride: 1,
             minhash_k: 1,
             gate_topk: 0,
+            candidates: 0,
             precision: Precision::Fp32,
             backend: SkaBackend::Naive,
         },
@@ -220,6 +227,12 @@ fn check(shape: &SkaBenchShape) -> Result<(), Error> {
     if let Some((flag, v)) = positive.iter().find(|(_, v)| *v <= 0) {
         return Err(Error::Usage(format!("{flag} must be positive, got {v}")));
     }
+    if shape.candidates < 0 {
+        return Err(Error::Usage(format!(
+            "--router-topk must be 0 (every visible set) or positive, got {}",
+            shape.candidates
+        )));
+    }
     if shape.seq_len < shape.window {
         return Err(Error::Usage(format!(
             "L = {} is shorter than --window {}: a sequence would have no set",
@@ -271,7 +284,7 @@ pub fn run(
         seed: 1,
         leading: false,
     };
-    let inputs = sets(&toks, toy, device);
+    let inputs = sets_recent(&toks, toy, shape.candidates as usize, device);
     let layout = SetLayout::new(&inputs, shape.seq_len);
     let kind = shape.precision.kind();
     tch::manual_seed(0);
