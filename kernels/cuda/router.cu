@@ -631,17 +631,113 @@ router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
     dsum[row] = d_t;
 }
 
+// Runs of N consecutive elements of a row, as floats: 16-byte loads (and stores) when
+// `vec` (the caller checks that the run starts 16-byte aligned and that N elements are
+// whole 16-byte words), element by element otherwise (the same values either way).
+#define TOK_BYTES (TOKEN_BF16 ? 2 : 4)
+
+// Eight bf16 in a 16-byte word -> floats.
+__device__ __forceinline__ void unpack_bf16x8(const uint4 w, float* v) {
+    const unsigned int words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        v[i] = __uint_as_float(i % 2 == 0 ? words[i / 2] << 16 : words[i / 2] & 0xffff0000u);
+}
+
+template <int N>
+__device__ __forceinline__ void load_run(const tok_t* __restrict__ p, size_t at, bool vec,
+                                         float (&v)[N]) {
+    if (vec) {
+        const uint4* w = reinterpret_cast<const uint4*>(p + at);
+#pragma unroll
+        for (int k = 0; k < N * TOK_BYTES / 16; ++k) {
+            const uint4 x = w[k];
+#if TOKEN_BF16
+            unpack_bf16x8(x, v + 8 * k);
+#else
+            v[4 * k] = __uint_as_float(x.x);
+            v[4 * k + 1] = __uint_as_float(x.y);
+            v[4 * k + 2] = __uint_as_float(x.z);
+            v[4 * k + 3] = __uint_as_float(x.w);
+#endif
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = tok_load(p, at + i);
+}
+
+template <int N>
+__device__ __forceinline__ void store_run(tok_t* __restrict__ p, size_t at, bool vec,
+                                          const float (&v)[N]) {
+    if (vec) {
+        uint4* w = reinterpret_cast<uint4*>(p + at);
+#pragma unroll
+        for (int k = 0; k < N * TOK_BYTES / 16; ++k) {
+#if TOKEN_BF16
+            const float* x = v + 8 * k;
+            w[k] = make_uint4((unsigned int)to_bf16(x[0]) | ((unsigned int)to_bf16(x[1]) << 16),
+                              (unsigned int)to_bf16(x[2]) | ((unsigned int)to_bf16(x[3]) << 16),
+                              (unsigned int)to_bf16(x[4]) | ((unsigned int)to_bf16(x[5]) << 16),
+                              (unsigned int)to_bf16(x[6]) | ((unsigned int)to_bf16(x[7]) << 16));
+#else
+            w[k] = make_uint4(__float_as_uint(v[4 * k]), __float_as_uint(v[4 * k + 1]),
+                              __float_as_uint(v[4 * k + 2]), __float_as_uint(v[4 * k + 3]));
+#endif
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) tok_store(p, at + i, v[i]);
+}
+
+// A run of a set row, fp32 or bf16 (`z16`), the same way.
+template <int N>
+__device__ __forceinline__ void load_set_run(const void* __restrict__ z, bool z16, size_t at,
+                                             bool vec, float (&v)[N]) {
+    if (z16) {
+        const unsigned short* p = static_cast<const unsigned short*>(z) + at;
+        if (vec) {
+#pragma unroll
+            for (int k = 0; k < N / 8; ++k) unpack_bf16x8(reinterpret_cast<const uint4*>(p)[k], v + 8 * k);
+            return;
+        }
+#pragma unroll
+        for (int i = 0; i < N; ++i) v[i] = __uint_as_float((unsigned int)p[i] << 16);
+        return;
+    }
+    const float* p = static_cast<const float*>(z) + at;
+    if (vec) {
+#pragma unroll
+        for (int k = 0; k < N / 4; ++k) {
+            const float4 x = reinterpret_cast<const float4*>(p)[k];
+            v[4 * k] = x.x; v[4 * k + 1] = x.y; v[4 * k + 2] = x.z; v[4 * k + 3] = x.w;
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = p[i];
+}
+
 // With top-k: a group of DQ_TOKEN_LANES lanes per token over only its kept sets
-// (O(topk D) per token), the lanes over the head dimension (lane l of the group takes
-// dims l, l + DQ_TOKEN_LANES, ...), so every row of q, dout, out, z and dq is read and
-// written whole by one group. The host picks the group (a power of two, about D / 8 dims
-// per lane: a whole warp on a 64-wide row spent its time in 5-step shuffle sums, not
-// loads). P and dS of each kept slot go to kept_p / kept_ds for the dz kernels.
+// (O(topk D) per token), lane l of the group taking the DQ_PER consecutive dims from
+// l * DQ_PER, so every row of q, dout, out, z and dq is read and written whole by one
+// group, in 16-byte words when `aligned` (the host's check of the base pointers) and the
+// runs are whole words: one load per row and lane instead of DQ_PER strided element
+// loads, and whole 32-byte sectors written (element stores of bf16 rows wrote half
+// sectors). The host picks the group (a power of two, about D / 8 dims per lane: a whole
+// warp on a 64-wide row spent its time in 5-step shuffle sums, not loads). P and dS of
+// each kept slot go to kept_p / kept_ds for the dz kernels.
 #ifndef DQ_TOKEN_LANES
 #define DQ_TOKEN_LANES 32
 #endif
 #define DQ_WARPS 8
 #define DQ_PER ((HEAD_DIM + DQ_TOKEN_LANES - 1) / DQ_TOKEN_LANES)
+// Whole 16-byte words per lane: token rows, fp32 set rows, bf16 set rows.
+#define DQ_FULL (HEAD_DIM % DQ_TOKEN_LANES == 0)
+#define DQ_VEC_TOK (DQ_FULL && (DQ_PER * TOK_BYTES) % 16 == 0)
+#define DQ_VEC_Z32 (DQ_FULL && (DQ_PER * 4) % 16 == 0)
+#define DQ_VEC_Z16 (DQ_FULL && (DQ_PER * 2) % 16 == 0)
 
 // The sum of v over the lane's group, the same bits in every lane of the group.
 __device__ __forceinline__ float group_sum(float v) {
@@ -656,47 +752,78 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
                    const int* __restrict__ kept, const tok_t* __restrict__ dout,
                    tok_t* __restrict__ dq, float* __restrict__ dsum,
                    float* __restrict__ kept_p, float* __restrict__ kept_ds, int heads,
-                   int len, int m, int topk, int token_major, int z_bf16) {
+                   int len, int m, int topk, int token_major, int z_bf16, int aligned) {
     const int lane = threadIdx.x % DQ_TOKEN_LANES;
     const int t = blockIdx.x * (DQ_WARPS * 32 / DQ_TOKEN_LANES) + threadIdx.x / DQ_TOKEN_LANES;
     // Not an early return: every lane of the warp takes part in the shuffles.
     const bool live = t < len;
     const int bh = blockIdx.y;
     const size_t row = (size_t)bh * len + (live ? t : 0);
-    const size_t qrow = tok_row(bh, live ? t : 0, heads, len, token_major);
+    const int d0 = lane * DQ_PER;
+    // Lanes past a row that the group does not divide read and write nothing there.
+    const int run = max(0, min(DQ_PER, HEAD_DIM - d0));
+    const bool full = run == DQ_PER;
+    const size_t qrow = tok_row(bh, live ? t : 0, heads, len, token_major) + (full ? d0 : 0);
     // z is fp32, or bf16 (z_bf16: a bf16 step's set rows as they are, half the bytes of
     // the eight row reads per token; uniform branch).
-    const float* zb = static_cast<const float*>(z) + (size_t)bh * m * HEAD_DIM;
-    const unsigned short* zb16 =
-        static_cast<const unsigned short*>(z) + (size_t)bh * m * HEAD_DIM;
-    float qv[DQ_PER], gv[DQ_PER], acc[DQ_PER];
+    const bool vec_tok = DQ_VEC_TOK && aligned;
+    const bool vec_z = (z_bf16 ? DQ_VEC_Z16 : DQ_VEC_Z32) && aligned;
+    float qv[DQ_PER], gv[DQ_PER], ov[DQ_PER], acc[DQ_PER];
+#pragma unroll
+    for (int u = 0; u < DQ_PER; ++u) qv[u] = gv[u] = ov[u] = acc[u] = 0.0f;
+    if (live && full) {
+        load_run(q, qrow, vec_tok, qv);
+        load_run(dout, qrow, vec_tok, gv);
+        load_run(out, qrow, vec_tok, ov);
+    } else if (live) {
+        // Unrolled with a test, not a loop to `run`: a register array indexed at run
+        // time would live in local memory.
+#pragma unroll
+        for (int u = 0; u < DQ_PER; ++u) {
+            if (u < run) {
+                qv[u] = tok_load(q, qrow + d0 + u);
+                gv[u] = tok_load(dout, qrow + d0 + u);
+                ov[u] = tok_load(out, qrow + d0 + u);
+            }
+        }
+    }
     float d_t = 0.0f;
 #pragma unroll
-    for (int u = 0; u < DQ_PER; ++u) {
-        const int d = lane + DQ_TOKEN_LANES * u;
-        const bool in = live && d < HEAD_DIM;
-        qv[u] = in ? tok_load(q, qrow + d) : 0.0f;
-        gv[u] = in ? tok_load(dout, qrow + d) : 0.0f;
-        d_t += gv[u] * (in ? tok_load(out, qrow + d) : 0.0f);
-        acc[u] = 0.0f;
-    }
+    for (int u = 0; u < DQ_PER; ++u) d_t += gv[u] * ov[u];
     d_t = group_sum(d_t);
     const float row_lse = live ? lse[row] : NEG_INF;
     const bool empty = !(row_lse > NEG_INF);
+    const size_t zbase = (size_t)bh * m * HEAD_DIM + (full ? d0 : 0);
+    // All kept rows' runs are loaded before the first product (independent loads in
+    // flight, not one row's latency per slot).
+    int js[TOPK_MAX];
+    float zv[TOPK_MAX][DQ_PER];
 #pragma unroll
     for (int s = 0; s < TOPK_MAX; ++s) {
-        const int j = (s < topk && !empty) ? kept[row * TOPK_MAX + s] : -1;
-        float zv[DQ_PER];
+        js[s] = (s < topk && !empty) ? kept[row * TOPK_MAX + s] : -1;
+#pragma unroll
+        for (int u = 0; u < DQ_PER; ++u) zv[s][u] = 0.0f;
+        if (js[s] >= 0 && full) {
+            load_set_run(z, z_bf16, zbase + (size_t)js[s] * HEAD_DIM, vec_z, zv[s]);
+        } else if (js[s] >= 0) {
+            const size_t at = (size_t)bh * m * HEAD_DIM + (size_t)js[s] * HEAD_DIM + d0;
+#pragma unroll
+            for (int u = 0; u < DQ_PER; ++u) {
+                if (u < run)
+                    zv[s][u] = z_bf16 ? __uint_as_float(
+                                            (unsigned int)static_cast<const unsigned short*>(z)[at + u] << 16)
+                                      : static_cast<const float*>(z)[at + u];
+            }
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < TOPK_MAX; ++s) {
+        const int j = js[s];
         float logit = 0.0f, dp = 0.0f;
 #pragma unroll
         for (int u = 0; u < DQ_PER; ++u) {
-            const int d = lane + DQ_TOKEN_LANES * u;
-            const size_t zi = (size_t)j * HEAD_DIM + d;
-            zv[u] = (j >= 0 && d < HEAD_DIM)
-                        ? (z_bf16 ? __uint_as_float((unsigned int)zb16[zi] << 16) : zb[zi])
-                        : 0.0f;
-            logit += qv[u] * zv[u];
-            dp += gv[u] * zv[u];
+            logit += qv[u] * zv[s][u];
+            dp += gv[u] * zv[s][u];
         }
         // Every lane shuffles (groups of one warp may differ in j).
         logit = group_sum(logit);
@@ -704,17 +831,19 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
         const float p = j >= 0 ? expf(logit - row_lse) : 0.0f;
         const float ds = p * (dp - d_t);
 #pragma unroll
-        for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[u];
+        for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[s][u];
         if (live && lane == 0) {
             kept_p[row * TOPK_MAX + s] = p;
             kept_ds[row * TOPK_MAX + s] = ds;
         }
     }
     if (!live) return;
+    if (full) {
+        store_run(dq, qrow, vec_tok, acc);
+    } else {
 #pragma unroll
-    for (int u = 0; u < DQ_PER; ++u) {
-        const int d = lane + DQ_TOKEN_LANES * u;
-        if (d < HEAD_DIM) tok_store(dq, qrow + d, acc[u]);
+        for (int u = 0; u < DQ_PER; ++u)
+            if (u < run) tok_store(dq, qrow + d0 + u, acc[u]);
     }
     if (lane == 0) dsum[row] = d_t;
 }
@@ -935,30 +1064,9 @@ router_dz_bucket(const int* __restrict__ kept, int* __restrict__ counts,
 // (element loads otherwise: the same values, the same sums). The G partial rows are then
 // added in group order. A fixed order, no atomics: the same bits every run. `chunks` is
 // the bucketing's chunk count.
-#define TOK_BYTES (TOKEN_BF16 ? 2 : 4)
 #define DZ_VEC (HEAD_DIM % (16 / TOK_BYTES) == 0 ? 16 / TOK_BYTES : 1)
 #define DZ_ENTRY_LANES (HEAD_DIM / DZ_VEC)
 #define DZ_GROUPS (256 / DZ_ENTRY_LANES > 0 ? 256 / DZ_ENTRY_LANES : 1)
-
-// Dims d0 .. d0 + DZ_VEC of row `row` of a token tensor as floats.
-__device__ __forceinline__ void load_dims(const tok_t* __restrict__ p, size_t row, int d0,
-                                          bool aligned, float (&v)[DZ_VEC]) {
-    if (DZ_VEC > 1 && aligned) {
-        const uint4 w = *reinterpret_cast<const uint4*>(p + row + d0);
-        const unsigned int words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int i = 0; i < DZ_VEC; ++i) {
-#if TOKEN_BF16
-            v[i] = __uint_as_float(i % 2 == 0 ? words[i / 2] << 16 : words[i / 2] & 0xffff0000u);
-#else
-            v[i] = __uint_as_float(words[i]);
-#endif
-        }
-        return;
-    }
-#pragma unroll
-    for (int i = 0; i < DZ_VEC; ++i) v[i] = tok_load(p, row + d0 + i);
-}
 
 extern "C" __global__ void __launch_bounds__(DZ_GROUPS * DZ_ENTRY_LANES)
 router_bwd_dz_sparse(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
@@ -981,8 +1089,8 @@ router_bwd_dz_sparse(const tok_t* __restrict__ q, const tok_t* __restrict__ dout
         const size_t row = tok_row(bh, t, heads, len, token_major);
         const float ds = kept_ds[entry], p = kept_p[entry];
         float qv[DZ_VEC], gv[DZ_VEC];
-        load_dims(q, row, d0, aligned, qv);
-        load_dims(dout, row, d0, aligned, gv);
+        load_run(q, row + d0, DZ_VEC > 1 && aligned, qv);
+        load_run(dout, row + d0, DZ_VEC > 1 && aligned, gv);
 #pragma unroll
         for (int i = 0; i < DZ_VEC; ++i) acc[i] += ds * qv[i] + p * gv[i];
     }

@@ -21,6 +21,16 @@
 // tile, read along the contiguous dimension) through shared memory. One thread per row
 // (SA_LANES 1) left the GPU nearly idle: the issue's shapes have ~8k rows in all
 // (B * H * M with B * L = 16384), 2 warps per SM.
+//
+// Grid z splits each row's inner range (the keys of the forward and of set_attn_bwd_q,
+// the query rows of set_attn_bwd_kv) into gridDim.z ranges of `split` sets (a multiple
+// of TJ): with few rows and long causal rows a block's tiles are one long serial chain
+// (16 tiles at M = 512 for the last rows) while most of the GPU idles. With one range
+// the kernels write their outputs; with more, each range writes its partial sums to
+// range z of a partial buffer (the forward: the unnormalized output, running max and
+// sum; the backward: its gradient rows), combined in range order afterwards
+// (set_attn_fwd_combine here; the backward's by the host, a fixed-shape sum): the same
+// bits on every run for a given split.
 
 #ifndef HEAD_DIM
 #error "compile with -DHEAD_DIM=<head dimension>"
@@ -115,7 +125,8 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
              const float* __restrict__ gamma, const float* __restrict__ tau,
              const float* __restrict__ v, const float* __restrict__ qa,
              const float* __restrict__ kb, float beta, float* __restrict__ out,
-             float* __restrict__ lse, int heads, int m) {
+             float* __restrict__ lse, float* __restrict__ part_acc,
+             float* __restrict__ part_stat, int heads, int m, int split) {
     __shared__ float vs[TJ][HEAD_DIM];
 #if CONTENT
     __shared__ float ks[TJ][HEAD_DIM];
@@ -148,8 +159,9 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
     for (int u = 0; u < DPL; ++u) acc[u] = 0.0f;
     float run_max = NEG_INF, run_sum = 0.0f;
 
-    for (int j0 = 0; j0 < m; j0 += TJ) {
-        const int width = min(TJ, m - j0);
+    const int j_end = min(m, (int)(blockIdx.z + 1) * split);
+    for (int j0 = blockIdx.z * split; j0 < j_end; j0 += TJ) {
+        const int width = min(TJ, j_end - j0);
         stage_pairs<ROWS, TJ>(dl, at, db, ab, i0, j0, m);
         if (!tile_used(at, rloc, live, width)) continue;
         stage_rows(vs, vb, j0, m);
@@ -226,6 +238,20 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
         __syncthreads();
     }
     if (!live) return;
+    if (gridDim.z > 1) {
+        // Range z's partial: the unnormalized sums at its running max.
+        const size_t prow = (size_t)blockIdx.z * gridDim.y * m + row;
+#pragma unroll
+        for (int u = 0; u < DPL; ++u) {
+            const int d = lane + SA_LANES * u;
+            if (d < HEAD_DIM) part_acc[prow * HEAD_DIM + d] = acc[u];
+        }
+        if (lane == 0) {
+            part_stat[2 * prow] = run_max;
+            part_stat[2 * prow + 1] = run_sum;
+        }
+        return;
+    }
     const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
 #pragma unroll
     for (int u = 0; u < DPL; ++u) {
@@ -233,6 +259,32 @@ set_attn_fwd(const float* __restrict__ delta, const unsigned char* __restrict__ 
         if (d < HEAD_DIM) out[row * HEAD_DIM + d] = acc[u] * inv;
     }
     if (lane == 0) lse[row] = run_sum > 0.0f ? run_max + logf(run_sum) : NEG_INF;
+}
+
+// The forward's `ranges` partials of `rows` rows -> out and lse: one thread per output
+// element, the ranges merged in order (max of the running maxes, each range's sums
+// rescaled to it), as the online softmax would have merged them.
+extern "C" __global__ void set_attn_fwd_combine(const float* __restrict__ part_acc,
+                                                const float* __restrict__ part_stat,
+                                                float* __restrict__ out,
+                                                float* __restrict__ lse, long long rows,
+                                                int ranges) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= rows * HEAD_DIM) return;
+    const long long row = e / HEAD_DIM;
+    float top = NEG_INF;
+    for (int z = 0; z < ranges; ++z) top = fmaxf(top, part_stat[2 * (z * rows + row)]);
+    float sum = 0.0f, acc = 0.0f;
+    if (top > NEG_INF) {
+        for (int z = 0; z < ranges; ++z) {
+            const size_t prow = (size_t)z * rows + row;
+            const float scale = expf(part_stat[2 * prow] - top);  // 0 for an empty range
+            sum += part_stat[2 * prow + 1] * scale;
+            acc += part_acc[prow * HEAD_DIM + e % HEAD_DIM] * scale;
+        }
+    }
+    out[e] = sum > 0.0f ? acc / sum : 0.0f;
+    if (e % HEAD_DIM == 0) lse[row] = sum > 0.0f ? top + logf(sum) : NEG_INF;
 }
 
 // ---- Backward -----------------------------------------------------------------------
@@ -255,7 +307,7 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
                const float* __restrict__ lse, const float* __restrict__ dout,
                float* __restrict__ dqa, float* __restrict__ dsum,
                float* __restrict__ gamma_rows, float* __restrict__ tau_rows, int heads,
-               int m) {
+               int m, int split) {
     __shared__ float vs[TJ][HEAD_DIM];
 #if CONTENT
     __shared__ float ks[TJ][HEAD_DIM];
@@ -297,8 +349,9 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
 #endif
     float g_acc = 0.0f, t_acc = 0.0f;
     const bool active = live && row_lse > NEG_INF;
-    for (int j0 = 0; j0 < m; j0 += TJ) {
-        const int width = min(TJ, m - j0);
+    const int j_end = min(m, (int)(blockIdx.z + 1) * split);
+    for (int j0 = blockIdx.z * split; j0 < j_end; j0 += TJ) {
+        const int width = min(TJ, j_end - j0);
         stage_pairs<ROWS, TJ>(dl, at, db, ab, i0, j0, m);
         if (!tile_used(at, rloc, active, width)) continue;
         stage_rows(vs, vb, j0, m);
@@ -381,17 +434,19 @@ set_attn_bwd_q(const float* __restrict__ delta, const unsigned char* __restrict_
     g_acc = group_sum(g_acc, mask);
     t_acc = group_sum(t_acc, mask);
     if (!live) return;
+    // Range z's partials (one range: the outputs themselves).
+    const size_t prow = (size_t)blockIdx.z * gridDim.y * m + row;
 #if CONTENT
 #pragma unroll
     for (int u = 0; u < DPL; ++u) {
         const int d = lane + SA_LANES * u;
-        if (d < HEAD_DIM) dqa[row * HEAD_DIM + d] = dq[u];
+        if (d < HEAD_DIM) dqa[prow * HEAD_DIM + d] = dq[u];
     }
 #endif
     if (lane == 0) {
-        dsum[row] = d_i;
-        gamma_rows[row] = g_acc;
-        tau_rows[row] = t_acc;
+        if (blockIdx.z == 0) dsum[row] = d_i;  // the same in every range
+        gamma_rows[prow] = g_acc;
+        tau_rows[prow] = t_acc;
     }
 }
 
@@ -401,7 +456,8 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
                 const float* __restrict__ v, const float* __restrict__ qa,
                 const float* __restrict__ kb, float beta, const float* __restrict__ lse,
                 const float* __restrict__ dout, const float* __restrict__ dsum,
-                float* __restrict__ dv, float* __restrict__ dkb, int heads, int m) {
+                float* __restrict__ dv, float* __restrict__ dkb, int heads, int m,
+                int split) {
     __shared__ float gs[TJ][HEAD_DIM];
 #if CONTENT
     __shared__ float qs[TJ][HEAD_DIM];
@@ -437,8 +493,9 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
     }
 #endif
     const int j0 = blockIdx.x * ROWS;
-    for (int q0 = 0; q0 < m; q0 += TJ) {
-        const int width = min(TJ, m - q0);
+    const int q_end = min(m, (int)(blockIdx.z + 1) * split);
+    for (int q0 = blockIdx.z * split; q0 < q_end; q0 += TJ) {
+        const int width = min(TJ, q_end - q0);
         // The [TJ, ROWS] tile of Delta and attend (query rows q0.., this block's keys),
         // read along the keys (contiguous), and the query rows' lse and D.
         stage_pairs<TJ, ROWS>(dlt, att, db, ab, q0, j0, m);
@@ -523,16 +580,18 @@ set_attn_bwd_kv(const float* __restrict__ delta, const unsigned char* __restrict
         __syncthreads();
     }
     if (!live) return;
+    // Range z's partials (one range: the outputs themselves).
+    const size_t prow = (size_t)blockIdx.z * gridDim.y * m + row;
 #pragma unroll
     for (int u = 0; u < DPL; ++u) {
         const int d = lane + SA_LANES * u;
-        if (d < HEAD_DIM) dv[row * HEAD_DIM + d] = dvr[u];
+        if (d < HEAD_DIM) dv[prow * HEAD_DIM + d] = dvr[u];
     }
 #if CONTENT
 #pragma unroll
     for (int u = 0; u < DPL; ++u) {
         const int d = lane + SA_LANES * u;
-        if (d < HEAD_DIM) dkb[row * HEAD_DIM + d] = dk[u];
+        if (d < HEAD_DIM) dkb[prow * HEAD_DIM + d] = dk[u];
     }
 #endif
 }

@@ -108,6 +108,39 @@ const SET_ATTENTION_THREADS: u32 = 128;
 /// The largest head dimension of the set-attention kernels (registers).
 pub const SET_ATTENTION_MAX_HEAD_DIM: i64 = 128;
 
+/// Sets per tile of the set-attention kernels (`TJ` in set_attention.cu): a split range
+/// is whole tiles.
+const SET_ATTENTION_TILE: i64 = 32;
+
+/// Blocks the set-attention kernels aim for when they split each row's inner range over
+/// grid z ([`SetSplit::Auto`]): 132 SMs hold ~16 blocks of 128 threads each, and under
+/// the causal rule about half of the ranges end early.
+const SET_ATTENTION_TARGET_BLOCKS: i64 = 4096;
+
+/// [`SET_ATTENTION_TARGET_BLOCKS`], or `$AUSA_SET_ATTENTION_SPLIT_BLOCKS` when it holds
+/// a non-negative integer (0: never split), a tuning knob for A/B measurements.
+fn set_attention_target_blocks() -> i64 {
+    static TARGET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    tuning_knob(
+        &TARGET,
+        "AUSA_SET_ATTENTION_SPLIT_BLOCKS",
+        SET_ATTENTION_TARGET_BLOCKS,
+        |v| v >= 0,
+    )
+}
+
+/// How the set-attention kernels split each row's inner range (the keys of the forward
+/// and of the query-side backward, the query rows of the key-side backward) over grid z.
+/// Each range writes partial sums, merged in range order: deterministic for a given
+/// split, and the split depends only on the shape (never on the device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetSplit {
+    /// Ranges until the grid has about [`SET_ATTENTION_TARGET_BLOCKS`] blocks.
+    Auto,
+    /// At most this many ranges of whole tiles (1: no split).
+    Ranges(i64),
+}
+
 /// Tokens per block of the router kernels (`ROWS` in router.cu).
 const ROUTER_ROWS: u32 = 128;
 
@@ -452,9 +485,29 @@ impl SetShape {
         Ok(SetShape { b, h, m, d })
     }
 
+    /// `(ranges, sets per range)` of `split`: whole tiles per range, as many ranges as
+    /// wanted up to one tile each.
+    fn ranges(&self, split: SetSplit) -> (i64, i64) {
+        let tiles = ((self.m + SET_ATTENTION_TILE - 1) / SET_ATTENTION_TILE).max(1);
+        let wanted = match split {
+            SetSplit::Ranges(n) => n,
+            SetSplit::Auto => {
+                let rows = i64::from(SET_ATTENTION_THREADS / set_attention_lanes(self.d));
+                let blocks = ((self.m + rows - 1) / rows).max(1) * (self.b * self.h).max(1);
+                match set_attention_target_blocks() {
+                    0 => 1,
+                    target => (target + blocks - 1) / blocks,
+                }
+            }
+        };
+        let width =
+            (tiles + wanted.clamp(1, tiles) - 1) / wanted.clamp(1, tiles) * SET_ATTENTION_TILE;
+        (((self.m + width - 1) / width).max(1), width)
+    }
+
     /// A group of [`set_attention_lanes`] lanes per set row: blocks of `SET_ATTENTION_THREADS`
-    /// threads x `B * H`.
-    fn grid(&self) -> Result<LaunchConfig, CudaError> {
+    /// threads x `B * H` x `ranges`.
+    fn grid(&self, ranges: i64) -> Result<LaunchConfig, CudaError> {
         let rows = i64::from(SET_ATTENTION_THREADS / set_attention_lanes(self.d));
         let blocks = u32::try_from((self.m + rows - 1) / rows)
             .map_err(|_| CudaError::Input(format!("{} sets per sequence are too many", self.m)))?;
@@ -468,7 +521,7 @@ impl SetShape {
                 ))
             })?;
         Ok(LaunchConfig {
-            grid_dim: (blocks.max(1), bh.max(1), 1),
+            grid_dim: (blocks.max(1), bh.max(1), to_u32(ranges.max(1))?),
             block_dim: (SET_ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: 0,
         })
@@ -995,11 +1048,19 @@ impl CudaKernels {
                 launch.arg(i);
             }
             let z_bf16 = i32::from(z_bf16);
-            launch.arg(&layout).arg(&z_bf16);
+            // 16-byte row runs need 16-byte aligned base pointers (libtorch's allocations
+            // are; a view at an offset may not be); the kernel checks the row width.
+            let aligned = i32::from(
+                [q_ptr, z_ptr, out_ptr, dout_ptr, dq_ptr]
+                    .iter()
+                    .all(|p| p.is_multiple_of(16)),
+            );
+            launch.arg(&layout).arg(&z_bf16).arg(&aligned);
             // SAFETY: see the module invariant; reads the forward's tensors, its kept
             // lists and dout, writes dq, dsum (per-token dout . out), kept_p and kept_ds,
             // all of the checked element counts, the token rows in the layout `layout`,
-            // z in the kind `z_bf16` names.
+            // z in the kind `z_bf16` names; 16-byte accesses only from 16-byte aligned
+            // bases (`aligned`) at row offsets of whole 16-byte words.
             unsafe { launch.launch(shape.lane_group_grid()?) }?;
         } else {
             expect_shape(
@@ -1177,14 +1238,37 @@ impl CudaKernels {
         out: &mut Tensor,
         lse: &mut Tensor,
     ) -> Result<(), CudaError> {
+        self.set_attention_forward_split(inputs, out, lse, SetSplit::Auto)
+    }
+
+    /// [`CudaKernels::set_attention_forward_into`] with the key ranges of `split` (the
+    /// tests compare splits; the same result to fp32 rounding).
+    pub fn set_attention_forward_split(
+        &self,
+        inputs: &SetAttentionInputs,
+        out: &mut Tensor,
+        lse: &mut Tensor,
+        split: SetSplit,
+    ) -> Result<(), CudaError> {
         let shape = SetShape::check(inputs)?;
         let SetShape { b, h, m, d } = shape;
         expect_shape(out, &[b, h, m, d], "out")?;
         expect_shape(lse, &[b, h, m], "lse")?;
         let args = SetArgs::new(inputs, shape, self.ordinal)?;
+        let (ranges, width) = shape.ranges(split);
+        let rows = b * h * m;
         let outs = [
-            device_ptr(out, Kind::Float, b * h * m * d, self.ordinal)?,
-            device_ptr(lse, Kind::Float, b * h * m, self.ordinal)?,
+            device_ptr(out, Kind::Float, rows * d, self.ordinal)?,
+            device_ptr(lse, Kind::Float, rows, self.ordinal)?,
+        ];
+        // With ranges, the partial sums of each (one element each without: unused).
+        let parts = if ranges > 1 { ranges * rows } else { 1 };
+        let device = inputs.v.device();
+        let part_acc = Tensor::empty([parts * d], (Kind::Float, device));
+        let part_stat = Tensor::empty([parts * 2], (Kind::Float, device));
+        let part_ptrs = [
+            device_ptr(&part_acc, Kind::Float, parts * d, self.ordinal)?,
+            device_ptr(&part_stat, Kind::Float, parts * 2, self.ordinal)?,
         ];
         let module = self.set_attention(d, inputs.content.is_some())?;
         let f = module.load_function("set_attn_fwd")?;
@@ -1194,15 +1278,32 @@ impl CudaKernels {
             launch.arg(p);
         }
         launch.arg(&args.beta);
-        for p in &outs {
+        for p in outs.iter().chain(&part_ptrs) {
             launch.arg(p);
         }
-        launch.arg(&args.heads).arg(&args.m);
+        let width32 = to_i32(width)?;
+        launch.arg(&args.heads).arg(&args.m).arg(&width32);
         // SAFETY: see the module invariant; reads delta and attend (b*m*m), gamma and tau
         // (h), v, qa, kb (b*h*m*d; qa and kb only when the module has CONTENT=1, else
-        // they alias v), writes out and lse, all of the checked element counts; the
-        // module's HEAD_DIM is `d`.
-        unsafe { launch.launch(shape.grid()?) }?;
+        // they alias v); with one range writes out and lse, with `ranges` the partials
+        // of ranges * rows rows (grid z = ranges, each range below m), all of the checked
+        // element counts; the module's HEAD_DIM is `d`.
+        unsafe { launch.launch(shape.grid(ranges)?) }?;
+        if ranges > 1 {
+            let f = module.load_function("set_attn_fwd_combine")?;
+            let mut launch = stream.launch_builder(&f);
+            let ranges32 = to_i32(ranges)?;
+            launch
+                .arg(&part_ptrs[0])
+                .arg(&part_ptrs[1])
+                .arg(&outs[0])
+                .arg(&outs[1])
+                .arg(&rows)
+                .arg(&ranges32);
+            // SAFETY: reads the ranges * rows partials the launch before wrote on this
+            // stream, writes the rows * d outputs and rows lse, one thread each.
+            unsafe { launch.launch(LaunchConfig::for_num_elems(to_u32(rows * d)?)) }?;
+        }
         Ok(())
     }
 
@@ -1217,21 +1318,37 @@ impl CudaKernels {
         lse: &Tensor,
         dout: &Tensor,
     ) -> Result<SetAttentionGrads, CudaError> {
+        self.set_attention_backward_split(inputs, out, lse, dout, SetSplit::Auto)
+    }
+
+    /// [`CudaKernels::set_attention_backward`] with the inner ranges of `split`.
+    pub fn set_attention_backward_split(
+        &self,
+        inputs: &SetAttentionInputs,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        split: SetSplit,
+    ) -> Result<SetAttentionGrads, CudaError> {
         let shape = SetShape::check(inputs)?;
         let SetShape { b, h, m, d } = shape;
         expect_shape(out, &[b, h, m, d], "out")?;
         expect_shape(lse, &[b, h, m], "lse")?;
         expect_shape(dout, &[b, h, m, d], "dout")?;
         let args = SetArgs::new(inputs, shape, self.ordinal)?;
+        let (ranges, width) = shape.ranges(split);
         let dout = dout.contiguous();
         let device = inputs.v.device();
-        let rows = |n: i64| Tensor::empty([b, h, n], (Kind::Float, device));
-        let (dsum, gamma_rows, tau_rows) = (rows(m), rows(m), rows(m));
-        let dv = Tensor::empty([b, h, m, d], (Kind::Float, device));
+        // Range z of each gradient at [z]: summed over the ranges below, in one
+        // fixed-shape reduction each.
+        let dsum = Tensor::empty([b, h, m], (Kind::Float, device));
+        let rows = || Tensor::empty([ranges, b, h, m], (Kind::Float, device));
+        let (gamma_rows, tau_rows) = (rows(), rows());
+        let dv = Tensor::empty([ranges, b, h, m, d], (Kind::Float, device));
         let content = inputs.content.is_some();
         // Without the content term the kernels write no dqa / dkb: a placeholder of one
         // element stands in for them.
-        let grad_len = if content { b * h * m * d } else { 1 };
+        let grad_len = if content { ranges * b * h * m * d } else { 1 };
         let dqa = Tensor::empty([grad_len], (Kind::Float, device));
         let dkb = Tensor::empty([grad_len], (Kind::Float, device));
         let ptr = |t: &Tensor, n: i64| device_ptr(t, Kind::Float, n, self.ordinal);
@@ -1242,14 +1359,15 @@ impl CudaKernels {
         );
         let (dsum_ptr, gamma_rows_ptr, tau_rows_ptr) = (
             ptr(&dsum, b * h * m)?,
-            ptr(&gamma_rows, b * h * m)?,
-            ptr(&tau_rows, b * h * m)?,
+            ptr(&gamma_rows, ranges * b * h * m)?,
+            ptr(&tau_rows, ranges * b * h * m)?,
         );
         let (dv_ptr, dqa_ptr, dkb_ptr) = (
-            ptr(&dv, b * h * m * d)?,
+            ptr(&dv, ranges * b * h * m * d)?,
             ptr(&dqa, grad_len)?,
             ptr(&dkb, grad_len)?,
         );
+        let width32 = to_i32(width)?;
         let module = self.set_attention(d, content)?;
 
         let f = module.load_function("set_attn_bwd_q")?;
@@ -1270,11 +1388,11 @@ impl CudaKernels {
         ] {
             launch.arg(p);
         }
-        launch.arg(&args.heads).arg(&args.m);
+        launch.arg(&args.heads).arg(&args.m).arg(&width32);
         // SAFETY: see the module invariant; reads the forward's inputs, out, lse and dout,
-        // writes dqa (only with CONTENT=1), dsum and the per-row gamma / tau partials,
-        // all of the checked element counts.
-        unsafe { launch.launch(shape.grid()?) }?;
+        // writes dsum, and per range (grid z = ranges) dqa (only with CONTENT=1) and the
+        // per-row gamma / tau partials, all of the checked element counts.
+        unsafe { launch.launch(shape.grid(ranges)?) }?;
 
         let f = module.load_function("set_attn_bwd_kv")?;
         let mut launch = stream.launch_builder(&f);
@@ -1285,19 +1403,27 @@ impl CudaKernels {
         for p in [&lse_ptr, &dout_ptr, &dsum_ptr, &dv_ptr, &dkb_ptr] {
             launch.arg(p);
         }
-        launch.arg(&args.heads).arg(&args.m);
+        launch.arg(&args.heads).arg(&args.m).arg(&width32);
         // SAFETY: as above; reads dsum written by the previous launch on this stream,
-        // writes dv and (with CONTENT=1) dkb.
-        unsafe { launch.launch(shape.grid()?) }?;
+        // writes per range dv and (with CONTENT=1) dkb.
+        unsafe { launch.launch(shape.grid(ranges)?) }?;
 
-        let per_head = |t: &Tensor| t.sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
+        let per_head = |t: &Tensor| t.sum_dim_intlist([0i64, 1, 3].as_slice(), false, Kind::Float);
+        let merged = |t: &Tensor| {
+            let t = t.view([ranges, b, h, m, d]);
+            if ranges > 1 {
+                t.sum_dim_intlist([0i64].as_slice(), false, Kind::Float)
+            } else {
+                t.squeeze_dim(0)
+            }
+        };
         let (dqa, dkb) = if content {
-            (Some(dqa.view([b, h, m, d])), Some(dkb.view([b, h, m, d])))
+            (Some(merged(&dqa)), Some(merged(&dkb)))
         } else {
             (None, None)
         };
         Ok(SetAttentionGrads {
-            dv,
+            dv: merged(&dv),
             dgamma: per_head(&gamma_rows),
             dtau: per_head(&tau_rows),
             dqa,

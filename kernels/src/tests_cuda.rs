@@ -316,7 +316,7 @@ fn router_reference(q: &Tensor, z: &Tensor, route: &Tensor, topk: i64) -> (Tenso
 /// Router test shapes `(B, H, L, M, D, top-k)`: one set; L and M not multiples of the
 /// tiles; top-k above some tokens' visible count; a head dimension below the tile width;
 /// the largest head dimension.
-const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 8] = [
+const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 9] = [
     (1, 1, 8, 1, 16, 0),
     (2, 3, 70, 15, 64, 0),
     (2, 4, 256, 7, 64, 4),
@@ -328,6 +328,9 @@ const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 8] = [
     (2, 2, 600, 140, 32, 8),
     // A head dimension that 16-byte bf16 loads do not divide.
     (1, 3, 777, 100, 20, 3),
+    // One the top-k dq's lane group does not divide (8 lanes of 13 dims: the last lane
+    // holds a run of 9).
+    (2, 2, 200, 30, 100, 8),
 ];
 
 /// Random queries and set outputs for one router shape, and a route of causal windows
@@ -521,6 +524,95 @@ fn cuda_router_bf16_rows_match_fp32_rows_on_bf16_values() {
             tdq.equal(&hdq) && tdz.equal(&hdz),
             "shape {n}: token-major gradients"
         );
+    }
+}
+
+/// A route limited to the last `recent` causal sets of each token (`--router-topk`, set j
+/// ending at 8 + 4 j): whole 32-set tiles before and after a block's band carry no route
+/// bit, so the top-k forward skips tiles at both ends and restages after a skip.
+fn recent_route(l: i64, m: i64, recent: i64, device: Device) -> Tensor {
+    let ends = Tensor::arange(m, (Kind::Int64, device)) * 4 + 8;
+    let t = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(1);
+    let causal = ends.unsqueeze(0).le_tensor(&(&t + 1));
+    let visible = causal.sum_dim_intlist(&[-1i64][..], true, Kind::Int64);
+    let j = Tensor::arange(m, (Kind::Int64, device)).unsqueeze(0);
+    causal.logical_and(&j.ge_tensor(&(visible - recent)))
+}
+
+#[test]
+fn cuda_router_with_a_recent_route_matches_the_reference() {
+    let Some(kernels) = gpu("cuda_router_with_a_recent_route_matches_the_reference") else {
+        return;
+    };
+    let device = Device::Cuda(0);
+    tch::manual_seed(fresh_seed() as i64);
+    // (B, H, L, M, D, top-k, recent): the dense top-k dz (M <= 64) and the sparse one,
+    // top-k equal to and below the candidates.
+    let shapes = [
+        (2, 2, 260, 62, 64, 8, 8),
+        (1, 2, 1300, 320, 64, 8, 8),
+        (2, 3, 900, 200, 64, 4, 6),
+    ];
+    for (n, &(b, h, l, m, d, topk, recent)) in shapes.iter().enumerate() {
+        let route = recent_route(l, m, recent, device)
+            .unsqueeze(0)
+            .expand([b, l, m], false)
+            .contiguous();
+        let kept_most = route
+            .sum_dim_intlist(&[-1i64][..], false, Kind::Int64)
+            .max()
+            .int64_value(&[]);
+        assert_eq!(kept_most, recent, "shape {n}: the band's width");
+        let round = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        let opts = (Kind::Float, device);
+        let q = round(&(Tensor::randn([b, h, l, d], opts) * 0.5));
+        let z = round(&(Tensor::randn([b, h, m, d], opts) * 0.5));
+        let dout = round(&Tensor::randn([b, h, l, d], opts));
+        let (qg, zg) = (
+            q.detach().set_requires_grad(true),
+            z.detach().set_requires_grad(true),
+        );
+        let (want, _) = router_reference(&qg, &zg, &route, topk);
+        (&want * &dout).sum(Kind::Float).backward();
+        // fp32 rows on the CUDA cores, and bf16 rows (the tensor-core forward and dz).
+        for bf16_rows in [false, true] {
+            let (qk, doutk) = if bf16_rows {
+                (q.to_kind(Kind::BFloat16), dout.to_kind(Kind::BFloat16))
+            } else {
+                (q.shallow_clone(), dout.shallow_clone())
+            };
+            let saved = kernels.router_forward(&qk, &z, &route, topk, true).unwrap();
+            let (dq, dz) = kernels
+                .router_backward(&qk, &z, &route, &saved, &doutk)
+                .unwrap();
+            kernels.synchronize().unwrap();
+            let tol = if bf16_rows { 1e-2 } else { 1e-4 };
+            let case = format!("shape {n} (bf16 rows: {bf16_rows})");
+            let out_err = relative_error(&saved.out.to_kind(Kind::Float), &want.detach());
+            let dq_err = relative_error(&dq.to_kind(Kind::Float), &qg.grad());
+            let dz_err = relative_error(&dz, &zg.grad());
+            assert!(out_err <= tol, "{case}: output relative error {out_err}");
+            assert!(dq_err <= tol, "{case}: dq relative error {dq_err}");
+            assert!(dz_err <= tol, "{case}: dz relative error {dz_err}");
+            // Kept sets lie inside each token's band.
+            let kept = saved.kept.view([b, h, l, 8]).narrow(-1, 0, topk);
+            // [B, 1, L, 1]: each token's visible count, and its band's first set.
+            let visible = route
+                .sum_dim_intlist(&[-1i64][..], false, Kind::Int64)
+                .unsqueeze(1)
+                .unsqueeze(-1);
+            let lowest = (&visible - recent).clamp_min(0);
+            let outside = kept
+                .ge(0)
+                .logical_and(
+                    &kept
+                        .lt_tensor(&lowest)
+                        .logical_or(&kept.ge_tensor(&visible)),
+                )
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            assert_eq!(outside, 0, "{case}: a kept set outside the band");
+        }
     }
 }
 
@@ -868,6 +960,85 @@ fn cuda_set_attention_forward_overwrites_poisoned_outputs() {
         );
         assert_eq!(infinite, want, "shape {n}: -inf rows of lse");
     }
+}
+
+/// Split inner ranges (grid z: partial sums merged in range order) against one range:
+/// the forward and every gradient within fp32 rounding, poisoned outputs overwritten,
+/// each split the same bits run to run, and a split of one tile per range on shapes of
+/// several tiles (so the merge really runs).
+#[test]
+fn cuda_set_attention_split_ranges_match_one_range_and_repeat_bit_for_bit() {
+    use crate::cuda::SetSplit;
+    let test = "cuda_set_attention_split_ranges_match_one_range_and_repeat_bit_for_bit";
+    let Some(kernels) = gpu(test) else {
+        return;
+    };
+    let device = Device::Cuda(0);
+    tch::manual_seed(fresh_seed() as i64);
+    let mut split_shapes = 0;
+    for n in 0..SET_SHAPES.len() {
+        let case = set_case(n, 2, device);
+        let m = case.delta.size()[1];
+        split_shapes += usize::from(m > 32);
+        for content in [None, Some((&case.qa, &case.kb, 0.7))] {
+            let inputs = crate::cuda::SetAttentionInputs {
+                delta: &case.delta,
+                attend: &case.attend,
+                gamma: &case.gamma,
+                tau: &case.tau,
+                v: &case.v,
+                content,
+            };
+            let run = |split: SetSplit| {
+                let mut out = Tensor::full(case.v.size(), f64::NAN, (Kind::Float, device));
+                let mut lse = Tensor::full(&case.v.size()[..3], f64::NAN, (Kind::Float, device));
+                kernels
+                    .set_attention_forward_split(&inputs, &mut out, &mut lse, split)
+                    .unwrap();
+                let grads = kernels
+                    .set_attention_backward_split(&inputs, &out, &lse, &case.dout, split)
+                    .unwrap();
+                let mut all = vec![out, lse, grads.dv, grads.dgamma, grads.dtau];
+                all.extend(grads.dqa);
+                all.extend(grads.dkb);
+                all
+            };
+            let one = run(SetSplit::Ranges(1));
+            for split in [SetSplit::Ranges(3), SetSplit::Ranges(1000), SetSplit::Auto] {
+                let got = run(split);
+                let again = run(split);
+                let case_name = format!(
+                    "shape {n} (m {m}), content {}, {split:?}",
+                    content.is_some()
+                );
+                assert_eq!(got.len(), one.len());
+                for (k, (g, w)) in got.iter().zip(&one).enumerate() {
+                    assert!(
+                        bool::try_from(g.isnan().any().logical_not()).unwrap(),
+                        "{case_name}: output {k} has NaN (a poisoned element left)"
+                    );
+                    let finite = g.isfinite();
+                    assert!(
+                        finite.equal(&w.isfinite()),
+                        "{case_name}: output {k}: -inf rows"
+                    );
+                    let err = relative_error(&g.masked_select(&finite), &w.masked_select(&finite));
+                    assert!(
+                        err <= 1e-5,
+                        "{case_name}: output {k}: relative error {err:.2e}"
+                    );
+                    assert!(
+                        g.equal(&again[k]),
+                        "{case_name}: output {k} must repeat bit for bit"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        split_shapes >= 2,
+        "the shapes must have several tiles of sets"
+    );
 }
 
 /// Bad inputs are errors naming the tensor, never a launch.
