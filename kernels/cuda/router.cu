@@ -251,6 +251,94 @@ router_fwd_topk(const tok_t* __restrict__ q, const float* __restrict__ z,
     router_fwd_body<true>(q, z, route_bits, out, lse, kept, heads, len, m, topk, token_major);
 }
 
+// Runs of N consecutive elements of a row, as floats: 16-byte loads (and stores) when
+// `vec` (the caller checks that the run starts 16-byte aligned and that N elements are
+// whole 16-byte words), element by element otherwise (the same values either way).
+#define TOK_BYTES (TOKEN_BF16 ? 2 : 4)
+
+// Eight bf16 in a 16-byte word -> floats.
+__device__ __forceinline__ void unpack_bf16x8(const uint4 w, float* v) {
+    const unsigned int words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        v[i] = __uint_as_float(i % 2 == 0 ? words[i / 2] << 16 : words[i / 2] & 0xffff0000u);
+}
+
+template <int N>
+__device__ __forceinline__ void load_run(const tok_t* __restrict__ p, size_t at, bool vec,
+                                         float (&v)[N]) {
+    if (vec) {
+        const uint4* w = reinterpret_cast<const uint4*>(p + at);
+#pragma unroll
+        for (int k = 0; k < N * TOK_BYTES / 16; ++k) {
+            const uint4 x = w[k];
+#if TOKEN_BF16
+            unpack_bf16x8(x, v + 8 * k);
+#else
+            v[4 * k] = __uint_as_float(x.x);
+            v[4 * k + 1] = __uint_as_float(x.y);
+            v[4 * k + 2] = __uint_as_float(x.z);
+            v[4 * k + 3] = __uint_as_float(x.w);
+#endif
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = tok_load(p, at + i);
+}
+
+template <int N>
+__device__ __forceinline__ void store_run(tok_t* __restrict__ p, size_t at, bool vec,
+                                          const float (&v)[N]) {
+    if (vec) {
+        uint4* w = reinterpret_cast<uint4*>(p + at);
+#pragma unroll
+        for (int k = 0; k < N * TOK_BYTES / 16; ++k) {
+#if TOKEN_BF16
+            const float* x = v + 8 * k;
+            w[k] = make_uint4((unsigned int)to_bf16(x[0]) | ((unsigned int)to_bf16(x[1]) << 16),
+                              (unsigned int)to_bf16(x[2]) | ((unsigned int)to_bf16(x[3]) << 16),
+                              (unsigned int)to_bf16(x[4]) | ((unsigned int)to_bf16(x[5]) << 16),
+                              (unsigned int)to_bf16(x[6]) | ((unsigned int)to_bf16(x[7]) << 16));
+#else
+            w[k] = make_uint4(__float_as_uint(v[4 * k]), __float_as_uint(v[4 * k + 1]),
+                              __float_as_uint(v[4 * k + 2]), __float_as_uint(v[4 * k + 3]));
+#endif
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) tok_store(p, at + i, v[i]);
+}
+
+// A run of a set row, fp32 or bf16 (`z16`), the same way.
+template <int N>
+__device__ __forceinline__ void load_set_run(const void* __restrict__ z, bool z16, size_t at,
+                                             bool vec, float (&v)[N]) {
+    if (z16) {
+        const unsigned short* p = static_cast<const unsigned short*>(z) + at;
+        if (vec) {
+#pragma unroll
+            for (int k = 0; k < N / 8; ++k) unpack_bf16x8(reinterpret_cast<const uint4*>(p)[k], v + 8 * k);
+            return;
+        }
+#pragma unroll
+        for (int i = 0; i < N; ++i) v[i] = __uint_as_float((unsigned int)p[i] << 16);
+        return;
+    }
+    const float* p = static_cast<const float*>(z) + at;
+    if (vec) {
+#pragma unroll
+        for (int k = 0; k < N / 4; ++k) {
+            const float4 x = reinterpret_cast<const float4*>(p)[k];
+            v[4 * k] = x.x; v[4 * k + 1] = x.y; v[4 * k + 2] = x.z; v[4 * k + 3] = x.w;
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = p[i];
+}
+
 // ---- Top-k forward on tensor cores (bf16 inputs) ---------------------------------------
 // For q and z that hold bf16 values (a bf16 training step; the caller says so), the
 // logits of a warp's 16 tokens against a tile of 32 sets are four m16n8k16 bf16 MMAs per
@@ -441,12 +529,39 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const unsigned short* __restric
     // way (cp.async), and so are the next route words, so neither global latency sits
     // between two tiles. `staged` is the tile whose copy was started into zs[buf]; a
     // tile reached after skipped ones (staged behind) is copied when it is reached.
+    // The block's tiles from the first to the last any of its tokens may use: the
+    // block's route words are scanned once, all of them in flight together, so a route
+    // limited to recent sets (--router-topk) costs its band, not one dependent word load
+    // per tile of every set (169 us per call at M = 512 with a band of 8 sets).
+    __shared__ int tile_lo, tile_hi;
+    if (threadIdx.x == 0) {
+        tile_lo = words;
+        tile_hi = -1;
+    }
+    __syncthreads();
+    {
+        const int block_t0 = blockIdx.x * MMA_ROWS;
+        const int block_rows = min(MMA_ROWS, len - block_t0);
+        const unsigned int* rbits = route_bits + ((size_t)b * len + block_t0) * words;
+        int lo = words, hi = -1;
+#pragma unroll 4
+        for (int e = threadIdx.x; e < block_rows * words; e += MMA_WARPS * 32) {
+            if (rbits[e] != 0u) {
+                lo = min(lo, e % words);
+                hi = max(hi, e % words);
+            }
+        }
+        if (lo < words) atomicMin(&tile_lo, lo);  // min and max: the same on every run
+        if (hi >= 0) atomicMax(&tile_hi, hi);
+    }
+    __syncthreads();
+    const int j_first = tile_lo * TJ, j_last = tile_hi * TJ;  // uniform
     int buf = 0, staged = -1;
-    unsigned int next_a = live_a && m > 0 ? rbits_a[0] : 0u;
-    unsigned int next_b = live_b && m > 0 ? rbits_b[0] : 0u;
-    for (int j0 = 0; j0 < m; j0 += TJ) {
+    unsigned int next_a = live_a && j_first <= j_last ? rbits_a[tile_lo] : 0u;
+    unsigned int next_b = live_b && j_first <= j_last ? rbits_b[tile_lo] : 0u;
+    for (int j0 = j_first; j0 <= j_last; j0 += TJ) {
         const unsigned int word_a = next_a, word_b = next_b;
-        const bool ahead = j0 + TJ < m;
+        const bool ahead = j0 + TJ <= j_last;
         if (ahead) {
             next_a = live_a ? rbits_a[j0 / 32 + 1] : 0u;
             next_b = live_b ? rbits_b[j0 / 32 + 1] : 0u;
@@ -511,48 +626,39 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const unsigned short* __restric
     if (tig == 1) publish_row(best_b, jb, mix_w[warp][g + 8], mix_j[warp][g + 8], lse, kept,
                               (size_t)bh * len + tb, live_b, topk);
     __syncwarp();
-    // The mix, one of the warp's 16 tokens at a time with the lanes over the head
-    // dimension: each kept z row is read, and each output row written, whole and
-    // coalesced (a quarter row per lane read 16 scattered words per lane and kept set).
-    // The rows come from the bf16 copy (the same values, half the bytes), two dims per
-    // lane and load, and all TOPK_MAX loads of a token are issued before the first add
-    // (the sum still runs in list order: the same bits as the fp32 rows gave).
-    constexpr int PAIRS = HEAD_DIM / 2;
-    constexpr int LANE_PAIRS = (PAIRS + 31) / 32;
-    const unsigned int* z16b = reinterpret_cast<const unsigned int*>(z16 + (size_t)bh * m * HEAD_DIM);
-    for (int r = 0; r < 16 && t0 + r < len; ++r) {
-        unsigned int raw[TOPK_MAX][LANE_PAIRS];
+    // The mix: groups of HEAD_DIM / 8 lanes, one token each, several tokens per round,
+    // each lane 8 consecutive dims (one 16-byte word of a bf16 row) of every kept z row
+    // and of the output row. All TOPK_MAX row loads of a token are issued before the first
+    // add, and the sum runs in list order (the same bits as the fp32 rows give). One
+    // token per round with the lanes over the row took 16 rounds of load latency per
+    // warp; this takes ceil(16 / (32 / (HEAD_DIM / 8))), 4 at D = 64. z16 and out are
+    // 16-byte aligned (the host's invariant).
+    constexpr int MIX_LANES = HEAD_DIM / 8;
+    constexpr int MIX_TOKENS = 32 / MIX_LANES;  // per round
+    const int mix_r = lane / MIX_LANES, mix_d = (lane % MIX_LANES) * 8;
+    const uint4* z16w = reinterpret_cast<const uint4*>(z16 + (size_t)bh * m * HEAD_DIM);
+    for (int r0 = 0; r0 < 16; r0 += MIX_TOKENS) {
+        const int r = r0 + mix_r;
+        if (mix_r >= MIX_TOKENS || r >= 16 || t0 + r >= len) continue;  // no shuffles below
+        uint4 raw[TOPK_MAX];
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) {
             const int j = mix_j[warp][r][s];
-#pragma unroll
-            for (int u = 0; u < LANE_PAIRS; ++u) {
-                const int p = lane + 32 * u;
-                raw[s][u] = (j >= 0 && p < PAIRS) ? z16b[(size_t)j * PAIRS + p] : 0u;
-            }
+            raw[s] = j >= 0 ? z16w[((size_t)j * HEAD_DIM + mix_d) / 8] : make_uint4(0u, 0u, 0u, 0u);
         }
-        float lo[LANE_PAIRS], hi[LANE_PAIRS];
+        float acc[8];
 #pragma unroll
-        for (int u = 0; u < LANE_PAIRS; ++u) lo[u] = hi[u] = 0.0f;
+        for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) {
-            if (mix_j[warp][r][s] < 0) continue;  // uniform across the warp
+            if (mix_j[warp][r][s] < 0) continue;
             const float w = mix_w[warp][r][s];
+            float v[8];
+            unpack_bf16x8(raw[s], v);
 #pragma unroll
-            for (int u = 0; u < LANE_PAIRS; ++u) {
-                lo[u] += w * __uint_as_float(raw[s][u] << 16);
-                hi[u] += w * __uint_as_float(raw[s][u] & 0xffff0000u);
-            }
+            for (int i = 0; i < 8; ++i) acc[i] += w * v[i];
         }
-        const size_t orow = tok_row(bh, t0 + r, heads, len, token_major);
-#pragma unroll
-        for (int u = 0; u < LANE_PAIRS; ++u) {
-            const int p = lane + 32 * u;
-            if (p < PAIRS) {
-                tok_store(out, orow + 2 * p, lo[u]);
-                tok_store(out, orow + 2 * p + 1, hi[u]);
-            }
-        }
+        store_run(out, tok_row(bh, t0 + r, heads, len, token_major) + mix_d, true, acc);
     }
 }
 #endif
@@ -629,94 +735,6 @@ router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; ++d) tok_store(dq, qrow + d, acc[d]);
     dsum[row] = d_t;
-}
-
-// Runs of N consecutive elements of a row, as floats: 16-byte loads (and stores) when
-// `vec` (the caller checks that the run starts 16-byte aligned and that N elements are
-// whole 16-byte words), element by element otherwise (the same values either way).
-#define TOK_BYTES (TOKEN_BF16 ? 2 : 4)
-
-// Eight bf16 in a 16-byte word -> floats.
-__device__ __forceinline__ void unpack_bf16x8(const uint4 w, float* v) {
-    const unsigned int words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-        v[i] = __uint_as_float(i % 2 == 0 ? words[i / 2] << 16 : words[i / 2] & 0xffff0000u);
-}
-
-template <int N>
-__device__ __forceinline__ void load_run(const tok_t* __restrict__ p, size_t at, bool vec,
-                                         float (&v)[N]) {
-    if (vec) {
-        const uint4* w = reinterpret_cast<const uint4*>(p + at);
-#pragma unroll
-        for (int k = 0; k < N * TOK_BYTES / 16; ++k) {
-            const uint4 x = w[k];
-#if TOKEN_BF16
-            unpack_bf16x8(x, v + 8 * k);
-#else
-            v[4 * k] = __uint_as_float(x.x);
-            v[4 * k + 1] = __uint_as_float(x.y);
-            v[4 * k + 2] = __uint_as_float(x.z);
-            v[4 * k + 3] = __uint_as_float(x.w);
-#endif
-        }
-        return;
-    }
-#pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = tok_load(p, at + i);
-}
-
-template <int N>
-__device__ __forceinline__ void store_run(tok_t* __restrict__ p, size_t at, bool vec,
-                                          const float (&v)[N]) {
-    if (vec) {
-        uint4* w = reinterpret_cast<uint4*>(p + at);
-#pragma unroll
-        for (int k = 0; k < N * TOK_BYTES / 16; ++k) {
-#if TOKEN_BF16
-            const float* x = v + 8 * k;
-            w[k] = make_uint4((unsigned int)to_bf16(x[0]) | ((unsigned int)to_bf16(x[1]) << 16),
-                              (unsigned int)to_bf16(x[2]) | ((unsigned int)to_bf16(x[3]) << 16),
-                              (unsigned int)to_bf16(x[4]) | ((unsigned int)to_bf16(x[5]) << 16),
-                              (unsigned int)to_bf16(x[6]) | ((unsigned int)to_bf16(x[7]) << 16));
-#else
-            w[k] = make_uint4(__float_as_uint(v[4 * k]), __float_as_uint(v[4 * k + 1]),
-                              __float_as_uint(v[4 * k + 2]), __float_as_uint(v[4 * k + 3]));
-#endif
-        }
-        return;
-    }
-#pragma unroll
-    for (int i = 0; i < N; ++i) tok_store(p, at + i, v[i]);
-}
-
-// A run of a set row, fp32 or bf16 (`z16`), the same way.
-template <int N>
-__device__ __forceinline__ void load_set_run(const void* __restrict__ z, bool z16, size_t at,
-                                             bool vec, float (&v)[N]) {
-    if (z16) {
-        const unsigned short* p = static_cast<const unsigned short*>(z) + at;
-        if (vec) {
-#pragma unroll
-            for (int k = 0; k < N / 8; ++k) unpack_bf16x8(reinterpret_cast<const uint4*>(p)[k], v + 8 * k);
-            return;
-        }
-#pragma unroll
-        for (int i = 0; i < N; ++i) v[i] = __uint_as_float((unsigned int)p[i] << 16);
-        return;
-    }
-    const float* p = static_cast<const float*>(z) + at;
-    if (vec) {
-#pragma unroll
-        for (int k = 0; k < N / 4; ++k) {
-            const float4 x = reinterpret_cast<const float4*>(p)[k];
-            v[4 * k] = x.x; v[4 * k + 1] = x.y; v[4 * k + 2] = x.z; v[4 * k + 3] = x.w;
-        }
-        return;
-    }
-#pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = p[i];
 }
 
 // With top-k: a group of DQ_TOKEN_LANES lanes per token over only its kept sets

@@ -866,6 +866,13 @@ impl CudaKernels {
         let device = q.device();
         let q = TokenRows::of(q, None);
         let z = z.to_kind(z_kind).contiguous();
+        // The tensor-core kernel's mix reads z rows and writes out rows in 16-byte words:
+        // out is allocated here (aligned), and a z view at an unaligned offset is copied.
+        let z = if tensor_cores && z.data_ptr() as usize % 16 != 0 {
+            z.copy()
+        } else {
+            z
+        };
         let route = route.reshape([b, l, m]).contiguous();
         let out = TokenRows::empty([b, h, l, d], tokens, device, q.token_major);
         let lse = Tensor::empty([b, h, l], (Kind::Float, device));
