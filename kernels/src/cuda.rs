@@ -868,7 +868,7 @@ impl CudaKernels {
         let z = z.to_kind(z_kind).contiguous();
         // The tensor-core kernel's mix reads z rows and writes out rows in 16-byte words:
         // out is allocated here (aligned), and a z view at an unaligned offset is copied.
-        let z = if tensor_cores && z.data_ptr() as usize % 16 != 0 {
+        let z = if tensor_cores && !(z.data_ptr() as usize).is_multiple_of(16) {
             z.copy()
         } else {
             z
