@@ -743,19 +743,21 @@ router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
 // group, in 16-byte words when `aligned` (the host's check of the base pointers) and the
 // runs are whole words: one load per row and lane instead of DQ_PER strided element
 // loads, and whole 32-byte sectors written (element stores of bf16 rows wrote half
-// sectors). The host picks the group (a power of two, about D / 8 dims per lane: a whole
-// warp on a 64-wide row spent its time in 5-step shuffle sums, not loads). P and dS of
-// each kept slot go to kept_p / kept_ds for the dz kernels.
+// sectors). The host picks the group (a power of two dividing D, about D / 8 dims per
+// lane: a whole warp on a 64-wide row spent its time in 5-step shuffle sums, not
+// loads). P and dS of each kept slot go to kept_p / kept_ds for the dz kernels.
 #ifndef DQ_TOKEN_LANES
 #define DQ_TOKEN_LANES 32
 #endif
+#if HEAD_DIM % DQ_TOKEN_LANES != 0
+#error "the dq lane group must divide the head dimension"
+#endif
 #define DQ_WARPS 8
-#define DQ_PER ((HEAD_DIM + DQ_TOKEN_LANES - 1) / DQ_TOKEN_LANES)
+#define DQ_PER (HEAD_DIM / DQ_TOKEN_LANES)
 // Whole 16-byte words per lane: token rows, fp32 set rows, bf16 set rows.
-#define DQ_FULL (HEAD_DIM % DQ_TOKEN_LANES == 0)
-#define DQ_VEC_TOK (DQ_FULL && (DQ_PER * TOK_BYTES) % 16 == 0)
-#define DQ_VEC_Z32 (DQ_FULL && (DQ_PER * 4) % 16 == 0)
-#define DQ_VEC_Z16 (DQ_FULL && (DQ_PER * 2) % 16 == 0)
+#define DQ_VEC_TOK ((DQ_PER * TOK_BYTES) % 16 == 0)
+#define DQ_VEC_Z32 ((DQ_PER * 4) % 16 == 0)
+#define DQ_VEC_Z16 ((DQ_PER * 2) % 16 == 0)
 
 // The sum of v over the lane's group, the same bits in every lane of the group.
 __device__ __forceinline__ float group_sum(float v) {
@@ -777,11 +779,7 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
     const bool live = t < len;
     const int bh = blockIdx.y;
     const size_t row = (size_t)bh * len + (live ? t : 0);
-    const int d0 = lane * DQ_PER;
-    // Lanes past a row that the group does not divide read and write nothing there.
-    const int run = max(0, min(DQ_PER, HEAD_DIM - d0));
-    const bool full = run == DQ_PER;
-    const size_t qrow = tok_row(bh, live ? t : 0, heads, len, token_major) + (full ? d0 : 0);
+    const size_t qrow = tok_row(bh, live ? t : 0, heads, len, token_major) + lane * DQ_PER;
     // z is fp32, or bf16 (z_bf16: a bf16 step's set rows as they are, half the bytes of
     // the eight row reads per token; uniform branch).
     const bool vec_tok = DQ_VEC_TOK && aligned;
@@ -789,21 +787,10 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
     float qv[DQ_PER], gv[DQ_PER], ov[DQ_PER], acc[DQ_PER];
 #pragma unroll
     for (int u = 0; u < DQ_PER; ++u) qv[u] = gv[u] = ov[u] = acc[u] = 0.0f;
-    if (live && full) {
+    if (live) {
         load_run(q, qrow, vec_tok, qv);
         load_run(dout, qrow, vec_tok, gv);
         load_run(out, qrow, vec_tok, ov);
-    } else if (live) {
-        // Unrolled with a test, not a loop to `run`: a register array indexed at run
-        // time would live in local memory.
-#pragma unroll
-        for (int u = 0; u < DQ_PER; ++u) {
-            if (u < run) {
-                qv[u] = tok_load(q, qrow + d0 + u);
-                gv[u] = tok_load(dout, qrow + d0 + u);
-                ov[u] = tok_load(out, qrow + d0 + u);
-            }
-        }
     }
     float d_t = 0.0f;
 #pragma unroll
@@ -811,7 +798,7 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
     d_t = group_sum(d_t);
     const float row_lse = live ? lse[row] : NEG_INF;
     const bool empty = !(row_lse > NEG_INF);
-    const size_t zbase = (size_t)bh * m * HEAD_DIM + (full ? d0 : 0);
+    const size_t zbase = (size_t)bh * m * HEAD_DIM + lane * DQ_PER;
     // All kept rows' runs are loaded before the first product (independent loads in
     // flight, not one row's latency per slot).
     int js[TOPK_MAX];
@@ -821,18 +808,7 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
         js[s] = (s < topk && !empty) ? kept[row * TOPK_MAX + s] : -1;
 #pragma unroll
         for (int u = 0; u < DQ_PER; ++u) zv[s][u] = 0.0f;
-        if (js[s] >= 0 && full) {
-            load_set_run(z, z_bf16, zbase + (size_t)js[s] * HEAD_DIM, vec_z, zv[s]);
-        } else if (js[s] >= 0) {
-            const size_t at = (size_t)bh * m * HEAD_DIM + (size_t)js[s] * HEAD_DIM + d0;
-#pragma unroll
-            for (int u = 0; u < DQ_PER; ++u) {
-                if (u < run)
-                    zv[s][u] = z_bf16 ? __uint_as_float(
-                                            (unsigned int)static_cast<const unsigned short*>(z)[at + u] << 16)
-                                      : static_cast<const float*>(z)[at + u];
-            }
-        }
+        if (js[s] >= 0) load_set_run(z, z_bf16, zbase + (size_t)js[s] * HEAD_DIM, vec_z, zv[s]);
     }
 #pragma unroll
     for (int s = 0; s < TOPK_MAX; ++s) {
@@ -856,13 +832,7 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
         }
     }
     if (!live) return;
-    if (full) {
-        store_run(dq, qrow, vec_tok, acc);
-    } else {
-#pragma unroll
-        for (int u = 0; u < DQ_PER; ++u)
-            if (u < run) tok_store(dq, qrow + d0 + u, acc[u]);
-    }
+    store_run(dq, qrow, vec_tok, acc);
     if (lane == 0) dsum[row] = d_t;
 }
 

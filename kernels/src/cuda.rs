@@ -151,11 +151,15 @@ const ROUTER_MMA_WARPS: u32 = 4;
 /// Warps per block of the router's top-k `dq` kernel (`DQ_WARPS`).
 const ROUTER_DQ_WARPS: u32 = 8;
 
-/// Lanes per row of the kernels that split a `d`-wide row over a group of lanes (the
-/// router's top-k `dq`: `DQ_TOKEN_LANES`; the set attention: `SA_LANES`; passed to
-/// NVRTC): the power of two nearest below `d / 8` (about 8 dims per lane), 1 to 32.
+/// Lanes per token row of the router's top-k `dq` (`DQ_TOKEN_LANES`, passed to NVRTC):
+/// the power of two nearest below `d / 8` (about 8 dims per lane), 1 to 32, halved until
+/// it divides `d`, so that every lane holds a whole run of `d / lanes` consecutive dims.
 pub(crate) fn row_lanes(d: i64) -> u32 {
-    lanes_for(d, 8)
+    let mut lanes = lanes_for(d, 8);
+    while lanes > 1 && d % i64::from(lanes) != 0 {
+        lanes /= 2;
+    }
+    lanes
 }
 
 /// The power of two nearest below `d / dims_per_lane`, 1 to 32.

@@ -113,7 +113,7 @@ fn kernel_sources_compile_with_nvrtc() {
 }
 
 #[test]
-fn row_lane_groups_are_powers_of_two_of_about_eight_dims() {
+fn row_lane_groups_are_powers_of_two_of_about_eight_dims_that_divide_the_row() {
     use crate::cuda::row_lanes as lanes;
     for (d, want) in [
         (1, 1),
@@ -122,6 +122,9 @@ fn row_lane_groups_are_powers_of_two_of_about_eight_dims() {
         (32, 4),
         (48, 4),
         (64, 8),
+        (100, 4),
+        (20, 2),
+        (24, 2),
         (128, 16),
         (256, 32),
         (1024, 32),
@@ -341,8 +344,8 @@ const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 9] = [
     (2, 2, 600, 140, 32, 8),
     // A head dimension that 16-byte bf16 loads do not divide.
     (1, 3, 777, 100, 20, 3),
-    // One the top-k dq's lane group does not divide (8 lanes of 13 dims: the last lane
-    // holds a run of 9).
+    // A head dimension whose nearest lane group of 8 dims does not divide it (the top-k
+    // dq takes 4 lanes of 25 dims), and the dense dz's tiles split unevenly over threads.
     (2, 2, 200, 30, 100, 8),
 ];
 
@@ -452,15 +455,12 @@ fn cuda_router_backward_matches_autograd_and_repeats_bit_for_bit() {
         let dq_err = relative_error(&dq, &want_dq);
         let dz_err = relative_error(&dz, &want_dz);
         assert!(
-            dq_err <= 1e-4,
-            "shape {n}: dq relative error {dq_err}; worst dims {:?}, worst tokens {:?}",
+            dq_err <= 1e-4 && dz_err <= 1e-4,
+            "shape {n}: relative errors dq {dq_err}, dz {dz_err}; worst dims of dq {:?}, \
+             of dz {:?}; worst tokens of dq {:?}",
             worst(&dq, &want_dq, 3),
+            worst(&dz, &want_dz, 3),
             worst(&dq, &want_dq, 2)
-        );
-        assert!(
-            dz_err <= 1e-4,
-            "shape {n}: dz relative error {dz_err}; worst dims {:?}",
-            worst(&dz, &want_dz, 3)
         );
         assert!(
             dq.equal(&dq2) && dz.equal(&dz2),
