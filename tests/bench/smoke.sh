@@ -37,4 +37,24 @@ run lm_quality env AUSA_BIN=target/debug/ausa D_MODEL=32 LAYERS=1 HEADS=2 BATCH=
   tests/bench/lm_quality.sh "$work/lm_quality" 2
 run wt2_ablation env AUSA_BIN=target/debug/ausa tests/bench/wt2_articles_ablation.sh \
   "$work/wt2_ablation" 2 2
+# The layer bench on the CPU (full route and a route of the 2 most recent sets) joined
+# with a peers CSV in attn_peers.py's columns (that script needs a GPU) by ska_vs_peers.py.
+ska_join() {
+  local dir=$1
+  mkdir -p "$dir"
+  for c in 0 2; do
+    target/debug/ausa bench ska --device cpu --threads 1 --lens 128 --tokens 256 --heads 2 \
+      --head-dim 8 --minhash-k 16 --warmup 0 --iters 1 --precision bf16 --gate-topk 2 \
+      --router-topk "$c" --csv "$dir/ska.csv"
+  done
+  printf 'peer,dtype,B,L,H,D,fwd_ms,elapsed_ms,max_vram_mb,rate\nsdpa_flash,bf16,2,128,2,8,0.1,0.3,10,1\n' \
+    >"$dir/peers.csv"
+  python3 tests/bench/ska_vs_peers.py "$dir/ska.csv" "$dir/peers.csv" --dtype bf16 | tee "$dir/table.md"
+  grep -q "ska-naive top2 c2 ms" "$dir/table.md"
+  if grep -q "sdpa_flash / ska-naive" "$dir/table.md"; then
+    echo "ska_vs_peers.py: a peer ratio against the naive backend" >&2
+    return 1
+  fi
+}
+run ska_join ska_join "$work/ska_join"
 echo "smoke: every benchmark script ran"
