@@ -1101,36 +1101,49 @@ router_bwd_dz_sparse(const tok_t* __restrict__ q, const tok_t* __restrict__ dout
 // chunk's sums to dz + z * (B * H * M * D), which sum_chunks then adds in chunk order
 // (one chunk: dz itself). Without the split a block walked every token of its sequence:
 // a few hundred blocks, each a long serial loop.
-// The dense [ST, SJ] tiles of P and dS for tokens t0 .. t0 + width and sets j0 .. j0 + SJ
-// from the kept lists (zero where a token did not keep a set), after a barrier that ends
-// the previous tile's reads; returns (uniformly) whether any entry fell in the tile.
-__device__ __forceinline__ bool scatter_kept_tile(float (*ps)[SJ], float (*dss)[SJ],
-                                                  const int* __restrict__ kept,
+// The dense tiles of P and dS for tokens t0 .. t0 + width and sets j0 .. j0 + SJ from
+// the kept lists (zero where a token did not keep a set), after a barrier that ends the
+// previous tile's reads; returns (uniformly) whether any entry fell in the tile. `Tile`
+// holds them as its kernel reads them: `zero()` clears the tile (the block's threads
+// together), `put(r, c, p, ds)` writes token r's entry for set c.
+template <class Tile>
+__device__ __forceinline__ bool scatter_kept_tile(Tile& tile, const int* __restrict__ kept,
                                                   const float* __restrict__ kept_p,
                                                   const float* __restrict__ kept_ds, int bh,
                                                   int len, int t0, int width, int j0,
                                                   int topk) {
-    const int tid = threadIdx.x;
     __syncthreads();  // the previous tile's reads are done
-    for (int e = tid; e < ST * SJ; e += DZ_THREADS) {
-        ps[e / SJ][e % SJ] = 0.0f;
-        dss[e / SJ][e % SJ] = 0.0f;
-    }
+    tile.zero();
     __syncthreads();
     bool found = false;
-    for (int e = tid; e < ST * TOPK_MAX; e += DZ_THREADS) {
+    for (int e = threadIdx.x; e < ST * TOPK_MAX; e += DZ_THREADS) {
         const int r = e / TOPK_MAX, s = e % TOPK_MAX;
         if (r >= width || s >= topk) continue;
         const size_t slot = ((size_t)bh * len + t0 + r) * TOPK_MAX + s;
         const int j = kept[slot];
         if (j >= j0 && j < j0 + SJ) {
-            ps[r][j - j0] = kept_p[slot];
-            dss[r][j - j0] = kept_ds[slot];
+            tile.put(r, j - j0, kept_p[slot], kept_ds[slot]);
             found = true;
         }
     }
     return __syncthreads_or(found);
 }
+
+// fp32 [ST, SJ] tiles, token-major, for the CUDA-core sums (accumulate_dz).
+struct FloatTiles {
+    float (*ps)[SJ];
+    float (*dss)[SJ];
+    __device__ void zero() {
+        for (int e = threadIdx.x; e < ST * SJ; e += DZ_THREADS) {
+            ps[e / SJ][e % SJ] = 0.0f;
+            dss[e / SJ][e % SJ] = 0.0f;
+        }
+    }
+    __device__ void put(int r, int c, float p, float ds) {
+        ps[r][c] = p;
+        dss[r][c] = ds;
+    }
+};
 
 extern "C" __global__ void __launch_bounds__(DZ_THREADS)
 router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
@@ -1149,7 +1162,8 @@ router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
     const int t_end = min(len, (int)(blockIdx.z + 1) * chunk);
     for (int t0 = blockIdx.z * chunk; t0 < t_end; t0 += ST) {
         const int width = min(ST, t_end - t0);
-        if (!scatter_kept_tile(ps, dss, kept, kept_p, kept_ds, bh, len, t0, width, j0, topk))
+        FloatTiles tiles{ps, dss};
+        if (!scatter_kept_tile(tiles, kept, kept_p, kept_ds, bh, len, t0, width, j0, topk))
             continue;
         stage_token_rows(qs, gs, q, dout, bh, t0, width, heads, len, token_major);
         __syncthreads();
@@ -1168,22 +1182,12 @@ router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
 //   dz[j, d] += sum_t P[t, j] dout[t, d] + dS[t, j] q[t, d]
 // are m16n8k16 MMAs (sets x tokens times tokens x dims), P and dS each split into two
 // bf16 halves (hi = bf16(v), lo = bf16(v - hi): about 16 bits of the fp32 value; the
-// products with the bf16 rows are exact and summed in fp32), so four MMAs per k-step and
-// 8 dims. Warp w takes the 8-dim column tiles w, w + 8. The same grid, chunks and partials
+// products with the bf16 rows are exact and summed in fp32; SplitTiles below), so four
+// MMAs per k-step and 8 dims. Warp w takes the 8-dim column tiles w, w + 8. The same grid, chunks and partials
 // as router_bwd_dz_kept (the host picks one); the same fixed order on every run.
 #if HEAD_DIM % 16 == 0 && TOKEN_BF16 && __CUDA_ARCH__ >= 800
 #define DZ_NT (HEAD_DIM / 8)
 #define DZ_NT_PER_WARP ((DZ_NT + 7) / 8)
-
-// The two bf16 halves of a and b as (hi pair, lo pair), a in the low 16 bits.
-__device__ __forceinline__ void split_pair(float a, float b, unsigned int& hi,
-                                           unsigned int& lo) {
-    const unsigned short ha = to_bf16(a), hb = to_bf16(b);
-    const float ra = a - __uint_as_float((unsigned int)ha << 16);
-    const float rb = b - __uint_as_float((unsigned int)hb << 16);
-    hi = (unsigned int)ha | ((unsigned int)hb << 16);
-    lo = (unsigned int)to_bf16(ra) | ((unsigned int)to_bf16(rb) << 16);
-}
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned int (&a)[4],
                                          unsigned int b0, unsigned int b1) {
@@ -1200,6 +1204,43 @@ __device__ __forceinline__ unsigned int col_pair(const unsigned short (*t)[HEAD_
     return (unsigned int)t[k][n] | ((unsigned int)t[k + 1][n] << 16);
 }
 
+// P and dS split into bf16 halves (hi = bf16(v), lo = bf16(v - hi)) once per tile by the
+// scatter, set-major ([SJ][ST + 8]: two consecutive tokens of a set are one 32-bit A
+// fragment register; the row stride of 20 words puts a warp's 8 sets x 4 token pairs on
+// 32 distinct banks). Each of the block's 8 warps used to split the same fp32 tiles
+// itself: eight times the conversions (most of the kernel's 60 M instructions at L =
+// 1024) and 4-way bank conflicts on the fp32 reads. Unkept cells stay 0 (both halves),
+// as the split of 0 is.
+#define DZ_SPLIT_STRIDE (ST + 8)
+struct SplitTiles {
+    unsigned short (*p_hi)[DZ_SPLIT_STRIDE];
+    unsigned short (*p_lo)[DZ_SPLIT_STRIDE];
+    unsigned short (*d_hi)[DZ_SPLIT_STRIDE];
+    unsigned short (*d_lo)[DZ_SPLIT_STRIDE];
+    __device__ void zero() {
+        for (int e = threadIdx.x; e < SJ * DZ_SPLIT_STRIDE / 2; e += DZ_THREADS) {
+            const int c = e / (DZ_SPLIT_STRIDE / 2), w = (e % (DZ_SPLIT_STRIDE / 2)) * 2;
+            *reinterpret_cast<unsigned int*>(&p_hi[c][w]) = 0u;
+            *reinterpret_cast<unsigned int*>(&p_lo[c][w]) = 0u;
+            *reinterpret_cast<unsigned int*>(&d_hi[c][w]) = 0u;
+            *reinterpret_cast<unsigned int*>(&d_lo[c][w]) = 0u;
+        }
+    }
+    __device__ void put(int r, int c, float p, float ds) {
+        const unsigned short ph = to_bf16(p), dh = to_bf16(ds);
+        p_hi[c][r] = ph;
+        p_lo[c][r] = to_bf16(p - __uint_as_float((unsigned int)ph << 16));
+        d_hi[c][r] = dh;
+        d_lo[c][r] = to_bf16(ds - __uint_as_float((unsigned int)dh << 16));
+    }
+};
+
+// Set `set`'s tokens k and k + 1 (k even) of a split tile as one A-fragment register.
+__device__ __forceinline__ unsigned int set_pair(const unsigned short (*t)[DZ_SPLIT_STRIDE],
+                                                 int set, int k) {
+    return *reinterpret_cast<const unsigned int*>(&t[set][k]);
+}
+
 extern "C" __global__ void __launch_bounds__(DZ_THREADS)
 router_bwd_dz_kept_mma(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
                        const int* __restrict__ kept, const float* __restrict__ kept_p,
@@ -1207,8 +1248,11 @@ router_bwd_dz_kept_mma(const tok_t* __restrict__ q, const tok_t* __restrict__ do
                        int len, int m, int topk, int token_major, int chunk) {
     __shared__ __align__(16) unsigned short qs[ST][HEAD_DIM + 8];
     __shared__ __align__(16) unsigned short gs[ST][HEAD_DIM + 8];
-    __shared__ float ps[ST][SJ];
-    __shared__ float dss[ST][SJ];
+    __shared__ __align__(16) unsigned short p_hi[SJ][DZ_SPLIT_STRIDE];
+    __shared__ __align__(16) unsigned short p_lo[SJ][DZ_SPLIT_STRIDE];
+    __shared__ __align__(16) unsigned short d_hi[SJ][DZ_SPLIT_STRIDE];
+    __shared__ __align__(16) unsigned short d_lo[SJ][DZ_SPLIT_STRIDE];
+    SplitTiles tiles{p_hi, p_lo, d_hi, d_lo};
     const int bh = blockIdx.y;
     const int j0 = blockIdx.x * SJ;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -1221,7 +1265,7 @@ router_bwd_dz_kept_mma(const tok_t* __restrict__ q, const tok_t* __restrict__ do
     const int t_end = min(len, (int)(blockIdx.z + 1) * chunk);
     for (int t0 = blockIdx.z * chunk; t0 < t_end; t0 += ST) {
         const int width = min(ST, t_end - t0);
-        if (!scatter_kept_tile(ps, dss, kept, kept_p, kept_ds, bh, len, t0, width, j0, topk))
+        if (!scatter_kept_tile(tiles, kept, kept_p, kept_ds, bh, len, t0, width, j0, topk))
             continue;
         // The tile's q and dout rows as they are (bf16), two dims per 32-bit copy; zero
         // rows past the chunk's tokens.
@@ -1240,14 +1284,16 @@ router_bwd_dz_kept_mma(const tok_t* __restrict__ q, const tok_t* __restrict__ do
 #pragma unroll
         for (int k0 = 0; k0 < ST; k0 += 16) {
             // A fragments (rows: the tile's sets g, g + 8; columns: tokens k0 + 2 tig (+1)
-            // and + 8) of P and dS, split into bf16 halves.
-            unsigned int p_hi[4], p_lo[4], d_hi[4], d_lo[4];
+            // and + 8) of P and dS, already split into bf16 halves by the scatter.
+            unsigned int ah_p[4], al_p[4], ah_d[4], al_d[4];
             const int ka = k0 + tig * 2;
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int set = g + (i & 1) * 8, k = ka + (i >> 1) * 8;
-                split_pair(ps[k][set], ps[k + 1][set], p_hi[i], p_lo[i]);
-                split_pair(dss[k][set], dss[k + 1][set], d_hi[i], d_lo[i]);
+                ah_p[i] = set_pair(p_hi, set, k);
+                al_p[i] = set_pair(p_lo, set, k);
+                ah_d[i] = set_pair(d_hi, set, k);
+                al_d[i] = set_pair(d_lo, set, k);
             }
 #pragma unroll
             for (int w = 0; w < DZ_NT_PER_WARP; ++w) {
@@ -1256,10 +1302,10 @@ router_bwd_dz_kept_mma(const tok_t* __restrict__ q, const tok_t* __restrict__ do
                 const int n = nt * 8 + g;
                 const unsigned int g0 = col_pair(gs, ka, n), g1 = col_pair(gs, ka + 8, n);
                 const unsigned int q0 = col_pair(qs, ka, n), q1 = col_pair(qs, ka + 8, n);
-                mma_bf16(acc[w], p_hi, g0, g1);
-                mma_bf16(acc[w], p_lo, g0, g1);
-                mma_bf16(acc[w], d_hi, q0, q1);
-                mma_bf16(acc[w], d_lo, q0, q1);
+                mma_bf16(acc[w], ah_p, g0, g1);
+                mma_bf16(acc[w], al_p, g0, g1);
+                mma_bf16(acc[w], ah_d, q0, q1);
+                mma_bf16(acc[w], al_d, q0, q1);
             }
         }
     }
