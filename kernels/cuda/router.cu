@@ -525,10 +525,6 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const unsigned short* __restric
     // half); equal logits still enter, so a tie goes to the lower set in the merge.
     float floor_a = NEG_INF, floor_b = NEG_INF;
 
-    // Two staging buffers: while a tile's MMAs run, the next tile's z rows are on their
-    // way (cp.async), and so are the next route words, so neither global latency sits
-    // between two tiles. `staged` is the tile whose copy was started into zs[buf]; a
-    // tile reached after skipped ones (staged behind) is copied when it is reached.
     // The block's tiles from the first to the last any of its tokens may use: the
     // block's route words are scanned once, all of them in flight together, so a route
     // limited to recent sets (--router-topk) costs its band, not one dependent word load
@@ -556,6 +552,10 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const unsigned short* __restric
     }
     __syncthreads();
     const int j_first = tile_lo * TJ, j_last = tile_hi * TJ;  // uniform
+    // Two staging buffers: while a tile's MMAs run, the next tile's z rows are on their
+    // way (cp.async), and so are the next route words, so neither global latency sits
+    // between two tiles. `staged` is the tile whose copy was started into zs[buf]; a
+    // tile reached after skipped ones (staged behind) is copied when it is reached.
     int buf = 0, staged = -1;
     unsigned int next_a = live_a && j_first <= j_last ? rbits_a[tile_lo] : 0u;
     unsigned int next_b = live_b && j_first <= j_last ? rbits_b[tile_lo] : 0u;
@@ -1170,10 +1170,10 @@ router_bwd_dz_kept(const tok_t* __restrict__ q, const tok_t* __restrict__ dout,
     float acc[DZ_OWN];
 #pragma unroll
     for (int u = 0; u < DZ_OWN; ++u) acc[u] = 0.0f;
+    FloatTiles tiles{ps, dss};
     const int t_end = min(len, (int)(blockIdx.z + 1) * chunk);
     for (int t0 = blockIdx.z * chunk; t0 < t_end; t0 += ST) {
         const int width = min(ST, t_end - t0);
-        FloatTiles tiles{ps, dss};
         if (!scatter_kept_tile(tiles, kept, kept_p, kept_ds, bh, len, t0, width, j0, topk))
             continue;
         stage_token_rows(qs, gs, q, dout, bh, t0, width, heads, len, token_major);

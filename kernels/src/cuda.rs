@@ -504,8 +504,8 @@ impl SetShape {
                 }
             }
         };
-        let width =
-            (tiles + wanted.clamp(1, tiles) - 1) / wanted.clamp(1, tiles) * SET_ATTENTION_TILE;
+        let wanted = wanted.clamp(1, tiles);
+        let width = (tiles + wanted - 1) / wanted * SET_ATTENTION_TILE;
         (((self.m + width - 1) / width).max(1), width)
     }
 
@@ -1272,15 +1272,23 @@ impl CudaKernels {
             device_ptr(out, Kind::Float, rows * d, self.ordinal)?,
             device_ptr(lse, Kind::Float, rows, self.ordinal)?,
         ];
-        // With ranges, the partial sums of each (one element each without: unused).
-        let parts = if ranges > 1 { ranges * rows } else { 1 };
+        // With ranges, the partial sums of each; with one range the kernel writes out and
+        // lse directly and never touches the partial pointers (out and lse stand in, no
+        // allocation per call).
         let device = inputs.v.device();
-        let part_acc = Tensor::empty([parts * d], (Kind::Float, device));
-        let part_stat = Tensor::empty([parts * 2], (Kind::Float, device));
-        let part_ptrs = [
-            device_ptr(&part_acc, Kind::Float, parts * d, self.ordinal)?,
-            device_ptr(&part_stat, Kind::Float, parts * 2, self.ordinal)?,
-        ];
+        let parts = (ranges > 1).then(|| {
+            (
+                Tensor::empty([ranges * rows * d], (Kind::Float, device)),
+                Tensor::empty([ranges * rows * 2], (Kind::Float, device)),
+            )
+        });
+        let part_ptrs = match &parts {
+            Some((acc, stat)) => [
+                device_ptr(acc, Kind::Float, ranges * rows * d, self.ordinal)?,
+                device_ptr(stat, Kind::Float, ranges * rows * 2, self.ordinal)?,
+            ],
+            None => outs,
+        };
         let module = self.set_attention(d, inputs.content.is_some())?;
         let f = module.load_function("set_attn_fwd")?;
         let stream = self.current_stream()?;

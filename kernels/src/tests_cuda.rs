@@ -349,17 +349,23 @@ const ROUTER_SHAPES: [(i64, i64, i64, i64, i64, i64); 9] = [
     (2, 2, 200, 30, 100, 8),
 ];
 
-/// Random queries and set outputs for one router shape, and a route of causal windows
-/// of 8 by 4 (set j ends at 8 + 4 j) with one in ten entries dropped, so the mask is not
-/// a plain prefix and the earliest tokens see no set.
+/// `[L, M]` the causal route of windows of 8 by 4: set j ends at 8 + 4 j, token t may use
+/// the sets ending at or before t + 1.
+fn causal_route(l: i64, m: i64, device: Device) -> Tensor {
+    let ends = Tensor::arange(m, (Kind::Int64, device)) * 4 + 8;
+    let t = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(1);
+    ends.unsqueeze(0).le_tensor(&(t + 1))
+}
+
+/// Random queries and set outputs for one router shape, and the causal route of
+/// [`causal_route`] with one in ten entries dropped, so the mask is not a plain prefix
+/// and the earliest tokens see no set.
 fn router_case(shape: (i64, i64, i64, i64, i64, i64), device: Device) -> (Tensor, Tensor, Tensor) {
     let (b, h, l, m, d, _) = shape;
     let opts = (Kind::Float, device);
     let q = Tensor::randn([b, h, l, d], opts) * 0.5;
     let z = Tensor::randn([b, h, m, d], opts) * 0.5;
-    let ends = Tensor::arange(m, (Kind::Int64, device)) * 4 + 8;
-    let t = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(1);
-    let causal = ends.unsqueeze(0).le_tensor(&(t + 1));
+    let causal = causal_route(l, m, device);
     let keep = Tensor::rand([b, l, m], opts).ge(0.1);
     (q, z, causal.unsqueeze(0).logical_and(&keep))
 }
@@ -549,15 +555,13 @@ fn cuda_router_bf16_rows_match_fp32_rows_on_bf16_values() {
     }
 }
 
-/// A route limited to the last `recent` causal sets of each token (`--router-topk`, set j
-/// ending at 8 + 4 j): whole 32-set tiles before and after a block's band carry no route
+/// [`causal_route`] limited to the last `recent` visible sets of each token
+/// (`--router-topk`): whole 32-set tiles before and after a block's band carry no route
 /// bit, so the top-k forward skips tiles at both ends and restages after a skip.
 /// Also returns each token's visible count (`[L]`): its band is `[visible - recent,
 /// visible)`.
 fn recent_route(l: i64, m: i64, recent: i64, device: Device) -> (Tensor, Tensor) {
-    let ends = Tensor::arange(m, (Kind::Int64, device)) * 4 + 8;
-    let t = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(1);
-    let causal = ends.unsqueeze(0).le_tensor(&(&t + 1));
+    let causal = causal_route(l, m, device);
     let visible = causal.sum_dim_intlist(&[-1i64][..], true, Kind::Int64);
     let j = Tensor::arange(m, (Kind::Int64, device)).unsqueeze(0);
     let route = causal.logical_and(&j.ge_tensor(&(&visible - recent)));
