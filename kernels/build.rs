@@ -11,7 +11,13 @@
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=shim/ausa_shim.cpp");
+    for file in [
+        "shim/ausa_shim.cpp",
+        "shim/ausa_shim_graph.cpp",
+        "shim/guarded.h",
+    ] {
+        println!("cargo:rerun-if-changed={file}");
+    }
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         // torch-sys in doc-only mode: nothing to compile against.
         return;
@@ -22,7 +28,20 @@ fn main() {
         .parent()
         .map(|torch| torch.join("include"))
         .expect("libtorch's lib directory has a parent");
-    cc::Build::new()
+    // The CUDA runtime headers of the PyPI install (tests/libtorch.sh), for the CUDA
+    // graph pool's types only (the shim still links nothing of CUDA); a libtorch without
+    // them builds a shim whose graph functions return an error.
+    let cuda_include = PathBuf::from(&lib).join("../../nvidia/cu13/include");
+    let mut build = cc::Build::new();
+    if ["cuda_runtime_api.h", "crt/host_config.h"]
+        .iter()
+        .all(|h| cuda_include.join(h).is_file())
+    {
+        build
+            .include(&cuda_include)
+            .define("AUSA_SHIM_CUDA_HEADERS", None);
+    }
+    build
         .cpp(true)
         .pic(true)
         .include(&include)
@@ -33,5 +52,6 @@ fn main() {
         // libtorch's headers are not warning-clean; our file is checked by review.
         .flag("-Wno-unused-parameter")
         .file("shim/ausa_shim.cpp")
+        .file("shim/ausa_shim_graph.cpp")
         .compile("ausa_shim");
 }

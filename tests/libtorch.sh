@@ -4,7 +4,9 @@
 # ../shared/docs/libtorch.md describes: torch's own wheel without dependencies, plus the two
 # small CUDA runtime packages libtorch_cpu.so needs at load time even on CPU (found through
 # torch's RPATH $ORIGIN/../../nvidia/cu13/lib), and NVRTC (about 90 MB), with which the
-# kernel tests compile the CUDA sources on machines without a GPU. About 1.4 GB on disk.
+# kernel tests compile the CUDA sources on machines without a GPU, and the CUDA runtime's
+# headers with their crt/ part (130 KB), which the shim's CUDA graph pool needs (types
+# only: nothing links against CUDA). About 1.4 GB on disk.
 #
 # Usage: tests/libtorch.sh            install if missing, print the LIBTORCH path
 #        source <(tests/libtorch.sh --env)   also export LIBTORCH and LD_LIBRARY_PATH
@@ -12,7 +14,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="$root/.libtorch"
 torch_version="2.11.0"
-cuda_toolkit="cuda-toolkit[cudart,cupti,nvrtc]==13.0.2"
+cuda_toolkit="cuda-toolkit[cudart,cupti,nvrtc,crt]==13.0.2"
+crt="nvidia-cuda-crt==13.0.88"
 stamp="$dir/.ausa-installed-$torch_version"
 
 if [ ! -f "$stamp" ]; then
@@ -29,6 +32,17 @@ if [ ! -f "$stamp" ]; then
     rm -rf "$dir"
     mv "$dir.partial" "$dir"
     touch "$stamp"
+fi
+
+# Installs made before the shim used the CUDA headers lack crt/: add just that package.
+if [ ! -f "$dir/nvidia/cu13/include/crt/host_config.h" ]; then
+    echo "== adding the CUDA crt headers ($crt) to $dir" >&2
+    python="${PYTHON:-python3}"
+    rm -rf "$dir.crt"
+    "$python" -m pip install -q --no-cache-dir --disable-pip-version-check --target "$dir.crt" --no-deps "$crt" >&2
+    cp -r "$dir.crt/nvidia/cu13/include/crt" "$dir/nvidia/cu13/include/crt.partial"
+    mv "$dir/nvidia/cu13/include/crt.partial" "$dir/nvidia/cu13/include/crt"
+    rm -rf "$dir.crt"
 fi
 
 if [ "${1:-}" = "--env" ]; then

@@ -691,6 +691,7 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
         "layout_ms",
         "model_tflops",
         "model_gbps",
+        "cuda_graph",
     ] {
         assert!(header.contains(&extra), "{extra} missing: {header:?}");
     }
@@ -709,6 +710,7 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
         assert!((num("steps_per_s") - 1e3 / all).abs() <= 1e-3 * num("steps_per_s") + 1e-3);
         assert!(num("model_tflops") > 0.0 && num("avg_atoms_per_set") > 1.0);
         assert_eq!(row["max_vram_mb"], "", "no VRAM on the CPU");
+        assert_eq!(row["cuda_graph"], "0", "eager steps");
     }
     let dtypes: Vec<&str> = lines[1..]
         .iter()
@@ -741,6 +743,26 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
         negative.stderr.contains("--router-topk must be 0"),
         "{}",
         negative.stderr
+    );
+    let graph_on_cpu = ctx
+        .run(&[
+            "bench",
+            "ska",
+            "--device",
+            "cpu",
+            "--lens",
+            "128",
+            "--tokens",
+            "128",
+            "--cuda-graph",
+        ])
+        .code(2);
+    assert!(
+        graph_on_cpu
+            .stderr
+            .contains("--cuda-graph needs a CUDA device"),
+        "{}",
+        graph_on_cpu.stderr
     );
 
     let other = ctx.write("other.csv", "backend,elapsed_ms\nska,1.0\n");

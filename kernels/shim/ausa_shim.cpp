@@ -18,6 +18,8 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
+#include "guarded.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -27,32 +29,13 @@
 
 namespace {
 
-char* error_copy(const char* what) {
-  size_t n = std::strlen(what);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) std::memcpy(out, what, n + 1);
-  return out;
-}
-
-template <typename F>
-char* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    // what_without_backtrace: the message a user can act on, not the C++ stack.
-    return error_copy(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return error_copy(e.what());
-  } catch (...) {
-    return error_copy("unknown C++ exception in the ausa shim");
-  }
-}
+using ausa_shim::guarded;
 
 c10::DeviceAllocator* cuda_allocator() {
   // Throws (caught by guarded) while libtorch_cuda is not loaded: no CUDA allocator is set.
   return c10::getDeviceAllocator(c10::DeviceType::CUDA);
 }
+
 
 }  // namespace
 

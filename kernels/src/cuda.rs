@@ -1850,7 +1850,7 @@ impl CudaKernels {
     /// kernels then order after the libtorch ops that wrote their inputs and before
     /// those that read their outputs, whatever stream the caller (or the autograd
     /// engine, which runs a backward on its forward's stream) has made current.
-    fn current_stream(&self) -> Result<Arc<CudaStream>, CudaError> {
+    pub(crate) fn current_stream(&self) -> Result<Arc<CudaStream>, CudaError> {
         let handle = crate::shim::cuda_current_stream(self.ordinal)
             .map_err(|e| CudaError::Driver(format!("libtorch's current stream: {e}")))?;
         // SAFETY: the handle is a stream of this device's primary context, the context

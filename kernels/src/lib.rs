@@ -28,7 +28,8 @@
 //! stream, the fused AdamW step, custom autograd ops written in Rust), the place for what
 //! `tch` does not expose; [`router`] and [`set_attention`] are the two halves of the SKA
 //! layer as such ops (a hand-written backward in tensor ops, or the fused CUDA kernels of
-//! [`cuda`]), [`pool`] the atom pooling as one, and [`layer_norm`] the trainer's LayerNorm into bf16 / fp16 as one (the one
+//! [`cuda`]), [`pool`] the atom pooling as one, [`graph`] CUDA graphs of a whole step (capture once,
+//! replay without host work), and [`layer_norm`] the trainer's LayerNorm into bf16 / fp16 as one (the one
 //! op here that is not SKA's: it lives beside the other CUDA kernels and their loader).
 //!
 //! Every step is a tensor op over the whole batch: there is no loop over sets or tokens in
@@ -619,6 +620,7 @@ pub fn linear_kind(linear: &nn::Linear, x: &Tensor) -> Tensor {
 
 pub mod cuda;
 pub mod exact;
+pub mod graph;
 pub mod layer_norm;
 pub mod pool;
 

@@ -46,6 +46,9 @@ extern "C" {
         stream: *mut *mut c_void,
     ) -> *mut c_char;
     fn ausa_cuda_restore_stream(device: c_int, id: i64) -> *mut c_char;
+    fn ausa_cuda_graph_pool_begin(device: c_int, stream: *mut c_void, id: u64) -> *mut c_char;
+    fn ausa_cuda_graph_pool_end(device: c_int, id: u64) -> *mut c_char;
+    fn ausa_cuda_graph_pool_release(device: c_int, id: u64) -> *mut c_char;
     fn ausa_set_grads_to_none(params: *const *mut C_tensor, n: i64) -> *mut c_char;
     fn ausa_backward_with_grad(out: *mut C_tensor, grad: *mut C_tensor) -> *mut c_char;
     fn ausa_pin_memory(t: *mut C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
@@ -192,6 +195,28 @@ impl Drop for PoolStream {
             let _ = check(unsafe { ausa_cuda_restore_stream(device, self.previous) });
         }
     }
+}
+
+/// Routes every allocation libtorch's CUDA caching allocator makes on `stream` (a
+/// `cudaStream_t` address, the stream being captured) into the private pool `id` of a
+/// CUDA graph, until [`cuda_graph_pool_end`]: what keeps a captured graph's memory from
+/// being handed to other tensors (see `crate::graph`).
+pub fn cuda_graph_pool_begin(device: usize, stream: usize, id: u64) -> Result<(), ShimError> {
+    // SAFETY: plain values cross; the stream address is only compared, never dereferenced.
+    check(unsafe { ausa_cuda_graph_pool_begin(device_index(device)?, stream as *mut c_void, id) })
+}
+
+/// Stops routing allocations into graph pool `id` (its blocks stay reserved to it).
+pub fn cuda_graph_pool_end(device: usize, id: u64) -> Result<(), ShimError> {
+    // SAFETY: plain values cross.
+    check(unsafe { ausa_cuda_graph_pool_end(device_index(device)?, id) })
+}
+
+/// Gives graph pool `id` up after its graph is destroyed: its blocks return to the cache
+/// as the tensors that still hold them die.
+pub fn cuda_graph_pool_release(device: usize, id: u64) -> Result<(), ShimError> {
+    // SAFETY: plain values cross.
+    check(unsafe { ausa_cuda_graph_pool_release(device_index(device)?, id) })
 }
 
 fn pointers(tensors: &[Tensor]) -> Vec<*mut C_tensor> {

@@ -5,8 +5,11 @@ is faster), per sequence length, for one precision and gate top-k. SKA columns a
 by backend, gate top-k (`top8`) and, for a limited route (`--router-topk N`, the CSV's
 `candidates`), `cN`.
 
+Rows of one timing only: eager steps, or with --cuda-graph CUDA graph replays on both
+sides (the CSVs' cuda_graph column; older CSVs have none: eager).
+
 Usage: python3 tests/bench/ska_vs_peers.py SKA.csv PEERS.csv [--dtype bf16] [--topk 8]
-       [--candidates 8]
+       [--candidates 8] [--cuda-graph]
 """
 
 import argparse
@@ -21,11 +24,16 @@ def main():
     p.add_argument("--topk", default=None, help="router_topk rows to use (default: all)")
     p.add_argument("--candidates", default=None,
                    help="candidates rows to use (default: all; older CSVs have none: 0)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="compare CUDA graph replays (cuda_graph 1) instead of eager steps")
     a = p.parse_args()
+    mode = "1" if a.cuda_graph else "0"
     ska = {}
     with open(a.ska) as f:
         for r in csv.DictReader(f):
             c = r.get("candidates") or "0"
+            if (r.get("cuda_graph") or "0") != mode:
+                continue
             if r["dtype"] != a.dtype or (a.topk is not None and r["router_topk"] != a.topk):
                 continue
             if a.candidates is not None and c != a.candidates:
@@ -35,7 +43,7 @@ def main():
     peers = {}
     with open(a.peers) as f:
         for r in csv.DictReader(f):
-            if r["peer"] in ("gemm_bf16", "d2d_copy"):
+            if r["peer"] in ("gemm_bf16", "d2d_copy") or (r.get("cuda_graph") or "0") != mode:
                 continue
             peers[(r["peer"], int(r["L"]))] = r
     lens = sorted({k[2] for k in ska})

@@ -94,6 +94,10 @@ pub struct SkaArgs {
     /// Timed steps per pass (the median is reported).
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
+    /// Time CUDA graph replays of each pass (captured once after the warm-up) instead of
+    /// eager steps: the GPU's time without the host's launches (CSV column `cuda_graph`).
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// Append the rows to this CSV (created with a header; another header is an error).
     #[arg(long, value_name = "PATH")]
     pub csv: Option<PathBuf>,
@@ -131,6 +135,7 @@ fn run_ska(args: &SkaArgs, out: &Output) -> Result<i32, CliError> {
     let settings = SkaBenchSettings {
         warmup: args.warmup,
         iters: args.iters,
+        cuda_graph: args.cuda_graph,
     };
     let mut rows = Vec::new();
     for &seq_len in &args.lens {
@@ -158,7 +163,7 @@ fn run_ska(args: &SkaArgs, out: &Output) -> Result<i32, CliError> {
                 };
                 let row = ska_bench::run(&shape, settings, device).map_err(bench_error)?;
                 out.log(&format!(
-                    "ska-{} {} L {:>5} B {:>3} M {:>4}{}: fwd {:.3} ms, fwd+bwd {:.3} ms, layout {:.3} ms{}",
+                    "ska-{} {} L {:>5} B {:>3} M {:>4}{}{}: fwd {:.3} ms, fwd+bwd {:.3} ms, layout {:.3} ms{}",
                     shape.backend.as_str(),
                     shape.precision.as_str(),
                     seq_len,
@@ -168,6 +173,7 @@ fn run_ska(args: &SkaArgs, out: &Output) -> Result<i32, CliError> {
                         0 => String::new(),
                         c => format!(" (last {c} sets)"),
                     },
+                    if row.cuda_graph { ", CUDA graph" } else { "" },
                     row.fwd_ms,
                     row.fwd_bwd_ms,
                     row.layout_ms,

@@ -11,7 +11,11 @@
 //! attention peers do), dropped after each step so nothing accumulates. The per-batch
 //! `SetLayout` (padding and `Delta`) is timed on its own (`layout_ms`): it runs once per
 //! batch for all layers. Every time is the median of `iters` steps with the device synchronized around
-//! each, after `warmup` untimed ones.
+//! each, after `warmup` untimed ones. With `cuda_graph` the two passes are each captured once
+//! in a CUDA graph (after the eager warm-up, on a side stream) and the replays are timed: the
+//! GPU's time without the host's launches and autograd engine. The gradients then
+//! accumulate into `.grad` across replays (a captured step cannot drop them), an in-place
+//! add per leaf that the eager steps, which start from no gradient, do not pay.
 //!
 //! Columns ([`SkaBenchRow::fields`]): the SPEC's `backend, dtype, B, L, H, D, window,
 //! stride, minhash_k, router_topk, avg_sets_per_seq, avg_atoms_per_set, elapsed_ms,
@@ -22,11 +26,12 @@
 //! set), `fwd_ms, bwd_ms, layout_ms, model_tflops, model_gbps`: FLOP and byte counts of the
 //! math (the GEMM-shaped products; the tensors a fused kernel must read and write once),
 //! over the measured times, so the reference and a fused kernel are rated by the same
-//! count.
+//! count; and `cuda_graph` (1: timed as graph replays; `layout_ms` is always eager).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use ausa_kernels::graph::StepGraph;
 use ausa_kernels::pool::AtomPool;
 use ausa_kernels::toy::{random_tokens, sets_recent, ToyShape};
 use ausa_kernels::{pool_atoms_with, SetAttention, SetLayout, SkaConfig};
@@ -75,6 +80,10 @@ pub struct SkaBenchSettings {
     pub warmup: usize,
     /// Timed steps per pass (forward; forward + backward).
     pub iters: usize,
+    /// Time replays of a CUDA graph of the step (captured after the eager warm-up, on a
+    /// side stream) instead of eager steps: the GPU's time without the host's launch and
+    /// autograd work. CUDA only.
+    pub cuda_graph: bool,
 }
 
 /// One measured configuration: a CSV row.
@@ -102,6 +111,8 @@ pub struct SkaBenchRow {
     pub fwd_flops: f64,
     /// Bytes a fused forward must move at least.
     pub fwd_bytes: f64,
+    /// The passes were timed as CUDA graph replays ([`SkaBenchSettings::cuda_graph`]).
+    pub cuda_graph: bool,
 }
 
 impl SkaBenchRow {
@@ -151,6 +162,7 @@ impl SkaBenchRow {
                 "model_gbps",
                 format!("{:.3}", bytes / (self.fwd_bwd_ms * 1e-3) / 1e9),
             ),
+            ("cuda_graph", u8::from(self.cuda_graph).to_string()),
         ]
     }
 }
@@ -181,6 +193,7 @@ pub fn csv_header() -> String {
         scores_computed: 0.0,
         fwd_flops: 0.0,
         fwd_bytes: 0.0,
+        cuda_graph: false,
     };
     row.fields()
         .iter()
@@ -255,6 +268,11 @@ pub fn run(
     device: Device,
 ) -> Result<SkaBenchRow, Error> {
     check(shape)?;
+    let needs_cuda =
+        || Error::Usage("--cuda-graph needs a CUDA device (--device cuda)".to_string());
+    if settings.cuda_graph && !device.is_cuda() {
+        return Err(needs_cuda());
+    }
     let d = shape.heads * shape.head_dim;
     // The backend's own checks (a CUDA device, top-k and head-width limits).
     let model = ModelConfig {
@@ -321,21 +339,36 @@ pub fn run(
     let layout_ms = median_ms(device, settings, || {
         let _ = SetLayout::new(&inputs, shape.seq_len);
     });
-    let fwd_ms = median_ms(device, settings, || {
-        let _ = tch::no_grad(forward);
-    });
-    let mut backward_error = None;
-    let fwd_bwd_ms = median_ms(device, settings, || {
-        let out = forward();
-        if let Err(e) = ausa_kernels::shim::backward_with_grad(&out, &out_grad)
-            .and_then(|()| ausa_kernels::shim::set_grads_to_none(&mut leaves))
-        {
-            backward_error.get_or_insert(e);
+    let (fwd_ms, fwd_bwd_ms) = match (settings.cuda_graph, device) {
+        (false, _) => {
+            let fwd_ms = median_ms(device, settings, || {
+                let _ = tch::no_grad(forward);
+            });
+            let mut backward_error = None;
+            let fwd_bwd_ms = median_ms(device, settings, || {
+                let out = forward();
+                if let Err(e) = ausa_kernels::shim::backward_with_grad(&out, &out_grad)
+                    .and_then(|()| ausa_kernels::shim::set_grads_to_none(&mut leaves))
+                {
+                    backward_error.get_or_insert(e);
+                }
+            });
+            if let Some(e) = backward_error {
+                return Err(Error::Torch(format!("the SKA layer's backward: {e}")));
+            }
+            (fwd_ms, fwd_bwd_ms)
         }
-    });
-    if let Some(e) = backward_error {
-        return Err(Error::Torch(format!("the SKA layer's backward: {e}")));
-    }
+        (true, Device::Cuda(ordinal)) => {
+            let mut keep: Vec<&Tensor> = leaves.iter().collect();
+            keep.push(&out_grad);
+            let backward = || {
+                let out = forward();
+                ausa_kernels::shim::backward_with_grad(&out, &out_grad).map(|()| out)
+            };
+            graphed_ms(ordinal, settings, &keep, || tch::no_grad(forward), backward)?
+        }
+        (true, _) => return Err(needs_cuda()),
+    };
     let max_vram_mb = match device {
         Device::Cuda(i) => Some(
             ausa_kernels::shim::cuda_memory(i)
@@ -383,7 +416,61 @@ pub fn run(
         scores_computed: b * h * mf * mf,
         fwd_flops,
         fwd_bytes,
+        cuda_graph: settings.cuda_graph,
     })
+}
+
+/// Median forward and forward + backward times (ms) of CUDA graph replays on device
+/// `ordinal`: each pass runs eagerly `warmup` times (at least once: NVRTC compiles, cuBLAS
+/// workspaces and the allocator's blocks must exist before a capture) on a side stream,
+/// is captured there, and its replays are timed like eager steps. `keep` are the tensors
+/// the passes read from outside.
+fn graphed_ms(
+    ordinal: usize,
+    settings: SkaBenchSettings,
+    keep: &[&Tensor],
+    forward: impl Fn() -> Tensor,
+    backward: impl Fn() -> Result<Tensor, ausa_kernels::shim::ShimError>,
+) -> Result<(f64, f64), Error> {
+    let device = Device::Cuda(ordinal);
+    let graph_error = |e: ausa_kernels::cuda::CudaError| {
+        Error::Torch(format!(
+            "--cuda-graph: {e} (run without --cuda-graph to time eager steps)"
+        ))
+    };
+    let _side = ausa_kernels::shim::PoolStream::enter(ordinal)
+        .map_err(|e| Error::Torch(format!("--cuda-graph: a side stream: {e}")))?;
+    let warm = settings.warmup.max(1);
+    for _ in 0..warm {
+        let _ = forward();
+    }
+    sync(device);
+    let (graph, _out) = StepGraph::capture(ordinal, keep, &forward).map_err(graph_error)?;
+    let fwd_ms = replay_ms(device, settings, &graph).map_err(graph_error)?;
+    drop(graph);
+    for _ in 0..warm {
+        let _ = backward().map_err(|e| Error::Torch(format!("the SKA layer's backward: {e}")))?;
+    }
+    sync(device);
+    let (graph, out) = StepGraph::capture(ordinal, keep, &backward).map_err(graph_error)?;
+    let _out = out.map_err(|e| Error::Torch(format!("the SKA layer's backward, captured: {e}")))?;
+    let fwd_bwd_ms = replay_ms(device, settings, &graph).map_err(graph_error)?;
+    Ok((fwd_ms, fwd_bwd_ms))
+}
+
+/// [`median_ms`] of a graph's replays; the first failed replay is the error.
+fn replay_ms(
+    device: Device,
+    settings: SkaBenchSettings,
+    graph: &StepGraph,
+) -> Result<f64, ausa_kernels::cuda::CudaError> {
+    let mut failed = None;
+    let ms = median_ms(device, settings, || {
+        if let Err(e) = graph.replay() {
+            failed.get_or_insert(e);
+        }
+    });
+    failed.map_or(Ok(ms), Err)
 }
 
 /// Appends `rows` to the CSV at `path` (header first when new; a file with another header
