@@ -460,6 +460,7 @@ pub(crate) enum OpBackend {
 /// One set-kernel attention layer with its router (replaces self-attention in a block).
 #[derive(Debug)]
 pub struct SetAttention {
+    d_model: i64,
     heads: i64,
     head_dim: i64,
     beta: f64,
@@ -513,6 +514,7 @@ impl SetAttention {
         let linear =
             |name: &str, i: i64, o: i64| nn::linear(&path / name, i, o, Default::default());
         SetAttention {
+            d_model: d,
             heads: h,
             head_dim: dh,
             beta: config.beta,
@@ -545,14 +547,20 @@ impl SetAttention {
     pub fn set_outputs(&self, phi: &Tensor, layout: &SetLayout) -> Tensor {
         let kind = phi.kind();
         let (bsz, m, h, dh) = (layout.batch, layout.max_sets, self.heads, self.head_dim);
+        // `[Phi, psi]` has d + 1 columns; zero columns up to a multiple of 8 (and the same
+        // in the weight) keep the product exact and on cuBLAS's tensor-core kernels.
+        let width = linear::aligned_width(self.d_model + 1);
         let value_in = Tensor::cat(
             &[
                 phi.shallow_clone(),
                 psi(&layout.sizes).to_kind(kind).unsqueeze(-1),
+                Tensor::zeros([bsz, m, width - self.d_model - 1], (kind, phi.device())),
             ],
             -1,
         );
-        let values = linear_kind(&self.v, &value_in)
+        let weight = linear::pad_columns(&self.v.ws.to_kind(kind), width);
+        let bias = self.v.bs.as_ref().map(|b| b.to_kind(kind));
+        let values = linear::affine(&value_in, &weight, bias.as_ref())
             .view([bsz, m, h, dh])
             .transpose(1, 2);
         // (A_h Phi_i) and (B_h Phi_j): [B, 1, M, d] x [1, H, d, dh] = [B, H, M, dh].
@@ -611,17 +619,13 @@ impl SetAttention {
     }
 }
 
-/// `x W^T + b` with the weights cast to `x`'s kind (fp32 master weights, bf16 compute).
-pub fn linear_kind(linear: &nn::Linear, x: &Tensor) -> Tensor {
-    let kind = x.kind();
-    let bias = linear.bs.as_ref().map(|b| b.to_kind(kind));
-    x.linear(&linear.ws.to_kind(kind), bias.as_ref())
-}
+pub use linear::linear_kind;
 
 pub mod cuda;
 pub mod exact;
 pub mod graph;
 pub mod layer_norm;
+pub mod linear;
 pub mod pool;
 
 #[cfg(test)]

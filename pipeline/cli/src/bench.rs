@@ -137,6 +137,13 @@ fn run_ska(args: &SkaArgs, out: &Output) -> Result<i32, CliError> {
         iters: args.iters,
         cuda_graph: args.cuda_graph,
     };
+    // One side stream for every graph-timed row (see ska_bench::side_stream).
+    let _side = match device {
+        tch::Device::Cuda(ordinal) if args.cuda_graph => {
+            ska_bench::side_stream(ordinal).map_err(bench_error)?
+        }
+        _ => None,
+    };
     let mut rows = Vec::new();
     for &seq_len in &args.lens {
         for &precision in &args.precision {

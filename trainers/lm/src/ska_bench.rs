@@ -438,8 +438,7 @@ fn graphed_ms(
             "--cuda-graph: {e} (run without --cuda-graph to time eager steps)"
         ))
     };
-    let _side = ausa_kernels::shim::PoolStream::enter(ordinal)
-        .map_err(|e| Error::Torch(format!("--cuda-graph: a side stream: {e}")))?;
+    let _side = side_stream(ordinal)?;
     let warm = settings.warmup.max(1);
     for _ in 0..warm {
         let _ = forward();
@@ -456,6 +455,22 @@ fn graphed_ms(
     let _out = out.map_err(|e| Error::Torch(format!("the SKA layer's backward, captured: {e}")))?;
     let fwd_bwd_ms = replay_ms(device, settings, &graph).map_err(graph_error)?;
     Ok((fwd_ms, fwd_bwd_ms))
+}
+
+/// A side stream for graph captures, unless the caller made one current already (a
+/// capture cannot use the legacy default stream). Callers that time several rows keep one
+/// side stream for all ([`side_stream`] from the outside): libtorch keeps a cuBLAS
+/// workspace per stream for the rest of the process, which a new stream per row would add
+/// to every later row's peak.
+pub fn side_stream(ordinal: usize) -> Result<Option<ausa_kernels::shim::PoolStream>, Error> {
+    let current = ausa_kernels::shim::cuda_current_stream(ordinal)
+        .map_err(|e| Error::Torch(format!("--cuda-graph: libtorch's current stream: {e}")))?;
+    if current != 0 {
+        return Ok(None);
+    }
+    ausa_kernels::shim::PoolStream::enter(ordinal)
+        .map(Some)
+        .map_err(|e| Error::Torch(format!("--cuda-graph: a side stream: {e}")))
 }
 
 /// [`median_ms`] of a graph's replays; the first failed replay is the error.
