@@ -558,9 +558,8 @@ impl SetAttention {
             ],
             -1,
         );
-        let weight = linear::pad_columns(&self.v.ws.to_kind(kind), width);
-        let bias = self.v.bs.as_ref().map(|b| b.to_kind(kind));
-        let values = linear::affine(&value_in, &weight, bias.as_ref())
+        let weight = linear::pad_columns(&self.v.ws, width);
+        let values = linear::affine(&value_in, &weight, self.v.bs.as_ref())
             .view([bsz, m, h, dh])
             .transpose(1, 2);
         // (A_h Phi_i) and (B_h Phi_j): [B, 1, M, d] x [1, H, d, dh] = [B, H, M, dh].
