@@ -6,8 +6,8 @@
 //! weights themselves, for two reasons:
 //! - the bias gradient: libtorch's linear backward sums the output gradient over its rows
 //!   with a column reduction that reaches a third of the bandwidth a matrix-vector product
-//!   `dY^T 1` gets from cuBLAS (H200, bf16, CUDA-graph timed: 27.2 against 9.0 us for
-//!   `[16384, 1024]`, 41.0 against 27.3 us for `[16384, 3072]`; docs/benchmarks.md);
+//!   `1^T dY` gets from cuBLAS (H200, bf16, CUDA-graph timed: 27.2 against 9.4 us for
+//!   `[16384, 1024]`, 41.0 against 27.2 us for `[16384, 3072]`; tests/bench/projection_grads.py);
 //! - the cast back: under libtorch's autograd a bf16 weight gradient is rounded to bf16
 //!   and then cast to the fp32 master's kind (one more kernel per weight and per bias);
 //!   here the weight-gradient GEMM and the bias product write fp32 directly from their fp32

@@ -47,10 +47,19 @@ ska_join() {
       --head-dim 8 --minhash-k 16 --warmup 0 --iters 1 --precision bf16 --gate-topk 2 \
       --router-topk "$c" --csv "$dir/ska.csv"
   done
-  printf 'peer,dtype,B,L,H,D,fwd_ms,elapsed_ms,max_vram_mb,rate\nsdpa_flash,bf16,2,128,2,8,0.1,0.3,10,1\n' \
+  # One eager and one graph-timed peer row: each table takes the rows of its own timing.
+  printf 'peer,dtype,B,L,H,D,fwd_ms,elapsed_ms,max_vram_mb,rate,cuda_graph\n%s\n%s\n' \
+    'sdpa_flash,bf16,2,128,2,8,0.1,0.3,10,1,0' 'sdpa_flash,bf16,2,128,2,8,0.1,0.2,10,1,1' \
     >"$dir/peers.csv"
   python3 tests/bench/ska_vs_peers.py "$dir/ska.csv" "$dir/peers.csv" --dtype bf16 | tee "$dir/table.md"
   grep -q "ska-naive top2 c2 ms" "$dir/table.md"
+  grep -q "| 0.300 |" "$dir/table.md"
+  python3 tests/bench/ska_vs_peers.py "$dir/ska.csv" "$dir/peers.csv" --dtype bf16 --cuda-graph \
+    | tee "$dir/graph.md"
+  if grep -q "0.300\|ska-naive" "$dir/graph.md"; then
+    echo "ska_vs_peers.py --cuda-graph: eager rows in the graph table" >&2
+    return 1
+  fi
   if grep -q "sdpa_flash / ska-naive" "$dir/table.md"; then
     echo "ska_vs_peers.py: a peer ratio against the naive backend" >&2
     return 1
