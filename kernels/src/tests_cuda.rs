@@ -1442,11 +1442,13 @@ fn cuda_graph_replays_a_step_on_new_inputs() {
     );
 }
 
-/// `linear_kind` on the GPU (the op with the matrix-vector bias gradient) against
-/// libtorch's linear under autograd, in bf16 at a projection's shape with fp32 master
-/// weights: outputs equal, gradients of the input, weight and bias within bf16 rounding
-/// (relative 1e-2; ours are written in fp32 from the GEMMs' accumulators, libtorch's are
-/// rounded to bf16 first), in the master kind, and the same bits on a second run.
+/// `linear_kind` on the GPU (the op with the one-row-GEMM bias gradient) against
+/// libtorch's linear under autograd at a projection's shape with fp32 master weights, for
+/// every compute kind the trainer has (bf16, fp16: gradients written in fp32 from the
+/// GEMMs' accumulators, libtorch's rounded to the half kind first; fp32: the same GEMMs):
+/// outputs equal, gradients of the input, weight and bias within the kind's rounding
+/// (relative 1e-2 in half kinds, 1e-5 in fp32), in the master kind, and the same bits on a
+/// second run.
 #[test]
 fn cuda_linear_matches_libtorchs_linear_and_repeats_bit_for_bit() {
     let Some(_kernels) = gpu("cuda_linear_matches_libtorchs_linear_and_repeats_bit_for_bit") else {
@@ -1454,52 +1456,58 @@ fn cuda_linear_matches_libtorchs_linear_and_repeats_bit_for_bit() {
     };
     let device = Device::Cuda(0);
     tch::manual_seed(fresh_seed() as i64);
-    let vs = tch::nn::VarStore::new(device);
-    let linear = tch::nn::linear(vs.root() / "proj", 96, 160, Default::default());
-    let x = Tensor::randn([4, 300, 96], (Kind::Float, device))
-        .to_kind(Kind::BFloat16)
-        .set_requires_grad(true);
-    let dy = Tensor::randn([4, 300, 160], (Kind::BFloat16, device));
-    let run = |ours: bool| {
-        let _ = x.grad().defined().then(|| x.grad().zero_());
-        for p in [&linear.ws, linear.bs.as_ref().unwrap()] {
-            let _ = p.grad().defined().then(|| p.grad().zero_());
-        }
-        let y = if ours {
-            crate::linear_kind(&linear, &x)
-        } else {
-            let bias = linear.bs.as_ref().map(|b| b.to_kind(Kind::BFloat16));
-            x.linear(&linear.ws.to_kind(Kind::BFloat16), bias.as_ref())
+    for (kind, tolerance) in [
+        (Kind::BFloat16, 1e-2),
+        (Kind::Half, 1e-2),
+        (Kind::Float, 1e-5),
+    ] {
+        let vs = tch::nn::VarStore::new(device);
+        let linear = tch::nn::linear(vs.root() / "proj", 96, 160, Default::default());
+        let x = Tensor::randn([4, 300, 96], (Kind::Float, device))
+            .to_kind(kind)
+            .set_requires_grad(true);
+        let dy = Tensor::randn([4, 300, 160], (kind, device));
+        let run = |ours: bool| {
+            for p in [&x, &linear.ws, linear.bs.as_ref().unwrap()] {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let y = if ours {
+                crate::linear_kind(&linear, &x)
+            } else {
+                let bias = linear.bs.as_ref().map(|b| b.to_kind(kind));
+                x.linear(&linear.ws.to_kind(kind), bias.as_ref())
+            };
+            crate::shim::backward_with_grad(&y, &dy).unwrap();
+            vec![
+                y.detach().to_kind(Kind::Float),
+                x.grad().to_kind(Kind::Float),
+                linear.ws.grad().copy(),
+                linear.bs.as_ref().unwrap().grad().copy(),
+            ]
         };
-        crate::shim::backward_with_grad(&y, &dy).unwrap();
-        vec![
-            y.detach().to_kind(Kind::Float),
-            x.grad().to_kind(Kind::Float),
-            linear.ws.grad().copy(),
-            linear.bs.as_ref().unwrap().grad().copy(),
-        ]
-    };
-    let reference = run(false);
-    let ours = run(true);
-    let again = run(true);
-    for (name, (a, r)) in ["y", "dx", "dw", "db"]
-        .iter()
-        .zip(ours.iter().zip(&reference))
-    {
-        let err = relative_error(a, r);
-        assert!(err <= 1e-2, "{name}: relative error {err}");
+        let reference = run(false);
+        let ours = run(true);
+        let again = run(true);
+        let names = ["y", "dx", "dw", "db"];
+        for (name, (a, r)) in names.iter().zip(ours.iter().zip(&reference)) {
+            let err = relative_error(a, r);
+            assert!(err <= tolerance, "{kind:?} {name}: relative error {err}");
+        }
+        for (name, (a, r)) in names.iter().zip(ours.iter().zip(&again)) {
+            assert!(a.equal(r), "{kind:?} {name} differs between two runs");
+        }
+        assert_eq!(
+            ours[2].kind(),
+            Kind::Float,
+            "{kind:?}: the weight gradient in the master kind"
+        );
+        assert_eq!(
+            ours[3].kind(),
+            Kind::Float,
+            "{kind:?}: the bias gradient in the master kind"
+        );
     }
-    for (name, (a, r)) in ["y", "dx", "dw", "db"].iter().zip(ours.iter().zip(&again)) {
-        assert!(a.equal(r), "{name} differs between two runs");
-    }
-    assert_eq!(
-        ours[2].kind(),
-        Kind::Float,
-        "the weight gradient in the master kind"
-    );
-    assert_eq!(
-        ours[3].kind(),
-        Kind::Float,
-        "the bias gradient in the master kind"
-    );
 }

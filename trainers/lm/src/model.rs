@@ -198,9 +198,14 @@ impl SkaBackend {
         }
     }
 
-    /// The SKA ops' implementation on `device`, after checking that this backend can run
-    /// there (the message names the flag to change).
-    pub fn ops(self, model: &ModelConfig, device: tch::Device) -> Result<OpImpl, String> {
+    /// The SKA ops' implementation on `device` for compute kind `kind`, after checking that
+    /// this backend can run there (the message names the flag to change).
+    pub fn ops(
+        self,
+        model: &ModelConfig,
+        kind: tch::Kind,
+        device: tch::Device,
+    ) -> Result<OpImpl, String> {
         match self {
             SkaBackend::Naive => Ok(OpImpl::Autograd),
             SkaBackend::Cuda => {
@@ -211,6 +216,11 @@ impl SkaBackend {
                 };
                 if model.attn != Attn::Ska {
                     return Err("--ska-backend cuda applies only with --attn ska".into());
+                }
+                if !matches!(kind, tch::Kind::Float | tch::Kind::BFloat16) {
+                    return Err(
+                        "--ska-backend cuda computes in fp32 or bf16: use --precision bf16 (or fp32), or --ska-backend naive for fp16".into(),
+                    );
                 }
                 if model.router_topk > ROUTER_TOPK_MAX {
                     return Err(format!(

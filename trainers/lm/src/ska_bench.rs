@@ -292,7 +292,10 @@ pub fn run(
         set_features: Default::default(),
         delta: Default::default(),
     };
-    let router = shape.backend.ops(&model, device).map_err(Error::Usage)?;
+    let router = shape
+        .backend
+        .ops(&model, shape.precision.kind(), device)
+        .map_err(Error::Usage)?;
     let batch = shape.tokens / shape.seq_len;
     let toks = random_tokens(0, batch as usize, shape.seq_len as usize, VOCAB);
     let toy = ToyShape {

@@ -685,3 +685,30 @@ fn fused_layernorm_resolves_to_libtorch_off_the_gpu_and_on_is_an_error_saying_wh
         assert!(err.contains(why), "{kind:?}: {err}");
     }
 }
+
+/// `--ska-backend cuda` refuses what its kernels do not compute before anything runs, with
+/// the flag to change: fp16 (the fused router and set attention take fp32 or bf16 rows), a
+/// model without SKA blocks, a CPU device. Checked before the kernels are opened, so the
+/// test holds on a machine without a GPU.
+#[test]
+fn the_cuda_backend_refuses_fp16_and_other_unsupported_setups_by_flag() {
+    use crate::model::SkaBackend;
+    let ska = tiny_model(Attn::Ska, 50);
+    let fp16 = SkaBackend::Cuda
+        .ops(&ska, Kind::Half, Device::Cuda(0))
+        .expect_err("fp16 is refused");
+    assert!(fp16.contains("--precision bf16"), "{fp16}");
+    let dot = SkaBackend::Cuda
+        .ops(
+            &tiny_model(Attn::DotNaive, 50),
+            Kind::BFloat16,
+            Device::Cuda(0),
+        )
+        .expect_err("no SKA blocks");
+    assert!(dot.contains("--attn ska"), "{dot}");
+    let cpu = SkaBackend::Cuda
+        .ops(&ska, Kind::BFloat16, Device::Cpu)
+        .expect_err("no CUDA device");
+    assert!(cpu.contains("--device cuda"), "{cpu}");
+    assert!(SkaBackend::Naive.ops(&ska, Kind::Half, Device::Cpu).is_ok());
+}

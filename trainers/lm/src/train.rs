@@ -832,7 +832,7 @@ pub fn run(run: &Run, progress: &mut dyn FnMut(&Event)) -> Result<Summary, Error
     // Before the run directory exists: a backend that cannot run here is a usage error.
     config
         .ska_backend
-        .ops(&config.model, run.device)
+        .ops(&config.model, config.precision.kind(), run.device)
         .map_err(Error::Usage)?;
     config
         .fused_norm
@@ -1115,7 +1115,7 @@ pub(crate) fn build_model(
 ) -> Result<(Lm, ausa_kernels::OpImpl), Error> {
     let router = config
         .ska_backend
-        .ops(&config.model, device)
+        .ops(&config.model, config.precision.kind(), device)
         .map_err(Error::Usage)?;
     let norm = config
         .fused_norm
