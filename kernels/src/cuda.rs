@@ -1427,7 +1427,13 @@ impl CudaKernels {
         // writes per range dv and (with CONTENT=1) dkb.
         unsafe { launch.launch(shape.grid(ranges)?) }?;
 
-        let per_head = |t: &Tensor| t.sum_dim_intlist([0i64, 1, 3].as_slice(), false, Kind::Float);
+        // Per-row partials [ranges, B, H, M] -> [H]: the sets' axis first (contiguous, one
+        // reduction per row in parallel), then the few left. One reduction over axes
+        // (0, 1, 3) runs on a single block: 17.6 us at 16k (Nsight), a few here.
+        let per_head = |t: &Tensor| {
+            t.sum_dim_intlist([3i64].as_slice(), false, Kind::Float)
+                .sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Float)
+        };
         let merged = |t: &Tensor| {
             let t = t.view([ranges, b, h, m, d]);
             if ranges > 1 {
