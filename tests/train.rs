@@ -726,44 +726,22 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
         .map(|l| l.split(',').nth(column).unwrap())
         .collect();
     assert_eq!(candidates, ["0", "0", "0", "0", "0", "0", "2", "2"]);
-    let negative = ctx
-        .run(&[
-            "bench",
-            "ska",
-            "--device",
-            "cpu",
-            "--lens",
-            "128",
-            "--tokens",
-            "128",
-            "--router-topk=-1",
-        ])
-        .code(2);
-    assert!(
-        negative.stderr.contains("--router-topk must be 0"),
-        "{}",
-        negative.stderr
-    );
-    let graph_on_cpu = ctx
-        .run(&[
-            "bench",
-            "ska",
-            "--device",
-            "cpu",
-            "--lens",
-            "128",
-            "--tokens",
-            "128",
-            "--cuda-graph",
-        ])
-        .code(2);
-    assert!(
-        graph_on_cpu
-            .stderr
-            .contains("--cuda-graph needs a CUDA device"),
-        "{}",
-        graph_on_cpu.stderr
-    );
+    // Usage errors (exit 2) that name the flag at fault.
+    for (flag, message) in [
+        ("--router-topk=-1", "--router-topk must be 0"),
+        ("--cuda-graph", "--cuda-graph needs a CUDA device"),
+    ] {
+        let refused = ctx
+            .run(&[
+                "bench", "ska", "--device", "cpu", "--lens", "128", "--tokens", "128", flag,
+            ])
+            .code(2);
+        assert!(
+            refused.stderr.contains(message),
+            "{flag}: {}",
+            refused.stderr
+        );
+    }
 
     let other = ctx.write("other.csv", "backend,elapsed_ms\nska,1.0\n");
     let mixed = ctx
