@@ -36,6 +36,14 @@ fn cuda_calls_fail_with_a_message_without_cuda_and_answer_with_it() {
         cuda_mem_info(0).err(),
         cuda_current_stream(0).err(),
         PoolStream::enter(0).err().map(|e| ShimError(e.0)),
+        // The CUDA graph pool (its own translation unit): an error, not a crash.
+        super::cuda_graph_pool_begin(0, 1, 1 << 48).err(),
+        super::cuda_graph_pool_end(0, 1 << 48).err(),
+        super::cuda_graph_pool_release(0, 1 << 48).err(),
+        // And a capture as a whole.
+        crate::graph::StepGraph::capture(0, &[], || ())
+            .err()
+            .map(|e| ShimError(e.to_string())),
     ];
     for e in errors {
         let e = e.expect("no CUDA in this process: the call must fail");
