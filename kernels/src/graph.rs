@@ -111,6 +111,11 @@ impl StepGraph {
         // Always end the capture, whatever the step did, so the stream is usable again.
         let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         let routed = shim::cuda_graph_pool_end(ordinal, pool);
+        // From here the routing has ended: a failure only gives the pool up.
+        let give_up = |error: CudaError| {
+            let _ = shim::cuda_graph_pool_release(ordinal, pool);
+            error
+        };
         let result = match ran {
             Ok(result) => result,
             Err(payload) => {
