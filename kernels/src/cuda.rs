@@ -14,7 +14,7 @@
 //! made any stream current, and the kernels must order with the libtorch ops around
 //! them. Inputs and outputs are libtorch CUDA tensors passed by device pointer.
 //!
-//! Unsafe code: the launches. Invariant, checked by [`device_ptr`] before every launch:
+//! Unsafe code: the launches. Invariant, checked by `device_ptr` before every launch:
 //! each pointer is a contiguous CUDA tensor of the kind and element count the kernel
 //! indexes (the shapes are checked against the kernel's arguments), and the tensors
 //! outlive the launch because the caller holds them until the returned tensor is used,
@@ -135,7 +135,7 @@ fn set_attention_target_blocks() -> i64 {
 /// split, and the split depends only on the shape (never on the device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetSplit {
-    /// Ranges until the grid has about [`SET_ATTENTION_TARGET_BLOCKS`] blocks.
+    /// Ranges until the grid has about `SET_ATTENTION_TARGET_BLOCKS` blocks.
     Auto,
     /// At most this many ranges of whole tiles (1: no split).
     Ranges(i64),
@@ -260,7 +260,7 @@ pub const ROUTER_MAX_HEAD_DIM: i64 = 128;
 #[derive(Debug)]
 pub struct RouterSaved {
     /// `[B, H, L, D]` the output, of `q`'s kind and memory layout (a transposed view of a
-    /// `[B, L, H, D]` tensor when `q` was one; [`TokenRows`]).
+    /// `[B, L, H, D]` tensor when `q` was one; `TokenRows`).
     pub out: Tensor,
     /// `[B, H, L]` log-sum-exp of each token's kept logits (`-inf`: no visible set).
     pub lse: Tensor,

@@ -2,7 +2,7 @@
 //! master weights, bf16 compute): [`linear_kind`], the one every layer of the trainer and
 //! of [`crate::SetAttention`] goes through.
 //!
-//! On CUDA it runs as an op with its own backward ([`LinearOp`]), which takes the master
+//! On CUDA it runs as an op with its own backward (`LinearOp`), which takes the master
 //! weights themselves, for two reasons:
 //! - the bias gradient: libtorch's linear backward sums the output gradient over its rows
 //!   with a column reduction that reaches a third of the bandwidth a matrix-vector product
@@ -29,7 +29,7 @@ pub fn linear_kind(linear: &nn::Linear, x: &Tensor) -> Tensor {
     affine(x, &linear.ws, linear.bs.as_ref())
 }
 
-/// `x W^T + b` for master weights of any kind, computed in `x`'s kind: [`LinearOp`] on
+/// `x W^T + b` for master weights of any kind, computed in `x`'s kind: `LinearOp` on
 /// CUDA when there is a bias, libtorch's linear on the cast weights otherwise.
 pub fn affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     match bias {
@@ -42,7 +42,7 @@ pub fn affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     }
 }
 
-/// `x W^T + b` through [`LinearOp`] (any device; [`affine`] uses it on CUDA). `x` is
+/// `x W^T + b` through `LinearOp` (any device; [`affine`] uses it on CUDA). `x` is
 /// `[..., in]`, `weight` `[out, in]` and `bias` `[out]` of the master kind (the gradients
 /// come back in it).
 pub fn linear_with_bias(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Tensor {

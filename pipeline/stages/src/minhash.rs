@@ -89,7 +89,7 @@ const LANES: usize = 64;
 #[repr(C, align(64))]
 struct Block([u32; LANES]);
 
-/// The hash family's table: per atom, `k` values padded to whole [`Block`]s, atom-major
+/// The hash family's table: per atom, `k` values padded to whole `Block`s, atom-major
 /// so one set's blocks are contiguous rows the prefetcher follows.
 pub struct MinHasher {
     k: usize,

@@ -5,7 +5,7 @@
 //!
 //! Training is deterministic whatever the thread count: pieces of the GPT-2 split are
 //! counted per document batch in parallel (sums do not depend on order), sorted, and
-//! merged by [`crate::tokenizer_bpe`], whose tie-breaking is total. The library is
+//! merged by `crate::tokenizer_bpe`, whose tie-breaking is total. The library is
 //! used only to assemble and serialize the result, whose JSON lists the vocabulary by
 //! id, the merges by rank and the added tokens by id.
 //!
@@ -15,7 +15,7 @@
 //! With `unknown_markers` (WikiText's `<unk>`), each marker in the text is the `<unk>`
 //! token: training counts only the text between markers, and `tokenizer.json` makes
 //! `<unk>` a non-special added token (plus `Replace` normalizers for markers spelled
-//! otherwise), see [`crate::tokenizer_markers`]. The Python `tokenizers` call that
+//! otherwise), see `crate::tokenizer_markers`. The Python `tokenizers` call that
 //! reproduces the `tokenize` stage's ids is
 //! `tok.encode_special_tokens = True; tok.encode(text, add_special_tokens=False).ids`
 //! (then the `</s>` id): `<pad>`, `<s>`, `</s>` in text stay plain text, `<unk>`

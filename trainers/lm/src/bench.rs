@@ -8,7 +8,7 @@
 //!    runs them and as the PyTorch peer (`tests/bench/lm_peer.py`) times itself;
 //!    `loop_ms` is the mean.
 //! 3. **phases**: the same steps with a synchronization after each phase (batch input,
-//!    forward, backward, optimizer; [`Phase`]); the medians say where the time goes, and
+//!    forward, backward, optimizer; `Phase`); the medians say where the time goes, and
 //!    `input_fraction` is the median share of the input path (gathering the batch and
 //!    copying it to the device) in a step.
 //!

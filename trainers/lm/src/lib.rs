@@ -6,7 +6,7 @@
 //! - [`train`]: the loop (seeded sampler, AdamW, warmup + cosine, clipping,
 //!   accumulation, fp32/bf16/fp16), evaluation (token and word perplexity, bits per byte),
 //!   metrics, `run_meta.json`, safetensors checkpoints and exact resume.
-//! - [`bench`]: `--benchmark`, the timed training step as a row of the benchmark CSV.
+//! - [`bench`](mod@bench): `--benchmark`, the timed training step as a row of the benchmark CSV.
 //! - [`device`]: `--device auto|cpu|cuda` (loads libtorch's CUDA library itself).
 //! - [`memory`]: `--memory-safe`'s shapes from the free VRAM, out-of-memory errors.
 //!

@@ -10,7 +10,7 @@
 //! A step never waits for the GPU: the batch ids go up through pinned memory, the loss and
 //! the gradient norm stay on the device, and the per-step metrics are read in one
 //! transfer when they are written (every step on the CPU; on CUDA at most once a second,
-//! and before evaluations, checkpoints and the end), see [`Pending`].
+//! and before evaluations, checkpoints and the end), see `Pending`.
 //!
 //! The run directory (`--out`):
 //!

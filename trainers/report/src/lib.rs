@@ -8,7 +8,7 @@
 //!   seeds averaged, and the ablations (one knob varied around the base configuration).
 //! - [`plots`]: PNG and SVG figures (plotters, embedded font).
 //!
-//! [`write`] puts everything in the output directory:
+//! [`write`](fn@write) puts everything in the output directory:
 //!
 //! | file | what |
 //! |---|---|

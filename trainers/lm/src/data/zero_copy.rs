@@ -1,7 +1,7 @@
 //! The only unsafe code of the trainer: whole-split tensors over the artifact memory
 //! maps, without a copy (`Tensor::from_blob`).
 //!
-//! Invariant: every tensor made here borrows memory owned by a [`Maps`] value, so
+//! Invariant: every tensor made here borrows memory owned by a `Maps` value, so
 //! - the tensors live in `SplitData`'s `arrays`, declared before its `Maps` field (Rust
 //!   drops fields in declaration order: the tensors go first), and never leave it: a
 //!   batch is built with `index_select`, which copies, and `to_device` copies too;
