@@ -36,7 +36,6 @@ c10::DeviceAllocator* cuda_allocator() {
   return c10::getDeviceAllocator(c10::DeviceType::CUDA);
 }
 
-
 }  // namespace
 
 extern "C" {

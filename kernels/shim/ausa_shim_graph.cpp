@@ -44,6 +44,16 @@ c10::cuda::CUDACachingAllocator::CUDAAllocator* cuda_caching_allocator() {
 c10::MempoolId_t graph_pool(uint64_t id) { return {static_cast<c10::CaptureId_t>(id), 0}; }
 
 }  // namespace
+#else
+namespace {
+
+[[noreturn]] void no_cuda_graphs() {
+  throw std::runtime_error(
+      "this build of ausa has no CUDA graphs: its shim was compiled without the CUDA "
+      "runtime headers (tests/libtorch.sh installs them)");
+}
+
+}  // namespace
 #endif
 
 extern "C" {
@@ -57,9 +67,7 @@ char* ausa_cuda_graph_pool_begin(int device, void* stream, uint64_t id) {
         [capturing](cudaStream_t s) { return s == capturing; });
 #else
     (void)device, (void)stream, (void)id;
-    throw std::runtime_error(
-        "this build of ausa has no CUDA graphs: its shim was compiled without the CUDA "
-        "runtime headers (tests/libtorch.sh installs them)");
+    no_cuda_graphs();
 #endif
   });
 }
@@ -71,7 +79,7 @@ char* ausa_cuda_graph_pool_end(int device, uint64_t id) {
                                                 graph_pool(id));
 #else
     (void)device, (void)id;
-    throw std::runtime_error("this build of ausa has no CUDA graphs");
+    no_cuda_graphs();
 #endif
   });
 }
@@ -83,7 +91,7 @@ char* ausa_cuda_graph_pool_release(int device, uint64_t id) {
                                           graph_pool(id));
 #else
     (void)device, (void)id;
-    throw std::runtime_error("this build of ausa has no CUDA graphs");
+    no_cuda_graphs();
 #endif
   });
 }

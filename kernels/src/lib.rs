@@ -460,7 +460,6 @@ pub(crate) enum OpBackend {
 /// One set-kernel attention layer with its router (replaces self-attention in a block).
 #[derive(Debug)]
 pub struct SetAttention {
-    d_model: i64,
     heads: i64,
     head_dim: i64,
     beta: f64,
@@ -514,7 +513,6 @@ impl SetAttention {
         let linear =
             |name: &str, i: i64, o: i64| nn::linear(&path / name, i, o, Default::default());
         SetAttention {
-            d_model: d,
             heads: h,
             head_dim: dh,
             beta: config.beta,
@@ -549,14 +547,16 @@ impl SetAttention {
         let (bsz, m, h, dh) = (layout.batch, layout.max_sets, self.heads, self.head_dim);
         // `[Phi, psi]` has d + 1 columns; zero columns up to a multiple of 8 (and the same
         // in the weight) keep the product exact and on cuBLAS's tensor-core kernels.
-        let width = linear::aligned_width(self.d_model + 1);
-        let value_in = Tensor::cat(
-            &[
-                phi.shallow_clone(),
-                psi(&layout.sizes).to_kind(kind).unsqueeze(-1),
-                Tensor::zeros([bsz, m, width - self.d_model - 1], (kind, phi.device())),
-            ],
-            -1,
+        let width = linear::aligned_width(h * dh + 1);
+        let value_in = linear::pad_columns(
+            &Tensor::cat(
+                &[
+                    phi.shallow_clone(),
+                    psi(&layout.sizes).to_kind(kind).unsqueeze(-1),
+                ],
+                -1,
+            ),
+            width,
         );
         let weight = linear::pad_columns(&self.v.ws, width);
         let values = linear::affine(&value_in, &weight, self.v.bs.as_ref())

@@ -666,7 +666,7 @@ fn a_recent_route_keeps_the_last_visible_sets_of_each_token() {
 #[test]
 fn the_linear_op_matches_libtorchs_linear_and_its_gradients() {
     use crate::linear::linear_with_bias;
-    tch::manual_seed(fresh_seed_for_linear());
+    tch::manual_seed(crate::tests_cuda::fresh_seed() as i64);
     let opts = (Kind::Double, Device::Cpu);
     let leaf = |shape: &[i64]| Tensor::randn(shape, opts).set_requires_grad(true);
     let (x, w, b) = (leaf(&[3, 5, 12]), leaf(&[7, 12]), leaf(&[7]));
@@ -716,10 +716,4 @@ fn the_linear_op_matches_libtorchs_linear_and_its_gradients() {
         ours.3.abs().sum(Kind::Double).double_value(&[]) > 0.0,
         "a bias gradient that is all zeros tests nothing"
     );
-}
-
-fn fresh_seed_for_linear() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as i64)
 }

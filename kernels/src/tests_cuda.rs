@@ -16,7 +16,7 @@ fn tokens(seed: u64, batch: usize, len: usize, vocab: u32) -> Vec<Vec<u32>> {
 }
 
 /// A run-dependent seed: the kernels must agree on any input, not one fixed draw.
-fn fresh_seed() -> u64 {
+pub(crate) fn fresh_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)

@@ -268,10 +268,10 @@ pub fn run(
     device: Device,
 ) -> Result<SkaBenchRow, Error> {
     check(shape)?;
-    let needs_cuda =
-        || Error::Usage("--cuda-graph needs a CUDA device (--device cuda)".to_string());
     if settings.cuda_graph && !device.is_cuda() {
-        return Err(needs_cuda());
+        return Err(Error::Usage(
+            "--cuda-graph needs a CUDA device (--device cuda)".to_string(),
+        ));
     }
     let d = shape.heads * shape.head_dim;
     // The backend's own checks (a CUDA device, top-k and head-width limits).
@@ -342,8 +342,18 @@ pub fn run(
     let layout_ms = median_ms(device, settings, || {
         let _ = SetLayout::new(&inputs, shape.seq_len);
     });
-    let (fwd_ms, fwd_bwd_ms) = match (settings.cuda_graph, device) {
-        (false, _) => {
+    // (cuda_graph implies a CUDA device: checked above.)
+    let (fwd_ms, fwd_bwd_ms) = match device {
+        Device::Cuda(ordinal) if settings.cuda_graph => {
+            let mut keep: Vec<&Tensor> = leaves.iter().collect();
+            keep.push(&out_grad);
+            let backward = || {
+                let out = forward();
+                ausa_kernels::shim::backward_with_grad(&out, &out_grad).map(|()| out)
+            };
+            graphed_ms(ordinal, settings, &keep, || tch::no_grad(forward), backward)?
+        }
+        _ => {
             let fwd_ms = median_ms(device, settings, || {
                 let _ = tch::no_grad(forward);
             });
@@ -361,16 +371,6 @@ pub fn run(
             }
             (fwd_ms, fwd_bwd_ms)
         }
-        (true, Device::Cuda(ordinal)) => {
-            let mut keep: Vec<&Tensor> = leaves.iter().collect();
-            keep.push(&out_grad);
-            let backward = || {
-                let out = forward();
-                ausa_kernels::shim::backward_with_grad(&out, &out_grad).map(|()| out)
-            };
-            graphed_ms(ordinal, settings, &keep, || tch::no_grad(forward), backward)?
-        }
-        (true, _) => return Err(needs_cuda()),
     };
     let max_vram_mb = match device {
         Device::Cuda(i) => Some(
