@@ -155,7 +155,7 @@ pub enum SkaBackend {
     /// Batched tensor ops (CPU and GPU; the reference).
     Naive,
     /// Set attention and router as fused CUDA kernels with their own backward (GPU
-    /// only).
+    /// only; --precision bf16 or fp32).
     Cuda,
 }
 
