@@ -663,6 +663,273 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const unsigned short* __restric
 }
 #endif
 
+// ---- Top-k forward over per-token candidate lists -----------------------------------
+// When a token's route holds at most TOPK_MAX sets (the routing table's own top-k, e.g.
+// the recent route of the 8 latest sets), its candidates fit in registers and nothing
+// needs tiles of sets: a group of CAND_LANES lanes per (token, head), 8 dims per lane,
+// reads the token's route words, lists its candidates (in set order), loads their z
+// rows (16-byte runs, all in flight at once), sums the logits over the group (3 shuffle
+// steps at D = 64), ranks them (a count among at most TOPK_MAX logits), and mixes the
+// kept rows it already holds. One pass over q, z and out and no shared tiles: the tile
+// kernels ran short serial blocks at low occupancy for the same rows. A token with more
+// candidates than the list holds (the host's hint was wrong, or a few tokens see more)
+// takes the general path in the same kernel: every visible set in order, kept by
+// insertion (insert_top), then the mix of the kept rows reloaded. Either path writes
+// `out`, `lse` and `kept` exactly as router_fwd_topk does (kept in rank order, -1 past).
+// Groups are independent: every shuffle names its group's lanes (`gmask`), so groups of
+// one warp may take different paths. Rows n enumerate (token, head) with the heads of a
+// token adjacent for token-major rows (a warp then reads consecutive bytes), tokens of a
+// head adjacent otherwise.
+#define CAND_DIMS 8
+#define CAND_LANES (HEAD_DIM / CAND_DIMS)
+#if HEAD_DIM % CAND_DIMS == 0 && CAND_LANES <= 32 && (CAND_LANES & (CAND_LANES - 1)) == 0
+#define CAND_WARPS 8
+#define CAND_GROUPS (32 / CAND_LANES)
+
+// A run of CAND_DIMS dims of a set row: 16 bytes of bf16 or 32 of fp32, kept packed
+// (the raw words hold half the registers of floats for bf16 rows).
+template <bool Z16>
+struct SetRun {
+    uint4 w[Z16 ? 1 : 2];
+    __device__ __forceinline__ void load(const void* __restrict__ z, size_t at) {
+        if (Z16) {
+            w[0] = *reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(z) + at);
+        } else {
+            const uint4* p = reinterpret_cast<const uint4*>(static_cast<const float*>(z) + at);
+            w[0] = p[0];
+            w[Z16 ? 0 : 1] = p[1];
+        }
+    }
+    __device__ __forceinline__ void clear() {
+#pragma unroll
+        for (int i = 0; i < (Z16 ? 1 : 2); ++i) w[i] = make_uint4(0u, 0u, 0u, 0u);
+    }
+    __device__ __forceinline__ void floats(float (&v)[CAND_DIMS]) const {
+        if (Z16) {
+            unpack_bf16x8(w[0], v);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                const uint4 x = w[Z16 ? 0 : k];
+                v[4 * k] = __uint_as_float(x.x);
+                v[4 * k + 1] = __uint_as_float(x.y);
+                v[4 * k + 2] = __uint_as_float(x.z);
+                v[4 * k + 3] = __uint_as_float(x.w);
+            }
+        }
+    }
+};
+
+// The sum of v over the group's lanes (a butterfly: the same bits in every lane).
+__device__ __forceinline__ float cand_sum(float v, unsigned int gmask) {
+#pragma unroll
+    for (int o = CAND_LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(gmask, v, o, CAND_LANES);
+    return v;
+}
+
+__device__ __forceinline__ float cand_dot(const float (&qv)[CAND_DIMS], const float (&zv)[CAND_DIMS]) {
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < CAND_DIMS; i += 2) {
+        s0 += qv[i] * zv[i];
+        s1 += qv[i + 1] * zv[i + 1];
+    }
+    return s0 + s1;
+}
+
+template <bool Z16>
+__device__ __forceinline__ void router_fwd_cand_impl(
+    const tok_t* __restrict__ q, const void* __restrict__ z,
+    const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
+    float* __restrict__ lse, int* __restrict__ kept, int batch, int heads, int len, int m,
+    int topk, int token_major, int q_vec) {
+    __shared__ int cands[CAND_WARPS][CAND_GROUPS][TOPK_MAX];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = lane / CAND_LANES, gl = lane % CAND_LANES;
+    const unsigned int gmask =
+        CAND_LANES == 32 ? 0xffffffffu : (((1u << CAND_LANES) - 1u) << (group * CAND_LANES));
+    const long long rows = (long long)batch * heads * len;
+    const long long n = ((long long)blockIdx.x * CAND_WARPS + warp) * CAND_GROUPS + group;
+    if (n >= rows) return;  // the whole group: no shuffle of it is left
+    int b, h, t;
+    if (token_major) {
+        const long long bt = n / heads;
+        h = (int)(n - bt * heads);
+        b = (int)(bt / len);
+        t = (int)(bt - (long long)b * len);
+    } else {
+        const long long bhl = n / len;
+        t = (int)(n - bhl * len);
+        b = (int)(bhl / heads);
+        h = (int)(bhl - (long long)b * heads);
+    }
+    const int bh = b * heads + h;
+    const size_t row = (size_t)bh * len + t;
+    const size_t qrow = tok_row(bh, t, heads, len, token_major) + gl * CAND_DIMS;
+    const size_t zbase = (size_t)bh * m * HEAD_DIM + gl * CAND_DIMS;
+    // The token's candidates: lane gl scans a contiguous run of its route words, so lane
+    // order is set order; an inclusive scan of the counts places each lane's sets.
+    const int words = (m + 31) / 32;
+    const int per_lane = (words + CAND_LANES - 1) / CAND_LANES;
+    const unsigned int* rb = route_bits + ((size_t)b * len + t) * words;
+    const int w0 = gl * per_lane, w1 = min(words, w0 + per_lane);
+    int count = 0;
+    for (int w = w0; w < w1; ++w) count += __popc(rb[w]);
+    int before = count;
+#pragma unroll
+    for (int o = 1; o < CAND_LANES; o <<= 1) {
+        const int v = __shfl_up_sync(gmask, before, o, CAND_LANES);
+        if (gl >= o) before += v;
+    }
+    const int total = __shfl_sync(gmask, before, CAND_LANES - 1, CAND_LANES);
+    before -= count;
+    float qv[CAND_DIMS];
+    load_run(q, qrow, q_vec != 0, qv);
+    float acc[CAND_DIMS];
+#pragma unroll
+    for (int i = 0; i < CAND_DIMS; ++i) acc[i] = 0.0f;
+    int* list = cands[warp][group];
+    if (total <= TOPK_MAX) {
+        if (count > 0) {
+            int at = before;
+            for (int w = w0; w < w1; ++w) {
+                unsigned int word = rb[w];
+                while (word) {
+                    list[at++] = w * 32 + __ffs(word) - 1;
+                    word &= word - 1u;
+                }
+            }
+        }
+        __syncwarp(gmask);
+        int js[TOPK_MAX];
+        SetRun<Z16> zr[TOPK_MAX];
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            js[s] = s < total ? list[s] : -1;
+            zr[s].clear();
+            if (js[s] >= 0) zr[s].load(z, zbase + (size_t)js[s] * HEAD_DIM);
+        }
+        float logit[TOPK_MAX];
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            float zv[CAND_DIMS];
+            zr[s].floats(zv);
+            logit[s] = cand_dot(qv, zv);
+        }
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) logit[s] = cand_sum(logit[s], gmask);
+        // Rank among the candidates: a larger logit, or the same one for an earlier set
+        // (the order insert_top keeps).
+        int rank[TOPK_MAX];
+        float top = NEG_INF;
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            int r = 0;
+#pragma unroll
+            for (int u = 0; u < TOPK_MAX; ++u)
+                r += (u != s && js[u] >= 0 && (logit[u] > logit[s] || (logit[u] == logit[s] && u < s)));
+            rank[s] = (js[s] >= 0 && r < topk) ? r : TOPK_MAX;  // TOPK_MAX: not kept
+            if (rank[s] < TOPK_MAX) top = fmaxf(top, logit[s]);
+        }
+        float wsum = 0.0f, wt[TOPK_MAX];
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            wt[s] = rank[s] < TOPK_MAX ? expf(logit[s] - top) : 0.0f;
+            wsum += wt[s];
+        }
+        const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            if (rank[s] >= TOPK_MAX) continue;
+            float zv[CAND_DIMS];
+            zr[s].floats(zv);
+            const float w = wt[s] * inv;
+#pragma unroll
+            for (int i = 0; i < CAND_DIMS; ++i) acc[i] += w * zv[i];
+        }
+        for (int slot = gl; slot < TOPK_MAX; slot += CAND_LANES) {
+            int j = -1;
+#pragma unroll
+            for (int s = 0; s < TOPK_MAX; ++s)
+                if (rank[s] == slot) j = js[s];
+            kept[row * TOPK_MAX + slot] = j;
+        }
+        if (gl == 0) lse[row] = wsum > 0.0f ? top + logf(wsum) : NEG_INF;
+    } else {
+        // More candidates than a list holds: every visible set in set order.
+        float best[TOPK_MAX];
+        int best_j[TOPK_MAX];
+#pragma unroll
+        for (int u = 0; u < TOPK_MAX; ++u) {
+            best[u] = NEG_INF;
+            best_j[u] = -1;
+        }
+        for (int w = 0; w < words; ++w) {
+            unsigned int word = rb[w];
+            while (word) {
+                const int j = w * 32 + __ffs(word) - 1;
+                word &= word - 1u;
+                SetRun<Z16> zr;
+                zr.load(z, zbase + (size_t)j * HEAD_DIM);
+                float zv[CAND_DIMS];
+                zr.floats(zv);
+                insert_top(best, best_j, cand_sum(cand_dot(qv, zv), gmask), j, NEG_INF);
+            }
+        }
+        const float top = best[0];
+        float wsum = 0.0f, wt[TOPK_MAX];
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            wt[s] = (s < topk && best_j[s] >= 0) ? expf(best[s] - top) : 0.0f;
+            wsum += wt[s];
+        }
+        const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) {
+            if (!(s < topk && best_j[s] >= 0)) continue;
+            SetRun<Z16> zr;
+            zr.load(z, zbase + (size_t)best_j[s] * HEAD_DIM);
+            float zv[CAND_DIMS];
+            zr.floats(zv);
+            const float w = wt[s] * inv;
+#pragma unroll
+            for (int i = 0; i < CAND_DIMS; ++i) acc[i] += w * zv[i];
+        }
+        for (int slot = gl; slot < TOPK_MAX; slot += CAND_LANES) {
+            int j = -1;
+#pragma unroll
+            for (int s = 0; s < TOPK_MAX; ++s)
+                if (s == slot && s < topk) j = best_j[s];
+            kept[row * TOPK_MAX + slot] = j;
+        }
+        if (gl == 0) lse[row] = wsum > 0.0f ? top + logf(wsum) : NEG_INF;
+    }
+    // out is the host's allocation (16-byte aligned, rows of whole 16-byte words).
+    store_run(out, qrow, true, acc);
+}
+
+// The two instances: set rows z in bf16 (a bf16 step's values) or fp32. z is 16-byte
+// aligned (the host copies a view that is not) and its rows are whole 16-byte words
+// (HEAD_DIM % 8 == 0); q_vec: q's base is 16-byte aligned too.
+extern "C" __global__ void __launch_bounds__(CAND_WARPS * 32)
+router_fwd_cand_z16(const tok_t* __restrict__ q, const unsigned short* __restrict__ z,
+                    const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
+                    float* __restrict__ lse, int* __restrict__ kept, int batch, int heads,
+                    int len, int m, int topk, int token_major, int q_vec) {
+    router_fwd_cand_impl<true>(q, z, route_bits, out, lse, kept, batch, heads, len, m, topk,
+                               token_major, q_vec);
+}
+
+extern "C" __global__ void __launch_bounds__(CAND_WARPS * 32)
+router_fwd_cand_z32(const tok_t* __restrict__ q, const float* __restrict__ z,
+                    const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
+                    float* __restrict__ lse, int* __restrict__ kept, int batch, int heads,
+                    int len, int m, int topk, int token_major, int q_vec) {
+    router_fwd_cand_impl<false>(q, z, route_bits, out, lse, kept, batch, heads, len, m, topk,
+                                token_major, q_vec);
+}
+#endif
+
 // ---- Backward -----------------------------------------------------------------------
 // With P_tj = exp(q_t . z_j - lse_t) over the kept sets of token t and
 // D_t = dout_t . out_t:  dS_tj = P_tj (dout_t . z_j - D_t),

@@ -69,6 +69,7 @@ fn main() {
             delta: Tensor::zeros([1], (Kind::Float, device)),
             attend: Tensor::zeros([1], (Kind::Bool, device)),
             route: Tensor::zeros([1], (Kind::Bool, device)),
+            max_route_sets: m,
             sizes: sizes.shallow_clone(),
             // Spans are not read by the Delta kernels.
             starts: Tensor::zeros([b, m], (Kind::Int64, device)),
@@ -122,7 +123,9 @@ fn main() {
                 let _ = ausa_kernels::masked_softmax(&logits, &mask).matmul(&z);
             });
             let cuda = median_ms(iters, || {
-                let _ = kernels.router_forward(&q, &z, &route, topk, false).unwrap();
+                let _ = kernels
+                    .router_forward(&q, &z, &route, topk, false, false)
+                    .unwrap();
             });
             // Forward and backward: autograd through the tensor ops against the fused
             // forward plus the two backward kernels.
@@ -141,7 +144,9 @@ fn main() {
                 let _ = Tensor::run_backward(&[loss], &[&qg, &zg], false, false);
             });
             let cuda_fb = median_ms(iters, || {
-                let saved = kernels.router_forward(&q, &z, &route, topk, false).unwrap();
+                let saved = kernels
+                    .router_forward(&q, &z, &route, topk, false, false)
+                    .unwrap();
                 let _ = kernels
                     .router_backward(&q, &z, &route, &saved, &dout)
                     .unwrap();

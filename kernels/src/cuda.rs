@@ -250,6 +250,29 @@ const ROUTER_BUCKET_SHARED_BYTES: i64 = 48 * 1024;
 /// The largest router top-k the fused router keeps in registers (`TOPK_MAX`).
 pub const ROUTER_TOPK_MAX: i64 = 8;
 
+/// Warps per block of the per-token router forward (`CAND_WARPS` in router.cu).
+const ROUTER_CAND_WARPS: u32 = 8;
+
+/// Dims per lane of the per-token router forward (`CAND_DIMS`): one 16-byte run of a
+/// bf16 row.
+const ROUTER_CAND_DIMS: i64 = 8;
+
+/// Whether the per-token router forward (`router_fwd_cand_*`) takes head dimension `d`:
+/// lanes of 8 dims, a power of two of them that divides a warp (`d` 8, 16, 32, 64, 128).
+fn per_token_router_fits(d: i64) -> bool {
+    d % ROUTER_CAND_DIMS == 0 && {
+        let lanes = d / ROUTER_CAND_DIMS;
+        lanes <= 32 && (lanes as u64).is_power_of_two()
+    }
+}
+
+/// Whether a narrow route takes the per-token router forward; `AUSA_ROUTER_PER_TOKEN=0`
+/// keeps the tile kernels, for measurements (both give the same kept sets).
+fn per_token_router() -> bool {
+    static ON: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    tuning_knob(&ON, "AUSA_ROUTER_PER_TOKEN", 1, |_| true) != 0
+}
+
 /// Sets per block of the router's `dz` kernel (`SJ` in router.cu).
 const ROUTER_SET_TILE: i64 = 16;
 
@@ -840,6 +863,12 @@ impl CudaKernels {
     /// as bf16 tensor-core products (exact products, fp32 sums) when the head dimension is
     /// a multiple of 16 on sm_80 or later. That kernel reads `z` in bf16 and the others in
     /// fp32: a `z` of the kind the chosen kernel reads is used as it is, without a cast.
+    ///
+    /// `narrow`: the caller knows that no token's route holds more than
+    /// [`ROUTER_TOPK_MAX`] sets (a routing table's own top-k): with top-k the forward then
+    /// takes the per-token kernel (`router_fwd_cand_*`), which lists each token's sets
+    /// instead of scanning tiles of them. A hint only: a token with more sets is still
+    /// routed right by that kernel, more slowly.
     pub fn router_forward(
         &self,
         q: &Tensor,
@@ -847,6 +876,7 @@ impl CudaKernels {
         route: &Tensor,
         topk: i64,
         bf16_values: bool,
+        narrow: bool,
     ) -> Result<RouterSaved, CudaError> {
         let shape = RouterShape::check(q, z, route, topk)?;
         let RouterShape { b, h, l, m, d } = shape;
@@ -858,7 +888,11 @@ impl CudaKernels {
             )));
         }
         let bf16_values = bf16_values || tokens == Kind::BFloat16 || z.kind() == Kind::BFloat16;
+        let per_token = topk > 0 && narrow && per_token_router_fits(d) && per_token_router();
         let tensor_cores = topk > 0 && bf16_values && d % 16 == 0 && self.has_bf16_mma();
+        if per_token {
+            return self.router_forward_per_token(q, z, route, shape, topk, bf16_values);
+        }
         // The set rows as the chosen kernel reads them: bf16 for the tensor-core kernel
         // (exact: z holds bf16 values there; half the bytes of every block's staging and
         // no conversions), fp32 for the others.
@@ -922,6 +956,117 @@ impl CudaKernels {
         // q and out both in the layout `layout` names; the module's HEAD_DIM is `d` (a
         // multiple of 16 for the MMA kernel).
         unsafe { launch.launch(grid) }?;
+        Ok(RouterSaved {
+            out: out.view(),
+            lse,
+            kept,
+            topk,
+            route_bits,
+        })
+    }
+
+    /// The top-k forward by `router_fwd_cand_z16` / `_z32` (router.cu): a group of lanes
+    /// per (token, head) over the token's own candidate sets. `z` is read in bf16 when
+    /// every value is one (`bf16_values`: exact), else in fp32.
+    fn router_forward_per_token(
+        &self,
+        q: &Tensor,
+        z: &Tensor,
+        route: &Tensor,
+        shape: RouterShape,
+        topk: i64,
+        bf16_values: bool,
+    ) -> Result<RouterSaved, CudaError> {
+        let RouterShape { b, h, l, m, d } = shape;
+        let tokens = router_token_kind(q)?;
+        let device = q.device();
+        let z_kind = if bf16_values {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        };
+        let q = TokenRows::of(q, None);
+        // The kernel reads z rows in 16-byte runs: a view at an unaligned offset is
+        // copied (an allocation of libtorch's is aligned).
+        let z = z.to_kind(z_kind).contiguous();
+        let z = if (z.data_ptr() as usize).is_multiple_of(16) {
+            z
+        } else {
+            z.copy()
+        };
+        let route = route.reshape([b, l, m]).contiguous();
+        let out = TokenRows::empty([b, h, l, d], tokens, device, q.token_major);
+        let lse = Tensor::empty([b, h, l], (Kind::Float, device));
+        let rows = b * h * l;
+        let kept = Tensor::empty([rows.max(1), ROUTER_TOPK_MAX], (Kind::Int, device));
+        let route_bits = if rows == 0 {
+            Tensor::empty([b, l, shape.route_words()], (Kind::Int, device))
+        } else {
+            let module = self.router(d, tokens)?;
+            let route_ptr = device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?;
+            self.route_pack(&module, shape, &route_ptr)?
+        };
+        if rows == 0 {
+            return Ok(RouterSaved {
+                out: out.view(),
+                lse,
+                kept,
+                topk,
+                route_bits,
+            });
+        }
+        let q_ptr = device_ptr(&q.storage, tokens, rows * d, self.ordinal)?;
+        let ptrs = [
+            q_ptr,
+            device_ptr(&z, z_kind, b * h * m * d, self.ordinal)?,
+            device_ptr(
+                &route_bits,
+                Kind::Int,
+                b * l * shape.route_words(),
+                self.ordinal,
+            )?,
+            device_ptr(&out.storage, tokens, rows * d, self.ordinal)?,
+            device_ptr(&lse, Kind::Float, rows, self.ordinal)?,
+            device_ptr(&kept, Kind::Int, rows * ROUTER_TOPK_MAX, self.ordinal)?,
+        ];
+        let module = self.router(d, tokens)?;
+        let name = if z_kind == Kind::BFloat16 {
+            "router_fwd_cand_z16"
+        } else {
+            "router_fwd_cand_z32"
+        };
+        let f = module.load_function(name)?;
+        let groups_per_block = i64::from(ROUTER_CAND_WARPS) * (32 * ROUTER_CAND_DIMS / d);
+        let blocks = u32::try_from((rows + groups_per_block - 1) / groups_per_block)
+            .map_err(|_| CudaError::Input(format!("{rows} router rows are too many")))?;
+        let ints = [
+            to_i32(b)?,
+            to_i32(h)?,
+            to_i32(l)?,
+            to_i32(m)?,
+            to_i32(topk)?,
+            q.flag(),
+            i32::from(q_ptr.is_multiple_of(16)),
+        ];
+        let stream = self.current_stream()?;
+        let mut launch = stream.launch_builder(&f);
+        for p in &ptrs {
+            launch.arg(p);
+        }
+        for i in &ints {
+            launch.arg(i);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (ROUTER_CAND_WARPS * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: see the module invariant; the kernel reads q (b*h*l*d of `tokens`, in
+        // the layout of its flag, 16-byte runs only when the flag says its base is
+        // aligned), z (b*h*m*d of z_kind, 16-byte aligned base, checked above, rows of
+        // whole 16-byte words since d % 8 == 0), the route bits, and writes out (our
+        // aligned allocation), lse and kept, each of the element count checked above.
+        unsafe { launch.launch(cfg) }?;
         Ok(RouterSaved {
             out: out.view(),
             lse,

@@ -78,6 +78,12 @@ pub struct SetInputs {
     /// `m` (from the routing table: causal `end <= t + 1`, and the table's own top-k).
     /// `Mr` may be smaller than the padded width; missing columns are not routable.
     pub route: Tensor,
+    /// The most sets one token may route to (the most `true`s in a row of `route`, or
+    /// any bound above it, at most `max_sets`): the routing table's own top-k bounds it.
+    /// The producer knows it on the host. With at most
+    /// [`cuda::ROUTER_TOPK_MAX`] the CUDA router lists each token's sets instead of
+    /// scanning tiles of them; a smaller value than the truth costs time, never results.
+    pub max_route_sets: i64,
 }
 
 /// The per-batch structure every SKA layer and head shares: built once per batch.
@@ -96,6 +102,9 @@ pub struct SetLayout {
     pub attend: Tensor,
     /// `[B, 1, L, M]` bool: token `t` may use set `j`.
     pub route: Tensor,
+    /// The most sets one token may use ([`SetInputs::max_route_sets`], at most
+    /// `max_sets`).
+    pub max_route_sets: i64,
     /// `[B, M]` fp32 set sizes (0 in padding slots).
     pub sizes: Tensor,
     /// `[B, M]` `Int64` span starts (0 in padding slots).
@@ -206,6 +215,7 @@ impl SetLayout {
             delta,
             attend,
             route,
+            max_route_sets: inputs.max_route_sets.min(max_sets),
             sizes,
             starts,
             ends,
@@ -604,7 +614,12 @@ impl SetAttention {
             .transpose(1, 2);
         let routed = match &self.router {
             Some(router) => router
-                .forward(&query, &z, &layout.route)
+                .forward(
+                    &query,
+                    &z,
+                    &layout.route,
+                    layout.max_route_sets <= cuda::ROUTER_TOPK_MAX,
+                )
                 .unwrap_or_else(|e| panic!("{e}")),
             None => {
                 let logits = query.matmul(&z.transpose(-1, -2)); // [B, H, L, M]

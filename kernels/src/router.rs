@@ -25,10 +25,14 @@ use crate::cuda::RouterSaved;
 use crate::shim::autograd::{CustomOp, Forward, OpHandle};
 use crate::{top_k_mask, OpBackend as Backend, OpImpl};
 
-/// A registered router op (cheap to copy; one per layer configuration).
+/// A registered router op (cheap to copy; one per layer configuration): two
+/// registrations, for routes that may hold any number of sets per token and for narrow
+/// ones (at most [`crate::cuda::ROUTER_TOPK_MAX`] per token, which the CUDA forward lists
+/// per token).
 #[derive(Debug, Clone, Copy)]
 pub struct Router {
-    handle: OpHandle,
+    wide: OpHandle,
+    narrow: OpHandle,
 }
 
 impl Router {
@@ -39,18 +43,33 @@ impl Router {
         let Some(backend) = imp.op_backend()? else {
             return Ok(None);
         };
-        let op = RouterOp { topk, backend };
+        let backend = Arc::new(backend);
+        let op = |narrow| {
+            OpHandle::register(Arc::new(RouterOp {
+                topk,
+                backend: backend.clone(),
+                narrow,
+            }))
+        };
         Ok(Some(Router {
-            handle: OpHandle::register(Arc::new(op)),
+            wide: op(false),
+            narrow: op(true),
         }))
     }
 
     /// `[B, H, L, D]` router output for queries `q` (`[B, H, L, D]`), set outputs `z`
     /// (`[B, H, M, D]`) and `route` (`[B, 1, L, M]` bool), differentiable in `q` and `z`.
-    pub fn forward(&self, q: &Tensor, z: &Tensor, route: &Tensor) -> Result<Tensor, String> {
-        self.handle
-            .apply_one(&[q, z, route])
-            .map_err(|e| e.to_string())
+    /// `narrow`: no token's route holds more than [`crate::cuda::ROUTER_TOPK_MAX`] sets
+    /// (a hint for the CUDA kernels' choice; the results do not depend on it).
+    pub fn forward(
+        &self,
+        q: &Tensor,
+        z: &Tensor,
+        route: &Tensor,
+        narrow: bool,
+    ) -> Result<Tensor, String> {
+        let handle = if narrow { self.narrow } else { self.wide };
+        handle.apply_one(&[q, z, route]).map_err(|e| e.to_string())
     }
 }
 
@@ -64,7 +83,9 @@ fn token_rows(q: &Tensor) -> Tensor {
 
 struct RouterOp {
     topk: i64,
-    backend: Backend,
+    backend: Arc<Backend>,
+    /// The route holds at most `ROUTER_TOPK_MAX` sets per token (the per-token forward).
+    narrow: bool,
 }
 
 /// The manual forward: output, and `P` (zero outside the kept sets) for the backward.
@@ -99,7 +120,7 @@ fn manual_backward(
 
 impl CustomOp for RouterOp {
     fn name(&self) -> &str {
-        match self.backend {
+        match *self.backend {
             Backend::Manual => "router (manual backward)",
             Backend::Cuda(_) => "router (CUDA)",
         }
@@ -112,7 +133,7 @@ impl CustomOp for RouterOp {
                 inputs.len()
             ));
         };
-        match &self.backend {
+        match &*self.backend {
             Backend::Manual => {
                 let (out, p) = manual_forward(q, z, route, self.topk);
                 Ok(Forward {
@@ -127,7 +148,14 @@ impl CustomOp for RouterOp {
                 // backward's top-k dq read bf16 rows as they are (saved in bf16, half
                 // the memory); any other kind as fp32.
                 let saved = kernels
-                    .router_forward(&qk, z, route, self.topk, kind == Kind::BFloat16)
+                    .router_forward(
+                        &qk,
+                        z,
+                        route,
+                        self.topk,
+                        kind == Kind::BFloat16,
+                        self.narrow,
+                    )
                     .map_err(|e| e.to_string())?;
                 let z_rows = match z.kind() {
                     Kind::BFloat16 => z.shallow_clone(),
@@ -161,7 +189,7 @@ impl CustomOp for RouterOp {
                 grad_outputs.len()
             ));
         };
-        match &self.backend {
+        match &*self.backend {
             Backend::Manual => {
                 let [q, z, p, out] = saved else {
                     return Err(format!("expected 4 saved tensors, got {}", saved.len()));

@@ -524,6 +524,7 @@ fn ragged_inputs() -> (crate::SetInputs, Vec<Vec<i64>>) {
         values: long(&values),
         set_offsets: long(&offsets),
         route: Tensor::zeros([2, 8, 3], (Kind::Bool, Device::Cpu)),
+        max_route_sets: 0,
     };
     (inputs, atoms)
 }

@@ -395,7 +395,7 @@ fn cuda_router_matches_the_reference() {
         };
         let (want, want_lse) = router_reference(&q, &z, &route, topk);
         let saved = kernels
-            .router_forward(&q, &z, &route, topk, bf16_values)
+            .router_forward(&q, &z, &route, topk, bf16_values, false)
             .unwrap();
         kernels.synchronize().unwrap();
         let n = format!("{n} (bf16 values: {bf16_values})");
@@ -450,7 +450,9 @@ fn cuda_router_backward_matches_autograd_and_repeats_bit_for_bit() {
         (want * &dout).sum(Kind::Float).backward();
         let (want_dq, want_dz) = (qg.grad(), zg.grad());
 
-        let saved = kernels.router_forward(&q, &z, &route, topk, false).unwrap();
+        let saved = kernels
+            .router_forward(&q, &z, &route, topk, false, false)
+            .unwrap();
         let (dq, dz) = kernels
             .router_backward(&q, &z, &route, &saved, &dout)
             .unwrap();
@@ -493,9 +495,11 @@ fn cuda_router_bf16_rows_match_fp32_rows_on_bf16_values() {
         let (q, z) = (round(&q), round(&z));
         let dout = round(&Tensor::randn(q.size(), (Kind::Float, device)));
         let (qh, douth) = (q.to_kind(Kind::BFloat16), dout.to_kind(Kind::BFloat16));
-        let full = kernels.router_forward(&q, &z, &route, topk, true).unwrap();
+        let full = kernels
+            .router_forward(&q, &z, &route, topk, true, false)
+            .unwrap();
         let half = kernels
-            .router_forward(&qh, &z, &route, topk, false)
+            .router_forward(&qh, &z, &route, topk, false, false)
             .unwrap();
         kernels.synchronize().unwrap();
         assert_eq!(half.out.kind(), Kind::BFloat16, "shape {n}: output kind");
@@ -534,7 +538,7 @@ fn cuda_router_bf16_rows_match_fp32_rows_on_bf16_values() {
         let token_major = |t: &Tensor| t.transpose(1, 2).contiguous().transpose(1, 2);
         let (qt, doutt) = (token_major(&qh), token_major(&douth));
         let tm = kernels
-            .router_forward(&qt, &z, &route, topk, false)
+            .router_forward(&qt, &z, &route, topk, false, false)
             .unwrap();
         let (tdq, tdz) = kernels
             .router_backward(&qt, &z, &route, &tm, &doutt)
@@ -608,7 +612,9 @@ fn cuda_router_with_a_recent_route_matches_the_reference() {
             } else {
                 (q.shallow_clone(), dout.shallow_clone())
             };
-            let saved = kernels.router_forward(&qk, &z, &route, topk, true).unwrap();
+            let saved = kernels
+                .router_forward(&qk, &z, &route, topk, true, false)
+                .unwrap();
             let (dq, dz) = kernels
                 .router_backward(&qk, &z, &route, &saved, &doutk)
                 .unwrap();
@@ -640,6 +646,146 @@ fn cuda_router_with_a_recent_route_matches_the_reference() {
     }
 }
 
+/// The per-token forward (`narrow`: `router_fwd_cand_*`) against the reference and the
+/// tile kernels, on recent routes (every token's candidates in its list) with every
+/// seventh token seeing all its visible sets (more than a list holds: the kernel's
+/// general path): output, lse and the backward from what it saved within tolerance, the
+/// kept sets those of the tile kernels (up to near-ties of the top-k's last logit),
+/// repeatable bit for bit; head dimensions 8 to 128, fp32 and bf16 rows, both layouts,
+/// fp32 and bf16 set rows.
+#[test]
+fn cuda_per_token_router_matches_the_reference_and_the_tile_kernels() {
+    let test = "cuda_per_token_router_matches_the_reference_and_the_tile_kernels";
+    let Some(kernels) = gpu(test) else {
+        return;
+    };
+    let device = Device::Cuda(0);
+    tch::manual_seed(fresh_seed() as i64);
+    // (B, H, L, M, D, top-k, recent)
+    let shapes = [
+        (2, 4, 700, 180, 64, 8, 8),
+        (1, 2, 333, 90, 32, 3, 8),
+        (2, 2, 260, 70, 128, 8, 4),
+        (1, 3, 200, 40, 16, 2, 6),
+        (1, 1, 50, 9, 8, 8, 8),
+        (3, 2, 100, 1, 64, 8, 8),
+    ];
+    for (n, &(b, h, l, m, d, topk, recent)) in shapes.iter().enumerate() {
+        let (band, _) = recent_route(l, m, recent, device);
+        let every = Tensor::arange(l, (Kind::Int64, device))
+            .remainder(7)
+            .eq(3)
+            .unsqueeze(1);
+        let route = band.logical_or(&causal_route(l, m, device).logical_and(&every));
+        let route = route.unsqueeze(0).expand([b, l, m], false).contiguous();
+        let most = route
+            .sum_dim_intlist(&[-1i64][..], false, Kind::Int64)
+            .max()
+            .int64_value(&[]);
+        assert!(
+            m <= 8 || most > 8,
+            "shape {n}: some tokens must see more sets than a list holds"
+        );
+        let round = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        let opts = (Kind::Float, device);
+        let q = round(&(Tensor::randn([b, h, l, d], opts) * 0.5));
+        let z = round(&(Tensor::randn([b, h, m, d], opts) * 0.5));
+        let dout = round(&Tensor::randn([b, h, l, d], opts));
+        let (qg, zg) = (
+            q.detach().set_requires_grad(true),
+            z.detach().set_requires_grad(true),
+        );
+        let (want, want_lse) = router_reference(&qg, &zg, &route, topk);
+        (&want * &dout).sum(Kind::Float).backward();
+        let finite = want_lse.isfinite();
+        for (bf16_rows, token_major, bf16_values) in [
+            (false, false, false),
+            (false, true, true),
+            (true, false, true),
+            (true, true, true),
+        ] {
+            let case = format!(
+                "shape {n} (bf16 rows {bf16_rows}, token-major {token_major}, bf16 z {bf16_values})"
+            );
+            let layout = |t: &Tensor| {
+                let t = if bf16_rows {
+                    t.to_kind(Kind::BFloat16)
+                } else {
+                    t.shallow_clone()
+                };
+                if token_major {
+                    t.transpose(1, 2).contiguous().transpose(1, 2)
+                } else {
+                    t
+                }
+            };
+            let (qk, doutk) = (layout(&q), layout(&dout));
+            let per = kernels
+                .router_forward(&qk, &z, &route, topk, bf16_values, true)
+                .unwrap();
+            let again = kernels
+                .router_forward(&qk, &z, &route, topk, bf16_values, true)
+                .unwrap();
+            let tiles = kernels
+                .router_forward(&qk, &z, &route, topk, bf16_values, false)
+                .unwrap();
+            let (dq, dz) = kernels
+                .router_backward(&qk, &z, &route, &per, &doutk)
+                .unwrap();
+            kernels.synchronize().unwrap();
+            assert!(
+                per.out.equal(&again.out)
+                    && per.lse.equal(&again.lse)
+                    && per.kept.equal(&again.kept),
+                "{case}: the forward must repeat bit for bit"
+            );
+            let tol = if bf16_rows { 1e-2 } else { 1e-5 };
+            let out_err = relative_error(&per.out.to_kind(Kind::Float), &want.detach());
+            assert!(out_err <= tol, "{case}: output relative error {out_err}");
+            let lse_err = relative_error(
+                &per.lse.masked_select(&finite),
+                &want_lse.masked_select(&finite),
+            );
+            assert!(lse_err <= 1e-5, "{case}: lse relative error {lse_err}");
+            assert!(
+                bool::try_from(per.lse.masked_select(&finite.logical_not()).isinf().all()).unwrap(),
+                "{case}: a token with no set has lse -inf"
+            );
+            let tol = if bf16_rows { 1e-2 } else { 1e-4 };
+            let dq_err = relative_error(&dq.to_kind(Kind::Float), &qg.grad());
+            let dz_err = relative_error(&dz, &zg.grad());
+            assert!(dq_err <= tol, "{case}: dq relative error {dq_err}");
+            assert!(dz_err <= tol, "{case}: dz relative error {dz_err}");
+            // The same kept sets as the tile kernels (as sets; -1 past them).
+            let sorted = |k: &Tensor| k.sort(-1, false).0;
+            let differ = sorted(&per.kept)
+                .ne_tensor(&sorted(&tiles.kept))
+                .any_dim(-1, false)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            let rows = b * h * l;
+            assert!(
+                differ * 10_000 <= rows,
+                "{case}: {differ} of {rows} tokens kept other sets than the tile kernels"
+            );
+            let counts = per
+                .kept
+                .ge(0)
+                .sum_dim_intlist(&[-1i64][..], false, Kind::Int64);
+            let visible = route
+                .sum_dim_intlist(&[-1i64][..], false, Kind::Int64)
+                .unsqueeze(1)
+                .expand([b, h, l], false)
+                .reshape([rows])
+                .clamp_max(topk);
+            assert!(
+                counts.equal(&visible),
+                "{case}: min(top-k, visible) sets kept per token"
+            );
+        }
+    }
+}
+
 #[test]
 fn cuda_router_rejects_bad_shapes() {
     let Some(kernels) = gpu("cuda_router_rejects_bad_shapes") else {
@@ -648,19 +794,21 @@ fn cuda_router_rejects_bad_shapes() {
     let device = Device::Cuda(0);
     let (q, z, route) = router_case((1, 1, 16, 3, 16, 0), device);
     let err = kernels
-        .router_forward(&q, &z, &route, 9, false)
+        .router_forward(&q, &z, &route, 9, false, false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("at most 8"), "{err}");
     let wide = Tensor::zeros([1, 1, 16, 200], (Kind::Float, device));
     let wide_z = Tensor::zeros([1, 1, 3, 200], (Kind::Float, device));
     let err = kernels
-        .router_forward(&wide, &wide_z, &route, 0, false)
+        .router_forward(&wide, &wide_z, &route, 0, false, false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("head dimensions"), "{err}");
     let short = route.narrow(1, 0, 8);
-    assert!(kernels.router_forward(&q, &z, &short, 0, false).is_err());
+    assert!(kernels
+        .router_forward(&q, &z, &short, 0, false, false)
+        .is_err());
 }
 
 /// The CUDA router under autograd (`--ska-backend cuda`'s router) against the manual
@@ -685,7 +833,7 @@ fn cuda_router_op_matches_the_manual_op_under_autograd() {
             // Inputs rounded to `kind` once; the reference computes on them in fp64, so
             // the comparison measures the kernels' error, not the rounding of the inputs.
             // token_major: q as a [B, L, H, D] tensor viewed per head (the trainer's case).
-            let run = |imp: OpImpl, compute: Kind, token_major: bool| {
+            let run = |imp: OpImpl, compute: Kind, token_major: bool, narrow: bool| {
                 let router = Router::new(imp, topk).unwrap().unwrap();
                 let input = |t: &Tensor| t.to_kind(kind).to_kind(compute);
                 let qi = input(&q);
@@ -696,7 +844,7 @@ fn cuda_router_op_matches_the_manual_op_under_autograd() {
                 };
                 let qg = qi.detach().set_requires_grad(true);
                 let zg = input(&z).detach().set_requires_grad(true);
-                let out = router.forward(&qg, &zg, &route).unwrap();
+                let out = router.forward(&qg, &zg, &route, narrow).unwrap();
                 assert_eq!(out.kind(), compute);
                 (&out.to_kind(Kind::Double) * &dout.to_kind(Kind::Double))
                     .sum(Kind::Double)
@@ -708,11 +856,14 @@ fn cuda_router_op_matches_the_manual_op_under_autograd() {
                     zg.grad().to_kind(Kind::Double),
                 )
             };
-            let want = run(OpImpl::Manual, Kind::Double, false);
+            let want = run(OpImpl::Manual, Kind::Double, false, false);
             // fp32 kernels; bf16 outputs and gradients are rounded to bf16 at the end.
             let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
-            for token_major in [false, true] {
-                let got = run(OpImpl::Cuda { ordinal: 0 }, kind, token_major);
+            // narrow: the per-token forward (these routes are wide: most tokens take its
+            // general path, the early ones its lists).
+            let cases = [(false, false), (true, false), (true, true)];
+            for (token_major, narrow) in cases {
+                let got = run(OpImpl::Cuda { ordinal: 0 }, kind, token_major, narrow);
                 for (what, g, w) in [
                     ("out", &got.0, &want.0),
                     ("dq", &got.1, &want.1),
@@ -721,7 +872,8 @@ fn cuda_router_op_matches_the_manual_op_under_autograd() {
                     let err = relative_error(g, w);
                     assert!(
                         err <= tol,
-                        "shape {n}, {kind:?}, token-major {token_major}, {what}: relative error {err}"
+                        "shape {n}, {kind:?}, token-major {token_major}, narrow {narrow}, {what}: \
+                         relative error {err}"
                     );
                 }
             }
@@ -1193,7 +1345,7 @@ fn cuda_ops_follow_libtorchs_current_stream() {
             content: Some((&qa, &kb)),
         };
         let set_out = attention.forward(&args).unwrap();
-        let routed = router.forward(&qg, &zg, &route.copy()).unwrap();
+        let routed = router.forward(&qg, &zg, &route.copy(), false).unwrap();
         let loss =
             (&set_out * &case.dout).sum(Kind::Float) + (&routed * &router_dout).sum(Kind::Float);
         loss.backward();
@@ -1355,7 +1507,8 @@ fn cuda_graph_replays_a_step_on_new_inputs() {
             content: Some((qa, kb)),
         };
         let set_out = attention.forward(&args).unwrap();
-        let routed = router.forward(qg, zg, &route).unwrap();
+        // The per-token forward (a hint only: its results do not depend on the route).
+        let routed = router.forward(qg, zg, &route, true).unwrap();
         let loss =
             (&set_out * &case.dout).sum(Kind::Float) + (&routed * &router_dout).sum(Kind::Float);
         loss.backward();

@@ -151,6 +151,11 @@ pub fn sets_recent(
         route: Tensor::from_slice(&route)
             .view([tokens.len() as i64, len as i64, per_seq as i64])
             .to_device(device),
+        max_route_sets: if recent == 0 {
+            per_seq
+        } else {
+            recent.min(per_seq)
+        } as i64,
     }
 }
 

@@ -101,6 +101,8 @@ pub struct SplitData {
     leading_sets: i64,
     /// Positions of a sequence that route to no set.
     blind_positions: i64,
+    /// The most sets one position routes to (the routing table's candidates).
+    route_sets: i64,
     /// Whether `arrays` are views of the maps (false after [`SplitData::to_device`]).
     zero_copy: bool,
     /// Sets per sequence and atoms per set.
@@ -172,9 +174,11 @@ impl SplitData {
         let m = per_seq as usize;
         let mut route = vec![false; seq_len as usize * m];
         let mut blind_positions = 0;
+        let mut route_sets = 0;
         for t in 0..seq_len as usize {
             let candidates = table.candidates(t);
             blind_positions += i64::from(candidates.is_empty());
+            route_sets = route_sets.max(candidates.len() as i64);
             for &j in candidates {
                 route[t * m + j as usize] = true;
             }
@@ -219,6 +223,7 @@ impl SplitData {
             router_topk: routing.topk(),
             leading_sets,
             blind_positions,
+            route_sets,
             zero_copy: true,
             histograms,
         })
@@ -380,6 +385,7 @@ impl SplitData {
         let sets_in = SetInputs {
             seq_sets: Tensor::arange(bsz + 1, long) * m,
             max_sets: m,
+            max_route_sets: self.route_sets,
             signatures: a.signatures.index_select(0, &sets),
             sizes: a.sizes.index_select(0, &sets).to_kind(Kind::Int64),
             starts: spans.select(1, 0),
