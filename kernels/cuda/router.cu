@@ -675,7 +675,9 @@ router_fwd_topk_mma(const tok_t* __restrict__ q, const unsigned short* __restric
 // candidates than the list holds (the host's hint was wrong, or a few tokens see more)
 // takes the general path in the same kernel: every visible set in order, kept by
 // insertion (insert_top), then the mix of the kept rows reloaded. Either path writes
-// `out`, `lse` and `kept` exactly as router_fwd_topk does (kept in rank order, -1 past).
+// `out`, `lse` and `kept` as router_fwd_topk does (-1 past the kept sets), the kept sets
+// in rank order, or in set order when top-k keeps all of a token's candidates (the
+// backward reads them in any order).
 // Groups are independent: every shuffle names its group's lanes (`gmask`), so groups of
 // one warp may take different paths. Rows n enumerate (token, head) with the heads of a
 // token adjacent for token-major rows (a warp then reads consecutive bytes), tokens of a
@@ -741,8 +743,8 @@ template <bool Z16>
 __device__ __forceinline__ void router_fwd_cand_impl(
     const tok_t* __restrict__ q, const void* __restrict__ z,
     const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
-    float* __restrict__ lse, int* __restrict__ kept, int batch, int heads, int len, int m,
-    int topk, int token_major, int q_vec) {
+    float* __restrict__ lse, int* __restrict__ kept, float* __restrict__ kept_p, int batch,
+    int heads, int len, int m, int topk, int token_major, int q_vec) {
     __shared__ int cands[CAND_WARPS][CAND_GROUPS][TOPK_MAX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = lane / CAND_LANES, gl = lane % CAND_LANES;
@@ -818,18 +820,29 @@ __device__ __forceinline__ void router_fwd_cand_impl(
         }
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) logit[s] = cand_sum(logit[s], gmask);
-        // Rank among the candidates: a larger logit, or the same one for an earlier set
-        // (the order insert_top keeps).
+        // The kept slot of each candidate (TOPK_MAX: not kept). When top-k keeps every
+        // candidate (the usual case: a routing table's top-k is the router's), slots
+        // follow set order; else the rank among the candidates: a larger logit, or the
+        // same one for an earlier set (the order insert_top keeps).
         int rank[TOPK_MAX];
         float top = NEG_INF;
+        if (total <= topk) {
 #pragma unroll
-        for (int s = 0; s < TOPK_MAX; ++s) {
-            int r = 0;
+            for (int s = 0; s < TOPK_MAX; ++s) {
+                rank[s] = js[s] >= 0 ? s : TOPK_MAX;
+                if (js[s] >= 0) top = fmaxf(top, logit[s]);
+            }
+        } else {
 #pragma unroll
-            for (int u = 0; u < TOPK_MAX; ++u)
-                r += (u != s && js[u] >= 0 && (logit[u] > logit[s] || (logit[u] == logit[s] && u < s)));
-            rank[s] = (js[s] >= 0 && r < topk) ? r : TOPK_MAX;  // TOPK_MAX: not kept
-            if (rank[s] < TOPK_MAX) top = fmaxf(top, logit[s]);
+            for (int s = 0; s < TOPK_MAX; ++s) {
+                int r = 0;
+#pragma unroll
+                for (int u = 0; u < TOPK_MAX; ++u)
+                    r += (u != s && js[u] >= 0 &&
+                          (logit[u] > logit[s] || (logit[u] == logit[s] && u < s)));
+                rank[s] = (js[s] >= 0 && r < topk) ? r : TOPK_MAX;
+                if (rank[s] < TOPK_MAX) top = fmaxf(top, logit[s]);
+            }
         }
         float wsum = 0.0f, wt[TOPK_MAX];
 #pragma unroll
@@ -849,10 +862,15 @@ __device__ __forceinline__ void router_fwd_cand_impl(
         }
         for (int slot = gl; slot < TOPK_MAX; slot += CAND_LANES) {
             int j = -1;
+            float p = 0.0f;
 #pragma unroll
             for (int s = 0; s < TOPK_MAX; ++s)
-                if (rank[s] == slot) j = js[s];
+                if (rank[s] == slot) {
+                    j = js[s];
+                    p = wt[s] * inv;
+                }
             kept[row * TOPK_MAX + slot] = j;
+            kept_p[row * TOPK_MAX + slot] = p;
         }
         if (gl == 0) lse[row] = wsum > 0.0f ? top + logf(wsum) : NEG_INF;
     } else {
@@ -897,10 +915,15 @@ __device__ __forceinline__ void router_fwd_cand_impl(
         }
         for (int slot = gl; slot < TOPK_MAX; slot += CAND_LANES) {
             int j = -1;
+            float p = 0.0f;
 #pragma unroll
             for (int s = 0; s < TOPK_MAX; ++s)
-                if (s == slot && s < topk) j = best_j[s];
+                if (s == slot && s < topk) {
+                    j = best_j[s];
+                    p = wt[s] * inv;
+                }
             kept[row * TOPK_MAX + slot] = j;
+            kept_p[row * TOPK_MAX + slot] = p;
         }
         if (gl == 0) lse[row] = wsum > 0.0f ? top + logf(wsum) : NEG_INF;
     }
@@ -914,18 +937,20 @@ __device__ __forceinline__ void router_fwd_cand_impl(
 extern "C" __global__ void __launch_bounds__(CAND_WARPS * 32)
 router_fwd_cand_z16(const tok_t* __restrict__ q, const unsigned short* __restrict__ z,
                     const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
-                    float* __restrict__ lse, int* __restrict__ kept, int batch, int heads,
-                    int len, int m, int topk, int token_major, int q_vec) {
-    router_fwd_cand_impl<true>(q, z, route_bits, out, lse, kept, batch, heads, len, m, topk,
+                    float* __restrict__ lse, int* __restrict__ kept,
+                    float* __restrict__ kept_p, int batch, int heads, int len, int m, int topk,
+                    int token_major, int q_vec) {
+    router_fwd_cand_impl<true>(q, z, route_bits, out, lse, kept, kept_p, batch, heads, len, m, topk,
                                token_major, q_vec);
 }
 
 extern "C" __global__ void __launch_bounds__(CAND_WARPS * 32)
 router_fwd_cand_z32(const tok_t* __restrict__ q, const float* __restrict__ z,
                     const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
-                    float* __restrict__ lse, int* __restrict__ kept, int batch, int heads,
-                    int len, int m, int topk, int token_major, int q_vec) {
-    router_fwd_cand_impl<false>(q, z, route_bits, out, lse, kept, batch, heads, len, m, topk,
+                    float* __restrict__ lse, int* __restrict__ kept,
+                    float* __restrict__ kept_p, int batch, int heads, int len, int m, int topk,
+                    int token_major, int q_vec) {
+    router_fwd_cand_impl<false>(q, z, route_bits, out, lse, kept, kept_p, batch, heads, len, m, topk,
                                 token_major, q_vec);
 }
 #endif
@@ -1012,7 +1037,9 @@ router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
 // loads, and whole 32-byte sectors written (element stores of bf16 rows wrote half
 // sectors). The host picks the group (a power of two dividing D, about D / 8 dims per
 // lane: a whole warp on a 64-wide row spent its time in 5-step shuffle sums, not
-// loads). P and dS of each kept slot go to kept_p / kept_ds for the dz kernels.
+// loads). P and dS of each kept slot go to kept_p / kept_ds for the dz kernels; with
+// `p_saved` the forward wrote P there already (router_fwd_cand_*): the kernel reads it
+// instead of recomputing the logit, and then reads no q row.
 #ifndef DQ_TOKEN_LANES
 #define DQ_TOKEN_LANES 32
 #endif
@@ -1045,7 +1072,8 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
                    const int* __restrict__ kept, const tok_t* __restrict__ dout,
                    tok_t* __restrict__ dq, float* __restrict__ dsum,
                    float* __restrict__ kept_p, float* __restrict__ kept_ds, int heads,
-                   int len, int m, int topk, int token_major, int z_bf16, int aligned) {
+                   int len, int m, int topk, int token_major, int z_bf16, int aligned,
+                   int p_saved) {
     const int lane = threadIdx.x % DQ_TOKEN_LANES;
     const int t = blockIdx.x * (DQ_WARPS * 32 / DQ_TOKEN_LANES) + threadIdx.x / DQ_TOKEN_LANES;
     // Not an early return: every lane of the warp takes part in the shuffles.
@@ -1061,7 +1089,7 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
 #pragma unroll
     for (int u = 0; u < DQ_PER; ++u) qv[u] = gv[u] = ov[u] = acc[u] = 0.0f;
     if (live) {
-        load_run(q, qrow, vec_tok, qv);
+        if (!p_saved) load_run(q, qrow, vec_tok, qv);
         load_run(dout, qrow, vec_tok, gv);
         load_run(out, qrow, vec_tok, ov);
     }
@@ -1090,21 +1118,26 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
 #pragma unroll
         for (int b = 0; b < DQ_BATCH; ++b) {
             const int s = s0 + b, j = js[b];
-            float logit = 0.0f, dp = 0.0f;
+            float dp = 0.0f;
 #pragma unroll
-            for (int u = 0; u < DQ_PER; ++u) {
-                logit += qv[u] * zv[b][u];
-                dp += gv[u] * zv[b][u];
-            }
-            // Every lane shuffles (groups of one warp may differ in j).
-            logit = group_sum(logit);
+            for (int u = 0; u < DQ_PER; ++u) dp += gv[u] * zv[b][u];
+            // Every lane shuffles (groups of one warp may differ in j; p_saved is uniform).
             dp = group_sum(dp);
-            const float p = j >= 0 ? expf(logit - row_lse) : 0.0f;
+            float p;
+            if (p_saved) {
+                p = j >= 0 ? kept_p[row * TOPK_MAX + s] : 0.0f;
+            } else {
+                float logit = 0.0f;
+#pragma unroll
+                for (int u = 0; u < DQ_PER; ++u) logit += qv[u] * zv[b][u];
+                logit = group_sum(logit);
+                p = j >= 0 ? expf(logit - row_lse) : 0.0f;
+            }
             const float ds = p * (dp - d_t);
 #pragma unroll
             for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[b][u];
             if (live && lane == 0) {
-                kept_p[row * TOPK_MAX + s] = p;
+                if (!p_saved) kept_p[row * TOPK_MAX + s] = p;
                 kept_ds[row * TOPK_MAX + s] = ds;
             }
         }

@@ -295,6 +295,9 @@ pub struct RouterSaved {
     /// `[B, L, ceil(M / 32)]` the route as bits (`route_pack` in router.cu), for the
     /// backward pass without top-k.
     pub route_bits: Tensor,
+    /// `[B * H * L * 8]` the gate `P` of each kept slot, when the forward wrote it (the
+    /// per-token forward): the backward then reads it instead of recomputing the logits.
+    pub kept_p: Option<Tensor>,
 }
 
 /// A `[B, H, L, D]` token tensor of the router (`q`, its output, `dout`, `dq`) as the
@@ -962,6 +965,7 @@ impl CudaKernels {
             kept,
             topk,
             route_bits,
+            kept_p: None,
         })
     }
 
@@ -999,6 +1003,7 @@ impl CudaKernels {
         let lse = Tensor::empty([b, h, l], (Kind::Float, device));
         let rows = b * h * l;
         let kept = Tensor::empty([rows.max(1), ROUTER_TOPK_MAX], (Kind::Int, device));
+        let kept_p = Tensor::empty([rows.max(1) * ROUTER_TOPK_MAX], (Kind::Float, device));
         let route_bits = if rows == 0 {
             Tensor::empty([b, l, shape.route_words()], (Kind::Int, device))
         } else {
@@ -1013,6 +1018,7 @@ impl CudaKernels {
                 kept,
                 topk,
                 route_bits,
+                kept_p: Some(kept_p),
             });
         }
         let q_ptr = device_ptr(&q.storage, tokens, rows * d, self.ordinal)?;
@@ -1028,6 +1034,7 @@ impl CudaKernels {
             device_ptr(&out.storage, tokens, rows * d, self.ordinal)?,
             device_ptr(&lse, Kind::Float, rows, self.ordinal)?,
             device_ptr(&kept, Kind::Int, rows * ROUTER_TOPK_MAX, self.ordinal)?,
+            device_ptr(&kept_p, Kind::Float, rows * ROUTER_TOPK_MAX, self.ordinal)?,
         ];
         let module = self.router(d, tokens)?;
         let name = if z_kind == Kind::BFloat16 {
@@ -1065,7 +1072,8 @@ impl CudaKernels {
         // the layout of its flag, 16-byte runs only when the flag says its base is
         // aligned), z (b*h*m*d of z_kind, 16-byte aligned base, checked above, rows of
         // whole 16-byte words since d % 8 == 0), the route bits, and writes out (our
-        // aligned allocation), lse and kept, each of the element count checked above.
+        // aligned allocation), lse, kept and kept_p, each of the element count checked
+        // above.
         unsafe { launch.launch(cfg) }?;
         Ok(RouterSaved {
             out: out.view(),
@@ -1073,6 +1081,7 @@ impl CudaKernels {
             kept,
             topk,
             route_bits,
+            kept_p: Some(kept_p),
         })
     }
 
@@ -1174,7 +1183,16 @@ impl CudaKernels {
         );
         // With top-k, P and dS of every kept slot (for the sparse dz); else placeholders.
         let slots = kept_rows * ROUTER_TOPK_MAX;
-        let kept_p = Tensor::empty([slots], (Kind::Float, device));
+        // P from the forward when it wrote it (then the top-k dq reads it, and reads no q).
+        let p_saved = saved.topk > 0
+            && saved
+                .kept_p
+                .as_ref()
+                .is_some_and(|p| p.numel() as i64 == slots && p.kind() == Kind::Float);
+        let kept_p = match &saved.kept_p {
+            Some(p) if p_saved => p.shallow_clone(),
+            _ => Tensor::empty([slots], (Kind::Float, device)),
+        };
         let kept_ds = Tensor::empty([slots], (Kind::Float, device));
         let (kept_p_ptr, kept_ds_ptr) = (
             device_ptr(&kept_p, Kind::Float, slots, self.ordinal)?,
@@ -1211,9 +1229,11 @@ impl CudaKernels {
                     .iter()
                     .all(|p| p.is_multiple_of(16)),
             );
-            launch.arg(&layout).arg(&z_bf16).arg(&aligned);
+            let p_saved = i32::from(p_saved);
+            launch.arg(&layout).arg(&z_bf16).arg(&aligned).arg(&p_saved);
             // SAFETY: see the module invariant; reads the forward's tensors, its kept
-            // lists and dout, writes dq, dsum (per-token dout . out), kept_p and kept_ds,
+            // lists (and with p_saved its kept_p) and dout, writes dq, dsum (per-token
+            // dout . out), kept_p (unless p_saved) and kept_ds,
             // all of the checked element counts, the token rows in the layout `layout`,
             // z in the kind `z_bf16` names; 16-byte accesses only from 16-byte aligned
             // bases (`aligned`) at row offsets of whole 16-byte words.

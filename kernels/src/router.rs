@@ -172,6 +172,10 @@ impl CustomOp for RouterOp {
                         saved.lse,
                         saved.kept,
                         saved.route_bits,
+                        // An empty tensor: the forward wrote no gates.
+                        saved
+                            .kept_p
+                            .unwrap_or_else(|| Tensor::empty([0], (Kind::Float, q.device()))),
                     ],
                 })
             }
@@ -198,8 +202,8 @@ impl CustomOp for RouterOp {
                 Ok(vec![Some(dq), Some(dz), None])
             }
             Backend::Cuda(kernels) => {
-                let [q, z, route, out, lse, kept, route_bits] = saved else {
-                    return Err(format!("expected 7 saved tensors, got {}", saved.len()));
+                let [q, z, route, out, lse, kept, route_bits, kept_p] = saved else {
+                    return Err(format!("expected 8 saved tensors, got {}", saved.len()));
                 };
                 let kind = dout.kind();
                 let fwd = RouterSaved {
@@ -208,6 +212,7 @@ impl CustomOp for RouterOp {
                     kept: kept.shallow_clone(),
                     topk: self.topk,
                     route_bits: route_bits.shallow_clone(),
+                    kept_p: (kept_p.numel() > 0).then(|| kept_p.shallow_clone()),
                 };
                 let (dq, dz) = kernels
                     .router_backward(q, z, route, &fwd, dout)
