@@ -608,11 +608,22 @@ impl SetAttention {
     /// `phi` (`[B, M, d]`, from [`pool_atoms`] and the [`Adapter`]).
     pub fn forward(&self, x: &Tensor, phi: &Tensor, layout: &SetLayout) -> Tensor {
         let (bsz, l, h, dh) = (layout.batch, layout.seq_len, self.heads, self.head_dim);
-        let z = self.set_outputs(&phi.to_kind(x.kind()), layout);
         let query = linear_kind(&self.gate, x)
             .view([bsz, l, h, dh])
             .transpose(1, 2);
-        let routed = match &self.router {
+        let routed = self.core(&query, &phi.to_kind(x.kind()), layout);
+        let mixed = routed.transpose(1, 2).reshape([bsz, l, h * dh]);
+        linear_kind(&self.out, &mixed)
+    }
+
+    /// The layer without its gate and output projections: the heads' router outputs
+    /// (`[B, H, L, dh]`) for the router queries `query` (`[B, H, L, dh]`, the gate
+    /// projection's output per head) and set features `phi` (`[B, M, d]`, of `query`'s
+    /// kind). What [`SetAttention::forward`] wraps, and what `ausa bench ska --core` times
+    /// against the attention peers (which take their queries, keys and values as inputs).
+    pub fn core(&self, query: &Tensor, phi: &Tensor, layout: &SetLayout) -> Tensor {
+        let z = self.set_outputs(phi, layout);
+        match &self.router {
             Some(router) => router
                 .forward(
                     &query,
@@ -627,9 +638,7 @@ impl SetAttention {
                 let mask = top_k_mask(&logits, &mask, self.router_topk);
                 masked_softmax(&logits, &mask).matmul(&z)
             }
-        };
-        let mixed = routed.transpose(1, 2).reshape([bsz, l, h * dh]);
-        linear_kind(&self.out, &mixed)
+        }
     }
 }
 

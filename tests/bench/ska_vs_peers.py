@@ -6,10 +6,12 @@ by backend, gate top-k (`top8`) and, for a limited route (`--router-topk N`, the
 `candidates`), `cN`.
 
 Rows of one timing only: eager steps, or with --cuda-graph CUDA graph replays on both
-sides (the CSVs' cuda_graph column; older CSVs have none: eager).
+sides (the CSVs' cuda_graph column; older CSVs have none: eager). Rows of one scope only:
+the whole SKA layer, or with --core the layer without its gate and output projections
+(`ausa bench ska --core`, the CSV's scope column; older CSVs have none: layer).
 
 Usage: python3 tests/bench/ska_vs_peers.py SKA.csv PEERS.csv [--dtype bf16] [--topk 8]
-       [--candidates 8] [--cuda-graph]
+       [--candidates 8] [--cuda-graph] [--core]
 """
 
 import argparse
@@ -26,13 +28,16 @@ def main():
                    help="candidates rows to use (default: all; older CSVs have none: 0)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="compare CUDA graph replays (cuda_graph 1) instead of eager steps")
+    p.add_argument("--core", action="store_true",
+                   help="SKA rows of scope core (no gate or output projection) instead of layer")
     a = p.parse_args()
     mode = "1" if a.cuda_graph else "0"
+    scope = "core" if a.core else "layer"
     ska = {}
     with open(a.ska) as f:
         for r in csv.DictReader(f):
             c = r.get("candidates") or "0"
-            if (r.get("cuda_graph") or "0") != mode:
+            if (r.get("cuda_graph") or "0") != mode or (r.get("scope") or "layer") != scope:
                 continue
             if r["dtype"] != a.dtype or (a.topk is not None and r["router_topk"] != a.topk):
                 continue

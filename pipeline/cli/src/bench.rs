@@ -98,6 +98,11 @@ pub struct SkaArgs {
     /// eager steps: the GPU's time without the host's launches (CSV column `cuda_graph`).
     #[arg(long)]
     pub cuda_graph: bool,
+    /// Time the layer's core only: the router queries in, the heads' outputs out, without
+    /// the gate and output projections, as the attention peers are timed (q, k, v in, the
+    /// heads' outputs out). CSV column `scope` (`core`; `layer` without this flag).
+    #[arg(long)]
+    pub core: bool,
     /// Append the rows to this CSV (created with a header; another header is an error).
     #[arg(long, value_name = "PATH")]
     pub csv: Option<PathBuf>,
@@ -167,6 +172,7 @@ fn run_ska(args: &SkaArgs, out: &Output) -> Result<i32, CliError> {
                         BackendArg::Naive => SkaBackend::Naive,
                         BackendArg::Cuda => SkaBackend::Cuda,
                     },
+                    core: args.core,
                 };
                 let row = ska_bench::run(&shape, settings, device).map_err(bench_error)?;
                 out.log(&format!(
@@ -180,7 +186,12 @@ fn run_ska(args: &SkaArgs, out: &Output) -> Result<i32, CliError> {
                         0 => String::new(),
                         c => format!(" (last {c} sets)"),
                     },
-                    if row.cuda_graph { ", CUDA graph" } else { "" },
+                    match (row.cuda_graph, shape.core) {
+                        (true, true) => ", CUDA graph, core",
+                        (true, false) => ", CUDA graph",
+                        (false, true) => ", core",
+                        (false, false) => "",
+                    },
                     row.fwd_ms,
                     row.fwd_bwd_ms,
                     row.layout_ms,

@@ -71,6 +71,12 @@ pub struct SkaBenchShape {
     pub precision: Precision,
     /// The SKA implementation.
     pub backend: SkaBackend,
+    /// Time the layer's core only ([`SetAttention::core`]): the router queries are an
+    /// input (`[B, L, H * D]` viewed per head, as the gate projection hands them over)
+    /// and the heads' router outputs the output, without the gate and output projections:
+    /// the counterpart of what the attention peers time (they take q, k, v and return the
+    /// heads' outputs; their projections are outside). CSV column `scope`.
+    pub core: bool,
 }
 
 /// Warm-up and timed steps.
@@ -163,6 +169,7 @@ impl SkaBenchRow {
                 format!("{:.3}", bytes / (self.fwd_bwd_ms * 1e-3) / 1e9),
             ),
             ("cuda_graph", u8::from(self.cuda_graph).to_string()),
+            ("scope", if s.core { "core" } else { "layer" }.to_string()),
         ]
     }
 }
@@ -182,6 +189,7 @@ pub fn csv_header() -> String {
             candidates: 0,
             precision: Precision::Fp32,
             backend: SkaBackend::Naive,
+            core: false,
         },
         batch: 1,
         sets_per_seq: 0,
@@ -321,12 +329,22 @@ pub fn run(
     let pool = AtomPool::new(router).map_err(Error::Usage)?;
     let embedding =
         (Tensor::randn([i64::from(VOCAB), d], (Kind::Float, device)) * 0.3).set_requires_grad(true);
+    // The layer's input: token states, or with `core` the router queries (token-major,
+    // as the gate projection's output is).
     let x = Tensor::randn([batch, shape.seq_len, d], (Kind::Float, device))
         .to_kind(kind)
         .set_requires_grad(true);
+    let per_head = |t: &Tensor| {
+        t.view([batch, shape.seq_len, shape.heads, shape.head_dim])
+            .transpose(1, 2)
+    };
     let forward = || {
-        let phi = pool_atoms_with(pool.as_ref(), &embedding, &layout);
-        layer.forward(&x, &phi.to_kind(kind), &layout)
+        let phi = pool_atoms_with(pool.as_ref(), &embedding, &layout).to_kind(kind);
+        if shape.core {
+            layer.core(&per_head(&x), &phi, &layout)
+        } else {
+            layer.forward(&x, &phi, &layout)
+        }
     };
     let mut leaves: Vec<Tensor> = vs.trainable_variables();
     leaves.push(embedding.shallow_clone());
@@ -334,7 +352,14 @@ pub fn run(
     // The output gradient, as the attention peers pass one (`out.backward(grad)`): the
     // backward starts from a tensor of the output's kind, not from a scalar loss (an fp32
     // copy of the output for the sum would be in the peak and the time).
+    // With `core`, of the heads' outputs' shape and token-major layout (the gradient the
+    // output projection's backward would hand over).
     let out_grad = Tensor::randn([batch, shape.seq_len, d], (kind, device));
+    let out_grad = if shape.core {
+        per_head(&out_grad)
+    } else {
+        out_grad
+    };
     if let Device::Cuda(i) = device {
         ausa_kernels::shim::cuda_reset_peak(i)
             .map_err(|e| Error::Torch(format!("resetting the CUDA peak: {e}")))?;
@@ -396,7 +421,8 @@ pub fn run(
         shape.head_dim as f64,
     );
     let (mf, df) = (m as f64, d as f64);
-    let fwd_flops = 2.0 * b * l * df * df * 2.0 // gate and output projections
+    let projections = if shape.core { 0.0 } else { 1.0 };
+    let fwd_flops = projections * 2.0 * b * l * df * df * 2.0 // gate and output projections
         + 2.0 * b * mf * (df + 1.0) * df // values
         + 2.0 * b * h * mf * mf * dh // set weights x values
         + 2.0 * 2.0 * b * h * l * mf * dh; // router logits and mix
