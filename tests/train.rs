@@ -646,8 +646,8 @@ fn delta_exact_trains_and_is_recorded() {
 fn bench_ska_writes_spec_rows_per_length_and_precision() {
     let ctx = Ctx::new();
     let csv = ctx.path().join("ska.csv");
-    let bench = |lens: &str, candidates: &str| {
-        ctx.run(&[
+    let bench = |lens: &str, candidates: &str, scope: &[&str]| {
+        let mut args = vec![
             "bench",
             "ska",
             "--router-topk",
@@ -674,14 +674,18 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
             "fp32,bf16",
             "--csv",
             csv.to_str().unwrap(),
-        ])
+        ];
+        args.extend_from_slice(scope);
+        ctx.run(&args)
     };
-    bench("128,256", "0").ok();
-    bench("512", "0").ok();
-    bench("256", "2").ok();
+    bench("128,256", "0", &[]).ok();
+    bench("512", "0", &[]).ok();
+    bench("256", "2", &[]).ok();
+    // The layer without its projections.
+    bench("256", "2", &["--core"]).ok();
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 9, "one header and 4 x 2 rows:\n{text}");
+    assert_eq!(lines.len(), 11, "one header and 5 x 2 rows:\n{text}");
     let header: Vec<&str> = lines[0].split(',').collect();
     assert_eq!(&header[..SPEC_FIELDS.len()], &SPEC_FIELDS[..]);
     for extra in [
@@ -692,6 +696,7 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
         "model_tflops",
         "model_gbps",
         "cuda_graph",
+        "scope",
     ] {
         assert!(header.contains(&extra), "{extra} missing: {header:?}");
     }
@@ -718,14 +723,24 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
         .collect();
     assert_eq!(
         dtypes,
-        ["fp32", "bf16", "fp32", "bf16", "fp32", "bf16", "fp32", "bf16"]
+        ["fp32", "bf16", "fp32", "bf16", "fp32", "bf16", "fp32", "bf16", "fp32", "bf16"]
     );
     let column = header.iter().position(|&c| c == "candidates").unwrap();
     let candidates: Vec<&str> = lines[1..]
         .iter()
         .map(|l| l.split(',').nth(column).unwrap())
         .collect();
-    assert_eq!(candidates, ["0", "0", "0", "0", "0", "0", "2", "2"]);
+    assert_eq!(
+        candidates,
+        ["0", "0", "0", "0", "0", "0", "2", "2", "2", "2"]
+    );
+    let column = header.iter().position(|&c| c == "scope").unwrap();
+    let scopes: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').nth(column).unwrap())
+        .collect();
+    assert_eq!(&scopes[..8], ["layer"; 8]);
+    assert_eq!(&scopes[8..], ["core"; 2]);
     // Usage errors (exit 2) that name the flag at fault.
     for (flag, message) in [
         ("--router-topk=-1", "--router-topk must be 0"),
