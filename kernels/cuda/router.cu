@@ -421,6 +421,25 @@ __device__ __forceinline__ void merge_lists(float (&v)[TOPK_MAX], int (&j)[TOPK_
     }
 }
 
+// The normalized weights of a ranked list's first `topk` entries (0 past them and for
+// unfilled ones: set -1): w[s] = exp(bv[s] - bv[0]) / sum. Returns the sum (0: nothing
+// kept), from which lse = bv[0] + log(sum).
+__device__ __forceinline__ float list_weights(const float (&bv)[TOPK_MAX],
+                                              const int (&bj)[TOPK_MAX], int topk,
+                                              float (&w)[TOPK_MAX]) {
+    const float top = bv[0];
+    float sum = 0.0f;
+#pragma unroll
+    for (int s = 0; s < TOPK_MAX; ++s) {
+        w[s] = (s < topk && bj[s] >= 0) ? expf(bv[s] - top) : 0.0f;
+        sum += w[s];
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+    for (int s = 0; s < TOPK_MAX; ++s) w[s] *= inv;
+    return sum;
+}
+
 // One token's merged list (the same in the 4 lanes of its quad) published by one lane:
 // the normalized weights and sets into the warp's mix table (set -1: nothing to add), the
 // kept sets and the log-sum-exp to global memory.
@@ -429,23 +448,17 @@ __device__ __forceinline__ void publish_row(const float (&bv)[TOPK_MAX],
                                             float (&mix_w)[TOPK_MAX], int (&mix_j)[TOPK_MAX],
                                             float* __restrict__ lse, int* __restrict__ kept,
                                             size_t row, bool live, int topk) {
-    const float top = bv[0];
-    float sum = 0.0f, w[TOPK_MAX];
+    float w[TOPK_MAX];
+    const float sum = list_weights(bv, bj, topk, w);
 #pragma unroll
     for (int s = 0; s < TOPK_MAX; ++s) {
-        w[s] = (s < topk && bj[s] >= 0) ? expf(bv[s] - top) : 0.0f;
-        sum += w[s];
-    }
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-#pragma unroll
-    for (int s = 0; s < TOPK_MAX; ++s) {
-        mix_w[s] = w[s] * inv;
+        mix_w[s] = w[s];
         mix_j[s] = w[s] > 0.0f ? bj[s] : -1;
     }
     if (!live) return;
 #pragma unroll
     for (int s = 0; s < TOPK_MAX; ++s) kept[row * TOPK_MAX + s] = s < topk ? bj[s] : -1;
-    lse[row] = sum > 0.0f ? top + logf(sum) : NEG_INF;
+    lse[row] = sum > 0.0f ? bv[0] + logf(sum) : NEG_INF;
 }
 
 // The tensor-core kernel and its helpers need sm_80 (bf16 MMA, cp.async); the host picks
@@ -894,24 +907,17 @@ __device__ __forceinline__ void router_fwd_cand_impl(
                 insert_top(best, best_j, cand_sum(cand_dot(qv, zv), gmask), j, NEG_INF);
             }
         }
-        const float top = best[0];
-        float wsum = 0.0f, wt[TOPK_MAX];
+        float wt[TOPK_MAX];
+        const float wsum = list_weights(best, best_j, topk, wt);
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) {
-            wt[s] = (s < topk && best_j[s] >= 0) ? expf(best[s] - top) : 0.0f;
-            wsum += wt[s];
-        }
-        const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
-#pragma unroll
-        for (int s = 0; s < TOPK_MAX; ++s) {
-            if (!(s < topk && best_j[s] >= 0)) continue;
+            if (!(wt[s] > 0.0f)) continue;
             SetRun<Z16> zr;
             zr.load(z, zbase + (size_t)best_j[s] * HEAD_DIM);
             float zv[CAND_DIMS];
             zr.floats(zv);
-            const float w = wt[s] * inv;
 #pragma unroll
-            for (int i = 0; i < CAND_DIMS; ++i) acc[i] += w * zv[i];
+            for (int i = 0; i < CAND_DIMS; ++i) acc[i] += wt[s] * zv[i];
         }
         for (int slot = gl; slot < TOPK_MAX; slot += CAND_LANES) {
             int j = -1;
@@ -920,11 +926,12 @@ __device__ __forceinline__ void router_fwd_cand_impl(
             for (int s = 0; s < TOPK_MAX; ++s)
                 if (s == slot && s < topk) {
                     j = best_j[s];
-                    p = wt[s] * inv;
+                    p = wt[s];
                 }
             kept[row * TOPK_MAX + slot] = j;
             kept_p[row * TOPK_MAX + slot] = p;
         }
+        const float top = best[0];
         if (gl == 0) lse[row] = wsum > 0.0f ? top + logf(wsum) : NEG_INF;
     }
     // out is the host's allocation (16-byte aligned, rows of whole 16-byte words).

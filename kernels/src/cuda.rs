@@ -1009,72 +1009,61 @@ impl CudaKernels {
         } else {
             let module = self.router(d, tokens)?;
             let route_ptr = device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?;
-            self.route_pack(&module, shape, &route_ptr)?
+            let route_bits = self.route_pack(&module, shape, &route_ptr)?;
+            let ptrs = [
+                device_ptr(&q.storage, tokens, rows * d, self.ordinal)?,
+                device_ptr(&z, z_kind, b * h * m * d, self.ordinal)?,
+                device_ptr(
+                    &route_bits,
+                    Kind::Int,
+                    b * l * shape.route_words(),
+                    self.ordinal,
+                )?,
+                device_ptr(&out.storage, tokens, rows * d, self.ordinal)?,
+                device_ptr(&lse, Kind::Float, rows, self.ordinal)?,
+                device_ptr(&kept, Kind::Int, rows * ROUTER_TOPK_MAX, self.ordinal)?,
+                device_ptr(&kept_p, Kind::Float, rows * ROUTER_TOPK_MAX, self.ordinal)?,
+            ];
+            let name = if z_kind == Kind::BFloat16 {
+                "router_fwd_cand_z16"
+            } else {
+                "router_fwd_cand_z32"
+            };
+            let f = module.load_function(name)?;
+            let groups_per_block = i64::from(ROUTER_CAND_WARPS) * (32 * ROUTER_CAND_DIMS / d);
+            let blocks = u32::try_from((rows + groups_per_block - 1) / groups_per_block)
+                .map_err(|_| CudaError::Input(format!("{rows} router rows are too many")))?;
+            let ints = [
+                to_i32(b)?,
+                to_i32(h)?,
+                to_i32(l)?,
+                to_i32(m)?,
+                to_i32(topk)?,
+                q.flag(),
+                i32::from(ptrs[0].is_multiple_of(16)),
+            ];
+            let stream = self.current_stream()?;
+            let mut launch = stream.launch_builder(&f);
+            for p in &ptrs {
+                launch.arg(p);
+            }
+            for i in &ints {
+                launch.arg(i);
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (ROUTER_CAND_WARPS * 32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: see the module invariant; the kernel reads q (b*h*l*d of `tokens`,
+            // in the layout of its flag, 16-byte runs only when the flag says its base is
+            // aligned), z (b*h*m*d of z_kind, 16-byte aligned base, checked above, rows of
+            // whole 16-byte words since d % 8 == 0), the route bits, and writes out (our
+            // aligned allocation), lse, kept and kept_p, each of the element count
+            // checked above.
+            unsafe { launch.launch(cfg) }?;
+            route_bits
         };
-        if rows == 0 {
-            return Ok(RouterSaved {
-                out: out.view(),
-                lse,
-                kept,
-                topk,
-                route_bits,
-                kept_p: Some(kept_p),
-            });
-        }
-        let q_ptr = device_ptr(&q.storage, tokens, rows * d, self.ordinal)?;
-        let ptrs = [
-            q_ptr,
-            device_ptr(&z, z_kind, b * h * m * d, self.ordinal)?,
-            device_ptr(
-                &route_bits,
-                Kind::Int,
-                b * l * shape.route_words(),
-                self.ordinal,
-            )?,
-            device_ptr(&out.storage, tokens, rows * d, self.ordinal)?,
-            device_ptr(&lse, Kind::Float, rows, self.ordinal)?,
-            device_ptr(&kept, Kind::Int, rows * ROUTER_TOPK_MAX, self.ordinal)?,
-            device_ptr(&kept_p, Kind::Float, rows * ROUTER_TOPK_MAX, self.ordinal)?,
-        ];
-        let module = self.router(d, tokens)?;
-        let name = if z_kind == Kind::BFloat16 {
-            "router_fwd_cand_z16"
-        } else {
-            "router_fwd_cand_z32"
-        };
-        let f = module.load_function(name)?;
-        let groups_per_block = i64::from(ROUTER_CAND_WARPS) * (32 * ROUTER_CAND_DIMS / d);
-        let blocks = u32::try_from((rows + groups_per_block - 1) / groups_per_block)
-            .map_err(|_| CudaError::Input(format!("{rows} router rows are too many")))?;
-        let ints = [
-            to_i32(b)?,
-            to_i32(h)?,
-            to_i32(l)?,
-            to_i32(m)?,
-            to_i32(topk)?,
-            q.flag(),
-            i32::from(q_ptr.is_multiple_of(16)),
-        ];
-        let stream = self.current_stream()?;
-        let mut launch = stream.launch_builder(&f);
-        for p in &ptrs {
-            launch.arg(p);
-        }
-        for i in &ints {
-            launch.arg(i);
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (ROUTER_CAND_WARPS * 32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: see the module invariant; the kernel reads q (b*h*l*d of `tokens`, in
-        // the layout of its flag, 16-byte runs only when the flag says its base is
-        // aligned), z (b*h*m*d of z_kind, 16-byte aligned base, checked above, rows of
-        // whole 16-byte words since d % 8 == 0), the route bits, and writes out (our
-        // aligned allocation), lse, kept and kept_p, each of the element count checked
-        // above.
-        unsafe { launch.launch(cfg) }?;
         Ok(RouterSaved {
             out: out.view(),
             lse,

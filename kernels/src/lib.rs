@@ -626,7 +626,7 @@ impl SetAttention {
         match &self.router {
             Some(router) => router
                 .forward(
-                    &query,
+                    query,
                     &z,
                     &layout.route,
                     layout.max_route_sets <= cuda::ROUTER_TOPK_MAX,

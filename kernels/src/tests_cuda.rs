@@ -559,6 +559,43 @@ fn cuda_router_bf16_rows_match_fp32_rows_on_bf16_values() {
     }
 }
 
+/// Random bf16-valued router inputs (`q`, `z`, `dout`, fp32 tensors holding bf16 values)
+/// for a route, with the reference's output, log-sum-exp and gradients.
+struct BandCase {
+    q: Tensor,
+    z: Tensor,
+    dout: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dq: Tensor,
+    dz: Tensor,
+}
+
+impl BandCase {
+    fn new([b, h, l, m, d]: [i64; 5], route: &Tensor, topk: i64, device: Device) -> BandCase {
+        let round = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        let opts = (Kind::Float, device);
+        let q = round(&(Tensor::randn([b, h, l, d], opts) * 0.5));
+        let z = round(&(Tensor::randn([b, h, m, d], opts) * 0.5));
+        let dout = round(&Tensor::randn([b, h, l, d], opts));
+        let (qg, zg) = (
+            q.detach().set_requires_grad(true),
+            z.detach().set_requires_grad(true),
+        );
+        let (out, lse) = router_reference(&qg, &zg, route, topk);
+        (&out * &dout).sum(Kind::Float).backward();
+        BandCase {
+            q,
+            z,
+            dout,
+            out: out.detach(),
+            lse: lse.detach(),
+            dq: qg.grad(),
+            dz: zg.grad(),
+        }
+    }
+}
+
 /// [`causal_route`] limited to the last `recent` visible sets of each token
 /// (`--router-topk`): whole 32-set tiles before and after a block's band carry no route
 /// bit, so the top-k forward skips tiles at both ends and restages after a skip.
@@ -594,17 +631,8 @@ fn cuda_router_with_a_recent_route_matches_the_reference() {
             .max()
             .int64_value(&[]);
         assert_eq!(kept_most, recent, "shape {n}: the band's width");
-        let round = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
-        let opts = (Kind::Float, device);
-        let q = round(&(Tensor::randn([b, h, l, d], opts) * 0.5));
-        let z = round(&(Tensor::randn([b, h, m, d], opts) * 0.5));
-        let dout = round(&Tensor::randn([b, h, l, d], opts));
-        let (qg, zg) = (
-            q.detach().set_requires_grad(true),
-            z.detach().set_requires_grad(true),
-        );
-        let (want, _) = router_reference(&qg, &zg, &route, topk);
-        (&want * &dout).sum(Kind::Float).backward();
+        let inputs = BandCase::new([b, h, l, m, d], &route, topk, device);
+        let (q, z, dout, want) = (&inputs.q, &inputs.z, &inputs.dout, &inputs.out);
         // fp32 rows on the CUDA cores, and bf16 rows (the tensor-core forward and dz).
         for bf16_rows in [false, true] {
             let (qk, doutk) = if bf16_rows {
@@ -613,17 +641,17 @@ fn cuda_router_with_a_recent_route_matches_the_reference() {
                 (q.shallow_clone(), dout.shallow_clone())
             };
             let saved = kernels
-                .router_forward(&qk, &z, &route, topk, true, false)
+                .router_forward(&qk, z, &route, topk, true, false)
                 .unwrap();
             let (dq, dz) = kernels
-                .router_backward(&qk, &z, &route, &saved, &doutk)
+                .router_backward(&qk, z, &route, &saved, &doutk)
                 .unwrap();
             kernels.synchronize().unwrap();
             let tol = if bf16_rows { 1e-2 } else { 1e-4 };
             let case = format!("shape {n} (bf16 rows: {bf16_rows})");
             let out_err = relative_error(&saved.out.to_kind(Kind::Float), &want.detach());
-            let dq_err = relative_error(&dq.to_kind(Kind::Float), &qg.grad());
-            let dz_err = relative_error(&dz, &zg.grad());
+            let dq_err = relative_error(&dq.to_kind(Kind::Float), &inputs.dq);
+            let dz_err = relative_error(&dz, &inputs.dz);
             assert!(out_err <= tol, "{case}: output relative error {out_err}");
             assert!(dq_err <= tol, "{case}: dq relative error {dq_err}");
             assert!(dz_err <= tol, "{case}: dz relative error {dz_err}");
@@ -686,17 +714,9 @@ fn cuda_per_token_router_matches_the_reference_and_the_tile_kernels() {
             m <= 8 || most > 8,
             "shape {n}: some tokens must see more sets than a list holds"
         );
-        let round = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
-        let opts = (Kind::Float, device);
-        let q = round(&(Tensor::randn([b, h, l, d], opts) * 0.5));
-        let z = round(&(Tensor::randn([b, h, m, d], opts) * 0.5));
-        let dout = round(&Tensor::randn([b, h, l, d], opts));
-        let (qg, zg) = (
-            q.detach().set_requires_grad(true),
-            z.detach().set_requires_grad(true),
-        );
-        let (want, want_lse) = router_reference(&qg, &zg, &route, topk);
-        (&want * &dout).sum(Kind::Float).backward();
+        let inputs = BandCase::new([b, h, l, m, d], &route, topk, device);
+        let (q, z, dout, want, want_lse) =
+            (&inputs.q, &inputs.z, &inputs.dout, &inputs.out, &inputs.lse);
         let finite = want_lse.isfinite();
         for (bf16_rows, token_major, bf16_values) in [
             (false, false, false),
@@ -719,18 +739,18 @@ fn cuda_per_token_router_matches_the_reference_and_the_tile_kernels() {
                     t
                 }
             };
-            let (qk, doutk) = (layout(&q), layout(&dout));
+            let (qk, doutk) = (layout(q), layout(dout));
             let per = kernels
-                .router_forward(&qk, &z, &route, topk, bf16_values, true)
+                .router_forward(&qk, z, &route, topk, bf16_values, true)
                 .unwrap();
             let again = kernels
-                .router_forward(&qk, &z, &route, topk, bf16_values, true)
+                .router_forward(&qk, z, &route, topk, bf16_values, true)
                 .unwrap();
             let tiles = kernels
-                .router_forward(&qk, &z, &route, topk, bf16_values, false)
+                .router_forward(&qk, z, &route, topk, bf16_values, false)
                 .unwrap();
             let (dq, dz) = kernels
-                .router_backward(&qk, &z, &route, &per, &doutk)
+                .router_backward(&qk, z, &route, &per, &doutk)
                 .unwrap();
             kernels.synchronize().unwrap();
             assert!(
@@ -752,8 +772,8 @@ fn cuda_per_token_router_matches_the_reference_and_the_tile_kernels() {
                 "{case}: a token with no set has lse -inf"
             );
             let tol = if bf16_rows { 1e-2 } else { 1e-4 };
-            let dq_err = relative_error(&dq.to_kind(Kind::Float), &qg.grad());
-            let dz_err = relative_error(&dz, &zg.grad());
+            let dq_err = relative_error(&dq.to_kind(Kind::Float), &inputs.dq);
+            let dz_err = relative_error(&dz, &inputs.dz);
             assert!(dq_err <= tol, "{case}: dq relative error {dq_err}");
             assert!(dz_err <= tol, "{case}: dz relative error {dz_err}");
             // The same kept sets as the tile kernels (as sets; -1 past them).
