@@ -266,11 +266,13 @@ fn per_token_router_fits(d: i64) -> bool {
     }
 }
 
-/// Whether a narrow route takes the per-token router forward; `AUSA_ROUTER_PER_TOKEN=0`
-/// keeps the tile kernels, for measurements (both give the same kept sets).
-fn per_token_router() -> bool {
+/// Whether the SKA layer hands a narrow route to the per-token router forward
+/// (`SetAttention` asks; the kernels take whatever `narrow` they are given): off unless
+/// `AUSA_ROUTER_PER_TOKEN=1`, until the kernel has been measured and tested on a GPU (it
+/// was written and compiled in a session without one; docs/kernels.md).
+pub fn per_token_router() -> bool {
     static ON: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    tuning_knob(&ON, "AUSA_ROUTER_PER_TOKEN", 1, |_| true) != 0
+    tuning_knob(&ON, "AUSA_ROUTER_PER_TOKEN", 0, |_| true) != 0
 }
 
 /// Sets per block of the router's `dz` kernel (`SJ` in router.cu).
@@ -891,7 +893,7 @@ impl CudaKernels {
             )));
         }
         let bf16_values = bf16_values || tokens == Kind::BFloat16 || z.kind() == Kind::BFloat16;
-        let per_token = topk > 0 && narrow && per_token_router_fits(d) && per_token_router();
+        let per_token = topk > 0 && narrow && per_token_router_fits(d);
         let tensor_cores = topk > 0 && bf16_values && d % 16 == 0 && self.has_bf16_mma();
         if per_token {
             return self.router_forward_per_token(q, z, route, shape, topk, bf16_values);

@@ -629,7 +629,7 @@ impl SetAttention {
                     query,
                     &z,
                     &layout.route,
-                    layout.max_route_sets <= cuda::ROUTER_TOPK_MAX,
+                    layout.max_route_sets <= cuda::ROUTER_TOPK_MAX && cuda::per_token_router(),
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             None => {
