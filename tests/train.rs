@@ -697,6 +697,7 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
         "model_gbps",
         "cuda_graph",
         "scope",
+        "router_forward",
     ] {
         assert!(header.contains(&extra), "{extra} missing: {header:?}");
     }
@@ -716,6 +717,10 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
         assert!(num("model_tflops") > 0.0 && num("avg_atoms_per_set") > 1.0);
         assert_eq!(row["max_vram_mb"], "", "no VRAM on the CPU");
         assert_eq!(row["cuda_graph"], "0", "eager steps");
+        assert_eq!(
+            row["router_forward"], "tensor-ops",
+            "the naive backend's router"
+        );
     }
     let dtypes: Vec<&str> = lines[1..]
         .iter()

@@ -259,7 +259,7 @@ const ROUTER_CAND_DIMS: i64 = 8;
 
 /// Whether the per-token router forward (`router_fwd_cand_*`) takes head dimension `d`:
 /// lanes of 8 dims, a power of two of them that divides a warp (`d` 8, 16, 32, 64, 128).
-fn per_token_router_fits(d: i64) -> bool {
+pub fn per_token_router_fits(d: i64) -> bool {
     d % ROUTER_CAND_DIMS == 0 && {
         let lanes = d / ROUTER_CAND_DIMS;
         lanes <= 32 && (lanes as u64).is_power_of_two()

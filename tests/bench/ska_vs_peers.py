@@ -2,8 +2,10 @@
 """Joins `ausa bench ska --csv` and `attn_peers.py --csv` of one run into a Markdown
 table of forward + backward times and ratios (peer time / SKA time: above 1 means SKA
 is faster), per sequence length, for one precision and gate top-k. SKA columns are named
-by backend, gate top-k (`top8`) and, for a limited route (`--router-topk N`, the CSV's
-`candidates`), `cN`.
+by backend, gate top-k (`top8`), for a limited route (`--router-topk N`, the CSV's
+`candidates`) `cN`, and `pt` for rows whose router forward was the per-token kernel
+(the CSV's router_forward column, `AUSA_ROUTER_PER_TOKEN=1`): an A/B run's two sides
+are then two columns.
 
 Rows of one timing only: eager steps, or with --cuda-graph CUDA graph replays on both
 sides (the CSVs' cuda_graph column; older CSVs have none: eager). Rows of one scope only:
@@ -44,6 +46,7 @@ def main():
             if a.candidates is not None and c != a.candidates:
                 continue
             t = r["router_topk"] + ("" if c == "0" else f" c{c}")
+            t += " pt" if r.get("router_forward") == "per-token" else ""
             ska[(r["backend"], t, int(r["L"]))] = r
     peers = {}
     with open(a.peers) as f:

@@ -64,6 +64,22 @@ ska_join() {
     echo "ska_vs_peers.py: a peer ratio against the naive backend" >&2
     return 1
   fi
+  # A core-scope row (no projections) joins only with --core.
+  target/debug/ausa bench ska --device cpu --threads 1 --lens 128 --tokens 256 --heads 2 \
+    --head-dim 8 --minhash-k 16 --warmup 0 --iters 1 --precision bf16 --gate-topk 2 \
+    --router-topk 2 --core --csv "$dir/ska.csv"
+  python3 tests/bench/ska_vs_peers.py "$dir/ska.csv" "$dir/peers.csv" --dtype bf16 --core \
+    | tee "$dir/core.md"
+  grep -q "ska-naive top2 c2 ms" "$dir/core.md"
+  if grep -q "ska-naive top2 ms" "$dir/core.md"; then
+    echo "ska_vs_peers.py --core: layer rows in the core table" >&2
+    return 1
+  fi
+  python3 tests/bench/ska_vs_peers.py "$dir/ska.csv" "$dir/peers.csv" --dtype bf16 >"$dir/again.md"
+  cmp -s "$dir/table.md" "$dir/again.md" || {
+    echo "ska_vs_peers.py: a core row changed the layer table" >&2
+    return 1
+  }
 }
 run ska_join ska_join "$work/ska_join"
 echo "smoke: every benchmark script ran"

@@ -119,6 +119,11 @@ pub struct SkaBenchRow {
     pub fwd_bytes: f64,
     /// The passes were timed as CUDA graph replays ([`SkaBenchSettings::cuda_graph`]).
     pub cuda_graph: bool,
+    /// Which router forward ran: `per-token` (the CUDA backend's kernel over each token's
+    /// candidate list: a narrow route, `AUSA_ROUTER_PER_TOKEN=1`), `tiles` (its kernels
+    /// over tiles of sets), or `tensor-ops` (the naive backend). CSV column
+    /// `router_forward`, so rows of an A/B run say which side they are.
+    pub router_forward: &'static str,
 }
 
 impl SkaBenchRow {
@@ -170,6 +175,7 @@ impl SkaBenchRow {
             ),
             ("cuda_graph", u8::from(self.cuda_graph).to_string()),
             ("scope", if s.core { "core" } else { "layer" }.to_string()),
+            ("router_forward", self.router_forward.to_string()),
         ]
     }
 }
@@ -202,6 +208,7 @@ pub fn csv_header() -> String {
         fwd_flops: 0.0,
         fwd_bytes: 0.0,
         cuda_graph: false,
+        router_forward: "tiles",
     };
     row.fields()
         .iter()
@@ -446,6 +453,18 @@ pub fn run(
         fwd_flops,
         fwd_bytes,
         cuda_graph: settings.cuda_graph,
+        router_forward: match shape.backend {
+            SkaBackend::Naive => "tensor-ops",
+            SkaBackend::Cuda
+                if shape.gate_topk > 0
+                    && layout.max_route_sets <= ausa_kernels::cuda::ROUTER_TOPK_MAX
+                    && ausa_kernels::cuda::per_token_router()
+                    && ausa_kernels::cuda::per_token_router_fits(shape.head_dim) =>
+            {
+                "per-token"
+            }
+            SkaBackend::Cuda => "tiles",
+        },
     })
 }
 
