@@ -306,6 +306,12 @@ impl SplitData {
         self.blind_positions
     }
 
+    /// The most sets one position routes to (the routing table's longest candidate
+    /// list): every batch's `SetInputs::max_route_sets`.
+    pub fn route_sets(&self) -> i64 {
+        self.route_sets
+    }
+
     /// The memory range of the mapped token ids, and the data pointer of the token tensor
     /// (for the zero-copy test); `None` after [`SplitData::to_device`].
     pub fn token_pointers(&self) -> Option<(std::ops::Range<*const u8>, *const u8)> {

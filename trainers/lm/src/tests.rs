@@ -394,6 +394,18 @@ fn a_tiny_model_overfits_a_fixed_batch_for_every_attn() {
             shape.window
         } - 1;
         assert_eq!(split.data.blind_positions(), blind as i64, "{name}");
+        // The route's widest row, as every batch hands it to the SKA layers.
+        let batch = split.data.batch(&[0, 1]);
+        let widest = batch
+            .sets
+            .route
+            .to_kind(tch::Kind::Int64)
+            .sum_dim_intlist(&[-1i64][..], false, tch::Kind::Int64)
+            .max()
+            .int64_value(&[]);
+        assert!(widest > 0, "{name}: some position routes to a set");
+        assert_eq!(split.data.route_sets(), widest, "{name}");
+        assert_eq!(batch.sets.max_route_sets, widest, "{name}");
         let out = dir.path().join(&name);
         let config = TrainConfig {
             model,
