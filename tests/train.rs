@@ -465,6 +465,10 @@ fn the_three_cache_modes_train_identically_and_none_touches_no_store() {
         .env_remove("AUSA_STORE")
         .env("XDG_CACHE_HOME", &cache_home)
         .env("HOME", bare.path())
+        // Kernel tuning variables land in run_meta as read (an invalid one as its
+        // default); on the CPU they change nothing (the losses are compared below).
+        .env("AUSA_ROUTER_PER_TOKEN", "1")
+        .env("AUSA_SET_ATTENTION_SPLIT_BLOCKS", "-5")
         .current_dir(bare.path())
         .output()
         .unwrap();
@@ -495,6 +499,16 @@ fn the_three_cache_modes_train_identically_and_none_touches_no_store() {
             "--cache-mode {mode}: other fingerprints"
         );
     }
+    let knobs = &meta(&none)["kernel_knobs"];
+    assert_eq!(knobs["AUSA_ROUTER_PER_TOKEN"], 1, "{knobs}");
+    assert_eq!(knobs["AUSA_SET_ATTENTION_SPLIT_BLOCKS"], 4096, "{knobs}");
+    let names = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(names(knobs), names(&meta(&full)["kernel_knobs"]));
+    assert_eq!(names(knobs).len(), 5, "{knobs}");
     assert_eq!(meta(&full)["run"]["built_per_run"], serde_json::json!([]));
     assert_eq!(
         meta(&tokens)["run"]["built_per_run"],

@@ -182,14 +182,37 @@ const SET_ATTENTION_DIMS_PER_LANE: i64 = 4;
 /// `AUSA_SET_ATTENTION_DIMS_PER_LANE` (1 to 64) overrides the dims per lane, for tuning
 /// measurements.
 pub(crate) fn set_attention_lanes(d: i64) -> u32 {
+    lanes_for(d, set_attention_dims_per_lane())
+}
+
+/// [`SET_ATTENTION_DIMS_PER_LANE`], or `$AUSA_SET_ATTENTION_DIMS_PER_LANE` (1 to 64).
+fn set_attention_dims_per_lane() -> i64 {
     static DIMS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let dims = tuning_knob(
+    tuning_knob(
         &DIMS,
         "AUSA_SET_ATTENTION_DIMS_PER_LANE",
         SET_ATTENTION_DIMS_PER_LANE,
         |v| (1..=64).contains(&v),
-    );
-    lanes_for(d, dims)
+    )
+}
+
+/// Every kernel tuning variable with the value this process uses (its default, or the
+/// environment's when valid), for a run's metadata: they choose kernels and launch
+/// shapes (the results agree to rounding, the bits and the times need not).
+pub fn tuning_knobs() -> Vec<(&'static str, i64)> {
+    vec![
+        ("AUSA_ROUTER_PER_TOKEN", i64::from(per_token_router())),
+        ("AUSA_ROUTER_DZ_MMA", i64::from(dz_mma())),
+        ("AUSA_ROUTER_DENSE_DZ_MAX_SETS", dense_dz_max_sets()),
+        (
+            "AUSA_SET_ATTENTION_SPLIT_BLOCKS",
+            set_attention_target_blocks(),
+        ),
+        (
+            "AUSA_SET_ATTENTION_DIMS_PER_LANE",
+            set_attention_dims_per_lane(),
+        ),
+    ]
 }
 
 /// A tuning knob: `$name` when it holds an integer that `valid` accepts, else `default`,

@@ -1151,6 +1151,12 @@ fn write_meta(run: &Run, total: usize, norm: ausa_kernels::OpImpl) -> Result<(),
         "delta": run.config.model.delta.as_str(),
         "pos": run.config.model.pos.as_str(),
         "ska_backend": run.config.ska_backend.as_str(),
+        // The CUDA kernels' tuning variables as this process read them (they pick
+        // kernels and launch shapes: the same results to rounding, not the same bits).
+        "kernel_knobs": ausa_kernels::cuda::tuning_knobs()
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), json!(value)))
+            .collect::<serde_json::Map<_, _>>(),
         // What --fused-layernorm resolved to on this device and precision.
         "layer_norm": match norm {
             ausa_kernels::OpImpl::Cuda { .. } => "fused-cuda",
