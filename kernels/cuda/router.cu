@@ -1044,9 +1044,9 @@ router_bwd_dq(const tok_t* __restrict__ q, const float* __restrict__ z,
 // loads, and whole 32-byte sectors written (element stores of bf16 rows wrote half
 // sectors). The host picks the group (a power of two dividing D, about D / 8 dims per
 // lane: a whole warp on a 64-wide row spent its time in 5-step shuffle sums, not
-// loads). P and dS of each kept slot go to kept_p / kept_ds for the dz kernels; with
-// `p_saved` the forward wrote P there already (router_fwd_cand_*): the kernel reads it
-// instead of recomputing the logit, and then reads no q row.
+// loads). P and dS of each kept slot go to kept_p / kept_ds for the dz kernels; in
+// router_bwd_dq_topk_saved_p the forward wrote P there already (router_fwd_cand_*): the
+// kernel reads it instead of recomputing the logit, and reads no q row.
 #ifndef DQ_TOKEN_LANES
 #define DQ_TOKEN_LANES 32
 #endif
@@ -1073,14 +1073,13 @@ __device__ __forceinline__ float group_sum(float v) {
 
 // At least 3 blocks per SM (at most 85 registers): 2 blocks left the kernel at 25%
 // occupancy, latency-bound.
-extern "C" __global__ void __launch_bounds__(DQ_WARPS * 32, 3)
-router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
-                   const tok_t* __restrict__ out, const float* __restrict__ lse,
-                   const int* __restrict__ kept, const tok_t* __restrict__ dout,
-                   tok_t* __restrict__ dq, float* __restrict__ dsum,
-                   float* __restrict__ kept_p, float* __restrict__ kept_ds, int heads,
-                   int len, int m, int topk, int token_major, int z_bf16, int aligned,
-                   int p_saved) {
+template <bool P_SAVED>
+__device__ __forceinline__ void router_bwd_dq_topk_impl(
+    const tok_t* __restrict__ q, const void* __restrict__ z, const tok_t* __restrict__ out,
+    const float* __restrict__ lse, const int* __restrict__ kept,
+    const tok_t* __restrict__ dout, tok_t* __restrict__ dq, float* __restrict__ dsum,
+    float* __restrict__ kept_p, float* __restrict__ kept_ds, int heads, int len, int m,
+    int topk, int token_major, int z_bf16, int aligned) {
     const int lane = threadIdx.x % DQ_TOKEN_LANES;
     const int t = blockIdx.x * (DQ_WARPS * 32 / DQ_TOKEN_LANES) + threadIdx.x / DQ_TOKEN_LANES;
     // Not an early return: every lane of the warp takes part in the shuffles.
@@ -1096,7 +1095,7 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
 #pragma unroll
     for (int u = 0; u < DQ_PER; ++u) qv[u] = gv[u] = ov[u] = acc[u] = 0.0f;
     if (live) {
-        if (!p_saved) load_run(q, qrow, vec_tok, qv);
+        if (!P_SAVED) load_run(q, qrow, vec_tok, qv);
         load_run(dout, qrow, vec_tok, gv);
         load_run(out, qrow, vec_tok, ov);
     }
@@ -1128,10 +1127,10 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
             float dp = 0.0f;
 #pragma unroll
             for (int u = 0; u < DQ_PER; ++u) dp += gv[u] * zv[b][u];
-            // Every lane shuffles (groups of one warp may differ in j; p_saved is uniform).
+            // Every lane shuffles (groups of one warp may differ in j).
             dp = group_sum(dp);
             float p;
-            if (p_saved) {
+            if (P_SAVED) {
                 p = j >= 0 ? kept_p[row * TOPK_MAX + s] : 0.0f;
             } else {
                 float logit = 0.0f;
@@ -1144,7 +1143,7 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
 #pragma unroll
             for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[b][u];
             if (live && lane == 0) {
-                if (!p_saved) kept_p[row * TOPK_MAX + s] = p;
+                if (!P_SAVED) kept_p[row * TOPK_MAX + s] = p;
                 kept_ds[row * TOPK_MAX + s] = ds;
             }
         }
@@ -1153,6 +1152,23 @@ router_bwd_dq_topk(const tok_t* __restrict__ q, const void* __restrict__ z,
     store_run(dq, qrow, vec_tok, acc);
     if (lane == 0) dsum[row] = d_t;
 }
+
+// The two instances (one template, so the first compiles as it did before P could be
+// saved): P recomputed from the logits, or read from kept_p (the per-token forward's).
+#define ROUTER_BWD_DQ_TOPK(NAME, P_SAVED)                                                     \
+    extern "C" __global__ void __launch_bounds__(DQ_WARPS * 32, 3)                            \
+    NAME(const tok_t* __restrict__ q, const void* __restrict__ z,                             \
+         const tok_t* __restrict__ out, const float* __restrict__ lse,                        \
+         const int* __restrict__ kept, const tok_t* __restrict__ dout,                        \
+         tok_t* __restrict__ dq, float* __restrict__ dsum, float* __restrict__ kept_p,        \
+         float* __restrict__ kept_ds, int heads, int len, int m, int topk, int token_major,   \
+         int z_bf16, int aligned) {                                                           \
+        router_bwd_dq_topk_impl<P_SAVED>(q, z, out, lse, kept, dout, dq, dsum, kept_p,        \
+                                         kept_ds, heads, len, m, topk, token_major, z_bf16,   \
+                                         aligned);                                            \
+    }
+ROUTER_BWD_DQ_TOPK(router_bwd_dq_topk, false)
+ROUTER_BWD_DQ_TOPK(router_bwd_dq_topk_saved_p, true)
 
 // Set tiles of SJ sets, token tiles of ST tokens; 256 threads.
 #define SJ 16

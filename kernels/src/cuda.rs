@@ -1216,7 +1216,11 @@ impl CudaKernels {
         let ints = shape.kernel_ints(saved.topk)?;
         let stream = self.current_stream()?;
         if saved.topk > 0 {
-            let f = module.load_function("router_bwd_dq_topk")?;
+            let f = module.load_function(if p_saved {
+                "router_bwd_dq_topk_saved_p"
+            } else {
+                "router_bwd_dq_topk"
+            })?;
             let mut launch = stream.launch_builder(&f);
             for p in [
                 &q_ptr,
@@ -1243,11 +1247,11 @@ impl CudaKernels {
                     .iter()
                     .all(|p| p.is_multiple_of(16)),
             );
-            let p_saved = i32::from(p_saved);
-            launch.arg(&layout).arg(&z_bf16).arg(&aligned).arg(&p_saved);
+            launch.arg(&layout).arg(&z_bf16).arg(&aligned);
             // SAFETY: see the module invariant; reads the forward's tensors, its kept
-            // lists (and with p_saved its kept_p) and dout, writes dq, dsum (per-token
-            // dout . out), kept_p (unless p_saved) and kept_ds,
+            // lists (and with p_saved its kept_p, which the saved_p kernel only reads)
+            // and dout, writes dq, dsum (per-token dout . out), kept_p (unless p_saved)
+            // and kept_ds,
             // all of the checked element counts, the token rows in the layout `layout`,
             // z in the kind `z_bf16` names; 16-byte accesses only from 16-byte aligned
             // bases (`aligned`) at row offsets of whole 16-byte words.
