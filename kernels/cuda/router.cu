@@ -421,9 +421,9 @@ __device__ __forceinline__ void merge_lists(float (&v)[TOPK_MAX], int (&j)[TOPK_
     }
 }
 
-// The normalized weights of a ranked list's first `topk` entries (0 past them and for
-// unfilled ones: set -1): w[s] = exp(bv[s] - bv[0]) / sum. Returns the sum (0: nothing
-// kept), from which lse = bv[0] + log(sum).
+// The weights of a ranked list's first `topk` entries before normalization (0 past them
+// and for unfilled ones: set -1): w[s] = exp(bv[s] - bv[0]). Returns their sum (0:
+// nothing kept); the gates are w[s] / sum, lse = bv[0] + log(sum).
 __device__ __forceinline__ float list_weights(const float (&bv)[TOPK_MAX],
                                               const int (&bj)[TOPK_MAX], int topk,
                                               float (&w)[TOPK_MAX]) {
@@ -434,9 +434,6 @@ __device__ __forceinline__ float list_weights(const float (&bv)[TOPK_MAX],
         w[s] = (s < topk && bj[s] >= 0) ? expf(bv[s] - top) : 0.0f;
         sum += w[s];
     }
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-#pragma unroll
-    for (int s = 0; s < TOPK_MAX; ++s) w[s] *= inv;
     return sum;
 }
 
@@ -450,9 +447,10 @@ __device__ __forceinline__ void publish_row(const float (&bv)[TOPK_MAX],
                                             size_t row, bool live, int topk) {
     float w[TOPK_MAX];
     const float sum = list_weights(bv, bj, topk, w);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
 #pragma unroll
     for (int s = 0; s < TOPK_MAX; ++s) {
-        mix_w[s] = w[s];
+        mix_w[s] = w[s] * inv;
         mix_j[s] = w[s] > 0.0f ? bj[s] : -1;
     }
     if (!live) return;
@@ -909,6 +907,9 @@ __device__ __forceinline__ void router_fwd_cand_impl(
         }
         float wt[TOPK_MAX];
         const float wsum = list_weights(best, best_j, topk, wt);
+        const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
+#pragma unroll
+        for (int s = 0; s < TOPK_MAX; ++s) wt[s] *= inv;
 #pragma unroll
         for (int s = 0; s < TOPK_MAX; ++s) {
             if (!(wt[s] > 0.0f)) continue;
@@ -1124,21 +1125,18 @@ __device__ __forceinline__ void router_bwd_dq_topk_impl(
 #pragma unroll
         for (int b = 0; b < DQ_BATCH; ++b) {
             const int s = s0 + b, j = js[b];
-            float dp = 0.0f;
+            float logit = 0.0f, dp = 0.0f;
 #pragma unroll
-            for (int u = 0; u < DQ_PER; ++u) dp += gv[u] * zv[b][u];
-            // Every lane shuffles (groups of one warp may differ in j).
-            dp = group_sum(dp);
-            float p;
-            if (P_SAVED) {
-                p = j >= 0 ? kept_p[row * TOPK_MAX + s] : 0.0f;
-            } else {
-                float logit = 0.0f;
-#pragma unroll
-                for (int u = 0; u < DQ_PER; ++u) logit += qv[u] * zv[b][u];
-                logit = group_sum(logit);
-                p = j >= 0 ? expf(logit - row_lse) : 0.0f;
+            for (int u = 0; u < DQ_PER; ++u) {
+                if (!P_SAVED) logit += qv[u] * zv[b][u];
+                dp += gv[u] * zv[b][u];
             }
+            // Every lane shuffles (groups of one warp may differ in j).
+            if (!P_SAVED) logit = group_sum(logit);
+            dp = group_sum(dp);
+            const float p = j < 0 ? 0.0f
+                            : P_SAVED ? kept_p[row * TOPK_MAX + s]
+                                      : expf(logit - row_lse);
             const float ds = p * (dp - d_t);
 #pragma unroll
             for (int u = 0; u < DQ_PER; ++u) acc[u] += ds * zv[b][u];
