@@ -635,8 +635,24 @@ fn a_recent_route_keeps_the_last_visible_sets_of_each_token() {
     for shape in [SHAPE, LEADING] {
         let spans = shape.spans(LEN);
         let all = sets(&toks, shape, Device::Cpu).route;
+        // The widest row of a route, which `max_route_sets` must state.
+        let widest = |route: &Tensor| {
+            route
+                .to_kind(Kind::Int64)
+                .sum_dim_intlist(&[-1i64][..], false, Kind::Int64)
+                .max()
+                .int64_value(&[])
+        };
         for recent in [1usize, 2, 3] {
-            let route = sets_recent(&toks, shape, recent, Device::Cpu).route;
+            let inputs = sets_recent(&toks, shape, recent, Device::Cpu);
+            assert_eq!(
+                inputs.max_route_sets,
+                widest(&inputs.route),
+                "recent {recent}"
+            );
+            let layout = crate::SetLayout::new(&inputs, LEN as i64);
+            assert_eq!(layout.max_route_sets, recent as i64, "recent {recent}");
+            let route = inputs.route;
             assert_eq!(route.size(), all.size());
             let mut limited = 0;
             for b in 0..2i64 {
@@ -656,8 +672,9 @@ fn a_recent_route_keeps_the_last_visible_sets_of_each_token() {
                 "recent {recent} must drop some visible set here"
             );
         }
-        let unlimited = sets_recent(&toks, shape, 0, Device::Cpu).route;
-        assert!(unlimited.equal(&all), "recent 0 is every visible set");
+        let unlimited = sets_recent(&toks, shape, 0, Device::Cpu);
+        assert!(unlimited.route.equal(&all), "recent 0 is every visible set");
+        assert_eq!(unlimited.max_route_sets, widest(&all), "every visible set");
     }
 }
 
