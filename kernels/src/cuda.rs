@@ -289,6 +289,12 @@ pub fn per_token_router_fits(d: i64) -> bool {
     }
 }
 
+/// Whether [`CudaKernels::router_forward`] takes the per-token kernel: with top-k, a
+/// narrow route and a head dimension it fits.
+pub fn takes_per_token_forward(topk: i64, narrow: bool, d: i64) -> bool {
+    topk > 0 && narrow && per_token_router_fits(d)
+}
+
 /// Whether the SKA layer hands a narrow route to the per-token router forward
 /// (`SetAttention` asks; the kernels take whatever `narrow` they are given): off unless
 /// `AUSA_ROUTER_PER_TOKEN=1`, until the kernel has been measured and tested on a GPU (it
@@ -916,7 +922,7 @@ impl CudaKernels {
             )));
         }
         let bf16_values = bf16_values || tokens == Kind::BFloat16 || z.kind() == Kind::BFloat16;
-        let per_token = topk > 0 && narrow && per_token_router_fits(d);
+        let per_token = takes_per_token_forward(topk, narrow, d);
         let tensor_cores = topk > 0 && bf16_values && d % 16 == 0 && self.has_bf16_mma();
         if per_token {
             return self.router_forward_per_token(q, z, route, shape, topk, bf16_values);

@@ -133,6 +133,13 @@ pub struct SetLayout {
 const DELTA_CHUNK: i64 = 32;
 
 impl SetLayout {
+    /// Whether the router may take its per-token kernels for this batch: no token routes
+    /// to more than [`cuda::ROUTER_TOPK_MAX`] sets, and `AUSA_ROUTER_PER_TOKEN=1`
+    /// ([`cuda::per_token_router`]) while those kernels are unmeasured.
+    pub fn narrow_route(&self) -> bool {
+        self.max_route_sets <= cuda::ROUTER_TOPK_MAX && cuda::per_token_router()
+    }
+
     /// Pads the batch's sets into per-sequence slots and computes `Delta` and the masks.
     /// `seq_len` is the number of tokens per sequence (`route`'s second dimension).
     pub fn new(inputs: &SetInputs, seq_len: i64) -> SetLayout {
@@ -625,12 +632,7 @@ impl SetAttention {
         let z = self.set_outputs(phi, layout);
         match &self.router {
             Some(router) => router
-                .forward(
-                    query,
-                    &z,
-                    &layout.route,
-                    layout.max_route_sets <= cuda::ROUTER_TOPK_MAX && cuda::per_token_router(),
-                )
+                .forward(query, &z, &layout.route, layout.narrow_route())
                 .unwrap_or_else(|e| panic!("{e}")),
             None => {
                 let logits = query.matmul(&z.transpose(-1, -2)); // [B, H, L, M]

@@ -456,10 +456,11 @@ pub fn run(
         router_forward: match shape.backend {
             SkaBackend::Naive => "tensor-ops",
             SkaBackend::Cuda
-                if shape.gate_topk > 0
-                    && layout.max_route_sets <= ausa_kernels::cuda::ROUTER_TOPK_MAX
-                    && ausa_kernels::cuda::per_token_router()
-                    && ausa_kernels::cuda::per_token_router_fits(shape.head_dim) =>
+                if ausa_kernels::cuda::takes_per_token_forward(
+                    shape.gate_topk,
+                    layout.narrow_route(),
+                    shape.head_dim,
+                ) =>
             {
                 "per-token"
             }
