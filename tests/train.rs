@@ -736,28 +736,23 @@ fn bench_ska_writes_spec_rows_per_length_and_precision() {
             "the naive backend's router"
         );
     }
-    let dtypes: Vec<&str> = lines[1..]
-        .iter()
-        .map(|l| l.split(',').nth(1).unwrap())
-        .collect();
+    // One column's values, row by row.
+    let column = |name: &str| -> Vec<&str> {
+        let at = header.iter().position(|&c| c == name).unwrap();
+        lines[1..]
+            .iter()
+            .map(|l| l.split(',').nth(at).unwrap())
+            .collect()
+    };
     assert_eq!(
-        dtypes,
+        column("dtype"),
         ["fp32", "bf16", "fp32", "bf16", "fp32", "bf16", "fp32", "bf16", "fp32", "bf16"]
     );
-    let column = header.iter().position(|&c| c == "candidates").unwrap();
-    let candidates: Vec<&str> = lines[1..]
-        .iter()
-        .map(|l| l.split(',').nth(column).unwrap())
-        .collect();
     assert_eq!(
-        candidates,
+        column("candidates"),
         ["0", "0", "0", "0", "0", "0", "2", "2", "2", "2"]
     );
-    let column = header.iter().position(|&c| c == "scope").unwrap();
-    let scopes: Vec<&str> = lines[1..]
-        .iter()
-        .map(|l| l.split(',').nth(column).unwrap())
-        .collect();
+    let scopes = column("scope");
     assert_eq!(&scopes[..8], ["layer"; 8]);
     assert_eq!(&scopes[8..], ["core"; 2]);
     // Usage errors (exit 2) that name the flag at fault.

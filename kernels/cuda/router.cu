@@ -942,25 +942,17 @@ __device__ __forceinline__ void router_fwd_cand_impl(
 // The two instances: set rows z in bf16 (a bf16 step's values) or fp32. z is 16-byte
 // aligned (the host copies a view that is not) and its rows are whole 16-byte words
 // (HEAD_DIM % 8 == 0); q_vec: q's base is 16-byte aligned too.
-extern "C" __global__ void __launch_bounds__(CAND_WARPS * 32)
-router_fwd_cand_z16(const tok_t* __restrict__ q, const unsigned short* __restrict__ z,
-                    const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
-                    float* __restrict__ lse, int* __restrict__ kept,
-                    float* __restrict__ kept_p, int batch, int heads, int len, int m, int topk,
-                    int token_major, int q_vec) {
-    router_fwd_cand_impl<true>(q, z, route_bits, out, lse, kept, kept_p, batch, heads, len, m, topk,
-                               token_major, q_vec);
-}
-
-extern "C" __global__ void __launch_bounds__(CAND_WARPS * 32)
-router_fwd_cand_z32(const tok_t* __restrict__ q, const float* __restrict__ z,
-                    const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,
-                    float* __restrict__ lse, int* __restrict__ kept,
-                    float* __restrict__ kept_p, int batch, int heads, int len, int m, int topk,
-                    int token_major, int q_vec) {
-    router_fwd_cand_impl<false>(q, z, route_bits, out, lse, kept, kept_p, batch, heads, len, m, topk,
-                                token_major, q_vec);
-}
+#define ROUTER_FWD_CAND(NAME, Z16, Z_T)                                                       \
+    extern "C" __global__ void __launch_bounds__(CAND_WARPS * 32)                             \
+    NAME(const tok_t* __restrict__ q, const Z_T* __restrict__ z,                              \
+         const unsigned int* __restrict__ route_bits, tok_t* __restrict__ out,               \
+         float* __restrict__ lse, int* __restrict__ kept, float* __restrict__ kept_p,        \
+         int batch, int heads, int len, int m, int topk, int token_major, int q_vec) {        \
+        router_fwd_cand_impl<Z16>(q, z, route_bits, out, lse, kept, kept_p, batch, heads,    \
+                                  len, m, topk, token_major, q_vec);                          \
+    }
+ROUTER_FWD_CAND(router_fwd_cand_z16, true, unsigned short)
+ROUTER_FWD_CAND(router_fwd_cand_z32, false, float)
 #endif
 
 // ---- Backward -----------------------------------------------------------------------

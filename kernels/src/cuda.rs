@@ -386,6 +386,16 @@ impl TokenRows {
     }
 }
 
+/// `t` at a 16-byte aligned address, for kernels that read it in 16-byte words: a view at
+/// an unaligned offset is copied (libtorch's allocations are aligned).
+fn aligned_16(t: Tensor) -> Tensor {
+    if (t.data_ptr() as usize).is_multiple_of(16) {
+        t
+    } else {
+        t.copy()
+    }
+}
+
 /// The router's dimensions, checked once per call.
 #[derive(Debug, Clone, Copy)]
 struct RouterShape {
@@ -922,11 +932,10 @@ impl CudaKernels {
             )));
         }
         let bf16_values = bf16_values || tokens == Kind::BFloat16 || z.kind() == Kind::BFloat16;
-        let per_token = takes_per_token_forward(topk, narrow, d);
-        let tensor_cores = topk > 0 && bf16_values && d % 16 == 0 && self.has_bf16_mma();
-        if per_token {
+        if takes_per_token_forward(topk, narrow, d) {
             return self.router_forward_per_token(q, z, route, shape, topk, bf16_values);
         }
+        let tensor_cores = topk > 0 && bf16_values && d % 16 == 0 && self.has_bf16_mma();
         // The set rows as the chosen kernel reads them: bf16 for the tensor-core kernel
         // (exact: z holds bf16 values there; half the bytes of every block's staging and
         // no conversions), fp32 for the others.
@@ -940,11 +949,7 @@ impl CudaKernels {
         let z = z.to_kind(z_kind).contiguous();
         // The tensor-core kernel's mix reads z rows and writes out rows in 16-byte words:
         // out is allocated here (aligned), and a z view at an unaligned offset is copied.
-        let z = if tensor_cores && !(z.data_ptr() as usize).is_multiple_of(16) {
-            z.copy()
-        } else {
-            z
-        };
+        let z = if tensor_cores { aligned_16(z) } else { z };
         let route = route.reshape([b, l, m]).contiguous();
         let out = TokenRows::empty([b, h, l, d], tokens, device, q.token_major);
         let lse = Tensor::empty([b, h, l], (Kind::Float, device));
@@ -1021,26 +1026,19 @@ impl CudaKernels {
             Kind::Float
         };
         let q = TokenRows::of(q, None);
-        // The kernel reads z rows in 16-byte runs: a view at an unaligned offset is
-        // copied (an allocation of libtorch's is aligned).
-        let z = z.to_kind(z_kind).contiguous();
-        let z = if (z.data_ptr() as usize).is_multiple_of(16) {
-            z
-        } else {
-            z.copy()
-        };
+        // The kernel reads z rows in 16-byte runs.
+        let z = aligned_16(z.to_kind(z_kind).contiguous());
         let route = route.reshape([b, l, m]).contiguous();
         let out = TokenRows::empty([b, h, l, d], tokens, device, q.token_major);
         let lse = Tensor::empty([b, h, l], (Kind::Float, device));
         let rows = b * h * l;
         let kept = Tensor::empty([rows.max(1), ROUTER_TOPK_MAX], (Kind::Int, device));
         let kept_p = Tensor::empty([rows.max(1) * ROUTER_TOPK_MAX], (Kind::Float, device));
-        let route_bits = if rows == 0 {
-            Tensor::empty([b, l, shape.route_words()], (Kind::Int, device))
-        } else {
-            let module = self.router(d, tokens)?;
-            let route_ptr = device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?;
-            let route_bits = self.route_pack(&module, shape, &route_ptr)?;
+        let module = self.router(d, tokens)?;
+        let route_ptr = device_ptr(&route, Kind::Bool, b * l * m, self.ordinal)?;
+        let route_bits = self.route_pack(&module, shape, &route_ptr)?;
+        // No (token, head) row: nothing to launch (a grid of no blocks is an error).
+        if rows > 0 {
             let ptrs = [
                 device_ptr(&q.storage, tokens, rows * d, self.ordinal)?,
                 device_ptr(&z, z_kind, b * h * m * d, self.ordinal)?,
@@ -1093,8 +1091,7 @@ impl CudaKernels {
             // aligned allocation), lse, kept and kept_p, each of the element count
             // checked above.
             unsafe { launch.launch(cfg) }?;
-            route_bits
-        };
+        }
         Ok(RouterSaved {
             out: out.view(),
             lse,
@@ -1204,15 +1201,15 @@ impl CudaKernels {
         // With top-k, P and dS of every kept slot (for the sparse dz); else placeholders.
         let slots = kept_rows * ROUTER_TOPK_MAX;
         // P from the forward when it wrote it (then the top-k dq reads it, and reads no q).
-        let p_saved = saved.topk > 0
-            && saved
-                .kept_p
-                .as_ref()
-                .is_some_and(|p| p.numel() as i64 == slots && p.kind() == Kind::Float);
-        let kept_p = match &saved.kept_p {
-            Some(p) if p_saved => p.shallow_clone(),
-            _ => Tensor::empty([slots], (Kind::Float, device)),
-        };
+        let forward_p = saved
+            .kept_p
+            .as_ref()
+            .filter(|p| saved.topk > 0 && p.numel() as i64 == slots && p.kind() == Kind::Float);
+        let p_saved = forward_p.is_some();
+        let kept_p = forward_p.map_or_else(
+            || Tensor::empty([slots], (Kind::Float, device)),
+            Tensor::shallow_clone,
+        );
         let kept_ds = Tensor::empty([slots], (Kind::Float, device));
         let (kept_p_ptr, kept_ds_ptr) = (
             device_ptr(&kept_p, Kind::Float, slots, self.ordinal)?,
